@@ -1,0 +1,1 @@
+"""FaceFleet common package."""

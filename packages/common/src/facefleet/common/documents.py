@@ -1,0 +1,193 @@
+"""MongoDB document schemas: images and faces (gallery database) and people (HUEMN database).
+
+Documents are plain dicts at the driver boundary; these dataclasses are the typed form the code
+works with. Ids are deterministic, so a redelivered message or a re-run overwrites, never adds.
+Embeddings are stored as little-endian float16 bytes: half the size of float32, and cosine
+similarities move by under 1e-3, far below any grouping threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from bson.binary import Binary
+
+EMBEDDING_DTYPE = np.dtype("<f2")
+
+
+class ImageStatus(StrEnum):
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def image_doc_id(user_id: str, image_id: str) -> str:
+    return f"{user_id}/{image_id}"
+
+
+def face_doc_id(user_id: str, image_id: str, model_id: str, index: int) -> str:
+    """Stable face id: the same image, model and face index always give the same id."""
+    digest = hashlib.sha1(f"{user_id}\0{image_id}\0{model_id}\0{index}".encode()).hexdigest()
+    return digest[:24]
+
+
+def person_doc_id(user_id: str, person_id: int) -> str:
+    return f"{user_id}/p{person_id:06d}"
+
+
+def encode_embedding(vector: np.ndarray) -> Binary:
+    return Binary(np.asarray(vector, dtype=EMBEDDING_DTYPE).tobytes())
+
+
+def decode_embedding(data: bytes) -> np.ndarray:
+    """Back to a float32 unit vector (re-normalised: float16 rounding shifts the norm slightly)."""
+    vector = np.frombuffer(data, dtype=EMBEDDING_DTYPE).astype(np.float32)
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
+
+@dataclass
+class ImageDoc:
+    user_id: str
+    image_id: str
+    bucket: str
+    key: str
+    status: ImageStatus
+    model_id: str | None = None
+    face_count: int = 0
+    reason: str | None = None
+    width: int | None = None
+    height: int | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    updated_at: datetime = field(default_factory=now)
+
+    @property
+    def doc_id(self) -> str:
+        return image_doc_id(self.user_id, self.image_id)
+
+    def to_mongo(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = str(self.status)
+        data["_id"] = self.doc_id
+        return data
+
+    @classmethod
+    def from_mongo(cls, data: dict[str, Any]) -> ImageDoc:
+        values = {k: v for k, v in data.items() if k != "_id"}
+        values["status"] = ImageStatus(values["status"])
+        return cls(**values)
+
+
+@dataclass
+class FaceDoc:
+    user_id: str
+    image_id: str
+    model_id: str
+    index: int
+    bbox: tuple[float, float, float, float]
+    landmarks: tuple[tuple[float, float], ...]
+    det_score: float
+    quality: float
+    embedding: np.ndarray
+    crop_key: str | None = None
+    created_at: datetime = field(default_factory=now)
+
+    @property
+    def doc_id(self) -> str:
+        return face_doc_id(self.user_id, self.image_id, self.model_id, self.index)
+
+    @property
+    def width_px(self) -> float:
+        return self.bbox[2] - self.bbox[0]
+
+    def to_mongo(self) -> dict[str, Any]:
+        return {
+            "_id": self.doc_id,
+            "user_id": self.user_id,
+            "image_id": self.image_id,
+            "model_id": self.model_id,
+            "index": self.index,
+            "bbox": [float(v) for v in self.bbox],
+            "landmarks": [[float(x), float(y)] for x, y in self.landmarks],
+            "det_score": float(self.det_score),
+            "quality": float(self.quality),
+            "embedding": encode_embedding(self.embedding),
+            "embedding_dim": int(self.embedding.shape[0]),
+            "crop_key": self.crop_key,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_mongo(cls, data: dict[str, Any]) -> FaceDoc:
+        return cls(
+            user_id=data["user_id"],
+            image_id=data["image_id"],
+            model_id=data["model_id"],
+            index=int(data["index"]),
+            bbox=tuple(data["bbox"]),
+            landmarks=tuple((float(x), float(y)) for x, y in data["landmarks"]),
+            det_score=float(data["det_score"]),
+            quality=float(data["quality"]),
+            embedding=decode_embedding(bytes(data["embedding"])),
+            crop_key=data.get("crop_key"),
+            created_at=data.get("created_at", now()),
+        )
+
+
+@dataclass
+class PersonDoc:
+    user_id: str
+    person_id: int
+    model_id: str
+    member_face_ids: list[str]
+    cover_face_id: str | None
+    centroid: np.ndarray
+    name: str | None = None
+    cover_key: str | None = None
+    updated_at: datetime = field(default_factory=now)
+
+    @property
+    def doc_id(self) -> str:
+        return person_doc_id(self.user_id, self.person_id)
+
+    @property
+    def face_count(self) -> int:
+        return len(self.member_face_ids)
+
+    def to_mongo(self) -> dict[str, Any]:
+        return {
+            "_id": self.doc_id,
+            "user_id": self.user_id,
+            "person_id": self.person_id,
+            "model_id": self.model_id,
+            "member_face_ids": list(self.member_face_ids),
+            "face_count": self.face_count,
+            "cover_face_id": self.cover_face_id,
+            "centroid": encode_embedding(self.centroid),
+            "name": self.name,
+            "cover_key": self.cover_key,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_mongo(cls, data: dict[str, Any]) -> PersonDoc:
+        return cls(
+            user_id=data["user_id"],
+            person_id=int(data["person_id"]),
+            model_id=data["model_id"],
+            member_face_ids=list(data["member_face_ids"]),
+            cover_face_id=data.get("cover_face_id"),
+            centroid=decode_embedding(bytes(data["centroid"])),
+            name=data.get("name"),
+            cover_key=data.get("cover_key"),
+            updated_at=data.get("updated_at", now()),
+        )
