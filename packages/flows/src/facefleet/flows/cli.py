@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 # `func`. Imported lazily so `facefleet local status` does not pay for onnxruntime or Prefect.
 COMMAND_MODULES: tuple[str, ...] = (
     "facefleet.flows.local_cli",
-    "facefleet.worker.grouping.evaluate",
 )
 
 Handler = Callable[[argparse.Namespace], int]
