@@ -130,13 +130,13 @@ def _detection(
         return [], f"backlog {uncovered} but both compute environments are at their vCPU limit"
     wanted = max(2, min(uncovered // params.array_divisor, params.max_array_size))
     size = min(wanted, needed, _headroom_jobs(active, names, primary=False))
-    queue = names.secondary_queue.name
+    secondary = names.secondary_queue.name
     if size <= 0:
-        return [], f"backlog {uncovered} but {queue} is at its vCPU limit"
+        return [], f"backlog {uncovered} but {secondary} is at its vCPU limit"
     if size == 1:
-        return [Submission(DETECTION, queue, definition)], f"large backlog {uncovered}: 1 job fits"
-    return [Submission(DETECTION, queue, definition, size)], (
-        f"large backlog {uncovered}: array of {size} on {queue}"
+        return [Submission(DETECTION, secondary, definition)], f"backlog {uncovered}: 1 job fits"
+    return [Submission(DETECTION, secondary, definition, size)], (
+        f"large backlog {uncovered}: array of {size} on {secondary}"
     )
 
 
