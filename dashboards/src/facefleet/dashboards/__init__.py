@@ -1,0 +1,1 @@
+"""FaceFleet dashboards and alarms as code."""
