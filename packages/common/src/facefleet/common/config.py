@@ -140,6 +140,15 @@ class Names:
     def dashboard(self) -> str:
         return f"{self.prefix}-pipeline"
 
+    # EventBridge rules whose AWS/Events TriggeredRules metric (dimension RuleName) the alarms use.
+    @property
+    def job_failed_rule(self) -> str:
+        return f"{self.prefix}-batch-job-failed"
+
+    @property
+    def spot_interruption_rule(self) -> str:
+        return f"{self.prefix}-spot-interruption"
+
     @property
     def cutover_parameter_prefix(self) -> str:
         return f"/facefleet/{self.prefix}/cutover"
