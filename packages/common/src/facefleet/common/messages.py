@@ -8,6 +8,7 @@ the dead-letter queue instead of crashing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -60,10 +61,15 @@ def image_key(user_id: str, image_id: str, extension: str = "jpg") -> str:
     return f"{user_key_prefix(user_id)}{image_id}.{extension}"
 
 
-def image_id_from_key(key: str) -> str:
-    """The image id a key names: its file name without the extension."""
-    name = key.rsplit("/", 1)[-1]
-    return name.rsplit(".", 1)[0] if "." in name else name
+def image_id_from_key(user_id: str, key: str) -> str:
+    """The image id a key names: its file name without the extension when that is a plain
+    identifier directly in the user's prefix, else a stable digest of the key (uploads keep
+    their own names: spaces, nested folders), so one key always maps to one image id."""
+    relative = key[len(user_key_prefix(user_id)):]
+    stem = relative.rsplit(".", 1)[0] if "." in relative else relative
+    if "/" not in stem and _ID_PATTERN.match(stem):
+        return stem
+    return "k" + hashlib.sha1(relative.encode()).hexdigest()[:24]
 
 
 def _load(body: str | bytes) -> dict[str, Any]:
@@ -140,11 +146,8 @@ def _detection_from_s3_record(record: Any, position: int) -> DetectionRequest:
             f"{where}s3.object.key {key!r} is not under '{USER_KEY_PREFIX}/<user id>/'"
         )
     user_id = parts[1]
-    image_id = image_id_from_key(key)
-    if not _ID_PATTERN.match(image_id):
-        raise MalformedMessage(f"{where}s3.object.key {key!r} has no valid image id")
     _check_key(user_id, key)
-    return DetectionRequest(user_id, image_id, bucket, key)
+    return DetectionRequest(user_id, image_id_from_key(user_id, key), bucket, key)
 
 
 def parse_detection_message(body: str | bytes) -> list[DetectionRequest]:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from pymongo import ASCENDING, MongoClient, ReplaceOne
+from pymongo import ASCENDING, MongoClient, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
@@ -25,6 +25,14 @@ from facefleet.common.documents import (
 )
 
 Document = dict[str, Any]
+
+
+def upsert(document: Document) -> UpdateOne:
+    """Write a whole document by _id. A `$set` upsert, not ReplaceOne: nx-27017 ignores the
+    filter's _id when a ReplaceOne upserts (and fails replacing binary fields), while a `$set`
+    upsert behaves the same on MongoDB and nx-27017. Every document sets all of its fields."""
+    fields = {k: v for k, v in document.items() if k != "_id"}
+    return UpdateOne({"_id": document["_id"]}, {"$set": fields}, upsert=True)
 
 GALLERY_DEFAULT_DB = "gallery_images"
 HUEMN_DEFAULT_DB = "huemn"
@@ -59,14 +67,14 @@ class GalleryRepository:
     def mark_processing(self, image: ImageDoc) -> None:
         image.status = ImageStatus.PROCESSING
         image.updated_at = now()
-        self.images.replace_one({"_id": image.doc_id}, image.to_mongo(), upsert=True)
+        self.images.bulk_write([upsert(image.to_mongo())])
 
     def save_result(self, image: ImageDoc, faces: list[FaceDoc]) -> None:
         """Store an image's faces, drop faces a previous run of the same model left beyond them,
         then mark the image done: the image turns DONE only after its faces are durable."""
         if faces:
             self.faces.bulk_write(
-                [ReplaceOne({"_id": f.doc_id}, f.to_mongo(), upsert=True) for f in faces],
+                [upsert(f.to_mongo()) for f in faces],
                 ordered=False,
             )
         keep = [f.doc_id for f in faces]
@@ -81,13 +89,13 @@ class GalleryRepository:
         image.status = ImageStatus.DONE
         image.face_count = len(faces)
         image.updated_at = now()
-        self.images.replace_one({"_id": image.doc_id}, image.to_mongo(), upsert=True)
+        self.images.bulk_write([upsert(image.to_mongo())])
 
     def mark_failed(self, image: ImageDoc, reason: str) -> None:
         image.status = ImageStatus.FAILED
         image.reason = reason
         image.updated_at = now()
-        self.images.replace_one({"_id": image.doc_id}, image.to_mongo(), upsert=True)
+        self.images.bulk_write([upsert(image.to_mongo())])
 
     def get_image(self, user_id: str, image_id: str) -> ImageDoc | None:
         data = self.images.find_one({"_id": image_doc_id(user_id, image_id)})
@@ -146,7 +154,7 @@ class PeopleRepository:
         self.leases.delete_one({"_id": user_id, "owner": owner})
 
     def save_people(self, people: Iterable[PersonDoc]) -> None:
-        operations = [ReplaceOne({"_id": p.doc_id}, p.to_mongo(), upsert=True) for p in people]
+        operations = [upsert(p.to_mongo()) for p in people]
         if operations:
             self.people.bulk_write(operations, ordered=False)
 
