@@ -1,0 +1,50 @@
+# FaceFleet developer commands. `make demo` and `make test` are the two README set-up commands.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRA ?= cpu
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: venv demo test lint typecheck unit bench bench-detect bench-group evaluate simulate clean
+
+$(UV):
+	$(PYTHON) -m pip install --user --quiet uv
+
+# The virtual environment at .venv with the `facefleet` command, from the lock file.
+venv: $(UV)
+	$(UV) sync --locked --extra $(EXTRA)
+
+demo: venv
+	$(BIN)/facefleet demo
+
+lint: venv
+	$(BIN)/ruff check packages dashboards tests benchmarks run_*.py
+	$(BIN)/ruff format --check packages dashboards tests benchmarks run_*.py
+
+typecheck: venv
+	$(BIN)/mypy packages/common/src packages/worker/src packages/infra/src packages/flows/src dashboards/src
+
+unit: venv
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench-detect: venv
+	$(BIN)/python benchmarks/bench_detect.py
+
+bench-group: venv
+	$(BIN)/python benchmarks/bench_group.py
+
+bench: bench-detect bench-group
+
+evaluate: venv
+	$(BIN)/facefleet evaluate ../shared/faces/lfw
+
+simulate: venv
+	$(BIN)/facefleet simulate --days 7 --seed 7 --plot out/simulation.png
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis out .facefleet
