@@ -1,0 +1,1 @@
+"""The main job on the embedded default: a gallery in, faces and people out, and a report."""
