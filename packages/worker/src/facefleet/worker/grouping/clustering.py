@@ -1,0 +1,505 @@
+"""The incremental, density-based clustering step for one user's faces, over plain data.
+
+The service layer loads a user's `UserClusterState` from MongoDB, keeps (or rebuilds) the user's
+`FaceIndex`, and calls::
+
+    update = add_faces(state, new_faces, index, params)   # -> ClusterUpdate
+
+`add_faces` updates `state` and `index` in place (a 1M-face user cannot be copied per message) and
+returns what changed, so only that is written back. User corrections are functions of the same
+shape: `merge_people`, `move_face`, `reject_face` ("not this person"), `name_person`.
+
+How a face is placed (each new face, in arrival order; a batch behaves exactly as one at a time):
+
+1. Its neighbours are the existing faces within cosine similarity `link_sim` (top-`k` search).
+2. Join: the people of its trusted (strong-tier) assigned neighbours are candidates, minus any
+   person that already holds a face of the same photo (cannot-link) or that the user said this
+   face is not. The best-supported candidate is joined if its closest member is at least
+   `join_sim` away (`weak_join_sim` for a weak face, which must be confidently close).
+3. Seed: otherwise a strong face with at least `min_seed - 1` strong unassigned neighbours within
+   `seed_sim` (one per photo) starts a new person with them.
+4. Wait: otherwise it stays unassigned and keeps its neighbour list. A waiting face is looked at
+   again only when a new face lands within `link_sim` of it (its list gains that face), and the
+   re-examination cascades through faces that become assigned; nothing rescans all waiting faces.
+
+Tiers come from quality, face size and detection score: strong faces may seed and count as
+evidence, weak faces may only join (with the stricter `weak_join_sim`), and faces below the join
+floor are kept but never assigned automatically. Tiny, blurred faces give embeddings that sit
+close to each other whoever they show; letting them seed or vouch for others is what makes the
+usual density rules collapse on group shots.
+
+Guarantees: a new face never renames, dissolves or moves an existing person's faces (person ids
+are a monotonic counter); two faces of one photo are never put together automatically; user
+constraints are never undone; the result is a function of the arrival stream only; a face already
+present (redelivery) changes nothing. Embeddings must be L2-normalised float32 of any one dimension.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from facefleet.worker.grouping.index import FaceIndex
+
+UNASSIGNED = -1
+
+# Tiers of trust in a face's embedding.
+IGNORED, WEAK, STRONG = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    """One parameter set for every user and condition (thresholds are cosine similarities)."""
+
+    k: int = 32
+    link_sim: float = 0.35
+    join_sim: float = 0.40
+    weak_join_sim: float = 0.55
+    seed_sim: float = 0.45
+    min_seed: int = 2
+    # Strong: may seed a person and vouch for joiners.
+    strong_quality: float = 0.5
+    strong_size_px: float = 40.0
+    strong_det_score: float = 0.6
+    # Weak: may join an existing person when confidently close; below this: never assigned.
+    weak_quality: float = 0.2
+    weak_size_px: float = 20.0
+    weak_det_score: float = 0.4
+    # Faces are searched and placed in chunks of this many (bounds the chunk x chunk matrix).
+    chunk: int = 2048
+
+
+@dataclass(frozen=True)
+class FaceInput:
+    """One detected face as the clustering step needs it."""
+
+    face_id: str
+    photo_id: str
+    embedding: np.ndarray
+    quality: float = 1.0
+    size_px: float = 112.0
+    det_score: float = 1.0
+
+
+@dataclass
+class Person:
+    members: set[int] = field(default_factory=set)
+    photos: dict[str, int] = field(default_factory=dict)  # photo id -> faces of it held
+    name: str | None = None
+
+
+@dataclass
+class UserClusterState:
+    """Everything the step knows about one user, indexed by face ordinal (arrival position).
+
+    The index stores embeddings under the same ordinals. `tier` is derived from quality, size and
+    detection score with the params in force when the face arrived. `waiting` holds the neighbour
+    lists (ordinal, similarity) of unassigned faces only; `not_in` maps a face ordinal to people the
+    user said it is not; `pinned` are faces the user placed; `merged_into` maps retired person ids
+    to the person that absorbed them.
+    """
+
+    face_ids: list[str] = field(default_factory=list)
+    photo_ids: list[str] = field(default_factory=list)
+    quality: list[float] = field(default_factory=list)
+    size_px: list[float] = field(default_factory=list)
+    det_score: list[float] = field(default_factory=list)
+    tier: list[int] = field(default_factory=list)
+    person_of: list[int] = field(default_factory=list)
+    people: dict[int, Person] = field(default_factory=dict)
+    ordinal_of: dict[str, int] = field(default_factory=dict)
+    waiting: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    not_in: dict[int, set[int]] = field(default_factory=dict)
+    pinned: set[int] = field(default_factory=set)
+    merged_into: dict[int, int] = field(default_factory=dict)
+    next_person_id: int = 1
+
+    def person_of_face(self, face_id: str) -> int | None:
+        person = self.person_of[self.ordinal_of[face_id]]
+        return None if person == UNASSIGNED else person
+
+    def labels(self) -> dict[str, int | None]:
+        """face id -> person id (None: unassigned), for every face."""
+        return {
+            face_id: (None if p == UNASSIGNED else p)
+            for face_id, p in zip(self.face_ids, self.person_of, strict=True)
+        }
+
+    def resolve(self, person_id: int) -> int:
+        """The live person a (possibly merged-away) person id now refers to."""
+        while person_id in self.merged_into:
+            person_id = self.merged_into[person_id]
+        return person_id
+
+
+@dataclass
+class ClusterUpdate:
+    """What one call changed: enough for the service to write back only that."""
+
+    added: list[str] = field(default_factory=list)
+    redelivered: list[str] = field(default_factory=list)
+    # face id -> new person (None: unassigned) for new faces and faces whose person changed.
+    assignments: dict[str, int | None] = field(default_factory=dict)
+    created: list[int] = field(default_factory=list)
+    changed: set[int] = field(default_factory=set)  # people whose members changed
+    removed: list[int] = field(default_factory=list)  # people merged away or emptied by the user
+
+
+def face_tier(quality: float, size_px: float, det_score: float, params: ClusterParams) -> int:
+    if (quality >= params.strong_quality and size_px >= params.strong_size_px
+            and det_score >= params.strong_det_score):
+        return STRONG
+    if (quality >= params.weak_quality and size_px >= params.weak_size_px
+            and det_score >= params.weak_det_score):
+        return WEAK
+    return IGNORED
+
+
+# -- adding faces -------------------------------------------------------------------------------
+
+
+def add_faces(
+    state: UserClusterState,
+    faces: Sequence[FaceInput],
+    index: FaceIndex,
+    params: ClusterParams | None = None,
+) -> ClusterUpdate:
+    """Place `faces` in arrival order; faces already in `state` are skipped (redelivery)."""
+    params = params or ClusterParams()
+    update = ClusterUpdate()
+    fresh: list[FaceInput] = []
+    seen: set[str] = set()
+    for face in faces:
+        if face.face_id in state.ordinal_of or face.face_id in seen:
+            update.redelivered.append(face.face_id)
+        else:
+            seen.add(face.face_id)
+            fresh.append(face)
+    for start in range(0, len(fresh), params.chunk):
+        _add_chunk(state, fresh[start:start + params.chunk], index, params, update)
+    return update
+
+
+def _embeddings(faces: Sequence[FaceInput], dim: int) -> np.ndarray:
+    matrix = np.stack([np.asarray(face.embedding, dtype=np.float32) for face in faces])
+    if matrix.shape[1] != dim:
+        raise ValueError(
+            f"face {faces[0].face_id}: {matrix.shape[1]}-d embedding, the user's index is {dim}-d"
+        )
+    norms = np.linalg.norm(matrix, axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-2)
+    if len(bad):
+        raise ValueError(f"face {faces[int(bad[0])].face_id}: embedding is not L2-normalised "
+                         f"(norm {norms[bad[0]]:.3f})")
+    return matrix
+
+
+def _add_chunk(
+    state: UserClusterState,
+    faces: Sequence[FaceInput],
+    index: FaceIndex,
+    params: ClusterParams,
+    update: ClusterUpdate,
+) -> None:
+    matrix = _embeddings(faces, index.dim)
+    base = len(state.face_ids)
+    sims, ids = index.search(matrix, params.k)
+    # Earlier faces of the same chunk are neighbours too, exactly as if added one at a time.
+    intra = matrix @ matrix.T
+    rows, cols = np.nonzero(np.tril(intra >= params.link_sim, k=-1))
+    intra_hits: dict[int, list[tuple[int, float]]] = {}
+    for r, c, s in zip(rows.tolist(), cols.tolist(), intra[rows, cols].tolist(), strict=True):
+        intra_hits.setdefault(r, []).append((base + c, s))
+    for face in faces:
+        _register(state, face, params, update)
+    sim_rows, id_rows = sims.tolist(), ids.tolist()
+    for j in range(len(faces)):
+        hits = [(i, s) for i, s in zip(id_rows[j], sim_rows[j], strict=True)
+                if i >= 0 and s >= params.link_sim]
+        extra = intra_hits.get(j)
+        if extra:
+            hits = sorted(hits + extra, key=lambda h: (-h[1], h[0]))[:params.k]
+        _place(state, base + j, hits, params, update)
+    index.add(np.arange(base, base + len(faces), dtype=np.int64), matrix)
+
+
+def _register(
+    state: UserClusterState, face: FaceInput, params: ClusterParams, update: ClusterUpdate
+) -> None:
+    ordinal = len(state.face_ids)
+    state.ordinal_of[face.face_id] = ordinal
+    state.face_ids.append(face.face_id)
+    state.photo_ids.append(face.photo_id)
+    state.quality.append(float(face.quality))
+    state.size_px.append(float(face.size_px))
+    state.det_score.append(float(face.det_score))
+    state.tier.append(face_tier(face.quality, face.size_px, face.det_score, params))
+    state.person_of.append(UNASSIGNED)
+    update.added.append(face.face_id)
+    update.assignments[face.face_id] = None
+
+
+def _place(
+    state: UserClusterState,
+    face: int,
+    hits: list[tuple[int, float]],
+    params: ClusterParams,
+    update: ClusterUpdate,
+) -> None:
+    """Decide a new face, then re-examine the waiting faces it landed near.
+
+    Ignored faces are dropped from neighbour lists (they never change anyone's decision); only a
+    strong new face is added to its neighbours' lists, since only it can vouch for or seed them.
+    """
+    hits = [(other, sim) for other, sim in hits if state.tier[other] != IGNORED]
+    strong = state.tier[face] == STRONG
+    if strong:
+        cap = params.k
+        for other, sim in hits:
+            waiting = state.waiting.get(other)
+            if waiting is not None:
+                waiting.append((face, sim))
+                if len(waiting) > cap:
+                    waiting.sort(key=lambda h: (-h[1], h[0]))
+                    del waiting[cap:]
+    if state.tier[face] == IGNORED:
+        return
+    state.waiting[face] = hits
+    assigned = _decide(state, face, params, update)
+    if assigned or strong:
+        _reexamine(state, assigned or [(face, hits)], params, update)
+
+
+def _reexamine(
+    state: UserClusterState,
+    sources: list[tuple[int, list[tuple[int, float]]]],
+    params: ClusterParams,
+    update: ClusterUpdate,
+) -> None:
+    """Re-decide waiting faces near `sources`, cascading through faces that get assigned.
+
+    `sources` (face, its neighbours) just arrived or were just assigned: the only events that
+    can change a waiting neighbour's decision.
+    """
+    queue = deque(sources)
+    while queue:
+        _, hits = queue.popleft()
+        for other, _ in hits:
+            if state.person_of[other] == UNASSIGNED and other in state.waiting:
+                queue.extend(_decide(state, other, params, update))
+
+
+def _decide(
+    state: UserClusterState, face: int, params: ClusterParams, update: ClusterUpdate
+) -> list[tuple[int, list[tuple[int, float]]]]:
+    """Join or seed for one waiting face; returns the faces assigned, with their neighbours."""
+    tier = state.tier[face]
+    if tier == IGNORED or state.person_of[face] != UNASSIGNED:
+        return []
+    hits = state.waiting.get(face, [])
+    person = _best_person(state, face, hits, params)
+    if person is not None:
+        _assign(state, face, person, update)
+        return [(face, hits)]
+    if tier != STRONG:
+        return []
+    partners = _seed_partners(state, face, hits, params)
+    if 1 + len(partners) < params.min_seed:
+        return []
+    person = state.next_person_id
+    state.next_person_id += 1
+    state.people[person] = Person()
+    update.created.append(person)
+    assigned = []
+    for member in [face, *partners]:
+        assigned.append((member, state.waiting.get(member, [])))
+        _assign(state, member, person, update)
+    return assigned
+
+
+def _best_person(
+    state: UserClusterState, face: int, hits: list[tuple[int, float]], params: ClusterParams
+) -> int | None:
+    need = params.join_sim if state.tier[face] == STRONG else params.weak_join_sim
+    photo = state.photo_ids[face]
+    barred = state.not_in.get(face, ())
+    support: dict[int, list[float]] = {}  # person -> [count, sum of sims, max sim]
+    for other, sim in hits:
+        person = state.person_of[other]
+        if person == UNASSIGNED or state.tier[other] != STRONG:
+            continue
+        entry = support.get(person)
+        if entry is None:
+            if person in barred or photo in state.people[person].photos:
+                continue
+            support[person] = [1.0, sim, sim]
+        else:
+            entry[0] += 1
+            entry[1] += sim
+            entry[2] = max(entry[2], sim)
+    best: int | None = None
+    best_key: tuple[float, float, int] | None = None
+    for person, (_, total, top) in support.items():
+        if top < need:
+            continue
+        key = (total, top, -person)
+        if best_key is None or key > best_key:
+            best, best_key = person, key
+    return best
+
+
+def _seed_partners(
+    state: UserClusterState, face: int, hits: list[tuple[int, float]], params: ClusterParams
+) -> list[int]:
+    photos = {state.photo_ids[face]}
+    partners: list[int] = []
+    for other, sim in sorted(hits, key=lambda h: (-h[1], h[0])):
+        if sim < params.seed_sim:
+            break
+        if state.person_of[other] != UNASSIGNED or state.tier[other] != STRONG:
+            continue
+        if state.photo_ids[other] in photos:
+            continue
+        photos.add(state.photo_ids[other])
+        partners.append(other)
+    return partners
+
+
+def _assign(state: UserClusterState, face: int, person: int, update: ClusterUpdate) -> None:
+    record = state.people[person]
+    record.members.add(face)
+    photo = state.photo_ids[face]
+    record.photos[photo] = record.photos.get(photo, 0) + 1
+    state.person_of[face] = person
+    state.waiting.pop(face, None)  # an assigned face no longer needs its neighbour list
+    update.assignments[state.face_ids[face]] = person
+    update.changed.add(person)
+
+
+def _unassign(state: UserClusterState, face: int, update: ClusterUpdate) -> int:
+    """Take a face out of its person (user operations only); returns the old person."""
+    person = state.person_of[face]
+    if person == UNASSIGNED:
+        return person
+    record = state.people[person]
+    record.members.discard(face)
+    photo = state.photo_ids[face]
+    record.photos[photo] -= 1
+    if not record.photos[photo]:
+        del record.photos[photo]
+    state.person_of[face] = UNASSIGNED
+    update.assignments[state.face_ids[face]] = None
+    update.changed.add(person)
+    if not record.members and record.name is None:
+        del state.people[person]
+        update.removed.append(person)
+    return person
+
+
+# -- user corrections ---------------------------------------------------------------------------
+
+
+def _ordinal(state: UserClusterState, face_id: str) -> int:
+    try:
+        return state.ordinal_of[face_id]
+    except KeyError:
+        raise KeyError(f"face {face_id!r} is not in this user's state") from None
+
+
+def _live(state: UserClusterState, person_id: int) -> int:
+    person = state.resolve(person_id)
+    if person not in state.people:
+        raise KeyError(f"person {person_id} does not exist for this user")
+    return person
+
+
+def merge_people(state: UserClusterState, keep: int, absorb: int) -> ClusterUpdate:
+    """The user says `absorb` is `keep`: its faces move to `keep`, and its id is retired.
+
+    The kept person keeps its name (or takes `absorb`'s when it has none). "Not this person"
+    constraints against `absorb` now bar `keep`.
+    """
+    update = ClusterUpdate()
+    keep, absorb = _live(state, keep), _live(state, absorb)
+    if keep == absorb:
+        return update
+    source = state.people[absorb]
+    for face in sorted(source.members):
+        _unassign(state, face, update)
+        _assign(state, face, keep, update)
+    if state.people[keep].name is None:
+        state.people[keep].name = source.name
+    state.people.pop(absorb, None)
+    if absorb not in update.removed:
+        update.removed.append(absorb)
+    update.changed.discard(absorb)
+    state.merged_into[absorb] = keep
+    for barred in state.not_in.values():
+        if absorb in barred:
+            barred.discard(absorb)
+            barred.add(keep)
+    return update
+
+
+def move_face(state: UserClusterState, face_id: str, person_id: int | None) -> ClusterUpdate:
+    """The user puts a face in `person_id` (None: in a new person of its own); it stays there.
+
+    Moving a face out of a person also records that it is not that person.
+    """
+    update = ClusterUpdate()
+    face = _ordinal(state, face_id)
+    target = None if person_id is None else _live(state, person_id)
+    old = state.person_of[face]
+    if target is not None and target == old:
+        state.pinned.add(face)
+        return update
+    if old != UNASSIGNED:
+        _unassign(state, face, update)
+        state.not_in.setdefault(face, set()).add(old)
+    if target is None:
+        target = state.next_person_id
+        state.next_person_id += 1
+        state.people[target] = Person()
+        update.created.append(target)
+    state.not_in.get(face, set()).discard(target)
+    _assign(state, face, target, update)
+    state.pinned.add(face)
+    state.waiting.pop(face, None)
+    return update
+
+
+def reject_face(state: UserClusterState, face_id: str, person_id: int) -> ClusterUpdate:
+    """The user says the face is not `person_id`: it leaves that person and never rejoins it.
+
+    The face waits unassigned with no neighbour list (the step is I/O-free): the next face that
+    lands near it lets it join another person.
+    """
+    update = ClusterUpdate()
+    face = _ordinal(state, face_id)
+    person = _live(state, person_id)
+    state.not_in.setdefault(face, set()).add(person)
+    state.pinned.discard(face)
+    if state.person_of[face] == person:
+        _unassign(state, face, update)
+        state.waiting[face] = []
+    return update
+
+
+def name_person(state: UserClusterState, person_id: int, name: str | None) -> ClusterUpdate:
+    person = _live(state, person_id)
+    state.people[person].name = name
+    return ClusterUpdate(changed={person})
+
+
+def members(state: UserClusterState, person_id: int) -> list[str]:
+    """Face ids of a person, in arrival order."""
+    person = _live(state, person_id)
+    return [state.face_ids[face] for face in sorted(state.people[person].members)]
+
+
+def partition(state: UserClusterState, face_ids: Iterable[str]) -> list[int | None]:
+    """The person of each face id (None: unassigned): a labelling to score or compare."""
+    return [state.person_of_face(face_id) for face_id in face_ids]

@@ -1,0 +1,97 @@
+"""Full re-cluster: the incremental step replayed over a whole library, and the comparison of the
+two, used for model changes and repair.
+
+`recluster(faces, params)` orders the library canonically (strong faces first, then by quality,
+then face id), so the result depends on the library, not on the order photos happened to arrive,
+and good faces seed people before poor ones are placed. It trains the IVF index once for the final
+size (it knows every vector up front) and feeds the same `add_faces` in chunks.
+`carry_names` moves names and "not this person" constraints from an old state to a new one (after
+a model change the face ids differ, so the caller maps old face ids to new ones).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from facefleet.worker.grouping.clustering import (
+    ClusterParams,
+    FaceInput,
+    UserClusterState,
+    add_faces,
+    face_tier,
+    partition,
+)
+from facefleet.worker.grouping.index import FaceIndex, IndexParams
+from facefleet.worker.grouping.metrics import ari
+
+
+def canonical_order(faces: Sequence[FaceInput], params: ClusterParams) -> list[FaceInput]:
+    def key(face: FaceInput) -> tuple[int, float, str]:
+        tier = face_tier(face.quality, face.size_px, face.det_score, params)
+        return (-tier, -face.quality, face.face_id)
+
+    return sorted(faces, key=key)
+
+
+def recluster(
+    faces: Sequence[FaceInput],
+    params: ClusterParams | None = None,
+    index_params: IndexParams | None = None,
+    chunk: int = 4096,
+) -> tuple[UserClusterState, FaceIndex]:
+    """A fresh state and index for the whole library, built by the incremental algorithm."""
+    params = params or ClusterParams()
+    ordered = canonical_order(faces, params)
+    state = UserClusterState()
+    if not ordered:
+        return state, FaceIndex(1, index_params)
+    vectors = np.stack([np.asarray(face.embedding, dtype=np.float32) for face in ordered])
+    index = FaceIndex.trained_for(vectors, len(ordered), index_params)
+    for start in range(0, len(ordered), chunk):
+        add_faces(state, ordered[start:start + chunk], index, params)
+    return state, index
+
+
+def agreement(first: UserClusterState, second: UserClusterState) -> float:
+    """ARI between two states' partitions over the faces both hold (unassigned = singleton)."""
+    common = [face_id for face_id in first.face_ids if face_id in second.ordinal_of]
+    if not common:
+        return 1.0
+    return ari(partition(first, common), partition(second, common))
+
+
+def carry_names(
+    old: UserClusterState, new: UserClusterState, face_map: Mapping[str, str] | None = None
+) -> dict[int, int]:
+    """Give each named old person's name to the new person holding most of its faces.
+
+    Returns old person id -> new person id for the people carried. `face_map` maps old face ids
+    to new ones (identity when omitted). A new person takes at most one name: the old person
+    with the larger overlap wins.
+    """
+    face_map = face_map or {}
+    candidates: list[tuple[int, int, int]] = []  # (-overlap, old person, new person)
+    for person_id, person in old.people.items():
+        if person.name is None:
+            continue
+        votes: Counter[int] = Counter()
+        for face in person.members:
+            new_face = face_map.get(old.face_ids[face], old.face_ids[face])
+            if new_face in new.ordinal_of:
+                target = new.person_of_face(new_face)
+                if target is not None:
+                    votes[target] += 1
+        for target, count in votes.items():
+            candidates.append((-count, person_id, target))
+    carried: dict[int, int] = {}
+    taken: set[int] = set()
+    for _, person_id, target in sorted(candidates):
+        if person_id in carried or target in taken:
+            continue
+        carried[person_id] = target
+        taken.add(target)
+        new.people[target].name = old.people[person_id].name
+    return carried
