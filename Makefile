@@ -8,7 +8,7 @@ EXTRA ?= cpu
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test lint typecheck unit bench bench-detect bench-group evaluate simulate clean
+.PHONY: venv demo test lint typecheck unit browser bench bench-detect bench-group evaluate simulate clean
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -30,7 +30,13 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+# The report test drives a real headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+
+test: lint typecheck browser unit
 
 bench-detect: venv
 	$(BIN)/python benchmarks/bench_detect.py
