@@ -1,0 +1,1 @@
+"""Detection worker: image decoding, face analysis and the SQS handler."""
