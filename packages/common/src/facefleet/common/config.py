@@ -153,6 +153,17 @@ class Names:
     def cutover_parameter_prefix(self) -> str:
         return f"/facefleet/{self.prefix}/cutover"
 
+    # The existing ECS service's queue: the cutover router forwards the share of traffic that is
+    # not (yet) on Batch here. Production may point at the existing queue by URL instead.
+    @property
+    def ecs_indexing_queue(self) -> str:
+        return f"{self.prefix}-ecs-indexing"
+
+    # Dispatch state (last submission time for the cool-down), shared by the flow and the Lambda.
+    @property
+    def dispatch_parameter_prefix(self) -> str:
+        return f"/facefleet/{self.prefix}/dispatch"
+
 
 NAMES = Names()
 
