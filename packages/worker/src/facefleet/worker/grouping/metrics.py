@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sklearn.metrics import adjusted_rand_score
 
@@ -40,7 +41,7 @@ def singletons_for_unassigned(predicted: Sequence[Hashable | None]) -> list[Hash
     return [("unassigned", i) if label is None else label for i, label in enumerate(predicted)]
 
 
-def _pairs(sizes: Counter[Hashable]) -> int:
+def _pairs(sizes: Counter[Any]) -> int:
     return sum(n * (n - 1) // 2 for n in sizes.values())
 
 

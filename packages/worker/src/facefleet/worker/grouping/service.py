@@ -1,0 +1,275 @@
+"""The grouping worker: the shared SQS consumer on GROUP_FACE_QUEUE_URL with a per-user handler.
+
+A batch's requests are grouped by user, so each user's state is loaded once per batch. Each user
+is grouped under the user's MongoDB lease (expiring, so a dead worker's lease lapses): while
+another worker holds it, that user's messages are RETRY (kept in flight, retried with backoff),
+never an error. Under the lease: load the user's state (a cached one only if the stored revision
+is the one this process wrote and the FAISS index holds exactly the state's faces), place the
+request's faces with the pure `add_faces` step, write back what changed (see `store`), then the
+messages are DONE and the consumer deletes them. Outage errors make a user's messages RETRY;
+any other error in one user's work makes that user's messages MALFORMED (dead-lettered after
+redelivery) without touching the other users of the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import sys
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from facefleet.common.aws import client
+from facefleet.common.config import Settings, load_service_settings
+from facefleet.common.documents import FaceDoc
+from facefleet.common.logs import configure_logging
+from facefleet.common.messages import GroupingRequest, MalformedMessage, parse_grouping_message
+from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, LeaseHeld, connect
+from facefleet.worker.consumer import ConsumerConfig, Outcome, ReceivedMessage, is_outage, serve
+from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate, add_faces
+from facefleet.worker.grouping.store import (
+    GroupingStore,
+    UserSession,
+    face_input,
+    load_session,
+    save_changes,
+)
+
+log = logging.getLogger(__name__)
+
+CACHED_USERS = 8
+
+
+def cluster_params(settings: Settings) -> ClusterParams:
+    """GROUPING_DISTANCE (a cosine distance; 0 = default) moves every threshold together, so the
+    join threshold becomes 1 - distance and the others keep their spacing around it."""
+    params = ClusterParams()
+    if settings.grouping_distance <= 0:
+        return params
+    shift = (1.0 - settings.grouping_distance) - params.join_sim
+
+    def moved(value: float) -> float:
+        return min(0.99, max(-0.99, value + shift))
+
+    return dataclasses.replace(
+        params, link_sim=moved(params.link_sim), join_sim=moved(params.join_sim),
+        weak_join_sim=moved(params.weak_join_sim), seed_sim=moved(params.seed_sim),
+    )
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class UserResult:
+    faces_grouped: int
+    people_created: int
+    skipped_other_model: int
+
+
+class GroupingService:
+    """The batch handler; one per process (it caches a few users' sessions between batches)."""
+
+    def __init__(
+        self,
+        store: GroupingStore,
+        *,
+        s3: Any,
+        bucket: str,
+        params: ClusterParams | None = None,
+        metrics: MetricsEmitter | None = None,
+        owner: str | None = None,
+        lease_ttl: timedelta = timedelta(minutes=30),
+    ) -> None:
+        self.store = store
+        self.s3 = s3
+        self.bucket = bucket
+        self.params = params or ClusterParams()
+        self.metrics = metrics
+        self.owner = owner or worker_id()
+        self.lease_ttl = lease_ttl
+        self.sessions: OrderedDict[str, UserSession] = OrderedDict()
+
+    # -- the consumer handler -----------------------------------------------------------------
+
+    def handle(self, batch: list[ReceivedMessage]) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        by_user: dict[str, list[tuple[ReceivedMessage, GroupingRequest]]] = {}
+        for message in batch:
+            try:
+                request = parse_grouping_message(message.body)
+            except MalformedMessage as error:
+                log.error("malformed grouping request", extra={
+                    "message_id": message.message_id, "error": str(error)})
+                outcomes[message.message_id] = Outcome.MALFORMED
+                continue
+            by_user.setdefault(request.user_id, []).append((message, request))
+        outage = False
+        for user_id, items in by_user.items():
+            # After an outage the rest would only time out one by one: retry them together.
+            if outage:
+                outcome = Outcome.RETRY
+            else:
+                outcome, outage = self._handle_user(user_id, items)
+            for message, _ in items:
+                outcomes[message.message_id] = outcome
+        return outcomes
+
+    def _handle_user(
+        self, user_id: str, items: list[tuple[ReceivedMessage, GroupingRequest]]
+    ) -> tuple[Outcome, bool]:
+        """The outcome of one user's messages, and whether a dependency is down."""
+        try:
+            self.group_user(user_id, [request for _, request in items])
+        except LeaseHeld:
+            log.info("user is being grouped elsewhere; retrying later", extra={"user_id": user_id})
+            return Outcome.RETRY, False
+        except Exception as error:
+            if is_outage(error):
+                log.warning("outage while grouping", extra={"user_id": user_id,
+                                                            "error": repr(error)})
+                return Outcome.RETRY, True
+            log.exception("grouping failed", extra={"user_id": user_id})
+            return Outcome.MALFORMED, False
+        return Outcome.DONE, False
+
+    # -- one user -----------------------------------------------------------------------------
+
+    def group_user(self, user_id: str, requests: Sequence[GroupingRequest]) -> UserResult:
+        """Place the faces of `requests` for one user under the user's lease."""
+        started = time.monotonic()
+        self.store.people.acquire_lease(user_id, self.owner, self.lease_ttl)
+        try:
+            result = self._group_locked(user_id, requests)
+        except BaseException:
+            self.sessions.pop(user_id, None)  # a half-applied state must never be reused
+            raise
+        finally:
+            self._release(user_id)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        log.info("grouped user", extra={"user_id": user_id, "requests": len(requests),
+                                        "faces": result.faces_grouped,
+                                        "people_created": result.people_created,
+                                        "skipped_other_model": result.skipped_other_model,
+                                        "elapsed_ms": round(elapsed_ms, 1)})
+        if self.metrics is not None:
+            self.metrics.emit({Metric.FACES_GROUPED: result.faces_grouped,
+                               Metric.PEOPLE_CREATED: result.people_created,
+                               Metric.GROUPING_TIME: elapsed_ms}, user_id=user_id)
+        return result
+
+    def _release(self, user_id: str) -> None:
+        try:
+            self.store.people.release_lease(user_id, self.owner)
+        except Exception as error:  # the lease expires on its own; the work is already durable
+            log.warning("lease release failed", extra={"user_id": user_id, "error": repr(error)})
+
+    def _group_locked(self, user_id: str, requests: Sequence[GroupingRequest]) -> UserResult:
+        image_ids = list(dict.fromkeys(i for r in requests for i in r.image_ids))
+        faces = _arrival_order(self.store.gallery.faces_of_images(user_id, image_ids), image_ids)
+        session = self.session(user_id, _newest_model(faces))
+        mine = [f for f in faces if f.model_id == session.model_id]
+        if len(mine) < len(faces):
+            log.warning("faces of another model skipped (run `facefleet people migrate`)",
+                        extra={"user_id": user_id, "model_id": session.model_id,
+                               "skipped": len(faces) - len(mine)})
+        if not mine:
+            return UserResult(0, 0, len(faces))
+        update = self.add(session, mine)
+        save_changes(self.store, session, update, s3=self.s3, bucket=self.bucket)
+        return UserResult(len(update.added), len(update.created), len(faces) - len(mine))
+
+    def add(self, session: UserSession, faces: Sequence[FaceDoc]) -> ClusterUpdate:
+        index = session.ensure_index(int(faces[0].embedding.shape[0]))
+        update = add_faces(session.state, [face_input(f) for f in faces], index, self.params)
+        session.record_added({f.doc_id: f for f in faces}, update.added)
+        return update
+
+    def session(self, user_id: str, model_hint: str | None) -> UserSession:
+        """The user's session: the cached one if still valid, else rebuilt from MongoDB."""
+        cached = self.sessions.pop(user_id, None)
+        doc = self.store.user_doc(user_id) or {}
+        if cached is not None and _still_valid(cached, doc):
+            session = cached
+        else:
+            session = load_session(self.store, user_id, self.params, model_hint)
+        self.sessions[user_id] = session
+        while len(self.sessions) > CACHED_USERS:
+            self.sessions.popitem(last=False)
+        return session
+
+
+def _still_valid(session: UserSession, doc: dict[str, Any]) -> bool:
+    """A cached session is used only when nobody wrote the user since and the index holds
+    exactly the state's faces (a cache is never trusted blindly)."""
+    if doc.get("revision") != session.revision or doc.get("model_id") != session.model_id:
+        return False
+    faces = len(session.state.face_ids)
+    if session.index is None:
+        return faces == 0
+    return session.index.matches(faces)
+
+
+def _newest_model(faces: Sequence[FaceDoc]) -> str | None:
+    """For a user grouped for the first time: the model of the most recently detected face."""
+    if not faces:
+        return None
+    return max(faces, key=lambda f: (f.created_at, f.model_id)).model_id
+
+
+def _arrival_order(faces: Sequence[FaceDoc], image_ids: Sequence[str]) -> list[FaceDoc]:
+    """The order photos were requested in, then face index: the repository sorts by id."""
+    position = {image_id: i for i, image_id in enumerate(image_ids)}
+    return sorted(faces, key=lambda f: (position.get(f.image_id, len(position)), f.index))
+
+
+def build_service(settings: Settings, metrics: MetricsEmitter | None = None) -> GroupingService:
+    assert settings.gallery_images_mongo_uri and settings.huemn_mongo_uri
+    assert settings.face_group_bucket_name
+    store = GroupingStore(
+        connect(settings.gallery_images_mongo_uri, GALLERY_DEFAULT_DB),
+        connect(settings.huemn_mongo_uri, HUEMN_DEFAULT_DB),
+    )
+    try:
+        store.ensure_indexes()
+    except Exception as error:
+        if not is_outage(error):
+            raise
+        # Indexes only speed queries up; an outage at start-up is the consumer's to ride out.
+        log.warning("could not ensure indexes", extra={"error": repr(error)})
+    return GroupingService(
+        store,
+        s3=client("s3", settings.aws_region, settings.aws_endpoint_url),
+        bucket=settings.face_group_bucket_name,
+        params=cluster_params(settings),
+        metrics=metrics,
+        # Longer than one batch may take: the heartbeat keeps the messages, this keeps the user.
+        lease_ttl=timedelta(seconds=settings.message_visibility_timeout),
+    )
+
+
+def main() -> int:
+    """Entry point of `python3 run_grouping_service.py` (Batch job `face-grouping-job`)."""
+    settings = load_service_settings("grouping")
+    configure_logging("grouping")
+    metrics = MetricsEmitter(
+        settings.metrics_namespace, {"Service": "grouping"},
+        cloudwatch_region=settings.aws_region if settings.metrics_to_cloudwatch else None,
+        endpoint_url=settings.aws_endpoint_url,
+    )
+    service = build_service(settings, metrics)
+    config = ConsumerConfig.from_settings(settings, settings.group_face_queue_url)
+    return serve(config, service.handle, service="grouping", settings=settings, metrics=metrics)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

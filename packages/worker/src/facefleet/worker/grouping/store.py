@@ -1,0 +1,348 @@
+"""Where a user's grouping state lives, and how it is loaded and written back.
+
+Homes (all in the HUEMN database except the faces themselves):
+
+- gallery `faces`: the detector's FaceDocs (embeddings, quality, crop keys); read-only here.
+- HUEMN `assignments`: one document per grouped face, `_id` = face id: `user_id`, `model_id`,
+  `seq` (arrival order, so a rebuilt state replays ties the same way), `image_id`, `person_id`
+  (null: waiting unassigned), and the user's constraints on that face: `pinned` (placed by the
+  user) and `not_in` (people the user said it is not). This collection is the source of truth
+  for membership; people documents are derived from it.
+- HUEMN `people`: `PersonDoc`s (members, cover face and its crop key, count, centroid, model id,
+  name), rewritten only for people that changed.
+- HUEMN `grouping_users`: one document per user: current `model_id`, `next_person_id` (person ids
+  are never reused), `merged_into` (retired person -> the person that absorbed it), and a
+  `revision` token that every writer replaces after its writes: a cached state is used only
+  while the stored revision is the one it wrote.
+- HUEMN `corrections`: an append-only log of user corrections (audit; the effective
+  constraints are on the assignments and in `merged_into`).
+
+Writes go assignments, then people, then the user document, all idempotent `$set` upserts. A
+crash in between leaves assignments ahead of people; the next load notices people documents
+that disagree with the assignments and rewrites them.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from botocore.exceptions import ClientError
+from pymongo import ASCENDING
+from pymongo.database import Database
+
+from facefleet.common.documents import FaceDoc, PersonDoc, now
+from facefleet.common.repository import Document, GalleryRepository, PeopleRepository, upsert
+from facefleet.worker.grouping.clustering import (
+    IGNORED,
+    STRONG,
+    UNASSIGNED,
+    ClusterParams,
+    ClusterUpdate,
+    FaceInput,
+    Person,
+    UserClusterState,
+    face_tier,
+)
+from facefleet.worker.grouping.index import FaceIndex
+
+log = logging.getLogger(__name__)
+
+PEOPLE_PREFIX = "people"
+
+
+def cover_key(user_id: str, person_id: int, crop_key: str) -> str:
+    """Where a person's cover crop is copied: one stable key per person, overwritten on change."""
+    extension = crop_key.rsplit(".", 1)[-1] if "." in crop_key.rsplit("/", 1)[-1] else "jpg"
+    return f"{PEOPLE_PREFIX}/{user_id}/{person_id:06d}.{extension}"
+
+
+def face_input(face: FaceDoc) -> FaceInput:
+    return FaceInput(
+        face_id=face.doc_id, photo_id=face.image_id, embedding=face.embedding,
+        quality=face.quality, size_px=face.width_px, det_score=face.det_score,
+    )
+
+
+@dataclass
+class UserSession:
+    """One user's state for one model, with what the pure state does not hold: embeddings and
+    crop keys by ordinal (for centroids and covers), stored covers, arrival sequence numbers."""
+
+    user_id: str
+    model_id: str | None
+    state: UserClusterState = field(default_factory=UserClusterState)
+    index: FaceIndex | None = None
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    crop_keys: list[str | None] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)
+    covers: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
+    revision: str | None = None
+    # People whose stored document disagrees with the assignments (a write cut short).
+    dirty_people: set[int] = field(default_factory=set)
+    stale_people: set[int] = field(default_factory=set)
+
+    @property
+    def next_seq(self) -> int:
+        return self.seq[-1] + 1 if self.seq else 0
+
+    def ensure_index(self, dim: int) -> FaceIndex:
+        if self.index is None:
+            self.index = FaceIndex(dim)
+        return self.index
+
+    def record_added(self, faces: Mapping[str, FaceDoc], added: Iterable[str]) -> None:
+        """Keep embeddings/crops/seq of faces `add_faces` just registered (same ordinals)."""
+        start = self.next_seq
+        for offset, face_id in enumerate(added):
+            face = faces[face_id]
+            self.embeddings.append(np.asarray(face.embedding, dtype=np.float32))
+            self.crop_keys.append(face.crop_key)
+            self.seq.append(start + offset)
+
+
+class GroupingStore:
+    """The gallery faces and HUEMN grouping collections of one deployment."""
+
+    def __init__(self, gallery: Database[Document], huemn: Database[Document]) -> None:
+        self.gallery = GalleryRepository(gallery)
+        self.people = PeopleRepository(huemn)
+        self.assignments = huemn["assignments"]
+        self.users = huemn["grouping_users"]
+        self.corrections = huemn["corrections"]
+
+    def ensure_indexes(self) -> None:
+        self.people.ensure_indexes()
+        self.assignments.create_index(
+            [("user_id", ASCENDING), ("model_id", ASCENDING), ("seq", ASCENDING)]
+        )
+        self.corrections.create_index([("user_id", ASCENDING), ("at", ASCENDING)])
+
+    def user_doc(self, user_id: str) -> Document | None:
+        return self.users.find_one({"_id": user_id})
+
+    def log_correction(self, user_id: str, operation: str, **arguments: Any) -> None:
+        self.corrections.insert_one(
+            {"user_id": user_id, "op": operation, "args": arguments, "at": now()}
+        )
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def load_session(
+    store: GroupingStore, user_id: str, params: ClusterParams, model_id: str | None = None
+) -> UserSession:
+    """Rebuild a user's state and FAISS index from MongoDB (the model stored for the user wins
+    over `model_id`, which only names the model of a user seen for the first time)."""
+    doc = store.user_doc(user_id) or {}
+    model = doc.get("model_id") or model_id
+    session = UserSession(user_id, model, revision=doc.get("revision"))
+    if model is None:
+        return session
+    gallery = {f.doc_id: f for f in store.gallery.faces_of_user(user_id, model)}
+    rows = store.assignments.find({"user_id": user_id, "model_id": model}).sort("seq", ASCENDING)
+    people_docs = {p.person_id: p for p in store.people.people_of_user(user_id)
+                   if p.model_id == model}
+    state = session.state
+    for row in rows:
+        face = gallery.get(row["_id"])
+        if face is not None:  # a face the detector has since dropped leaves the state
+            _restore_face(session, face, row, params)
+    _restore_people(session, people_docs)
+    state.merged_into = {int(a): int(b) for a, b in doc.get("merged_into", [])}
+    state.next_person_id = max(
+        [int(doc.get("next_person_id", 1)), *(p + 1 for p in state.people),
+         *(p + 1 for p in people_docs), *(p + 1 for p in state.merged_into)]
+    )
+    if session.embeddings:
+        matrix = np.stack(session.embeddings)
+        session.index = FaceIndex.build(np.arange(len(matrix), dtype=np.int64), matrix)
+        _restore_waiting(session, params)
+    return session
+
+
+def _restore_face(
+    session: UserSession, face: FaceDoc, row: Document, params: ClusterParams
+) -> None:
+    state = session.state
+    ordinal = len(state.face_ids)
+    state.ordinal_of[face.doc_id] = ordinal
+    state.face_ids.append(face.doc_id)
+    state.photo_ids.append(face.image_id)
+    state.quality.append(float(face.quality))
+    state.size_px.append(float(face.width_px))
+    state.det_score.append(float(face.det_score))
+    state.tier.append(face_tier(face.quality, face.width_px, face.det_score, params))
+    person = row.get("person_id")
+    state.person_of.append(UNASSIGNED if person is None else int(person))
+    if person is not None:
+        record = state.people.setdefault(int(person), Person())
+        record.members.add(ordinal)
+        record.photos[face.image_id] = record.photos.get(face.image_id, 0) + 1
+    if row.get("pinned"):
+        state.pinned.add(ordinal)
+    if row.get("not_in"):
+        state.not_in[ordinal] = {int(p) for p in row["not_in"]}
+    session.embeddings.append(np.asarray(face.embedding, dtype=np.float32))
+    session.crop_keys.append(face.crop_key)
+    session.seq.append(int(row["seq"]))
+
+
+def _restore_people(session: UserSession, docs: Mapping[int, PersonDoc]) -> None:
+    """Names and covers from the people documents; note documents the assignments contradict."""
+    state = session.state
+    for person_id, doc in docs.items():
+        if person_id not in state.people and doc.name is not None and not doc.member_face_ids:
+            state.people[person_id] = Person()  # a named person the user emptied stays
+        if person_id not in state.people:
+            session.stale_people.add(person_id)
+            continue
+        state.people[person_id].name = doc.name
+        session.covers[person_id] = (doc.cover_face_id, doc.cover_key)
+    for person_id, record in state.people.items():
+        stored = docs.get(person_id)
+        members = {state.face_ids[m] for m in record.members}
+        if stored is None or set(stored.member_face_ids) != members:
+            session.dirty_people.add(person_id)
+
+
+def _restore_waiting(session: UserSession, params: ClusterParams) -> None:
+    """Neighbour lists of waiting faces, as the incremental step would have left them: earlier
+    usable faces within `link_sim`, plus later strong ones (only those reach a waiting list)."""
+    state, index = session.state, session.index
+    assert index is not None
+    waiting = [f for f, p in enumerate(state.person_of)
+               if p == UNASSIGNED and state.tier[f] != IGNORED]
+    if not waiting:
+        return
+    sims, ids = index.search(np.stack([session.embeddings[f] for f in waiting]), params.k + 1)
+    for row, face in enumerate(waiting):
+        hits = [
+            (other, sim) for other, sim in zip(ids[row].tolist(), sims[row].tolist(), strict=True)
+            if other >= 0 and other != face and sim >= params.link_sim
+            and state.tier[other] != IGNORED and (other < face or state.tier[other] == STRONG)
+        ]
+        state.waiting[face] = sorted(hits, key=lambda h: (-h[1], h[0]))[:params.k]
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def save_changes(
+    store: GroupingStore,
+    session: UserSession,
+    update: ClusterUpdate,
+    *,
+    s3: Any,
+    bucket: str,
+    touched_faces: Iterable[str] = (),
+    touched_people: Iterable[int] = (),
+) -> None:
+    """Write back what `update` changed (plus faces/people a correction touched), then publish a
+    new revision. `touched_faces` carry constraint changes that moved no face."""
+    state = session.state
+    faces = set(update.assignments) | set(touched_faces)
+    _write_assignments(store, session, faces)
+    people = (set(update.changed) | set(update.created) | set(touched_people)
+              | session.dirty_people)
+    live = sorted(p for p in people if p in state.people)
+    store.people.save_people(_person_doc(session, p, s3, bucket) for p in live)
+    gone = sorted((set(update.removed) | session.stale_people) - set(state.people))
+    store.people.delete_people(session.user_id, gone)
+    session.dirty_people.clear()
+    session.stale_people.clear()
+    _write_user(store, session)
+
+
+def _write_assignments(store: GroupingStore, session: UserSession, face_ids: set[str]) -> None:
+    state = session.state
+    operations = []
+    for face_id in sorted(face_ids, key=state.ordinal_of.__getitem__):
+        ordinal = state.ordinal_of[face_id]
+        person = state.person_of[ordinal]
+        operations.append(upsert({
+            "_id": face_id,
+            "user_id": session.user_id,
+            "model_id": session.model_id,
+            "seq": session.seq[ordinal],
+            "image_id": state.photo_ids[ordinal],
+            "person_id": None if person == UNASSIGNED else person,
+            "pinned": ordinal in state.pinned,
+            "not_in": sorted(state.not_in.get(ordinal, ())),
+        }))
+    if operations:
+        store.assignments.bulk_write(operations, ordered=False)
+
+
+def _write_user(store: GroupingStore, session: UserSession) -> None:
+    state = session.state
+    session.revision = uuid.uuid4().hex
+    store.users.bulk_write([upsert({
+        "_id": session.user_id,
+        "model_id": session.model_id,
+        "next_person_id": state.next_person_id,
+        "merged_into": sorted([a, b] for a, b in state.merged_into.items()),
+        "revision": session.revision,
+        "face_count": len(state.face_ids),
+        "people_count": len(state.people),
+        "updated_at": now(),
+    })])
+
+
+def _person_doc(session: UserSession, person_id: int, s3: Any, bucket: str) -> PersonDoc:
+    state = session.state
+    record = state.people[person_id]
+    ordinals = sorted(record.members)
+    dim = session.index.dim if session.index is not None else 0
+    centroid = np.zeros(dim, dtype=np.float32)
+    if ordinals:
+        total = np.sum([session.embeddings[m] for m in ordinals], axis=0)
+        norm = float(np.linalg.norm(total))
+        centroid = total / norm if norm > 0 else total
+    cover_face, key = _cover(session, person_id, ordinals, s3, bucket)
+    return PersonDoc(
+        user_id=session.user_id, person_id=person_id, model_id=session.model_id or "",
+        member_face_ids=[state.face_ids[m] for m in ordinals], cover_face_id=cover_face,
+        centroid=centroid, name=record.name, cover_key=key,
+    )
+
+
+def _cover(
+    session: UserSession, person_id: int, ordinals: list[int], s3: Any, bucket: str
+) -> tuple[str | None, str | None]:
+    """The member with the best (tier, quality, size) is the cover; its crop is copied only when
+    the cover face changed or its copy is missing."""
+    if not ordinals:
+        return None, None
+    state = session.state
+    best = max(ordinals, key=lambda m: (state.tier[m], state.quality[m], state.size_px[m], -m))
+    face_id = state.face_ids[best]
+    stored_face, stored_key = session.covers.get(person_id, (None, None))
+    if stored_face == face_id and stored_key is not None:
+        return face_id, stored_key
+    key = _copy_crop(session.user_id, person_id, session.crop_keys[best], s3, bucket)
+    session.covers[person_id] = (face_id, key)
+    return face_id, key
+
+
+def _copy_crop(
+    user_id: str, person_id: int, crop: str | None, s3: Any, bucket: str
+) -> str | None:
+    if crop is None:
+        return None
+    key = cover_key(user_id, person_id, crop)
+    try:
+        s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": crop})
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code not in {"NoSuchKey", "404", "NotFound"}:
+            raise  # an outage: the consumer retries the batch
+        # A missing crop must not block grouping; the person simply has no cover image yet.
+        log.warning("cover crop missing", extra={"user_id": user_id, "crop_key": crop})
+        return None
+    return key
