@@ -1,0 +1,386 @@
+"""What Spot saved: instance-hours of the hour priced at Spot against on-demand, and $/1000 images.
+
+The arithmetic is pure over plain records (`Usage`, `SpotPrice`): Spot prices are a step function
+per instance type and availability zone (each price holds from its timestamp until the next), so
+an hour that spans a price change is priced piecewise. Where a usage's zone is unknown, the
+highest zone price at each moment is used, so the saving is never overstated.
+
+The adapters around it read the hour's Batch jobs (start/stop times; a job holding 4 of an
+instance's 4 vCPUs is one instance), EC2 DescribeSpotPriceHistory, and the Pricing API (with a
+configured fallback table: the moto server does not serve Pricing, and Pricing lives in few
+regions). Job time is a lower bound on instance time (it misses boot and scale-down idle), so the
+published saving is conservative in the same direction as the cost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from facefleet.common.aws import client
+from facefleet.common.config import Names
+from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.dashboards.widgets import DETECTION, SAVINGS, emitter_dimensions
+
+log = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)
+
+# us-east-1 Linux on-demand USD/hour, used when the Pricing API cannot be reached.
+ON_DEMAND_FALLBACK_USD: Mapping[str, float] = {
+    "g4dn.xlarge": 0.526,
+    "g4dn.2xlarge": 0.752,
+    "g4dn.4xlarge": 1.204,
+    "g4dn.8xlarge": 2.176,
+    "g4dn.12xlarge": 3.912,
+    "g5.xlarge": 1.006,
+    "g5.2xlarge": 1.212,
+    "g6.xlarge": 0.8048,
+}
+
+
+class SavingsError(ValueError):
+    """Pricing input is missing or malformed; the message names the instance type or record."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """`instances` instances (fractions allowed) of `instance_type` ran from `start` to `end`."""
+
+    instance_type: str
+    start: datetime
+    end: datetime
+    instances: float = 1.0
+    availability_zone: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise SavingsError(f"usage of {self.instance_type} ends before it starts: {self}")
+        if self.instances < 0:
+            raise SavingsError(f"usage of {self.instance_type} has negative instances: {self}")
+
+
+@dataclass(frozen=True)
+class SpotPrice:
+    """A Spot price that holds from `timestamp` until the next record of its type and zone."""
+
+    instance_type: str
+    availability_zone: str
+    timestamp: datetime
+    usd_per_hour: float
+
+    def __post_init__(self) -> None:
+        if self.usd_per_hour < 0:
+            raise SavingsError(f"negative Spot price for {self.instance_type}: {self}")
+
+
+@dataclass(frozen=True)
+class HourlySavings:
+    hour_start: datetime
+    instance_hours: Mapping[str, float]
+    spot_cost_usd: float
+    on_demand_cost_usd: float
+    images: float
+    on_demand_source: str = "fallback"
+
+    @property
+    def savings_usd(self) -> float:
+        return self.on_demand_cost_usd - self.spot_cost_usd
+
+    @property
+    def cost_per_1000_images_usd(self) -> float | None:
+        return self.spot_cost_usd * 1000 / self.images if self.images > 0 else None
+
+    def metrics(self) -> dict[Metric, float]:
+        values = {
+            Metric.SPOT_SAVINGS: self.savings_usd,
+            Metric.SPOT_COST: self.spot_cost_usd,
+            Metric.ON_DEMAND_COST: self.on_demand_cost_usd,
+        }
+        per_1000 = self.cost_per_1000_images_usd
+        if per_1000 is not None:
+            values[Metric.COST_PER_1000_IMAGES] = per_1000
+        return values
+
+
+# ---- pure arithmetic -------------------------------------------------------------------------
+
+def _hours(start: datetime, end: datetime) -> float:
+    return max((end - start).total_seconds(), 0.0) / 3600
+
+
+def _clip(usage: Usage, start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    a, b = max(usage.start, start), min(usage.end, end)
+    return (a, b) if a < b else None
+
+
+def instance_hours(usages: Iterable[Usage], start: datetime, end: datetime) -> dict[str, float]:
+    """Instance-hours per instance type within [start, end)."""
+    hours: dict[str, float] = {}
+    for usage in usages:
+        span = _clip(usage, start, end)
+        if span is not None:
+            hours[usage.instance_type] = (
+                hours.get(usage.instance_type, 0.0) + usage.instances * _hours(*span)
+            )
+    return hours
+
+
+def _price_at(records: Sequence[SpotPrice], moment: datetime) -> float:
+    """The price in effect at `moment`: the latest record at or before it (records sorted).
+    Before the first record, the first price (DescribeSpotPriceHistory always returns the
+    record in effect at its StartTime, so this only covers a truncated history)."""
+    price = records[0].usd_per_hour
+    for record in records:
+        if record.timestamp > moment:
+            break
+        price = record.usd_per_hour
+    return price
+
+
+def spot_price_segments(
+    history: Iterable[SpotPrice], instance_type: str, zone: str | None,
+    start: datetime, end: datetime,
+) -> list[tuple[datetime, datetime, float]]:
+    """[start, end) cut at every price change: (from, to, USD/hour) pieces."""
+    by_zone: dict[str, list[SpotPrice]] = {}
+    for record in history:
+        if record.instance_type == instance_type and (zone is None
+                                                       or record.availability_zone == zone):
+            by_zone.setdefault(record.availability_zone, []).append(record)
+    if not by_zone:
+        where = f" in {zone}" if zone else ""
+        raise SavingsError(f"no Spot price history for {instance_type}{where}")
+    for records in by_zone.values():
+        records.sort(key=lambda r: r.timestamp)
+    cuts = sorted({r.timestamp for rs in by_zone.values() for r in rs if start < r.timestamp < end})
+    bounds = [start, *cuts, end]
+    return [
+        (a, b, max(_price_at(rs, a) for rs in by_zone.values()))
+        for a, b in itertools.pairwise(bounds)
+        if a < b
+    ]
+
+
+def spot_cost(
+    usages: Iterable[Usage], history: Sequence[SpotPrice], start: datetime, end: datetime
+) -> float:
+    """USD the usages cost at Spot within [start, end), priced piecewise over price changes."""
+    total = 0.0
+    for usage in usages:
+        span = _clip(usage, start, end)
+        if span is None or usage.instances == 0:
+            continue
+        for a, b, price in spot_price_segments(
+            history, usage.instance_type, usage.availability_zone, *span
+        ):
+            total += usage.instances * price * _hours(a, b)
+    return total
+
+
+def on_demand_cost(hours: Mapping[str, float], prices: Mapping[str, float]) -> float:
+    missing = sorted(t for t, h in hours.items() if h > 0 and t not in prices)
+    if missing:
+        raise SavingsError(f"no on-demand price for instance types {missing}")
+    return sum(h * prices[t] for t, h in hours.items() if h > 0)
+
+
+def hourly_savings(
+    usages: Sequence[Usage],
+    history: Sequence[SpotPrice],
+    on_demand_prices: Mapping[str, float],
+    hour_start: datetime,
+    images: float = 0.0,
+    on_demand_source: str = "fallback",
+) -> HourlySavings:
+    """The saving of one hour [hour_start, hour_start + 1h)."""
+    end = hour_start + HOUR
+    hours = instance_hours(usages, hour_start, end)
+    return HourlySavings(
+        hour_start=hour_start,
+        instance_hours=hours,
+        spot_cost_usd=spot_cost(usages, history, hour_start, end),
+        on_demand_cost_usd=on_demand_cost(hours, on_demand_prices),
+        images=images,
+        on_demand_source=on_demand_source,
+    )
+
+
+# ---- adapters ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SavingsConfig:
+    on_demand_fallback_usd: Mapping[str, float] = field(
+        default_factory=lambda: dict(ON_DEMAND_FALLBACK_USD)
+    )
+    product_description: str = "Linux/UNIX"
+    # The Pricing API is served from us-east-1 (and a few others), whatever the stack's region.
+    pricing_region: str = "us-east-1"
+    use_pricing_api: bool = True
+
+
+def _ms(value: int | None) -> datetime | None:
+    return datetime.fromtimestamp(value / 1000, UTC) if value else None
+
+
+def batch_usage(
+    names: Names, region: str, endpoint_url: str | None, start: datetime, end: datetime,
+    now: datetime | None = None,
+) -> list[Usage]:
+    """Instance usage of the job queues' jobs overlapping [start, end), from Batch's job times."""
+    batch = client("batch", region, endpoint_url)
+    environments = {env.name: env for env in names.compute_environments}
+    now = now or datetime.now(UTC)
+    usages: list[Usage] = []
+    for queue in names.job_queues:
+        instance_type = environments[queue.compute_environment].instance_types[0]
+        job_ids: list[str] = []
+        for status in ("RUNNING", "SUCCEEDED", "FAILED"):
+            pages = batch.get_paginator("list_jobs").paginate(jobQueue=queue.name,
+                                                              jobStatus=status)
+            for page in pages:
+                job_ids += [j["jobId"] for j in page["jobSummaryList"]]
+        for i in range(0, len(job_ids), 100):
+            for job in batch.describe_jobs(jobs=job_ids[i:i + 100])["jobs"]:
+                started = _ms(job.get("startedAt"))
+                if started is None:
+                    continue
+                stopped = _ms(job.get("stoppedAt")) or now
+                if stopped <= start or started >= end:
+                    continue
+                usages.append(Usage(instance_type, started, stopped,
+                                    _job_vcpus(job) / names.instance_vcpus))
+    return usages
+
+
+def _job_vcpus(job: Mapping[str, Any]) -> float:
+    container = job.get("container") or {}
+    for requirement in container.get("resourceRequirements") or []:
+        if requirement.get("type") == "VCPU":
+            return float(requirement["value"])
+    return float(container.get("vcpus") or 1)
+
+
+def spot_price_history(
+    region: str, endpoint_url: str | None, instance_types: Sequence[str],
+    start: datetime, end: datetime, product_description: str = "Linux/UNIX",
+) -> list[SpotPrice]:
+    ec2 = client("ec2", region, endpoint_url)
+    pages = ec2.get_paginator("describe_spot_price_history").paginate(
+        InstanceTypes=list(instance_types), ProductDescriptions=[product_description],
+        StartTime=start, EndTime=end,
+    )
+    return [
+        SpotPrice(r["InstanceType"], r["AvailabilityZone"], r["Timestamp"], float(r["SpotPrice"]))
+        for page in pages for r in page["SpotPriceHistory"]
+    ]
+
+
+def _pricing_client(config: SavingsConfig, endpoint_url: str | None) -> Any:
+    # Not the shared client: its 8 adaptive retries would spend a minute on a Pricing endpoint
+    # that is not there (the moto server answers 500), and the fallback table is good enough.
+    return boto3.session.Session().client(
+        "pricing", region_name=config.pricing_region, endpoint_url=endpoint_url,
+        config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3,
+                      read_timeout=10),
+    )
+
+
+def on_demand_prices(
+    region: str, endpoint_url: str | None, instance_types: Sequence[str],
+    config: SavingsConfig | None = None,
+) -> tuple[dict[str, float], str]:
+    """On-demand USD/hour per instance type, and where they came from ("pricing-api"/"fallback")."""
+    config = config or SavingsConfig()
+    if config.use_pricing_api:
+        try:
+            pricing = _pricing_client(config, endpoint_url)
+            prices = {t: _pricing_api_price(pricing, region, t) for t in instance_types}
+            return prices, "pricing-api"
+        except Exception as error:
+            log.warning("Pricing API unavailable (%s); using the configured on-demand table", error)
+    missing = [t for t in instance_types if t not in config.on_demand_fallback_usd]
+    if missing:
+        raise SavingsError(f"no fallback on-demand price for instance types {missing}")
+    return {t: float(config.on_demand_fallback_usd[t]) for t in instance_types}, "fallback"
+
+
+def _pricing_api_price(pricing: Any, region: str, instance_type: str) -> float:
+    filters = {
+        "instanceType": instance_type, "regionCode": region, "operatingSystem": "Linux",
+        "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used",
+    }
+    response = pricing.get_products(
+        ServiceCode="AmazonEC2", MaxResults=1,
+        Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()],
+    )
+    for product in response["PriceList"]:
+        document = json.loads(product) if isinstance(product, str) else product
+        for term in document["terms"]["OnDemand"].values():
+            for dimension in term["priceDimensions"].values():
+                return float(dimension["pricePerUnit"]["USD"])
+    raise SavingsError(f"the Pricing API has no on-demand Linux price for {instance_type}")
+
+
+def images_processed(
+    names: Names, region: str, endpoint_url: str | None, start: datetime, end: datetime
+) -> float:
+    cloudwatch = client("cloudwatch", region, endpoint_url)
+    response = cloudwatch.get_metric_statistics(
+        Namespace=names.metrics_namespace, MetricName=str(Metric.IMAGES_PROCESSED),
+        Dimensions=[{"Name": k, "Value": v} for k, v in emitter_dimensions(DETECTION).items()],
+        StartTime=start, EndTime=end, Period=3600, Statistics=["Sum"],
+    )
+    return float(sum(point["Sum"] for point in response["Datapoints"]))
+
+
+def previous_hour(now: datetime | None = None) -> datetime:
+    now = now or datetime.now(UTC)
+    return now.replace(minute=0, second=0, microsecond=0) - HOUR
+
+
+def run_savings_job(
+    names: Names,
+    region: str,
+    endpoint_url: str | None = None,
+    hour_start: datetime | None = None,
+    config: SavingsConfig | None = None,
+    *,
+    publish: bool = True,
+    usages: Sequence[Usage] | None = None,
+) -> HourlySavings:
+    """Compute one hour's saving (default: the previous full hour) and publish it as metrics.
+
+    `usages` overrides the Batch job reading (for the local demo and the simulator)."""
+    config = config or SavingsConfig()
+    start = hour_start or previous_hour()
+    end = start + HOUR
+    if usages is None:
+        usages = batch_usage(names, region, endpoint_url, start, end)
+    types = sorted({u.instance_type for u in usages} or {names.instance_type})
+    # A day back, so the price in effect at the hour's start is in the history.
+    history = spot_price_history(region, endpoint_url, types, start - timedelta(days=1), end,
+                                 config.product_description) if usages else []
+    prices, source = on_demand_prices(region, endpoint_url, types, config)
+    images = images_processed(names, region, endpoint_url, start, end)
+    result = hourly_savings(usages, history, prices, start, images, source)
+    log.info(
+        "hour %s: %s instance-hours, Spot $%.4f vs on-demand $%.4f (%s): saving $%.4f",
+        start.isoformat(), dict(result.instance_hours), result.spot_cost_usd,
+        result.on_demand_cost_usd, source, result.savings_usd,
+    )
+    if publish:
+        emitter = MetricsEmitter(
+            names.metrics_namespace, emitter_dimensions(SAVINGS),
+            cloudwatch_region=region, endpoint_url=endpoint_url,
+        )
+        emitter.emit(result.metrics(), hour=start.isoformat(), on_demand_source=source)
+    return result
