@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "facefleet.flows.local_cli",
     "facefleet.flows.simulate.cli",
+    "facefleet.dashboards.cli",
 )
 
 Handler = Callable[[argparse.Namespace], int]
