@@ -67,15 +67,20 @@ class Names:
     metrics_namespace: str = "FaceFleet"
     instance_type: str = "g4dn.xlarge"
     instance_vcpus: int = 4
+    # vCPU caps of the two compute environments; the dispatch policy never submits past them.
+    primary_max_vcpus: int = 16
+    secondary_max_vcpus: int = 256
 
     @property
     def primary_environment(self) -> ComputeEnvironmentSpec:
-        return ComputeEnvironmentSpec(f"{self.prefix}-primary", "SPOT_CAPACITY_OPTIMIZED", 16)
+        return ComputeEnvironmentSpec(
+            f"{self.prefix}-primary", "SPOT_CAPACITY_OPTIMIZED", self.primary_max_vcpus
+        )
 
     @property
     def secondary_environment(self) -> ComputeEnvironmentSpec:
         return ComputeEnvironmentSpec(
-            f"{self.prefix}-secondary", "SPOT_PRICE_CAPACITY_OPTIMIZED", 256
+            f"{self.prefix}-secondary", "SPOT_PRICE_CAPACITY_OPTIMIZED", self.secondary_max_vcpus
         )
 
     @property
