@@ -1,0 +1,130 @@
+"""Image bytes to a BGR array: bounded, EXIF-oriented, every failure a typed reason.
+
+The header is read first and the pixel count checked against MAX_IMAGE_PIXELS before any pixel
+is decoded, so a decompression bomb or a 20000x20000 upload costs a few bytes of parsing, not
+gigabytes. Large JPEGs are decoded at a reduced scale (libjpeg's DCT scaling via Pillow's
+`draft`) when the caller only needs `max_side` pixels: detection runs at 640 and crops at 112, so
+full-resolution decoding of a 12-megapixel photo is wasted work. Coordinates map back to the
+original through `DecodedImage.scale`.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from enum import StrEnum
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Our own pixel limit is checked first; Pillow's (which warns, then raises at twice the limit)
+# would otherwise interfere with a deployment that raises MAX_IMAGE_PIXELS.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class FailureReason(StrEnum):
+    EMPTY = "empty"
+    TOO_LARGE = "too_large"  # more bytes than MAX_IMAGE_BYTES
+    TOO_MANY_PIXELS = "too_many_pixels"  # more pixels than MAX_IMAGE_PIXELS (bomb guard)
+    CORRUPT = "corrupt"  # not an image, truncated, or undecodable
+    MISSING = "missing"  # no such object (or no access to it)
+
+
+class ImageError(ValueError):
+    """The image can never be processed; `reason` is stored on the image document."""
+
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # BGR uint8 (H, W, 3), oriented upright
+    width: int  # the original's width and height, after orientation
+    height: int
+    format: str
+    scale: float = 1.0  # decoded pixels per original pixel (< 1 after a reduced decode)
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """RGB for every mode: alpha composited on white, 16-bit and float grey rescaled."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = float(values.max()) if values.size else 0.0
+        scaled = values * (255.0 / top) if top > 0 else values
+        return Image.fromarray(scaled.clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def read_header(data: bytes, max_pixels: int) -> Image.Image:
+    """Open the image lazily (header only) and enforce the pixel bound."""
+    if not data:
+        raise ImageError(FailureReason.EMPTY, "the object has no bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageError(FailureReason.CORRUPT, f"not a readable image: {error}") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError(FailureReason.CORRUPT, f"image header gives size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError(
+            FailureReason.TOO_MANY_PIXELS,
+            f"{width}x{height} = {width * height} pixels exceeds MAX_IMAGE_PIXELS={max_pixels}",
+        )
+    return image
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = 50_000_000,
+    max_bytes: int | None = None,
+    max_side: int | None = None,
+) -> DecodedImage:
+    """Decode bytes to an upright BGR image, refusing empty, oversized and corrupt input.
+
+    With `max_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps its
+    longer side at least `max_side`; other formats decode at full size.
+    """
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageError(FailureReason.TOO_LARGE,
+                         f"{len(data)} bytes exceeds MAX_IMAGE_BYTES={max_bytes}")
+    image = read_header(data, max_pixels)
+    stored_width, _ = image.size
+    try:
+        image.seek(0)  # multi-frame formats: the first frame
+        if max_side and image.format == "JPEG" and max(image.size) >= 2 * max_side:
+            ratio = max_side / max(image.size)
+            image.draft("RGB", (int(image.size[0] * ratio) + 1, int(image.size[1] * ratio) + 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image.load()
+            decoded_width = image.size[0]
+            oriented = ImageOps.exif_transpose(image)
+            rgb = _flatten(oriented)
+            pixels = cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
+        raise ImageError(FailureReason.CORRUPT, f"cannot decode the image: {error}") from None
+    scale = decoded_width / stored_width
+    height, width = pixels.shape[:2]
+    return DecodedImage(
+        pixels=np.ascontiguousarray(pixels),
+        width=round(width / scale),
+        height=round(height / scale),
+        format=str(image.format or "unknown"),
+        scale=scale,
+    )

@@ -1,0 +1,391 @@
+"""The detection service: the indexing-queue handler on the shared consumer loop, and `main()`.
+
+Per message batch: MAX_FACE_WORKERS threads download and decode every image while the handler
+thread runs detection on the images already decoded (as they complete); recognition then runs
+once, batched over all faces of the batch. Results are stored idempotently (deterministic face
+ids, the image turns DONE only after its faces), crops go to FACE_GROUP_BUCKET_NAME, then one
+`GroupingRequest` per user of the batch goes to GROUP_FACE_QUEUE_URL. Only then is a message DONE.
+
+Bad input never blocks the queue:
+- malformed body                     -> MALFORMED: redelivered until maxReceiveCount, then the DLQ;
+- missing, empty, corrupt, oversized -> image marked FAILED with the reason, message deleted;
+- MongoDB / S3 / SQS outage           -> RETRY: kept in flight, retried with backoff, never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import cv2
+import numpy as np
+from botocore.exceptions import ClientError
+
+from facefleet.common.aws import client
+from facefleet.common.config import Settings, load_service_settings
+from facefleet.common.documents import FaceDoc, ImageDoc, ImageStatus, face_doc_id
+from facefleet.common.logs import configure_logging
+from facefleet.common.messages import (
+    DetectionRequest,
+    GroupingRequest,
+    MalformedMessage,
+    parse_detection_message,
+)
+from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.common.repository import GALLERY_DEFAULT_DB, GalleryRepository, connect
+from facefleet.worker.consumer import (
+    ConsumerConfig,
+    Outcome,
+    ReceivedMessage,
+    batch_job_context,
+    is_outage,
+    serve,
+)
+from facefleet.worker.detection.analyzer import DetectedFace, FaceAnalyzer, LocatedFace
+from facefleet.worker.detection.imaging import DecodedImage, FailureReason, ImageError, decode_image
+from facefleet.worker.models import resolve_pack_dir
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound", "AccessDenied", "403"})
+CROP_JPEG_QUALITY = 92
+
+
+def crop_key(user_id: str, image_id: str, face_id: str) -> str:
+    """Where a face's aligned crop lives in FACE_GROUP_BUCKET_NAME (stable: reruns overwrite)."""
+    return f"faces/{user_id}/{image_id}/{face_id}.jpg"
+
+
+@dataclass
+class ImageWork:
+    """One image of a batch on its way through the pipeline."""
+
+    request: DetectionRequest
+    message_id: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    decoded: DecodedImage | None = None
+    located: list[LocatedFace] = field(default_factory=list)
+    faces: list[DetectedFace] = field(default_factory=list)
+    failure: ImageError | None = None
+    outage: BaseException | None = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """`run_pipeline` output: per item, its decoded image (or the error), and its faces."""
+
+    decoded: DecodedImage | None
+    faces: list[DetectedFace]
+    error: BaseException | None
+    timings_ms: dict[str, float]
+
+
+def run_pipeline(
+    analyzer: FaceAnalyzer,
+    items: Iterable[T],
+    fetch: Callable[[T], DecodedImage],
+    executor: ThreadPoolExecutor,
+) -> list[PipelineResult]:
+    """Fetch+decode every item on the executor, detect each as soon as it is ready (this thread),
+    then one batched recognition pass. The worker and the benchmark share this path."""
+    work = list(items)
+    futures: dict[Future[tuple[DecodedImage, float]], int] = {
+        executor.submit(_timed, fetch, item): position for position, item in enumerate(work)
+    }
+    decoded: list[DecodedImage | None] = [None] * len(work)
+    located: list[list[LocatedFace]] = [[] for _ in work]
+    errors: list[BaseException | None] = [None] * len(work)
+    timings: list[dict[str, float]] = [{} for _ in work]
+    for future in as_completed(futures):
+        position = futures[future]
+        try:
+            image, fetch_ms = future.result()
+        except Exception as error:
+            errors[position] = error
+            continue
+        started = time.perf_counter()
+        try:
+            located[position] = analyzer.locate(image.pixels)
+        except Exception as error:
+            errors[position] = error
+            continue
+        decoded[position] = image
+        timings[position].update(fetch_decode=fetch_ms,
+                                 detect=(time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    faces = analyzer.embed_located(located)
+    embed_ms = (time.perf_counter() - started) * 1000
+    total_faces = max(1, sum(len(f) for f in located))
+    for position, image_faces in enumerate(located):
+        timings[position]["embed"] = embed_ms * len(image_faces) / total_faces
+    return [PipelineResult(decoded[i], faces[i], errors[i], timings[i]) for i in range(len(work))]
+
+
+def _timed(fetch: Callable[[T], DecodedImage], item: T) -> tuple[DecodedImage, float]:
+    started = time.perf_counter()
+    image = fetch(item)
+    return image, (time.perf_counter() - started) * 1000
+
+
+class DetectionService:
+    """The batch handler: `handle(batch) -> {message_id: Outcome}` for `consumer.serve`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        analyzer: FaceAnalyzer,
+        repository: GalleryRepository,
+        *,
+        s3: Any,
+        sqs: Any,
+        metrics: MetricsEmitter,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        settings.require("group_face_queue_url", "face_group_bucket_name")
+        self.settings = settings
+        self.analyzer = analyzer
+        self.repository = repository
+        self.s3 = s3
+        self.sqs = sqs
+        self.metrics = metrics
+        self.executor = executor or ThreadPoolExecutor(
+            max_workers=settings.max_face_workers, thread_name_prefix="fetch"
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, analyzer: FaceAnalyzer | None = None
+                      ) -> DetectionService:
+        assert settings.gallery_images_mongo_uri is not None
+        region, endpoint = settings.aws_region, settings.aws_endpoint_url
+        if analyzer is None:
+            analyzer = FaceAnalyzer.from_pack(
+                resolve_pack_dir(settings),
+                det_size=settings.detection_size,
+                det_threshold=settings.detection_threshold,
+            )
+        repository = GalleryRepository(connect(settings.gallery_images_mongo_uri,
+                                               GALLERY_DEFAULT_DB))
+        repository.ensure_indexes()
+        metrics = MetricsEmitter(
+            settings.metrics_namespace,
+            {"Service": "detection"},
+            cloudwatch_region=region if settings.metrics_to_cloudwatch else None,
+            endpoint_url=endpoint,
+        )
+        return cls(settings, analyzer, repository, s3=client("s3", region, endpoint),
+                   sqs=client("sqs", region, endpoint), metrics=metrics)
+
+    # -- the handler ----------------------------------------------------------------------------
+    def handle(self, batch: list[ReceivedMessage]) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        works: list[ImageWork] = []
+        for message in batch:
+            try:
+                requests = parse_detection_message(message.body)
+            except MalformedMessage as error:
+                log.error("malformed message", extra={"message_id": message.message_id,
+                                                      "error": str(error),
+                                                      "receive_count": message.receive_count})
+                outcomes[message.message_id] = Outcome.MALFORMED
+                continue
+            outcomes[message.message_id] = Outcome.DONE
+            works.extend(ImageWork(request, message.message_id) for request in requests)
+        if not works:
+            return outcomes
+
+        results = run_pipeline(self.analyzer, works, self._fetch, self.executor)
+        for work, result in zip(works, results, strict=True):
+            work.timings_ms.update(result.timings_ms)
+            work.decoded, work.faces = result.decoded, result.faces
+            problem = result.error
+            if isinstance(problem, ImageError):
+                work.failure = problem
+            elif problem is not None and is_outage(problem):
+                work.outage = problem
+            elif problem is not None:
+                work.error = problem
+
+        stored: dict[str, list[str]] = defaultdict(list)  # user -> image ids with faces
+        for work in works:
+            outcome = self._store(work)
+            if outcome is not Outcome.DONE:
+                outcomes[work.message_id] = _worse(outcomes[work.message_id], outcome)
+            elif work.failure is None and work.faces:
+                stored[work.request.user_id].append(work.request.image_id)
+
+        if stored and not self._request_grouping(stored):
+            # Grouping must hear about these images: redo the (idempotent) batch later.
+            users = set(stored)
+            for work in works:
+                if work.request.user_id in users:
+                    outcomes[work.message_id] = _worse(outcomes[work.message_id], Outcome.RETRY)
+        return outcomes
+
+    def _fetch(self, work: ImageWork) -> DecodedImage:
+        request = work.request
+        started = time.perf_counter()
+        try:
+            response = self.s3.get_object(Bucket=request.bucket, Key=request.key)
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING_CODES:
+                raise ImageError(FailureReason.MISSING,
+                                 f"s3://{request.bucket}/{request.key}: {code}") from None
+            raise
+        body = response["Body"]
+        try:
+            length = int(response.get("ContentLength", 0))
+            if length > self.settings.max_image_bytes:
+                raise ImageError(FailureReason.TOO_LARGE,
+                                 f"{length} bytes exceeds MAX_IMAGE_BYTES="
+                                 f"{self.settings.max_image_bytes}")
+            data = body.read()
+        finally:
+            body.close()
+        work.timings_ms["download"] = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        decoded = decode_image(
+            data,
+            max_pixels=self.settings.max_image_pixels,
+            max_bytes=self.settings.max_image_bytes,
+            max_side=2 * self.settings.detection_size,
+        )
+        work.timings_ms["decode"] = (time.perf_counter() - started) * 1000
+        return decoded
+
+    def _image_doc(self, work: ImageWork) -> ImageDoc:
+        request = work.request
+        decoded = work.decoded
+        return ImageDoc(
+            user_id=request.user_id, image_id=request.image_id, bucket=request.bucket,
+            key=request.key, status=ImageStatus.PROCESSING, model_id=self.analyzer.model_id,
+            width=decoded.width if decoded else None, height=decoded.height if decoded else None,
+            timings_ms={k: round(v, 2) for k, v in work.timings_ms.items()},
+        )
+
+    def _store(self, work: ImageWork) -> Outcome:
+        request = work.request
+        context = {"user_id": request.user_id, "image_id": request.image_id,
+                   "key": request.key, "message_id": work.message_id}
+        if work.outage is not None:
+            log.warning("outage while fetching the image", extra={**context,
+                                                                   "error": repr(work.outage)})
+            return Outcome.RETRY
+        if work.error is not None:
+            log.error("unexpected error on the image", exc_info=work.error, extra=context)
+            return Outcome.MALFORMED
+        started = time.perf_counter()
+        image = self._image_doc(work)
+        try:
+            if work.failure is not None:
+                self.repository.mark_failed(image, str(work.failure))
+                log.warning("image failed", extra={**context, "reason": work.failure.reason,
+                                                    "detail": work.failure.detail})
+                self.metrics.emit({Metric.IMAGES_FAILED: 1}, reason=str(work.failure.reason),
+                                  **context)
+                return Outcome.DONE
+            faces = self._face_docs(work)
+            self._upload_crops(faces, work)
+            image.timings_ms["store"] = round((time.perf_counter() - started) * 1000, 2)
+            image.timings_ms["total"] = round(sum(image.timings_ms.values()), 2)
+            self.repository.save_result(image, faces)
+        except Exception as error:
+            if is_outage(error):
+                log.warning("outage while storing the image", extra={**context,
+                                                                     "error": repr(error)})
+                return Outcome.RETRY
+            log.error("storing the image failed", exc_info=True, extra=context)
+            return Outcome.MALFORMED
+        total_ms = image.timings_ms.get("total", 0.0)
+        log.info("image processed", extra={**context, "faces": len(faces),
+                                           "timings_ms": image.timings_ms})
+        self.metrics.emit(
+            {Metric.IMAGES_PROCESSED: 1, Metric.FACES_DETECTED: len(faces),
+             Metric.PROCESSING_TIME: total_ms},
+            **context,
+        )
+        return Outcome.DONE
+
+    def _face_docs(self, work: ImageWork) -> list[FaceDoc]:
+        request, decoded = work.request, work.decoded
+        assert decoded is not None
+        back = 1.0 / decoded.scale  # to the original image's pixels
+        docs = []
+        for index, face in enumerate(work.faces):
+            face_id = face_doc_id(request.user_id, request.image_id, self.analyzer.model_id, index)
+            docs.append(FaceDoc(
+                user_id=request.user_id, image_id=request.image_id,
+                model_id=self.analyzer.model_id, index=index,
+                bbox=tuple(float(v) * back for v in face.bbox),  # type: ignore[arg-type]
+                landmarks=tuple((float(x) * back, float(y) * back) for x, y in face.landmarks),
+                det_score=face.det_score, quality=face.quality,
+                embedding=np.asarray(face.embedding, dtype=np.float32),
+                crop_key=crop_key(request.user_id, request.image_id, face_id)
+                if face.crop is not None else None,
+            ))
+        return docs
+
+    def _upload_crops(self, faces: list[FaceDoc], work: ImageWork) -> None:
+        bucket = self.settings.face_group_bucket_name
+        uploads = []
+        for doc, face in zip(faces, work.faces, strict=True):
+            if face.crop is None or doc.crop_key is None:
+                continue
+            ok, encoded = cv2.imencode(".jpg", face.crop,
+                                       [cv2.IMWRITE_JPEG_QUALITY, CROP_JPEG_QUALITY])
+            if not ok:
+                raise RuntimeError(f"cannot encode the crop of face {doc.doc_id}")
+            uploads.append(self.executor.submit(
+                self.s3.put_object, Bucket=bucket, Key=doc.crop_key, Body=encoded.tobytes(),
+                ContentType="image/jpeg",
+            ))
+        for upload in uploads:
+            upload.result()  # an outage surfaces here, before the image turns DONE
+
+    def _request_grouping(self, stored: Mapping[str, list[str]]) -> bool:
+        for user_id, image_ids in stored.items():
+            body = GroupingRequest(user_id, tuple(sorted(set(image_ids)))).to_body()
+            try:
+                self.sqs.send_message(QueueUrl=self.settings.group_face_queue_url,
+                                      MessageBody=body)
+            except Exception as error:
+                if not is_outage(error):
+                    raise
+                log.warning("grouping request not sent", extra={"user_id": user_id,
+                                                                 "error": repr(error)})
+                return False
+        return True
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+_SEVERITY = {Outcome.DONE: 0, Outcome.MALFORMED: 1, Outcome.RETRY: 2}
+
+
+def _worse(current: Outcome, new: Outcome) -> Outcome:
+    """A message with several images: an outage on any keeps it (RETRY beats MALFORMED)."""
+    return new if _SEVERITY[new] > _SEVERITY[current] else current
+
+
+def main() -> int:
+    """Entry point of `python3 run_detection_service.py` (the Batch job's command)."""
+    configure_logging("detection")
+    settings = load_service_settings("detection")
+    log.info("detection service starting", extra=batch_job_context(settings))
+    service = DetectionService.from_settings(settings)
+    config = ConsumerConfig.from_settings(settings, settings.queue_url)
+    return serve(config, service.handle, service="detection", settings=settings,
+                 metrics=service.metrics, on_exit=service.close)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

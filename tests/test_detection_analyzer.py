@@ -1,0 +1,119 @@
+"""FaceAnalyzer on the dev pack: six faces, LFW verification, fixed-batch recognisers, quality."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facefleet.worker.detection.analyzer import FaceAnalyzer, detection_canvas
+from facefleet.worker.models import ModelPackError, load_pack
+
+SHARED = Path(os.environ.get("FACEFLEET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+PAIRS = 60  # per kind: enough for a 98 % bar, small enough to run in seconds
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> FaceAnalyzer:
+    return FaceAnalyzer.from_pack(SHARED / "models" / "facefleet-dev")
+
+
+def central_face(faces, image: np.ndarray):
+    """The LFW subject: the largest face nearest the centre (backgrounds hold other people)."""
+    height, width = image.shape[:2]
+
+    def score(face) -> float:
+        x1, y1, x2, y2 = face.bbox
+        off = np.hypot((x1 + x2) / 2 - width / 2, (y1 + y2) / 2 - height / 2)
+        return (x2 - x1) * (y2 - y1) - 4 * off * off
+
+    return max(faces, key=score)
+
+
+def test_six_faces_with_unit_embeddings(analyzer: FaceAnalyzer, faces_dir: Path) -> None:
+    image = cv2.imread(str(faces_dir / "groups" / "group_six.jpg"))
+    [faces] = analyzer.analyze([image])
+    assert len(faces) == 6
+    for face in faces:
+        assert face.embedding.dtype == np.float32
+        assert face.embedding.shape == (analyzer.embedding_dim,) == (128,)
+        assert abs(float(np.linalg.norm(face.embedding)) - 1) < 1e-4
+        assert face.landmarks.shape == (5, 2)
+        assert 0 <= face.quality <= 1 and 0 < face.det_score <= 1
+        assert face.crop is not None and face.crop.shape == (112, 112, 3)
+        x1, y1, x2, y2 = face.bbox
+        assert 0 <= x1 < x2 <= image.shape[1] and 0 <= y1 < y2 <= image.shape[0]
+    # Six different people: no two embeddings as close as the same person's usually are.
+    vectors = np.stack([f.embedding for f in faces])
+    similarity = vectors @ vectors.T
+    assert similarity[~np.eye(6, dtype=bool)].max() < 0.6
+
+
+def test_lfw_verification_accuracy(faces_dir: Path, models_dir: Path) -> None:
+    # LFW photos are 250 px: a 320 canvas finds their faces at a quarter of the 640 cost.
+    analyzer = FaceAnalyzer.from_pack(models_dir, det_size=320, keep_crops=False)
+    people = [p for p in sorted((faces_dir / "lfw").iterdir())
+              if p.is_dir() and len(list(p.glob("*.jpg"))) >= 2][:PAIRS + 1]
+    paths = [sorted(p.glob("*.jpg"))[:2] for p in people]
+    images = {path: cv2.imread(str(path)) for pair in paths for path in pair}
+    order = list(images)
+    results = analyzer.analyze([images[p] for p in order])
+    embedding = {p: central_face(faces, images[p]).embedding
+                 for p, faces in zip(order, results, strict=True)}
+    same = [float(embedding[a] @ embedding[b]) for a, b in paths[:PAIRS]]
+    different = [float(embedding[paths[i][0]] @ embedding[paths[i + 1][1]]) for i in range(PAIRS)]
+    scores = np.array(same + different)
+    truth = np.array([True] * len(same) + [False] * len(different))
+    accuracy = max(float(((scores >= t) == truth).mean()) for t in np.unique(scores))
+    assert accuracy >= 0.98, (accuracy, np.mean(same), np.mean(different))
+    assert np.mean(same) > 0.45 and np.mean(different) < 0.15
+
+
+def test_fixed_batch_recogniser_and_fixed_detector(tmp_path: Path, analyzer: FaceAnalyzer,
+                                                   faces_dir: Path) -> None:
+    extra = SHARED / "models" / "extra"
+    (tmp_path / "det.onnx").symlink_to(extra / "det_2.5g_kps_fixed640.onnx")
+    (tmp_path / "rec.onnx").symlink_to(extra / "rec_mobilefacenet_batch1.onnx")
+    fixed = FaceAnalyzer(load_pack(tmp_path), rec_batch_size=32)
+    assert fixed.rec_batch_size == 1 and fixed.pack.det_fixed_size == (640, 640)
+    image = cv2.imread(str(faces_dir / "groups" / "group_six.jpg"))
+    [faces] = fixed.analyze([image])
+    [reference] = analyzer.analyze([image])
+    assert len(faces) == 6
+    # The same recogniser weights: embeddings agree face by face.
+    cos = np.stack([f.embedding for f in faces]) @ np.stack([f.embedding for f in reference]).T
+    assert np.all(cos.max(axis=1) > 0.98)
+
+
+def test_a_pack_without_a_recogniser_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "det.onnx").symlink_to(SHARED / "models" / "extra" / "det_500m_kps.onnx")
+    with pytest.raises(ModelPackError, match="needs a detector and a recogniser"):
+        load_pack(tmp_path, warm=False)
+    with pytest.raises(ModelPackError, match="holds no .onnx"):
+        load_pack(tmp_path / "empty", warm=False)
+
+
+def test_a_face_that_fills_the_frame_is_found(analyzer: FaceAnalyzer, faces_dir: Path) -> None:
+    image = cv2.imread(str(faces_dir / "groups" / "group_six.jpg"))
+    [faces] = analyzer.analyze([image])
+    x1, y1, x2, y2 = (int(v) for v in faces[0].bbox)
+    tight = np.ascontiguousarray(image[y1:y2, x1:x2])  # nothing around the face
+    tight = cv2.resize(tight, (400, int(400 * (y2 - y1) / (x2 - x1))))
+    [found] = analyzer.analyze([tight])
+    assert len(found) == 1
+
+
+def test_quality_ranks_a_blurred_face_lower(analyzer: FaceAnalyzer, faces_dir: Path) -> None:
+    image = cv2.imread(str(faces_dir / "groups" / "group_six.jpg"))
+    blurred = cv2.GaussianBlur(image, (0, 0), 4)
+    [sharp_faces], [blurred_faces] = analyzer.analyze([image]), analyzer.analyze([blurred])
+    assert max(f.quality for f in blurred_faces) < max(f.quality for f in sharp_faces)
+
+
+def test_detection_canvas_keeps_the_scale_and_the_stride() -> None:
+    assert detection_canvas(1280, 886, 640) == (640, 448)
+    assert detection_canvas(250, 250, 640) == (640, 640)
+    assert detection_canvas(500, 1200, 640) == (288, 640)

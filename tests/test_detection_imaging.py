@@ -1,0 +1,98 @@
+"""Image decoding: orientation, modes, and every refusal with its reason (no servers needed)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facefleet.worker.detection.imaging import FailureReason, ImageError, decode_image
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose valid IHDR claims width x height, with almost no pixel data behind it."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    idat = b"IDAT" + zlib.compress(b"\0" * 64)
+    return (b"\x89PNG\r\n\x1a\n"
+            + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + struct.pack(">I", len(idat) - 4) + idat + struct.pack(">I", zlib.crc32(idat))
+            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 10, 20))  # blue band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    decoded = decode_image(encode(image, exif=exif.tobytes()))
+    assert decoded.pixels.shape == (40, 20, 3)
+    assert (decoded.width, decoded.height) == (20, 40)
+    top = decoded.pixels[:8].reshape(-1, 3).mean(axis=0)  # BGR: blue band now on top
+    assert top[0] > 200 and top[2] < 60
+
+
+def test_png_with_alpha_and_grayscale_and_16_bit(faces_dir: Path) -> None:
+    alpha = decode_image((faces_dir / "groups" / "edge_32bit.png").read_bytes())
+    assert alpha.pixels.dtype == np.uint8 and alpha.pixels.shape[2] == 3
+    transparent = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    assert decode_image(encode(transparent, "PNG")).pixels.min() == 255  # composited on white
+    grey = decode_image(encode(Image.new("L", (30, 20), 77)))
+    assert grey.pixels.shape == (20, 30, 3)
+    deep = Image.fromarray(np.full((8, 8), 4000, dtype=np.uint16))
+    assert decode_image(encode(deep, "PNG")).pixels.shape == (8, 8, 3)
+
+
+def test_large_jpeg_is_decoded_reduced_with_the_scale() -> None:
+    data = encode(Image.new("RGB", (2600, 1400), (10, 200, 30)))
+    decoded = decode_image(data, max_side=640)
+    assert decoded.scale == 0.25
+    assert decoded.pixels.shape == (350, 650, 3)
+    assert (decoded.width, decoded.height) == (2600, 1400)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", FailureReason.EMPTY),
+        (b"this is not an image at all", FailureReason.CORRUPT),
+        (encode(Image.new("RGB", (300, 300), 5))[:400], FailureReason.CORRUPT),  # truncated
+    ],
+)
+def test_bad_bytes_are_refused_with_a_reason(data: bytes, reason: FailureReason) -> None:
+    with pytest.raises(ImageError) as caught:
+        decode_image(data)
+    assert caught.value.reason == reason
+
+
+def test_a_20000_square_header_is_refused_before_decoding() -> None:
+    data = png_header_only(20000, 20000)
+    started = time.perf_counter()
+    with pytest.raises(ImageError) as caught:
+        decode_image(data)  # default MAX_IMAGE_PIXELS: 50 megapixels
+    assert caught.value.reason == FailureReason.TOO_MANY_PIXELS
+    assert "20000x20000" in caught.value.detail
+    assert time.perf_counter() - started < 0.5
+
+
+def test_pixel_and_byte_limits() -> None:
+    data = encode(Image.new("RGB", (1200, 1000), 5))
+    with pytest.raises(ImageError) as caught:
+        decode_image(data, max_pixels=1_000_000)
+    assert caught.value.reason == FailureReason.TOO_MANY_PIXELS
+    with pytest.raises(ImageError) as caught:
+        decode_image(data, max_bytes=100)
+    assert caught.value.reason == FailureReason.TOO_LARGE
+    assert decode_image(data, max_pixels=1_200_000).pixels.shape == (1000, 1200, 3)
