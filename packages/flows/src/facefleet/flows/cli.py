@@ -14,6 +14,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "facefleet.flows.local_cli",
     "facefleet.flows.simulate.cli",
     "facefleet.dashboards.cli",
+    "facefleet.worker.grouping.people_cli",
 )
 
 Handler = Callable[[argparse.Namespace], int]
