@@ -158,6 +158,24 @@ class Names:
     def cutover_parameter_prefix(self) -> str:
         return f"/facefleet/{self.prefix}/cutover"
 
+    # Secrets Manager secrets holding the MongoDB URIs; job definitions inject them as env vars.
+    @property
+    def gallery_mongo_secret(self) -> str:
+        return f"facefleet/{self.prefix}/gallery-images-mongo-uri"
+
+    @property
+    def huemn_mongo_secret(self) -> str:
+        return f"facefleet/{self.prefix}/huemn-mongo-uri"
+
+    # The fallback dispatcher: a Lambda running the dispatch policy on an EventBridge schedule.
+    @property
+    def dispatch_function(self) -> str:
+        return f"{self.prefix}-dispatch"
+
+    @property
+    def dispatch_schedule_rule(self) -> str:
+        return f"{self.prefix}-dispatch-schedule"
+
     # The existing ECS service's queue: the cutover router forwards the share of traffic that is
     # not (yet) on Batch here. Production may point at the existing queue by URL instead.
     @property
