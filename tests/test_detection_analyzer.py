@@ -92,7 +92,7 @@ def test_a_pack_without_a_recogniser_is_refused(tmp_path: Path) -> None:
     (tmp_path / "det.onnx").symlink_to(SHARED / "models" / "extra" / "det_500m_kps.onnx")
     with pytest.raises(ModelPackError, match="needs a detector and a recogniser"):
         load_pack(tmp_path, warm=False)
-    with pytest.raises(ModelPackError, match="holds no .onnx"):
+    with pytest.raises(ModelPackError, match=r"holds no \.onnx"):
         load_pack(tmp_path / "empty", warm=False)
 
 
