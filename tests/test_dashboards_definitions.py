@@ -108,7 +108,7 @@ def test_dashboard_body_is_well_formed():
     boxes = []
     for widget in body["widgets"]:
         assert widget["type"] in {"metric", "text", "alarm"}
-        assert 0 <= widget["x"] and widget["x"] + widget["width"] <= 24
+        assert widget["x"] >= 0 and widget["x"] + widget["width"] <= 24
         boxes.append((widget["x"], widget["y"], widget["width"], widget["height"]))
         if widget["type"] != "metric":
             continue

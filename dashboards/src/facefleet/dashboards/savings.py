@@ -243,11 +243,16 @@ def batch_usage(
     for queue in names.job_queues:
         instance_type = environments[queue.compute_environment].instance_types[0]
         job_ids: list[str] = []
-        for status in ("RUNNING", "SUCCEEDED", "FAILED"):
-            pages = batch.get_paginator("list_jobs").paginate(jobQueue=queue.name,
-                                                              jobStatus=status)
-            for page in pages:
-                job_ids += [j["jobId"] for j in page["jobSummaryList"]]
+        try:
+            for status in ("RUNNING", "SUCCEEDED", "FAILED"):
+                pages = batch.get_paginator("list_jobs").paginate(jobQueue=queue.name,
+                                                                  jobStatus=status)
+                for page in pages:
+                    job_ids += [j["jobId"] for j in page["jobSummaryList"]]
+        except batch.exceptions.ClientException as error:
+            # A stack being deployed or torn down may lack a queue; its usage is then zero.
+            log.warning("job queue %s not readable, counted as unused: %s", queue.name, error)
+            continue
         for i in range(0, len(job_ids), 100):
             for job in batch.describe_jobs(jobs=job_ids[i:i + 100])["jobs"]:
                 started = _ms(job.get("startedAt"))
