@@ -129,7 +129,9 @@ def test_dashboard_body_is_well_formed():
 
 def _validate(operation: str, params: dict[str, Any]) -> None:
     model = botocore.session.get_session().get_service_model("cloudwatch")
-    report = ParamValidator().validate(params, model.operation_model(operation).input_shape)
+    shape = model.operation_model(operation).input_shape
+    assert shape is not None
+    report = ParamValidator().validate(params, shape)
     assert not report.has_errors(), report.generate_report()
 
 
