@@ -40,13 +40,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facefleet.common.config import NAMES, Names, Settings
+from facefleet.flows import policy as dispatch
 from facefleet.flows.policy import (
     DETECTION,
     ActiveJob,
     DispatchInputs,
     PolicyParams,
     QueueDepth,
-    decide,
 )
 from facefleet.flows.simulate.trace import DAY_S, Trace
 
@@ -425,7 +425,8 @@ class _Engine:
             now_s=self.now,
             last_submission_s=self.last_submission,
         )
-        decision = decide(inputs, self.policy, self.names)
+        # Looked up on each tick: the simulator always runs the policy as it is now.
+        decision = dispatch.decide(inputs, self.policy, self.names)
         for submission in decision.submissions:
             if submission.kind != DETECTION:
                 continue
