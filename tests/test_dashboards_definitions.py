@@ -4,6 +4,7 @@ request shapes against the botocore model, the generated runbook, and the local 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,22 @@ def test_weighted_percentile():
 def test_dashboard_json_is_json():
     text = put_dashboard_input(build_dashboard(NAMES, "eu-west-1"))["DashboardBody"]
     assert json.loads(text)["widgets"][1]["properties"]["region"] == "eu-west-1"
+
+
+# Charted custom metrics whose emitter is still being written, with the owner; the test below
+# fails once one of them is emitted (remove it here) or when a charted metric has no emitter.
+PENDING_EMITTERS = {Metric.CUTOVER_WEIGHT: "cutover flow (issue 5)"}
+CHARTING_MODULES = {"dashboard.py", "alarms.py", "widgets.py", "render.py"}
+
+
+def test_every_charted_custom_metric_has_an_emitting_code_path():
+    emitted = set()
+    for source in [*ROOT.glob("packages/*/src/**/*.py"), *ROOT.glob("dashboards/src/**/*.py")]:
+        if source.name in CHARTING_MODULES or source.as_posix().endswith("common/metrics.py"):
+            continue
+        emitted |= {Metric[m] for m in re.findall(r"Metric\.([A-Z0-9_]+)", source.read_text())
+                    if m in Metric.__members__}
+    ns = NAMES.metrics_namespace
+    charted = {Metric(s.name) for s in used_metrics(NAMES) if s.namespace == ns}
+    assert charted - emitted <= set(PENDING_EMITTERS), charted - emitted - set(PENDING_EMITTERS)
+    assert not set(PENDING_EMITTERS) & emitted, "an emitter landed: drop it from PENDING_EMITTERS"
