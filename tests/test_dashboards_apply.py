@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -17,6 +15,7 @@ from facefleet.dashboards.apply import (
     remove_dashboards,
 )
 from facefleet.dashboards.dashboard import build_dashboard, put_dashboard_input
+from facefleet.flows.cli import main
 
 
 @pytest.fixture
@@ -112,13 +111,13 @@ def test_awscli_export_files_are_the_requests(env, topic_arn, tmp_path):
     assert (tmp_path / "apply.sh").read_text().count("aws cloudwatch put-") == len(puts)
 
 
-def test_cli_apply_and_remove(env, topic_arn):
+def test_cli_apply_export_and_remove(env, topic_arn, tmp_path, capsys):
     args = ["--prefix", env.names.prefix, "--namespace", env.names.metrics_namespace]
-    run = [sys.executable, "-m", "facefleet.flows.cli", "dashboards"]
-    applied = subprocess.run([*run, "apply", *args], capture_output=True, text=True, timeout=60)
-    assert applied.returncode == 0, applied.stderr
-    assert f"applied  {env.names.dashboard}" in applied.stdout
+    assert main(["dashboards", "apply", *args]) == 0
+    assert f"applied  {env.names.dashboard}" in capsys.readouterr().out
     assert len(_alarms(env)) == len(build_alarms(env.names))
-    removed = subprocess.run([*run, "remove", *args], capture_output=True, text=True, timeout=60)
-    assert removed.returncode == 0, removed.stderr
+    assert main(["dashboards", "export", *args, "--account-id", "123456789012",
+                 "--out", str(tmp_path)]) == 0
+    assert "put-dashboard" in capsys.readouterr().out
+    assert main(["dashboards", "remove", *args]) == 0
     assert _alarms(env) == {}

@@ -3,6 +3,7 @@ moto server (canned Spot prices, no Pricing API: the fallback table is used)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -149,7 +150,8 @@ def test_on_demand_falls_back_to_the_configured_table(env):
 
 
 def test_savings_job_publishes_the_metrics(env):
-    names = env.names
+    # A namespace of its own: metrics cannot be deleted, and other tests put ImagesProcessed.
+    names = dataclasses.replace(env.names, metrics_namespace=f"FaceFleet-{env.namespace}")
     cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
     dimensions = [{"Name": "Service", "Value": "detection"}]
     cloudwatch.put_metric_data(Namespace=names.metrics_namespace, MetricData=[

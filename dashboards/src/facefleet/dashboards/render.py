@@ -128,18 +128,6 @@ def _grid(start: datetime, end: datetime, period: int) -> list[datetime]:
     return [datetime.fromtimestamp(t, UTC) for t in range(first, last, period)]
 
 
-def _query(s: MetricSeries, period: int) -> dict[str, Any]:
-    return {
-        "Id": s.id,
-        "MetricStat": {
-            "Metric": {"Namespace": s.namespace, "MetricName": s.name,
-                       "Dimensions": [{"Name": k, "Value": v} for k, v in s.dimensions]},
-            "Period": period, "Stat": s.stat,
-        },
-        "ReturnData": True,
-    }
-
-
 def _is_percentile(stat: str) -> bool:
     return stat.startswith("p") and stat[1:].replace(".", "", 1).isdigit()
 
@@ -148,34 +136,49 @@ def fetch_widget(
     cloudwatch: Any, widget: GraphWidget, start: datetime, end: datetime,
     exact_percentiles: bool,
 ) -> tuple[list[datetime], dict[str, Array], dict[str, int]]:
-    """Every series of `widget` on its period grid (NaN where there is no datapoint)."""
+    """Every series of `widget` on its period grid (NaN where there is no datapoint).
+
+    GetMetricStatistics, one call per series: the moto server's GetMetricData ignores the
+    namespace of a query that has dimensions, which would mix two stacks' metrics."""
     period = widget.period
     grid = _grid(start, end, period)
-    origin = grid[0]
     values: dict[str, Array] = {}
     periods: dict[str, int] = {}
-    standard = []
     for s in widget.metric_series():
         periods[s.id] = period
-        values[s.id] = np.full(len(grid), np.nan)
         if _is_percentile(s.stat) and not exact_percentiles:
             values[s.id] = _approximate_percentile(cloudwatch, s, grid, period, end)
-        else:
-            standard.append(_query(s, period))
-    if standard:
-        response = cloudwatch.get_metric_data(
-            MetricDataQueries=standard, StartTime=origin, EndTime=end
+            continue
+        key = "ExtendedStatistics" if _is_percentile(s.stat) else "Statistics"
+        response = cloudwatch.get_metric_statistics(
+            Namespace=s.namespace, MetricName=s.name,
+            Dimensions=[{"Name": k, "Value": v} for k, v in s.dimensions],
+            StartTime=grid[0], EndTime=end, Period=period, **{key: [s.stat]},
         )
-        for result in response["MetricDataResults"]:
-            for timestamp, value in zip(result["Timestamps"], result["Values"], strict=False):
-                index = int((timestamp - origin).total_seconds()) // period
-                if 0 <= index < len(grid) and value is not None:
-                    values[result["Id"]][index] = value
+        values[s.id] = np.full(len(grid), np.nan)
+        for point in response["Datapoints"]:
+            value = (point.get("ExtendedStatistics") or point).get(s.stat)
+            index = int((point["Timestamp"] - grid[0]).total_seconds()) // period
+            if value is not None and 0 <= index < len(grid):
+                previous = values[s.id][index]
+                values[s.id][index] = value if np.isnan(previous) else _merge(s.stat, previous,
+                                                                              value)
     for math_series in widget.series:
         if isinstance(math_series, MathSeries):
             values[math_series.id] = evaluate(math_series.expression, values, periods)
             periods[math_series.id] = period
     return grid, values, periods
+
+
+def _merge(stat: str, a: float, b: float) -> float:
+    """Two datapoints that fall in one grid cell (moto's buckets are not aligned to the grid)."""
+    if stat in ("Sum", "SampleCount"):
+        return a + b
+    if stat == "Minimum":
+        return min(a, b)
+    if stat == "Maximum":
+        return max(a, b)
+    return (a + b) / 2
 
 
 def _approximate_percentile(
