@@ -240,8 +240,10 @@ def render_dashboard(
                     fontsize=14, fontweight="bold")
     height_in = rows * ROW_INCHES + 0.8
     for graph, box in zip(graphs, placed, strict=True):
+        twin = any(isinstance(s, MetricSeries | MathSeries) and s.y_axis == "right"
+                   for s in graph.series)
         left = box["x"] / GRID_WIDTH + 0.035
-        width = box["width"] / GRID_WIDTH - 0.06
+        width = box["width"] / GRID_WIDTH - (0.085 if twin else 0.06)
         bottom_in = (rows - (box["y"] - top) - box["height"]) * ROW_INCHES + 0.55
         axes = figure.add_axes((left, bottom_in / height_in, width,
                                 (box["height"] * ROW_INCHES - 0.85) / height_in))
@@ -273,11 +275,16 @@ def _draw(axes: Any, graph: GraphWidget, grid: list[datetime], values: Mapping[s
                       transform=axes.transAxes)
         return
     right = axes.twinx() if any(s.y_axis == "right" for s in shown) else None
-    for s in shown:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    times = np.array(grid, dtype=object)
+    for i, s in enumerate(shown):
         target = right if (s.y_axis == "right" and right is not None) else axes
-        series = values[s.id]
-        target.plot(grid, series, marker="." if np.sum(~np.isnan(series)) < 30 else None,
-                    label=s.label, linestyle="--" if target is right else "-")
+        # Draw through missing periods, as the console does: sparse metrics stay visible.
+        present = ~np.isnan(values[s.id])
+        target.plot(times[present], values[s.id][present], color=colors[i % len(colors)],
+                    marker="." if present.sum() < 30 else None, label=s.label,
+                    linestyle="--" if target is right else "-")
+    axes.set_xlim(grid[0], grid[-1])
     for line in graph.lines:
         axes.axhline(line.value, color="red", linewidth=0.8, linestyle=":")
         axes.annotate(line.label, (0, line.value), xycoords=("axes fraction", "data"),
