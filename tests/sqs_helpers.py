@@ -22,12 +22,14 @@ class TestQueue:
     dlq_url: str
 
 
-def create_queue(env: Any, name: str, max_receive_count: int = 2,
-                 visibility_timeout: int = 30) -> TestQueue:
+def create_queue(
+    env: Any, name: str, max_receive_count: int = 2, visibility_timeout: int = 30
+) -> TestQueue:
     sqs = client("sqs", env.region, env.endpoint_url)
     dlq_url = sqs.create_queue(QueueName=env.names.dead_letter_queue(name))["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     url = sqs.create_queue(
         QueueName=name,
         Attributes={
@@ -57,8 +59,10 @@ def counts(env: Any, queue_url: str) -> tuple[int, int]:
         QueueUrl=queue_url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
-    return (int(attributes["ApproximateNumberOfMessages"]),
-            int(attributes["ApproximateNumberOfMessagesNotVisible"]))
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
 
 
 def receive_all(env: Any, queue_url: str, wait: int = 1, visibility: int = 30) -> list[dict]:
@@ -66,8 +70,11 @@ def receive_all(env: Any, queue_url: str, wait: int = 1, visibility: int = 30) -
     messages: list[dict] = []
     while True:
         batch = sqs.receive_message(
-            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait,
-            VisibilityTimeout=visibility, AttributeNames=["ApproximateReceiveCount"],
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=wait,
+            VisibilityTimeout=visibility,
+            AttributeNames=["ApproximateReceiveCount"],
         ).get("Messages", [])
         if not batch:
             return messages
@@ -88,6 +95,11 @@ def spawn(args: list[str], environment: dict[str, str], log_path: Path) -> subpr
     env = {**os.environ, **environment, "PYTHONUNBUFFERED": "1"}
     out = log_path.open("wb")
     return subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )

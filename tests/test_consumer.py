@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from pymongo.errors import ServerSelectionTimeoutError
@@ -24,9 +25,16 @@ from tests.sqs_helpers import counts, create_queue, receive_all, send, spawn, wa
 
 def config(env, queue_url: str, **overrides) -> ConsumerConfig:
     values = dict(
-        queue_url=queue_url, batch_size=10, visibility_timeout=30, poll_wait_seconds=1,
-        idle_exit_seconds=1.0, shutdown_deadline_seconds=5.0, backoff_initial_seconds=0.1,
-        backoff_max_seconds=0.4, region=env.region, endpoint_url=env.endpoint_url,
+        queue_url=queue_url,
+        batch_size=10,
+        visibility_timeout=30,
+        poll_wait_seconds=1,
+        idle_exit_seconds=1.0,
+        shutdown_deadline_seconds=5.0,
+        backoff_initial_seconds=0.1,
+        backoff_max_seconds=0.4,
+        region=env.region,
+        endpoint_url=env.endpoint_url,
     )
     values.update(overrides)
     return ConsumerConfig(**values)
@@ -103,10 +111,15 @@ def test_stop_releases_an_unfinished_batch_within_the_deadline(env) -> None:
         time.sleep(30)
         return {m.message_id: Outcome.DONE for m in batch}
 
-    consumer = Consumer(config(env, queue.url, idle_exit_seconds=60,
-                               shutdown_deadline_seconds=2), handle)
-    threading.Thread(target=lambda: (entered.wait(10), consumer.request_stop()),
-                     daemon=True).start()
+    consumer = Consumer(
+        config(env, queue.url, idle_exit_seconds=60, shutdown_deadline_seconds=2), handle
+    )
+
+    def stop_once_entered() -> None:
+        entered.wait(10)
+        consumer.request_stop()
+
+    threading.Thread(target=stop_once_entered, daemon=True).start()
     started = time.monotonic()
     assert consumer.run() == RETRYABLE_EXIT_CODE
     assert time.monotonic() - started < 10
@@ -137,8 +150,11 @@ def test_sigterm_finishes_or_releases_and_exits_retryable(
     queue = create_queue(env, env.names.indexing_queue)
     send(env, queue.url, "in-flight")
     log = tmp_path / "child.log"
-    child = spawn(["-c", CHILD, queue.url, str(handler_seconds), env.region, env.endpoint_url],
-                  env.environment(), log)
+    child = spawn(
+        ["-c", CHILD, queue.url, str(handler_seconds), env.region, env.endpoint_url],
+        env.environment(),
+        log,
+    )
     try:
         assert wait_for(lambda: b"HANDLING" in log.read_bytes(), 30), log.read_text()
         child.send_signal(signal.SIGTERM)
@@ -158,9 +174,22 @@ def test_outage_classification_and_backoff() -> None:
 
     assert is_outage(ServerSelectionTimeoutError("x"))
     assert is_outage(EndpointConnectionError(endpoint_url="http://x"))
-    assert is_outage(ClientError({"Error": {"Code": "InternalError"},
-                                  "ResponseMetadata": {"HTTPStatusCode": 500}}, "GetObject"))
-    assert not is_outage(ClientError({"Error": {"Code": "NoSuchKey"},
-                                      "ResponseMetadata": {"HTTPStatusCode": 404}}, "GetObject"))
+    assert is_outage(
+        ClientError(
+            cast(
+                Any,
+                {"Error": {"Code": "InternalError"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+            ),
+            "GetObject",
+        )
+    )
+    assert not is_outage(
+        ClientError(
+            cast(
+                Any, {"Error": {"Code": "NoSuchKey"}, "ResponseMetadata": {"HTTPStatusCode": 404}}
+            ),
+            "GetObject",
+        )
+    )
     assert not is_outage(ValueError("bad"))
     assert [backoff_delay(a, 1, 8) for a in range(5)] == [1, 2, 4, 8, 8]

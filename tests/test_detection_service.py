@@ -102,7 +102,7 @@ def test_six_faces_stored_once_even_when_redelivered(env, analyzer, faces_dir: P
     assert all(f.embedding.shape == (128,) for f in faces)
     first_ids = sorted(f.doc_id for f in faces)
     crops = stack.s3.list_objects_v2(Bucket=stack.face_bucket)["Contents"]
-    assert sorted(c["Key"] for c in crops) == sorted(f.crop_key for f in faces)
+    assert sorted(c["Key"] for c in crops) == sorted(str(f.crop_key) for f in faces)
     assert stack.grouping_requests() == [
         {"type": "group", "user_id": USER, "image_ids": ["six"], "version": 1}
     ]
@@ -133,8 +133,12 @@ def test_bad_inputs_fail_the_image_or_dead_letter_the_message(env, analyzer) -> 
         image = stack.repository.get_image(USER, image_id)
         assert image is not None and image.status == ImageStatus.FAILED, image_id
         reasons[image_id] = (image.reason or "").split(":")[0]
-    assert reasons == {"corrupt": "corrupt", "empty": "empty", "huge": "too_many_pixels",
-                       "missing": "missing"}
+    assert reasons == {
+        "corrupt": "corrupt",
+        "empty": "empty",
+        "huge": "too_many_pixels",
+        "missing": "missing",
+    }
     assert counts(env, stack.queue.url) == (0, 0)  # failed images: messages deleted
     dead = sorted(m["Body"] for m in receive_all(env, stack.queue.dlq_url, 0))
     assert len(dead) == 2 and dead[1] == "{not json"
@@ -150,17 +154,26 @@ def test_outages_keep_the_message_for_a_retry(env, analyzer, faces_dir: Path) ->
 
     # MongoDB unreachable (nothing listens on the port).
     down = GalleryRepository(connect("mongodb://127.0.0.1:9/gallery", "gallery", timeout_ms=300))
-    service = DetectionService(settings, analyzer, down, s3=stack.s3, sqs=stack.sqs,
-                               metrics=DetectionService.from_settings(settings, analyzer).metrics)
+    service = DetectionService(
+        settings,
+        analyzer,
+        down,
+        s3=stack.s3,
+        sqs=stack.sqs,
+        metrics=DetectionService.from_settings(settings, analyzer).metrics,
+    )
     assert service.handle([message]) == {"m1": Outcome.RETRY}
 
     # S3 unreachable: the download fails with an endpoint error, not "missing".
     dead_s3 = boto3.session.Session().client(
-        "s3", region_name=env.region, endpoint_url="http://127.0.0.1:9",
+        "s3",
+        region_name=env.region,
+        endpoint_url="http://127.0.0.1:9",
         config=Config(retries={"max_attempts": 1}, connect_timeout=1),
     )
-    service = DetectionService(settings, analyzer, stack.repository, s3=dead_s3, sqs=stack.sqs,
-                               metrics=service.metrics)
+    service = DetectionService(
+        settings, analyzer, stack.repository, s3=dead_s3, sqs=stack.sqs, metrics=service.metrics
+    )
     assert service.handle([message]) == {"m1": Outcome.RETRY}
     assert stack.repository.get_image(USER, "six") is None  # nothing marked failed
 
@@ -168,8 +181,11 @@ def test_outages_keep_the_message_for_a_retry(env, analyzer, faces_dir: Path) ->
 def test_worker_process_exits_zero_on_an_empty_queue(env, tmp_path: Path) -> None:
     stack = Stack(env)
     log = tmp_path / "worker.log"
-    worker = spawn(["run_detection_service.py"], stack.environment(
-        AWS_BATCH_JOB_ARRAY_INDEX="3", AWS_BATCH_JOB_ATTEMPT="2"), log)
+    worker = spawn(
+        ["run_detection_service.py"],
+        stack.environment(AWS_BATCH_JOB_ARRAY_INDEX="3", AWS_BATCH_JOB_ATTEMPT="2"),
+        log,
+    )
     try:
         assert worker.wait(90) == 0, log.read_text()[-3000:]
     finally:
@@ -201,9 +217,16 @@ def test_sigterm_releases_in_flight_messages_and_exits_retryable(
     stack = Stack(env)
     image_ids = _enqueue_gallery(stack, faces_dir, 10)
     log = tmp_path / "worker.log"
-    worker = spawn(["run_detection_service.py"], stack.environment(
-        BATCH_SIZE="10", SHUTDOWN_DEADLINE_SECONDS="0.5", MESSAGE_VISIBILITY_TIMEOUT="300",
-        IDLE_EXIT_SECONDS="60"), log)
+    worker = spawn(
+        ["run_detection_service.py"],
+        stack.environment(
+            BATCH_SIZE="10",
+            SHUTDOWN_DEADLINE_SECONDS="0.5",
+            MESSAGE_VISIBILITY_TIMEOUT="300",
+            IDLE_EXIT_SECONDS="60",
+        ),
+        log,
+    )
     try:
         assert wait_for(lambda: _in_flight(env, stack), 90), log.read_text()[-3000:]
         worker.send_signal(signal.SIGTERM)
@@ -214,8 +237,11 @@ def test_sigterm_releases_in_flight_messages_and_exits_retryable(
     # Released, not left invisible for the 300 s visibility timeout.
     visible, in_flight = counts(env, stack.queue.url)
     assert in_flight == 0
-    done = [i for i in image_ids if (d := stack.repository.get_image(USER, i)) is not None
-            and d.status == ImageStatus.DONE]
+    done = [
+        i
+        for i in image_ids
+        if (d := stack.repository.get_image(USER, i)) is not None and d.status == ImageStatus.DONE
+    ]
     assert visible + len(done) >= len(image_ids)
 
 
@@ -223,8 +249,11 @@ def test_sigkill_mid_batch_loses_no_image(env, tmp_path: Path, faces_dir: Path, 
     stack = Stack(env, max_receive_count=5)
     image_ids = _enqueue_gallery(stack, faces_dir, 5)
     log = tmp_path / "worker.log"
-    worker = spawn(["run_detection_service.py"], stack.environment(
-        BATCH_SIZE="5", MESSAGE_VISIBILITY_TIMEOUT="3", IDLE_EXIT_SECONDS="60"), log)
+    worker = spawn(
+        ["run_detection_service.py"],
+        stack.environment(BATCH_SIZE="5", MESSAGE_VISIBILITY_TIMEOUT="3", IDLE_EXIT_SECONDS="60"),
+        log,
+    )
     try:
         assert wait_for(lambda: _in_flight(env, stack), 90), log.read_text()[-3000:]
         os.killpg(worker.pid, signal.SIGKILL)

@@ -113,11 +113,20 @@ class ReceivedMessage:
 
 Handler = Callable[[list[ReceivedMessage]], Mapping[str, Outcome]]
 
-_RETRYABLE_AWS_CODES = frozenset({
-    "Throttling", "ThrottlingException", "RequestLimitExceeded", "SlowDown",
-    "ServiceUnavailable", "InternalError", "InternalFailure", "RequestTimeout",
-    "RequestTimeoutException", "ProvisionedThroughputExceededException",
-})
+_RETRYABLE_AWS_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "InternalFailure",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ProvisionedThroughputExceededException",
+    }
+)
 
 
 def is_outage(error: BaseException) -> bool:
@@ -276,8 +285,9 @@ class Consumer:
                     receive_failures, config.backoff_initial_seconds, config.backoff_max_seconds
                 )
                 receive_failures += 1
-                log.warning("receive failed, backing off", extra={"delay_s": delay,
-                                                                  "error": repr(error)})
+                log.warning(
+                    "receive failed, backing off", extra={"delay_s": delay, "error": repr(error)}
+                )
                 self._stop.wait(delay)
                 continue
             if not batch:
@@ -322,8 +332,10 @@ class Consumer:
                 if malformed:
                     log.error(
                         "malformed messages left for the dead-letter queue",
-                        extra={"message_ids": [m.message_id for m in malformed],
-                               "receive_counts": [m.receive_count for m in malformed]},
+                        extra={
+                            "message_ids": [m.message_id for m in malformed],
+                            "receive_counts": [m.receive_count for m in malformed],
+                        },
                     )
                     self.release(malformed)
                 pending = retry
@@ -340,8 +352,11 @@ class Consumer:
                     return
                 log.warning(
                     "outage: retrying messages after backoff",
-                    extra={"delay_s": delay, "attempt": attempt,
-                           "message_ids": [m.message_id for m in pending]},
+                    extra={
+                        "delay_s": delay,
+                        "attempt": attempt,
+                        "message_ids": [m.message_id for m in pending],
+                    },
                 )
                 if self._stop.wait(delay):
                     self.release(pending)
@@ -373,14 +388,14 @@ class Consumer:
     # -- SQS calls ---------------------------------------------------------------------------
     def delete(self, messages: Sequence[ReceivedMessage]) -> None:
         for chunk in _chunks(messages):
-            entries = [{"Id": str(i), "ReceiptHandle": m.receipt_handle}
-                       for i, m in enumerate(chunk)]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)
+            ]
             response = self._sqs_retrying(
                 "delete_message_batch", QueueUrl=self.config.queue_url, Entries=entries
             )
             if response and response.get("Failed"):
-                log.warning("delete failed for some messages",
-                            extra={"failed": response["Failed"]})
+                log.warning("delete failed for some messages", extra={"failed": response["Failed"]})
 
     def release(self, messages: Sequence[ReceivedMessage]) -> None:
         """Make messages visible again now (the next receiver, or the DLQ redrive, takes them)."""
@@ -417,7 +432,7 @@ class Consumer:
 
 
 def _chunks(messages: Sequence[ReceivedMessage]) -> list[Sequence[ReceivedMessage]]:
-    return [messages[i:i + SQS_MAX_BATCH] for i in range(0, len(messages), SQS_MAX_BATCH)]
+    return [messages[i : i + SQS_MAX_BATCH] for i in range(0, len(messages), SQS_MAX_BATCH)]
 
 
 def batch_job_context(settings: Settings) -> dict[str, Any]:
@@ -446,11 +461,15 @@ def serve(
     consumer = Consumer(config, handler, metrics=metrics)
     consumer.install_signal_handlers()
     log.info(
-        "%s worker starting", service,
-        extra={"queue_url": config.queue_url, "batch_size": config.batch_size,
-               "visibility_timeout_s": config.visibility_timeout,
-               "idle_exit_s": config.idle_exit_seconds,
-               **(batch_job_context(settings) if settings else {})},
+        "%s worker starting",
+        service,
+        extra={
+            "queue_url": config.queue_url,
+            "batch_size": config.batch_size,
+            "visibility_timeout_s": config.visibility_timeout,
+            "idle_exit_s": config.idle_exit_seconds,
+            **(batch_job_context(settings) if settings else {}),
+        },
     )
     code = consumer.run()
     log.info("%s worker exiting", service, extra={"exit_code": code})

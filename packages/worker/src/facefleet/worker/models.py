@@ -98,8 +98,14 @@ def _route(path: Path, session: ort.InferenceSession) -> str | None:
         return "detection"
     height, width = shape[2], shape[3]
     landmark_or_swapper = height == 192 or (height == 128 and len(session.get_inputs()) == 2)
-    if (isinstance(height, int) and height == width and height >= 112 and height % 16 == 0
-            and len(outputs) == 1 and not landmark_or_swapper):
+    if (
+        isinstance(height, int)
+        and height == width
+        and height >= 112
+        and height % 16 == 0
+        and len(outputs) == 1
+        and not landmark_or_swapper
+    ):
         return "recognition"
     log.info("skipping a model the detection worker does not use", extra={"model": path.name})
     return None
@@ -117,8 +123,7 @@ def load_pack(path: Path, providers: list[str] | None = None, *, warm: bool = Tr
     detector = recogniser = None
     rec_file: Path | None = None
     for file in files:
-        session = ort.InferenceSession(str(file), sess_options=_session_options(),
-                                       providers=chosen)
+        session = ort.InferenceSession(str(file), sess_options=_session_options(), providers=chosen)
         kind = _route(file, session)
         if kind == "detection" and detector is None:
             # One session per process: every detection canvas size runs on the dynamic graph
@@ -133,11 +138,15 @@ def load_pack(path: Path, providers: list[str] | None = None, *, warm: bool = Tr
 
     rec_batch = recogniser.input_shape[0]
     det_shape = detector.input_shape
-    det_fixed = ((det_shape[3], det_shape[2])
-                 if isinstance(det_shape[2], int) and isinstance(det_shape[3], int) else None)
+    det_fixed = (
+        (det_shape[3], det_shape[2])
+        if isinstance(det_shape[2], int) and isinstance(det_shape[3], int)
+        else None
+    )
     probe = np.zeros((1, 3, *recogniser.input_size[::-1]), dtype=np.float32)
-    dim = int(recogniser.session.run(recogniser.output_names,
-                                     {recogniser.input_name: probe})[0].shape[-1])
+    dim = int(
+        recogniser.session.run(recogniser.output_names, {recogniser.input_name: probe})[0].shape[-1]
+    )
     pack = ModelPack(
         path=folder,
         detector=detector,
@@ -152,9 +161,15 @@ def load_pack(path: Path, providers: list[str] | None = None, *, warm: bool = Tr
         warm_up(pack)
     log.info(
         "model pack loaded",
-        extra={"pack": str(folder), "model_id": pack.model_id, "providers": pack.providers,
-               "embedding_dim": dim, "detector": Path(detector.model_file).name,
-               "recogniser": rec_file.name, "rec_batch_size": pack.rec_batch_size()},
+        extra={
+            "pack": str(folder),
+            "model_id": pack.model_id,
+            "providers": pack.providers,
+            "embedding_dim": dim,
+            "detector": Path(detector.model_file).name,
+            "recogniser": rec_file.name,
+            "rec_batch_size": pack.rec_batch_size(),
+        },
     )
     return pack
 
@@ -189,8 +204,10 @@ def sync_pack(bucket: str, pack_name: str, destination: Path, s3: Any) -> Path:
             count += 1
     if not any(destination.glob("*.onnx")):
         raise ModelPackError(f"s3://{bucket}/{pack_name}/ holds no .onnx file")
-    log.info("model pack synced", extra={"bucket": bucket, "pack": pack_name,
-                                         "downloaded": count, "path": str(destination)})
+    log.info(
+        "model pack synced",
+        extra={"bucket": bucket, "pack": pack_name, "downloaded": count, "path": str(destination)},
+    )
     return destination
 
 
@@ -204,7 +221,10 @@ def resolve_pack_dir(settings: Settings) -> Path:
         raise ModelPackError(
             f"MODEL_DIR {settings.model_dir!r} holds no model and MODEL_BUCKET is not set"
         )
-    target = (Path(settings.model_dir) if settings.model_dir
-              else Path(tempfile.gettempdir()) / "facefleet-models" / settings.model_pack)
+    target = (
+        Path(settings.model_dir)
+        if settings.model_dir
+        else Path(tempfile.gettempdir()) / "facefleet-models" / settings.model_pack
+    )
     s3 = client("s3", settings.aws_region, settings.aws_endpoint_url)
     return sync_pack(settings.model_bucket, settings.model_pack, target, s3)

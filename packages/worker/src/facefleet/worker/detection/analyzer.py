@@ -60,8 +60,14 @@ class LocatedFace:
     crop: np.ndarray
 
     def with_embedding(self, embedding: np.ndarray, keep_crop: bool = True) -> DetectedFace:
-        return DetectedFace(self.bbox, self.landmarks, self.det_score, self.quality, embedding,
-                            self.crop if keep_crop else None)
+        return DetectedFace(
+            self.bbox,
+            self.landmarks,
+            self.det_score,
+            self.quality,
+            embedding,
+            self.crop if keep_crop else None,
+        )
 
 
 def face_quality(
@@ -181,8 +187,9 @@ class FaceAnalyzer:
             crop, aligned = self.align(image, landmarks)
             bbox = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
             quality = face_quality(bbox, aligned / (self.crop_size / 112.0), float(box[4]), crop)
-            faces.append(LocatedFace(bbox, landmarks.astype(np.float32), float(box[4]),
-                                     quality, crop))
+            faces.append(
+                LocatedFace(bbox, landmarks.astype(np.float32), float(box[4]), quality, crop)
+            )
         return faces
 
     # -- recognition --------------------------------------------------------------------------
@@ -191,8 +198,10 @@ class FaceAnalyzer:
         if not crops:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         parts = [
-            np.asarray(self.pack.recogniser.get_feat(list(crops[i:i + self.rec_batch_size])),
-                       dtype=np.float32).reshape(-1, self.embedding_dim)
+            np.asarray(
+                self.pack.recogniser.get_feat(list(crops[i : i + self.rec_batch_size])),
+                dtype=np.float32,
+            ).reshape(-1, self.embedding_dim)
             for i in range(0, len(crops), self.rec_batch_size)
         ]
         vectors = np.concatenate(parts)
@@ -206,10 +215,12 @@ class FaceAnalyzer:
         result: list[list[DetectedFace]] = []
         position = 0
         for faces in located:
-            result.append([
-                face.with_embedding(vectors[position + i], self.keep_crops)
-                for i, face in enumerate(faces)
-            ])
+            result.append(
+                [
+                    face.with_embedding(vectors[position + i], self.keep_crops)
+                    for i, face in enumerate(faces)
+                ]
+            )
             position += len(faces)
         return result
 
@@ -219,7 +230,11 @@ class FaceAnalyzer:
 
 
 def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
-            or image.shape[2] != 3:
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or image.ndim != 3
+        or image.shape[2] != 3
+    ):
         shape = getattr(image, "shape", None)
         raise ValueError(f"expected a BGR uint8 image (H, W, 3), got {shape}")

@@ -99,8 +99,9 @@ def decode_image(
     longer side at least `max_side`; other formats decode at full size.
     """
     if max_bytes is not None and len(data) > max_bytes:
-        raise ImageError(FailureReason.TOO_LARGE,
-                         f"{len(data)} bytes exceeds MAX_IMAGE_BYTES={max_bytes}")
+        raise ImageError(
+            FailureReason.TOO_LARGE, f"{len(data)} bytes exceeds MAX_IMAGE_BYTES={max_bytes}"
+        )
     image = read_header(data, max_pixels)
     stored_width, _ = image.size
     try:

@@ -118,8 +118,9 @@ def run_pipeline(
             errors[position] = error
             continue
         decoded[position] = image
-        timings[position].update(fetch_decode=fetch_ms,
-                                 detect=(time.perf_counter() - started) * 1000)
+        timings[position].update(
+            fetch_decode=fetch_ms, detect=(time.perf_counter() - started) * 1000
+        )
     started = time.perf_counter()
     faces = analyzer.embed_located(located)
     embed_ms = (time.perf_counter() - started) * 1000
@@ -161,8 +162,9 @@ class DetectionService:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, analyzer: FaceAnalyzer | None = None
-                      ) -> DetectionService:
+    def from_settings(
+        cls, settings: Settings, analyzer: FaceAnalyzer | None = None
+    ) -> DetectionService:
         assert settings.gallery_images_mongo_uri is not None
         region, endpoint = settings.aws_region, settings.aws_endpoint_url
         if analyzer is None:
@@ -171,8 +173,9 @@ class DetectionService:
                 det_size=settings.detection_size,
                 det_threshold=settings.detection_threshold,
             )
-        repository = GalleryRepository(connect(settings.gallery_images_mongo_uri,
-                                               GALLERY_DEFAULT_DB))
+        repository = GalleryRepository(
+            connect(settings.gallery_images_mongo_uri, GALLERY_DEFAULT_DB)
+        )
         repository.ensure_indexes()
         metrics = MetricsEmitter(
             settings.metrics_namespace,
@@ -180,8 +183,14 @@ class DetectionService:
             cloudwatch_region=region if settings.metrics_to_cloudwatch else None,
             endpoint_url=endpoint,
         )
-        return cls(settings, analyzer, repository, s3=client("s3", region, endpoint),
-                   sqs=client("sqs", region, endpoint), metrics=metrics)
+        return cls(
+            settings,
+            analyzer,
+            repository,
+            s3=client("s3", region, endpoint),
+            sqs=client("sqs", region, endpoint),
+            metrics=metrics,
+        )
 
     # -- the handler ----------------------------------------------------------------------------
     def handle(self, batch: list[ReceivedMessage]) -> dict[str, Outcome]:
@@ -191,9 +200,14 @@ class DetectionService:
             try:
                 requests = parse_detection_message(message.body)
             except MalformedMessage as error:
-                log.error("malformed message", extra={"message_id": message.message_id,
-                                                      "error": str(error),
-                                                      "receive_count": message.receive_count})
+                log.error(
+                    "malformed message",
+                    extra={
+                        "message_id": message.message_id,
+                        "error": str(error),
+                        "receive_count": message.receive_count,
+                    },
+                )
                 outcomes[message.message_id] = Outcome.MALFORMED
                 continue
             outcomes[message.message_id] = Outcome.DONE
@@ -237,16 +251,18 @@ class DetectionService:
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in _MISSING_CODES:
-                raise ImageError(FailureReason.MISSING,
-                                 f"s3://{request.bucket}/{request.key}: {code}") from None
+                raise ImageError(
+                    FailureReason.MISSING, f"s3://{request.bucket}/{request.key}: {code}"
+                ) from None
             raise
         body = response["Body"]
         try:
             length = int(response.get("ContentLength", 0))
             if length > self.settings.max_image_bytes:
-                raise ImageError(FailureReason.TOO_LARGE,
-                                 f"{length} bytes exceeds MAX_IMAGE_BYTES="
-                                 f"{self.settings.max_image_bytes}")
+                raise ImageError(
+                    FailureReason.TOO_LARGE,
+                    f"{length} bytes exceeds MAX_IMAGE_BYTES={self.settings.max_image_bytes}",
+                )
             data = body.read()
         finally:
             body.close()
@@ -265,19 +281,29 @@ class DetectionService:
         request = work.request
         decoded = work.decoded
         return ImageDoc(
-            user_id=request.user_id, image_id=request.image_id, bucket=request.bucket,
-            key=request.key, status=ImageStatus.PROCESSING, model_id=self.analyzer.model_id,
-            width=decoded.width if decoded else None, height=decoded.height if decoded else None,
+            user_id=request.user_id,
+            image_id=request.image_id,
+            bucket=request.bucket,
+            key=request.key,
+            status=ImageStatus.PROCESSING,
+            model_id=self.analyzer.model_id,
+            width=decoded.width if decoded else None,
+            height=decoded.height if decoded else None,
             timings_ms={k: round(v, 2) for k, v in work.timings_ms.items()},
         )
 
     def _store(self, work: ImageWork) -> Outcome:
         request = work.request
-        context = {"user_id": request.user_id, "image_id": request.image_id,
-                   "key": request.key, "message_id": work.message_id}
+        context = {
+            "user_id": request.user_id,
+            "image_id": request.image_id,
+            "key": request.key,
+            "message_id": work.message_id,
+        }
         if work.outage is not None:
-            log.warning("outage while fetching the image", extra={**context,
-                                                                   "error": repr(work.outage)})
+            log.warning(
+                "outage while fetching the image", extra={**context, "error": repr(work.outage)}
+            )
             return Outcome.RETRY
         if work.error is not None:
             log.error("unexpected error on the image", exc_info=work.error, extra=context)
@@ -287,10 +313,13 @@ class DetectionService:
         try:
             if work.failure is not None:
                 self.repository.mark_failed(image, str(work.failure))
-                log.warning("image failed", extra={**context, "reason": work.failure.reason,
-                                                    "detail": work.failure.detail})
-                self.metrics.emit({Metric.IMAGES_FAILED: 1}, reason=str(work.failure.reason),
-                                  **context)
+                log.warning(
+                    "image failed",
+                    extra={**context, "reason": work.failure.reason, "detail": work.failure.detail},
+                )
+                self.metrics.emit(
+                    {Metric.IMAGES_FAILED: 1}, reason=str(work.failure.reason), **context
+                )
                 return Outcome.DONE
             faces = self._face_docs(work)
             self._upload_crops(faces, work)
@@ -299,17 +328,23 @@ class DetectionService:
             self.repository.save_result(image, faces)
         except Exception as error:
             if is_outage(error):
-                log.warning("outage while storing the image", extra={**context,
-                                                                     "error": repr(error)})
+                log.warning(
+                    "outage while storing the image", extra={**context, "error": repr(error)}
+                )
                 return Outcome.RETRY
             log.error("storing the image failed", exc_info=True, extra=context)
             return Outcome.MALFORMED
         total_ms = image.timings_ms.get("total", 0.0)
-        log.info("image processed", extra={**context, "faces": len(faces),
-                                           "timings_ms": image.timings_ms})
+        log.info(
+            "image processed",
+            extra={**context, "faces": len(faces), "timings_ms": image.timings_ms},
+        )
         self.metrics.emit(
-            {Metric.IMAGES_PROCESSED: 1, Metric.FACES_DETECTED: len(faces),
-             Metric.PROCESSING_TIME: total_ms},
+            {
+                Metric.IMAGES_PROCESSED: 1,
+                Metric.FACES_DETECTED: len(faces),
+                Metric.PROCESSING_TIME: total_ms,
+            },
             **context,
         )
         return Outcome.DONE
@@ -321,16 +356,22 @@ class DetectionService:
         docs = []
         for index, face in enumerate(work.faces):
             face_id = face_doc_id(request.user_id, request.image_id, self.analyzer.model_id, index)
-            docs.append(FaceDoc(
-                user_id=request.user_id, image_id=request.image_id,
-                model_id=self.analyzer.model_id, index=index,
-                bbox=tuple(float(v) * back for v in face.bbox),  # type: ignore[arg-type]
-                landmarks=tuple((float(x) * back, float(y) * back) for x, y in face.landmarks),
-                det_score=face.det_score, quality=face.quality,
-                embedding=np.asarray(face.embedding, dtype=np.float32),
-                crop_key=crop_key(request.user_id, request.image_id, face_id)
-                if face.crop is not None else None,
-            ))
+            docs.append(
+                FaceDoc(
+                    user_id=request.user_id,
+                    image_id=request.image_id,
+                    model_id=self.analyzer.model_id,
+                    index=index,
+                    bbox=tuple(float(v) * back for v in face.bbox),  # type: ignore[arg-type]
+                    landmarks=tuple((float(x) * back, float(y) * back) for x, y in face.landmarks),
+                    det_score=face.det_score,
+                    quality=face.quality,
+                    embedding=np.asarray(face.embedding, dtype=np.float32),
+                    crop_key=crop_key(request.user_id, request.image_id, face_id)
+                    if face.crop is not None
+                    else None,
+                )
+            )
         return docs
 
     def _upload_crops(self, faces: list[FaceDoc], work: ImageWork) -> None:
@@ -339,14 +380,20 @@ class DetectionService:
         for doc, face in zip(faces, work.faces, strict=True):
             if face.crop is None or doc.crop_key is None:
                 continue
-            ok, encoded = cv2.imencode(".jpg", face.crop,
-                                       [cv2.IMWRITE_JPEG_QUALITY, CROP_JPEG_QUALITY])
+            ok, encoded = cv2.imencode(
+                ".jpg", face.crop, [cv2.IMWRITE_JPEG_QUALITY, CROP_JPEG_QUALITY]
+            )
             if not ok:
                 raise RuntimeError(f"cannot encode the crop of face {doc.doc_id}")
-            uploads.append(self.executor.submit(
-                self.s3.put_object, Bucket=bucket, Key=doc.crop_key, Body=encoded.tobytes(),
-                ContentType="image/jpeg",
-            ))
+            uploads.append(
+                self.executor.submit(
+                    self.s3.put_object,
+                    Bucket=bucket,
+                    Key=doc.crop_key,
+                    Body=encoded.tobytes(),
+                    ContentType="image/jpeg",
+                )
+            )
         for upload in uploads:
             upload.result()  # an outage surfaces here, before the image turns DONE
 
@@ -354,13 +401,13 @@ class DetectionService:
         for user_id, image_ids in stored.items():
             body = GroupingRequest(user_id, tuple(sorted(set(image_ids)))).to_body()
             try:
-                self.sqs.send_message(QueueUrl=self.settings.group_face_queue_url,
-                                      MessageBody=body)
+                self.sqs.send_message(QueueUrl=self.settings.group_face_queue_url, MessageBody=body)
             except Exception as error:
                 if not is_outage(error):
                     raise
-                log.warning("grouping request not sent", extra={"user_id": user_id,
-                                                                 "error": repr(error)})
+                log.warning(
+                    "grouping request not sent", extra={"user_id": user_id, "error": repr(error)}
+                )
                 return False
         return True
 
@@ -383,8 +430,14 @@ def main() -> int:
     log.info("detection service starting", extra=batch_job_context(settings))
     service = DetectionService.from_settings(settings)
     config = ConsumerConfig.from_settings(settings, settings.queue_url)
-    return serve(config, service.handle, service="detection", settings=settings,
-                 metrics=service.metrics, on_exit=service.close)
+    return serve(
+        config,
+        service.handle,
+        service="detection",
+        settings=settings,
+        metrics=service.metrics,
+        on_exit=service.close,
+    )
 
 
 if __name__ == "__main__":
