@@ -14,7 +14,7 @@ from facefleet.common.documents import FaceDoc, ImageDoc, ImageStatus
 from facefleet.common.messages import GroupingRequest, image_key
 from facefleet.common.metrics import MetricsEmitter
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, connect
-from facefleet.worker.consumer import Consumer, ConsumerConfig
+from facefleet.worker.consumer import Consumer, ConsumerConfig, Handler
 from facefleet.worker.grouping.service import GroupingService, build_service
 from facefleet.worker.grouping.store import GroupingStore
 from tests.sqs_helpers import TestQueue, create_bucket, create_queue, send
@@ -89,9 +89,14 @@ class Gallery:
         return image_ids
 
 
-def store_for(env: Any) -> GroupingStore:
-    return GroupingStore(connect(env.gallery_uri, GALLERY_DEFAULT_DB, timeout_ms=2000),
-                         connect(env.huemn_uri, HUEMN_DEFAULT_DB, timeout_ms=2000))
+def store_for(env: Any, timeout_ms: int = 2000) -> GroupingStore:
+    """The stores the settings point at (a test may point them at its own nx-27017)."""
+    settings = Settings.from_env()
+    assert settings.gallery_images_mongo_uri and settings.huemn_mongo_uri
+    return GroupingStore(
+        connect(settings.gallery_images_mongo_uri, GALLERY_DEFAULT_DB, timeout_ms=timeout_ms),
+        connect(settings.huemn_mongo_uri, HUEMN_DEFAULT_DB, timeout_ms=timeout_ms),
+    )
 
 
 @dataclass
@@ -107,13 +112,16 @@ class Setup:
         return send(self.env, self.queue.url, GroupingRequest(user_id, tuple(image_ids)).to_body())
 
     def consume(self, service: GroupingService, **overrides: Any) -> int:
+        return self.consume_with(service.handle, **overrides)
+
+    def consume_with(self, handler: Handler, **overrides: Any) -> int:
         values: dict[str, Any] = dict(
             queue_url=self.queue.url, batch_size=10, visibility_timeout=30, poll_wait_seconds=1,
             idle_exit_seconds=1.0, shutdown_deadline_seconds=5.0, backoff_initial_seconds=0.2,
             backoff_max_seconds=0.5, region=self.env.region, endpoint_url=self.env.endpoint_url,
         )
         values.update(overrides)
-        return Consumer(ConsumerConfig(**values), service.handle).run()
+        return Consumer(ConsumerConfig(**values), handler).run()
 
 
 def make_setup(env: Any, monkeypatch: Any, max_receive_count: int = 2) -> Setup:
