@@ -276,6 +276,10 @@ class Settings:
         "DETECTION_SIZE", _int, 640, check=lambda v: v >= 160 and v % 32 == 0,
         rule="a multiple of 32, at least 160",
     )
+    rec_batch_size: int = _env(
+        "REC_BATCH_SIZE", _int, 0, check=lambda v: v >= 0,
+        rule="0 (the execution provider's measured default) or a positive batch size",
+    )
     max_image_pixels: int = _env(
         "MAX_IMAGE_PIXELS", _int, 50_000_000, check=_positive, rule="positive"
     )

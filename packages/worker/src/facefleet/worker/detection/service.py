@@ -172,6 +172,7 @@ class DetectionService:
                 resolve_pack_dir(settings),
                 det_size=settings.detection_size,
                 det_threshold=settings.detection_threshold,
+                rec_batch_size=settings.rec_batch_size or None,
             )
         repository = GalleryRepository(
             connect(settings.gallery_images_mongo_uri, GALLERY_DEFAULT_DB)
