@@ -370,11 +370,15 @@ def run_savings_job(
     end = start + HOUR
     if usages is None:
         usages = batch_usage(names, region, endpoint_url, start, end)
-    types = sorted({u.instance_type for u in usages} or {names.instance_type})
-    # A day back, so the price in effect at the hour's start is in the history.
-    history = spot_price_history(region, endpoint_url, types, start - timedelta(days=1), end,
-                                 config.product_description) if usages else []
-    prices, source = on_demand_prices(region, endpoint_url, types, config)
+    types = sorted({u.instance_type for u in usages})
+    history: list[SpotPrice] = []
+    prices: dict[str, float] = {}
+    source = "none"  # an idle hour needs no prices
+    if types:
+        # A day back, so the price in effect at the hour's start is in the history.
+        history = spot_price_history(region, endpoint_url, types, start - timedelta(days=1), end,
+                                     config.product_description)
+        prices, source = on_demand_prices(region, endpoint_url, types, config)
     images = images_processed(names, region, endpoint_url, start, end)
     result = hourly_savings(usages, history, prices, start, images, source)
     log.info(
