@@ -91,7 +91,11 @@ def test_six_faces_stored_once_even_when_redelivered(env, analyzer, faces_dir: P
     stack = Stack(env)
     request = stack.upload("six", (faces_dir / "groups" / "group_six.jpg").read_bytes())
     stack.send(request.to_body())
-    assert stack.drain(analyzer) == 0
+    namespace = f"{env.names.prefix}-metrics"
+    assert stack.drain(analyzer, METRICS_TO_CLOUDWATCH="true", METRICS_NAMESPACE=namespace) == 0
+    cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
+    names = {m["MetricName"] for m in cloudwatch.list_metrics(Namespace=namespace)["Metrics"]}
+    assert {"ImagesProcessed", "FacesDetected", "ProcessingTimeMs"} <= names
 
     image = stack.repository.get_image(USER, "six")
     assert image is not None and image.status == ImageStatus.DONE
