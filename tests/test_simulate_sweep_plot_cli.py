@@ -29,8 +29,9 @@ def test_frontier_and_recommendation():
     ]
     best = frontier(points)
     assert [p.metrics.setup for p in best] == ["d", "b", "a"]  # c is beaten by b on both
-    assert recommend(points, target_s=350).metrics.setup == "b"
-    assert recommend(points, target_s=1000).metrics.setup == "d"
+    near, far = recommend(points, target_s=350), recommend(points, target_s=1000)
+    assert near is not None and near.metrics.setup == "b"
+    assert far is not None and far.metrics.setup == "d"
     assert recommend(points, target_s=50) is None
     assert "no setting meets" in format_sweep(points, target_s=50)
 

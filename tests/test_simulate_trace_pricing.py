@@ -89,7 +89,7 @@ def test_price_table_names_an_unknown_instance_type():
 class _Pages:
     def __init__(self, pages):
         self.pages = pages
-        self.kwargs = None
+        self.kwargs: dict = {}
 
     def get_paginator(self, name):
         assert name == "describe_spot_price_history"

@@ -29,7 +29,7 @@ from facefleet.flows.simulate.trace import Trace
 # (images_per_job_minute * job_minutes messages credited to each active job).
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "job_minutes": (2.5, 5.0, 10.0, 20.0),
-    "array_divisor": (250, 500, 1000, 2000),
+    "array_divisor": (250, 1000),
     "max_array_size": (5, 10, 20),
     "cooldown_s": (60.0, 300.0),
 }
@@ -129,9 +129,17 @@ def format_sweep(
     lines.append(f"  {'$/1000':>8}  {p:>9}  {'p99':>9}  {'inst-h':>7}  {'zero':>6}  setting")
     for point in frontier(points, percentile):
         m = point.metrics
+        # Settings the trace cannot tell apart (a threshold that never binds) give equal runs.
+        same = sum(
+            1
+            for q in points
+            if q.metrics.cost == m.cost and q.latency(percentile) == point.latency(percentile)
+        )
+        also = f" (+{same - 1} equal)" if same > 1 else ""
         lines.append(
             f"  {m.cost_per_1000:8.4f}  {duration(point.latency(percentile)):>9}  "
-            f"{duration(m.p99_s):>9}  {m.instance_hours:7.1f}  {m.zero_share:6.1%}  {point.label()}"
+            f"{duration(m.p99_s):>9}  {m.instance_hours:7.1f}  {m.zero_share:6.1%}  "
+            f"{point.label()}{also}"
         )
     if current is not None:
         lines.append(
