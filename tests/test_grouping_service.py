@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from facefleet.common.aws import client
+from facefleet.common.messages import GroupingRequest
 from facefleet.common.metrics import MetricsEmitter
 from facefleet.worker.consumer import Outcome, ReceivedMessage
+from facefleet.worker.grouping.corrections import Corrections
 from tests.grouping_service_helpers import (
     Gallery,
     Identities,
@@ -20,7 +22,7 @@ from tests.grouping_service_helpers import (
     people,
     store_for,
 )
-from tests.sqs_helpers import counts, receive_all
+from tests.sqs_helpers import counts, receive_all, send
 
 
 @pytest.fixture
@@ -88,6 +90,12 @@ def test_redelivery_and_restart_change_nothing(setup: Setup) -> None:
     setup.consume(setup.service())
 
     assert people(setup.env, "alice") == before
+
+    # A write cut short (assignments stored, a person document not): the redelivery repairs it.
+    store_for(setup.env).people.people.delete_one({"person_id": min(before)})
+    setup.request("alice", image_ids[:1])
+    setup.consume(setup.service())
+    assert people(setup.env, "alice") == before
     after = store_for(setup.env).user_doc("alice")
     assert after is not None and revision is not None
     assert after["next_person_id"] == revision["next_person_id"]
@@ -102,8 +110,6 @@ def test_second_batch_grows_people_and_keeps_names(setup: Setup) -> None:
     owner = assert_one_person_per_identity(g)
     store = store_for(setup.env)
     named = owner[1]
-    from facefleet.worker.grouping.corrections import Corrections
-
     Corrections(store, s3=service.s3, bucket=setup.bucket).name("alice", named, "Bob")
 
     # New photos of the same people and of a new one, on the cached service and a fresh one.
@@ -126,8 +132,6 @@ def test_a_held_lease_retries_and_an_expired_one_is_taken_over(setup: Setup) -> 
     store = store_for(setup.env)
     store.people.acquire_lease("alice", "other-worker", timedelta(minutes=5))
     service = setup.service()
-    from facefleet.common.messages import GroupingRequest
-
     body = GroupingRequest("alice", tuple(image_ids)).to_body()
     batch = [ReceivedMessage("m1", "r1", body),
              ReceivedMessage("m2", "r2", GroupingRequest("bob", ("x1",)).to_body())]
@@ -137,9 +141,8 @@ def test_a_held_lease_retries_and_an_expired_one_is_taken_over(setup: Setup) -> 
     assert outcomes == {"m1": Outcome.RETRY, "m2": Outcome.DONE}  # bob is not held up
     assert people(setup.env, "alice") == {}
     # The other worker died: its lease expires and this worker takes the user over.
-    store.people.leases.update_one({"_id": "alice"},
-                                   {"$set": {"expires_at": store.people.leases.find_one(
-                                       {"_id": "alice"})["expires_at"] - timedelta(minutes=10)}})
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    store.people.leases.update_one({"_id": "alice"}, {"$set": {"expires_at": past}})
     assert service.handle(batch[:1]) == {"m1": Outcome.DONE}
     assert len(people(setup.env, "alice")) == 2
     assert store.people.leases.find_one({"_id": "alice"}) is None  # released after the work
@@ -148,8 +151,6 @@ def test_a_held_lease_retries_and_an_expired_one_is_taken_over(setup: Setup) -> 
 def test_malformed_requests_go_to_the_dead_letter_queue(setup: Setup) -> None:
     g = gallery(setup, identities=2)
     setup.request("alice", g.photos("a", 2, range(2)))
-    from tests.sqs_helpers import send
-
     send(setup.env, setup.queue.url, "not json")
     send(setup.env, setup.queue.url, json.dumps({"type": "group", "version": 1,
                                                  "user_id": "alice", "image_ids": "a00x00"}))

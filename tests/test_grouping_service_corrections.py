@@ -3,11 +3,14 @@ later automatic grouping (by a fresh worker, state rebuilt from MongoDB) must re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 import pytest
 
 from facefleet.flows.cli import build_parser
+from facefleet.worker.grouping.corrections import Corrections
 from tests.grouping_service_helpers import (
     Gallery,
     Identities,
@@ -109,10 +112,8 @@ def test_model_change_reembeds_and_carries_named_people(setup, capsys) -> None:
                       Body=_identity_crop(g.truth[face.doc_id]))
     new_space = Identities(3, seed=99)  # the new model: unrelated embedding space
 
-    def embed(crops: list[np.ndarray]) -> np.ndarray:
+    def embed(crops: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([new_space.sample(int(c.mean() - 20) // 40) for c in crops])
-
-    from facefleet.worker.grouping.corrections import Corrections
 
     corrections = Corrections(store, s3=s3, bucket=setup.bucket)
     report = corrections.migrate("alice", "m2", embed)

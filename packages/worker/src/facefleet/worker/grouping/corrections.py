@@ -35,7 +35,6 @@ from facefleet.worker.grouping.clustering import (
     UserClusterState,
 )
 from facefleet.worker.grouping.index import FaceIndex
-from facefleet.worker.grouping.recluster import agreement, carry_names, recluster
 from facefleet.worker.grouping.service import worker_id
 from facefleet.worker.grouping.store import (
     GroupingStore,
@@ -168,6 +167,8 @@ class Corrections:
     def recluster(self, user_id: str, *, apply: bool = False) -> ReclusterReport:
         """Re-cluster the user's whole library and compare with the incremental state; with
         `apply`, replace the state (ids, names and constraints carried over)."""
+        from facefleet.worker.grouping.recluster import agreement, recluster  # scikit-learn
+
         started = time.monotonic()
         with self._locked(user_id) as session:
             faces = self._faces_of_state(session)
@@ -192,6 +193,8 @@ class Corrections:
     ) -> MigrationReport:
         """Move the user to `new_model`: re-embed the stored crops with `embedder` (else use the
         faces the detector already wrote under the new model), re-cluster, carry named people."""
+        from facefleet.worker.grouping.recluster import recluster  # scikit-learn: import late
+
         with self._locked(user_id) as session:
             old_model = session.model_id
             if old_model == new_model:
@@ -245,6 +248,8 @@ class Corrections:
     ) -> dict[int, int]:
         """Swap in a re-clustered state, keeping ids, names and constraints; write it all.
         Returns the named people carried over (old id -> id before renumbering)."""
+        from facefleet.worker.grouping.recluster import carry_names
+
         old = session.state
         carried = carry_names(old, state, face_map)
         mapping = _match_people(old, state, face_map, carried)

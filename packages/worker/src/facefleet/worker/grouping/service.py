@@ -49,20 +49,17 @@ CACHED_USERS = 8
 
 
 def cluster_params(settings: Settings) -> ClusterParams:
-    """GROUPING_DISTANCE (a cosine distance; 0 = default) moves every threshold together, so the
-    join threshold becomes 1 - distance and the others keep their spacing around it."""
+    """GROUPING_DISTANCE (a cosine distance; 0 = default) moves every similarity threshold
+    together, so the join threshold becomes 1 - distance and the others keep their spacing."""
     params = ClusterParams()
     if settings.grouping_distance <= 0:
         return params
     shift = (1.0 - settings.grouping_distance) - params.join_sim
-
-    def moved(value: float) -> float:
-        return min(0.99, max(-0.99, value + shift))
-
-    return dataclasses.replace(
-        params, link_sim=moved(params.link_sim), join_sim=moved(params.join_sim),
-        weak_join_sim=moved(params.weak_join_sim), seed_sim=moved(params.seed_sim),
-    )
+    moved = {
+        f.name: min(0.99, max(-0.99, getattr(params, f.name) + shift))
+        for f in dataclasses.fields(params) if f.name.endswith("_sim")
+    }
+    return dataclasses.replace(params, **moved)
 
 
 def worker_id() -> str:

@@ -153,8 +153,8 @@ def load_session(
         face = gallery.get(row["_id"])
         if face is not None:  # a face the detector has since dropped leaves the state
             _restore_face(session, face, row, params)
-    _restore_people(session, people_docs)
     state.merged_into = {int(a): int(b) for a, b in doc.get("merged_into", [])}
+    _restore_people(session, people_docs)
     state.next_person_id = max(
         [int(doc.get("next_person_id", 1)), *(p + 1 for p in state.people),
          *(p + 1 for p in people_docs), *(p + 1 for p in state.merged_into)]
@@ -197,8 +197,10 @@ def _restore_people(session: UserSession, docs: Mapping[int, PersonDoc]) -> None
     """Names and covers from the people documents; note documents the assignments contradict."""
     state = session.state
     for person_id, doc in docs.items():
-        if person_id not in state.people and doc.name is not None and not doc.member_face_ids:
-            state.people[person_id] = Person()  # a named person the user emptied stays
+        if person_id not in state.people and doc.name and person_id not in state.merged_into:
+            # A name is the user's work: a named person left without faces (emptied by the
+            # user, or a write cut short) stays, empty, rather than losing its name.
+            state.people[person_id] = Person()
         if person_id not in state.people:
             session.stale_people.add(person_id)
             continue
@@ -254,6 +256,7 @@ def save_changes(
     store.people.save_people(_person_doc(session, p, s3, bucket) for p in live)
     gone = sorted((set(update.removed) | session.stale_people) - set(state.people))
     store.people.delete_people(session.user_id, gone)
+    _delete_covers(session, gone, s3, bucket)
     session.dirty_people.clear()
     session.stale_people.clear()
     _write_user(store, session)
@@ -328,6 +331,13 @@ def _cover(
     key = _copy_crop(session.user_id, person_id, session.crop_keys[best], s3, bucket)
     session.covers[person_id] = (face_id, key)
     return face_id, key
+
+
+def _delete_covers(session: UserSession, people: Iterable[int], s3: Any, bucket: str) -> None:
+    for person_id in people:
+        _, key = session.covers.pop(person_id, (None, None))
+        if key is not None:
+            s3.delete_object(Bucket=bucket, Key=key)
 
 
 def _copy_crop(
