@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 
 from facefleet.common.aws import client
+from facefleet.flows.simulate.cli import history_window
 from facefleet.flows.simulate.pricing import PriceTable, SpotSeries, spot_history
-from facefleet.flows.simulate.trace import DAY_S, HOUR_S, TraceShape, generate, load_csv, write_csv
+from facefleet.flows.simulate.trace import (
+    DAY_S,
+    HOUR_S,
+    Trace,
+    TraceShape,
+    generate,
+    load_csv,
+    write_csv,
+)
 
 
 def test_load_csv_reads_iso_and_epoch_timestamps(tmp_path: Path):
@@ -129,3 +138,24 @@ def test_spot_history_through_the_ec2_api(env):
     # moto answers with canned prices: the path works end to end and yields a usable series.
     assert series.prices and all(p >= 0 for p in series.prices)
     assert series.cost(0, 3600) >= 0
+
+
+def test_history_window_uses_the_traces_own_period_when_ec2_has_it():
+    now = datetime(2024, 6, 1, tzinfo=UTC)
+    recent = Trace.from_rows([(0.0, 1)], duration_s=DAY_S)
+    recent = Trace(
+        recent.offsets_s, recent.counts, DAY_S, datetime(2024, 5, 20, tzinfo=UTC).timestamp()
+    )
+    assert history_window(recent, 7, now) == (
+        datetime(2024, 5, 20, tzinfo=UTC),
+        datetime(2024, 5, 21, tzinfo=UTC),
+    )
+    generated = generate(1, seed=1)  # no real start: the last 7 days
+    assert history_window(generated, 7, now) == (datetime(2024, 5, 25, tzinfo=UTC), now)
+
+
+def test_cli_reads_spot_history_from_ec2(env, capsys):
+    from facefleet.flows.cli import main
+
+    assert main(["simulate", "--days", "0.25", "--spot-history-days", "2"]) == 0
+    assert "Batch Spot saves" in capsys.readouterr().out

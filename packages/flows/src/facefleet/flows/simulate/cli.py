@@ -94,8 +94,9 @@ def register(subparsers: Any) -> None:
     prices.add_argument(
         "--spot-history-days",
         type=float,
-        help="read this many days of real Spot history through the EC2 API "
-        "(AWS_DEFAULT_REGION, AWS_ENDPOINT_URL honoured), ending now",
+        help="use real Spot prices through the EC2 API (AWS_DEFAULT_REGION, AWS_ENDPOINT_URL "
+        "honoured): the trace's own period if EC2 still has it, else the last D days "
+        "(the trace's start mapped to their start)",
     )
     tuning = parser.add_argument_group("sweep")
     tuning.add_argument("--sweep", action="store_true", help="sweep the policy's thresholds")
@@ -124,7 +125,21 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _prices(args: argparse.Namespace) -> PriceTable:
+# EC2 keeps about 90 days of Spot price history.
+SPOT_HISTORY_DAYS = 90
+
+
+def history_window(trace: traces.Trace, days: float, now: datetime) -> tuple[datetime, datetime]:
+    """The trace's own period when EC2 still has its Spot prices, else the last `days` days."""
+    if trace.start_epoch_s > 0:
+        start = datetime.fromtimestamp(trace.start_epoch_s, UTC)
+        end = start + timedelta(seconds=trace.duration_s)
+        if start >= now - timedelta(days=SPOT_HISTORY_DAYS) and end <= now:
+            return start, end
+    return now - timedelta(days=days), now
+
+
+def _prices(args: argparse.Namespace, trace: traces.Trace) -> PriceTable:
     table = PriceTable.for_instance(NAMES.instance_type, args.spot_per_h)
     if args.on_demand_per_h is not None:
         table = replace(table, on_demand_per_h=args.on_demand_per_h)
@@ -132,8 +147,7 @@ def _prices(args: argparse.Namespace) -> PriceTable:
         from facefleet.common.aws import client
 
         settings = Settings.from_env()
-        end = datetime.now(UTC)
-        start = end - timedelta(days=args.spot_history_days)
+        start, end = history_window(trace, args.spot_history_days, datetime.now(UTC))
         ec2 = client("ec2", settings.aws_region, settings.aws_endpoint_url)
         table = replace(table, spot=spot_history(ec2, NAMES.instance_type, start, end))
     return table
@@ -146,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         trace = traces.generate(args.days, args.seed)
     if args.save_trace is not None:
         traces.write_csv(trace, args.save_trace)
-    prices = _prices(args)
+    prices = _prices(args, trace)
     if isinstance(prices.spot, SpotSeries) and len(prices.spot.prices) > 1:
         print(f"Spot price series: {len(prices.spot.prices)} steps")
     model = ModelParams(
