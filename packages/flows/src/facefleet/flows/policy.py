@@ -10,14 +10,20 @@ Rules, in order:
 - a large one gets an array job on the secondary queue sized min(uncovered // array_divisor,
   max_array_size), never fewer children than needed to be worth an array (2);
 - the GroupFace queue gets grouping jobs the same way, up to `max_grouping_jobs` active;
-- nothing ever takes a compute environment past its vCPU limit.
+- nothing ever takes a compute environment past its vCPU limit (each job counted at its job
+  definition's vCPUs).
+
+`job_request` turns a `Submission` into SubmitJob arguments (name, queue, definition, array
+size), so the flow (through prefect-aws) and the Lambda (through boto3) submit identical jobs.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from facefleet.common.config import NAMES, Names
 
@@ -91,17 +97,17 @@ class Decision:
         return sum(s.jobs for s in self.submissions)
 
 
-def _queue_vcpus(active: Sequence[ActiveJob], job_queue: str, job_vcpus: int) -> int:
-    return sum(job.size for job in active if job.job_queue == job_queue) * job_vcpus
+def _job_vcpus(names: Names, kind: str) -> int:
+    return names.grouping_job.vcpus if kind == GROUPING else names.detection_job.vcpus
 
 
-def _headroom_jobs(active: Sequence[ActiveJob], names: Names, primary: bool) -> int:
-    """How many more jobs fit in the compute environment behind a queue."""
+def _headroom_jobs(active: Sequence[ActiveJob], names: Names, primary: bool, kind: str) -> int:
+    """How many more jobs of `kind` fit in the compute environment behind a queue."""
     queue = names.primary_queue if primary else names.secondary_queue
     environment = names.primary_environment if primary else names.secondary_environment
-    job_vcpus = names.detection_job.vcpus
-    used = _queue_vcpus(active, queue.name, job_vcpus)
-    return max(0, (environment.max_vcpus - used) // job_vcpus)
+    on_queue = [job for job in active if job.job_queue == queue.name]
+    used = sum(job.size * _job_vcpus(names, job.kind) for job in on_queue)
+    return max(0, (environment.max_vcpus - used) // _job_vcpus(names, kind))
 
 
 def _active_jobs(active: Sequence[ActiveJob], kind: str) -> int:
@@ -122,17 +128,22 @@ def _detection(
     needed = math.ceil(uncovered / params.job_capacity)
     if uncovered <= params.small_backlog or needed == 1:
         for primary in (True, False):
-            if _headroom_jobs(active, names, primary) >= 1:
+            if _headroom_jobs(active, names, primary, DETECTION) >= 1:
                 queue = names.primary_queue if primary else names.secondary_queue
                 return [Submission(DETECTION, queue.name, definition)], (
                     f"small backlog {uncovered}: one job on {queue.name}"
                 )
         return [], f"backlog {uncovered} but both compute environments are at their vCPU limit"
     wanted = max(2, min(uncovered // params.array_divisor, params.max_array_size))
-    size = min(wanted, needed, _headroom_jobs(active, names, primary=False))
+    size = min(wanted, needed, _headroom_jobs(active, names, False, DETECTION))
     secondary = names.secondary_queue.name
     if size <= 0:
-        return [], f"backlog {uncovered} but {secondary} is at its vCPU limit"
+        if _headroom_jobs(active, names, True, DETECTION) >= 1:
+            primary_queue = names.primary_queue.name
+            return [Submission(DETECTION, primary_queue, definition)], (
+                f"backlog {uncovered} but {secondary} is full: one job on {primary_queue}"
+            )
+        return [], f"backlog {uncovered} but both compute environments are at their vCPU limit"
     if size == 1:
         return [Submission(DETECTION, secondary, definition)], f"backlog {uncovered}: 1 job fits"
     return [Submission(DETECTION, secondary, definition, size)], (
@@ -154,8 +165,8 @@ def _grouping(
     allowed = max(0, params.max_grouping_jobs - running)
     submissions: list[Submission] = []
     for _ in range(min(needed, allowed)):
-        primary = _headroom_jobs(active, names, primary=True) >= 1
-        if not primary and _headroom_jobs(active, names, primary=False) < 1:
+        primary = _headroom_jobs(active, names, True, GROUPING) >= 1
+        if not primary and _headroom_jobs(active, names, False, GROUPING) < 1:
             break
         queue = (names.primary_queue if primary else names.secondary_queue).name
         submissions.append(Submission(GROUPING, queue, names.grouping_job.name))
@@ -178,3 +189,22 @@ def decide(
         active.append(ActiveJob(DETECTION, submission.job_queue, submission.jobs))
     grouping, why_grouping = _grouping(inputs, params, names, active)
     return Decision(tuple(detection + grouping), (why_detection, why_grouping))
+
+
+def job_name(submission: Submission, now_s: float, sequence: int = 0) -> str:
+    """A Batch job name (letters, digits, hyphens; at most 128) that says what and when."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now_s))
+    suffix = f"-array{submission.array_size}" if submission.array_size else ""
+    return f"{submission.job_definition}-{stamp}-{sequence}{suffix}"[:128]
+
+
+def job_request(submission: Submission, now_s: float, sequence: int = 0) -> dict[str, Any]:
+    """The SubmitJob arguments for one submission (arrayProperties only for an array)."""
+    request: dict[str, Any] = {
+        "jobName": job_name(submission, now_s, sequence),
+        "jobQueue": submission.job_queue,
+        "jobDefinition": submission.job_definition,
+    }
+    if submission.array_size:
+        request["arrayProperties"] = {"size": submission.array_size}
+    return request

@@ -1,0 +1,230 @@
+"""The dispatch flow: observe the queues and jobs, decide with the one policy, submit, record.
+
+Each tick: read queue depth and active jobs (`observe`), call `policy.decide`, submit each
+`Submission` through prefect-aws `batch_submit` (names, queues and definitions from `Names`;
+arrays through `arrayProperties`), then log the decision with its inputs, record a markdown
+artifact and the JobsSubmitted / DispatchBacklog metrics, and persist the cool-down state in SSM
+(the fallback Lambda reads the same parameter).
+
+Modes: `aws` submits and lets Batch run the jobs. `local` (the embedded default) also submits to
+the moto server, for the record, and hands each job to the `LocalExecutor`, whose running
+processes count as active jobs on the next tick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect_aws import AwsCredentials
+from prefect_aws.batch import batch_submit
+
+from facefleet.common.aws import client
+from facefleet.common.config import Names, Settings
+from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.flows import observe
+from facefleet.flows.local_batch import JobSpec, LocalExecutor
+from facefleet.flows.policy import (
+    Decision,
+    DispatchInputs,
+    PolicyParams,
+    Submission,
+    decide,
+    job_request,
+)
+
+Mode = Literal["local", "aws"]
+METRICS_SERVICE = "dispatch"  # the Service dimension the dashboards chart dispatch under
+
+
+def names_from(values: Mapping[str, Any] | None) -> Names:
+    """`Names` from flow parameters (a deployment passes plain JSON)."""
+    return Names(**dict(values or {}))
+
+
+def _region(region: str | None) -> str:
+    return region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+@contextlib.contextmanager
+def aws_endpoint(endpoint_url: str | None) -> Iterator[None]:
+    """prefect-aws `batch_submit` builds its client from the session, ignoring an endpoint in
+    AwsClientParameters; boto3 honours AWS_ENDPOINT_URL, so set it around the submissions."""
+    if endpoint_url is None:
+        yield
+        return
+    previous = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("AWS_ENDPOINT_URL", None)
+        else:
+            os.environ["AWS_ENDPOINT_URL"] = previous
+
+
+def job_runtime(
+    names: Names, submission: Submission, region: str, endpoint_url: str | None
+) -> tuple[tuple[str, ...], dict[str, str], int]:
+    """Command, environment and attempts of the job definition as the stack registered it
+    (latest active revision), falling back to the `Names` spec when it is not registered."""
+    spec = names.grouping_job if submission.kind == "grouping" else names.detection_job
+    batch = client("batch", region, endpoint_url)
+    found = batch.describe_job_definitions(
+        jobDefinitionName=submission.job_definition, status="ACTIVE"
+    ).get("jobDefinitions", [])
+    if not found:
+        return spec.command, {"SERVICE_TYPE": spec.service_type}, spec.attempts
+    latest = max(found, key=lambda d: d.get("revision", 0))
+    container = latest.get("containerProperties", {})
+    command = tuple(container.get("command") or spec.command)
+    environment = {e["name"]: e["value"] for e in container.get("environment", [])}
+    environment.setdefault("SERVICE_TYPE", spec.service_type)
+    attempts = int(latest.get("retryStrategy", {}).get("attempts", spec.attempts))
+    return command, environment, attempts
+
+
+def decision_markdown(inputs: DispatchInputs, decision: Decision, job_ids: list[str]) -> str:
+    """The artifact: inputs, then one row per submission, then the reasons."""
+    lines = [
+        "## Dispatch decision",
+        "",
+        "| queue | visible | in flight | oldest (s) |",
+        "|---|---|---|---|",
+        f"| indexing | {inputs.indexing.visible} | {inputs.indexing.in_flight} "
+        f"| {inputs.indexing.oldest_age_s:.0f} |",
+        f"| GroupFace | {inputs.group_face.visible} | {inputs.group_face.in_flight} "
+        f"| {inputs.group_face.oldest_age_s:.0f} |",
+        "",
+        f"Active jobs: {sum(j.size for j in inputs.active)} "
+        f"({', '.join(f'{j.kind}@{j.job_queue}x{j.size}' for j in inputs.active) or 'none'})",
+        "",
+        "| kind | job queue | job definition | array size | job id |",
+        "|---|---|---|---|---|",
+    ]
+    for submission, job_id in zip(decision.submissions, job_ids, strict=False):
+        lines.append(
+            f"| {submission.kind} | {submission.job_queue} | {submission.job_definition} "
+            f"| {submission.array_size or '-'} | {job_id} |"
+        )
+    if not decision.submissions:
+        lines.append("| - | - | - | - | nothing submitted |")
+    lines += ["", "Reasons:", *[f"- {reason}" for reason in decision.reasons]]
+    return "\n".join(lines)
+
+
+def artifact_key(names: Names) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"dispatch-{names.prefix}".lower())
+
+
+@flow(name="dispatch", log_prints=True)
+def dispatch(
+    names: dict[str, Any] | None = None,
+    mode: Mode = "local",
+    policy: dict[str, Any] | None = None,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    local_batch_dir: str | None = None,
+) -> dict[str, Any]:
+    """One dispatch tick. `names`: `Names` fields (default: the production names); `policy`:
+    `PolicyParams` overrides; `mode`: `local` also runs the jobs as local processes."""
+    logger = get_run_logger()
+    the_names = names_from(names)
+    params = PolicyParams(**dict(policy or {}))
+    region = _region(region)
+    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    executor = LocalExecutor(local_batch_dir) if mode == "local" else None
+
+    now = time.time()
+    state = observe.load_state(the_names, region, endpoint_url)
+    inputs = observe.observe(
+        the_names,
+        region,
+        endpoint_url,
+        now_s=now,
+        state=state,
+        extra_active=executor.active_jobs() if executor else (),
+    )
+    decision = decide(inputs, params, the_names)
+    logger.info(
+        "dispatch decision: %d job(s) in %d submission(s) (%s); inputs %s",
+        decision.jobs,
+        len(decision.submissions),
+        "; ".join(decision.reasons),
+        observe.describe_inputs(inputs),
+    )
+
+    credentials = AwsCredentials(region_name=region)
+    job_ids: list[str] = []
+    with aws_endpoint(endpoint_url):
+        for sequence, submission in enumerate(decision.submissions):
+            request = job_request(submission, now, sequence)
+            extra = {k: v for k, v in request.items() if k not in _POSITIONAL}
+            job_id = batch_submit(
+                request["jobName"],
+                request["jobQueue"],
+                request["jobDefinition"],
+                credentials,
+                **extra,
+            )
+            job_ids.append(job_id)
+            if executor is not None:
+                command, environment, attempts = job_runtime(
+                    the_names, submission, region, endpoint_url
+                )
+                pids = executor.start(
+                    JobSpec(
+                        job_id=job_id,
+                        job_name=request["jobName"],
+                        kind=submission.kind,
+                        job_queue=submission.job_queue,
+                        command=command,
+                        environment=environment,
+                        array_size=submission.array_size,
+                        attempts=attempts,
+                        workdir=os.environ.get("FACEFLEET_WORKDIR", os.getcwd()),
+                    )
+                )
+                logger.info("local executor started %s as pid(s) %s", request["jobName"], pids)
+
+    observe.save_state(
+        the_names,
+        state.after(now, inputs.indexing.visible, submitted=bool(decision.submissions)),
+        region,
+        endpoint_url,
+    )
+    create_markdown_artifact(
+        key=artifact_key(the_names),
+        markdown=decision_markdown(inputs, decision, job_ids),
+        description=f"dispatch decision for {the_names.prefix}",
+    )
+    settings = Settings.from_env()
+    MetricsEmitter(
+        settings.metrics_namespace,
+        {"Service": METRICS_SERVICE},
+        cloudwatch_region=region if settings.metrics_to_cloudwatch else None,
+        endpoint_url=endpoint_url,
+    ).emit(
+        {Metric.JOBS_SUBMITTED: decision.jobs, Metric.DISPATCH_BACKLOG: inputs.indexing.visible},
+        prefix=the_names.prefix,
+        group_face_backlog=inputs.group_face.visible,
+    )
+    return {
+        "submissions": [asdict(s) for s in decision.submissions],
+        "job_ids": job_ids,
+        "jobs": decision.jobs,
+        "reasons": list(decision.reasons),
+        "inputs": observe.describe_inputs(inputs),
+    }
+
+
+_POSITIONAL = ("jobName", "jobQueue", "jobDefinition")
