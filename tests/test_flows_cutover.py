@@ -1,0 +1,176 @@
+"""The cutover: the state machine promotes, holds and rolls back on injected health; the flow
+reads injected CloudWatch metrics, applies the decision to SSM and rolls back (messages returned
+to the ECS queue, alert sent); the router splits by weight, stably per image."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from facefleet.common.aws import client
+from facefleet.common.messages import DetectionRequest, image_key
+from facefleet.flows import cutover as cut
+from facefleet.flows.router import Router, bucket, goes_to_batch, read_weight
+from tests.flows_support import create_queues, prefect_harness
+
+GATES = cut.Gates(soak_s={w: 100.0 for w in cut.STAGES})
+GOOD = cut.Health(finished_jobs=50, failed_jobs=0, p95_ms=900.0, baseline_p95_ms=1000.0)
+
+
+def test_walks_every_stage_to_complete_only_after_each_soak() -> None:
+    state, now, path = cut.CutoverState(), 0.0, []
+    while state.status != cut.COMPLETE:
+        decision = cut.evaluate(state, GOOD, now, GATES)
+        assert not decision.release_ecs or decision.action == "complete"
+        if decision.action == "hold":
+            assert "soaking" in decision.reasons[0]
+        state = decision.state
+        path.append(state.weight)
+        now += 60.0
+    assert sorted(set(path)) == [10, 25, 50, 75, 100]
+    # 100 % was reached, then held for its soak before ECS could go.
+    assert path.count(100) >= 2
+    assert cut.evaluate(state, GOOD, now, GATES).release_ecs
+
+
+@pytest.mark.parametrize(
+    ("health", "action"),
+    [
+        (GOOD, "promote"),
+        (cut.Health(finished_jobs=100, failed_jobs=3, p95_ms=900, baseline_p95_ms=1000), "hold"),
+        (cut.Health(finished_jobs=100, failed_jobs=6), "rollback"),
+        (cut.Health(finished_jobs=10, p95_ms=1300, baseline_p95_ms=1000), "hold"),
+        (cut.Health(finished_jobs=10, p95_ms=1600, baseline_p95_ms=1000), "rollback"),
+        (cut.Health(finished_jobs=10, dead_letters=1), "rollback"),
+        (cut.Health(finished_jobs=10, oldest_age_s=900), "hold"),
+        (cut.Health(finished_jobs=10, oldest_age_s=3600), "rollback"),
+        (cut.Health(finished_jobs=10, spot_interruptions=8), "hold"),
+        (cut.Health(finished_jobs=10, spot_interruptions=30), "rollback"),
+        (cut.Health(), "hold"),  # no evidence yet
+    ],
+)
+def test_gates(health: cut.Health, action: str) -> None:
+    state = cut.CutoverState(weight=25, entered_at_s=0.0)
+    decision = cut.evaluate(state, health, 1000.0, GATES)
+    assert decision.action == action
+    if action == "promote":
+        assert decision.state.weight == 50
+    if action == "rollback":
+        assert (decision.state.weight, decision.state.status, decision.alert) == (
+            0,
+            cut.ROLLED_BACK,
+            True,
+        )
+    if action == "hold":
+        assert decision.state == state
+
+
+def test_breach_rolls_back_even_while_soaking_and_stays_back_until_resume() -> None:
+    state = cut.CutoverState(weight=50, entered_at_s=990.0)
+    bad = cut.Health(finished_jobs=10, failed_jobs=5)
+    decision = cut.evaluate(state, bad, 1000.0, GATES)
+    assert decision.action == "rollback"
+    assert cut.evaluate(decision.state, GOOD, 5000.0, GATES).action == "hold"
+    resumed = cut.resume(decision.state, 6000.0)
+    assert cut.evaluate(resumed, GOOD, 6000.0, GATES).state.weight == 10
+    paused = cut.pause(cut.CutoverState(weight=75))
+    assert cut.evaluate(paused, GOOD, 1e9, GATES).state == paused
+
+
+def test_router_split_matches_weight_and_is_stable() -> None:
+    ids = [uuid.uuid4().hex for _ in range(20_000)]
+    for weight in (10, 25, 50, 75):
+        share = sum(goes_to_batch(i, weight) for i in ids) / len(ids)
+        assert abs(share - weight / 100) < 0.015
+    assert not any(goes_to_batch(i, 0) for i in ids)
+    assert all(goes_to_batch(i, 100) for i in ids)
+    # Same image, same answer; raising the weight only ever moves images to Batch.
+    assert [bucket(i) for i in ids[:100]] == [bucket(i) for i in ids[:100]]
+    assert all(goes_to_batch(i, 50) for i in ids if goes_to_batch(i, 25))
+
+
+@pytest.fixture(scope="module")
+def harness() -> None:
+    prefect_harness()
+
+
+def message(n: int) -> str:
+    image_id = f"img{n:05d}"
+    return DetectionRequest("u1", image_id, "bucket", image_key("u1", image_id)).to_body()
+
+
+def test_cutover_flow_on_injected_metrics(env, harness) -> None:
+    names, region, endpoint = env.names, env.region, env.endpoint_url
+    urls = create_queues(names, region, endpoint)
+    topic = client("sns", region, endpoint).create_topic(Name=names.alerts_topic)["TopicArn"]
+    sink = client("sqs", region, endpoint).create_queue(QueueName=f"{names.prefix}-alerts-sink")
+    client("sns", region, endpoint).subscribe(
+        TopicArn=topic,
+        Protocol="sqs",
+        Endpoint=f"arn:aws:sqs:{region}:123456789012:{names.prefix}-alerts-sink",
+    )
+    params = {
+        "names": {"prefix": names.prefix, "grouping_prefix": names.grouping_prefix},
+        "region": region,
+        "endpoint_url": endpoint,
+        "gates": {"soak_s": {str(w): 0 for w in cut.STAGES}},
+    }
+    assert cut.cutover(**params)["weight"] == 10  # started
+    assert read_weight(names, region, endpoint) == 10
+    # No Batch job has run yet: no evidence, hold.
+    assert cut.cutover(**params)["action"] == "hold"
+    cloudwatch = client("cloudwatch", region, endpoint)
+    cloudwatch.put_metric_data(
+        Namespace=names.metrics_namespace,
+        MetricData=[
+            {
+                "MetricName": "JobsSubmitted",
+                "Dimensions": [{"Name": "Service", "Value": "dispatch"}],
+                "Value": 20.0,
+            }
+        ],
+    )
+    promoted = cut.cutover(**params)
+    assert (promoted["action"], promoted["weight"]) == ("promote", 25)
+
+    # The router now sends about a quarter of the images to Batch.
+    router = Router(names, region, endpoint, cache_s=0)
+    routed = [router.forward(message(n)) for n in range(40)]
+    on_batch = routed.count(urls[names.indexing_queue])
+    assert 0 < on_batch < 40 and routed.count(urls[names.ecs_indexing_queue]) == 40 - on_batch
+    assert router.route("not json") == urls[names.ecs_indexing_queue]
+
+    # Injected job failures: 5 of 20 jobs failed -> rollback, messages back to ECS, alert.
+    cloudwatch.put_metric_data(
+        Namespace="AWS/Events",
+        MetricData=[
+            {
+                "MetricName": "TriggeredRules",
+                "Dimensions": [{"Name": "RuleName", "Value": names.job_failed_rule}],
+                "Value": 5.0,
+            }
+        ],
+    )
+    rolled = cut.cutover(**params)
+    assert (rolled["action"], rolled["weight"], rolled["returned_to_ecs"]) == (
+        "rollback",
+        0,
+        on_batch,
+    )
+    assert read_weight(names, region, endpoint) == 0
+    sqs = client("sqs", region, endpoint)
+    depth = sqs.get_queue_attributes(
+        QueueUrl=urls[names.ecs_indexing_queue], AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    assert depth["Attributes"]["ApproximateNumberOfMessages"] == "40"
+    alerts = sqs.receive_message(QueueUrl=sink["QueueUrl"], WaitTimeSeconds=1)["Messages"]
+    assert "rolled back" in json.loads(alerts[0]["Body"])["Subject"]
+    # Stays at 0 until resumed; pause holds the weight.
+    assert cut.cutover(**params)["weight"] == 0
+    common = {k: params[k] for k in ("names", "region", "endpoint_url")}
+    assert cut.resume_flow(**common)["status"] == cut.RUNNING
+    assert cut.pause_flow(**common)["status"] == cut.PAUSED
+    assert cut.cutover(**params)["action"] == "hold"
+    assert cut.rollback_flow(reason="drill", **common)["weight"] == 0
