@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 # `func`. Imported lazily so `facefleet local status` does not pay for onnxruntime or Prefect.
 COMMAND_MODULES: tuple[str, ...] = (
     "facefleet.flows.local_cli",
+    "facefleet.flows.flows_cli",
     "facefleet.flows.simulate.cli",
     "facefleet.dashboards.cli",
     "facefleet.worker.grouping.people_cli",
