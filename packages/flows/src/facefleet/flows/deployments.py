@@ -21,7 +21,7 @@ as Fargate tasks with a task role that may call Batch, SQS, SSM, CloudWatch and 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -54,7 +54,7 @@ def build(
     if local_batch_dir:
         dispatch_params["local_batch_dir"] = local_batch_dir
     tags = ["facefleet", mode]
-    return [
+    deployments = [
         dispatch.to_deployment(
             name=mode,
             interval=dispatch_interval_s,
@@ -78,11 +78,13 @@ def build(
             name=mode, parameters={**common, "local": mode == "local"}, tags=tags
         ),
     ]
+    # Called outside an event loop, `to_deployment` returns the deployment, not a coroutine.
+    return [cast(RunnerDeployment, deployment) for deployment in deployments]
 
 
 def serve_all(deployments: list[RunnerDeployment], limit: int | None = None) -> None:
     """Register the deployments and run their scheduled and manual runs until interrupted."""
-    serve(*deployments, limit=limit)  # type: ignore[arg-type]
+    serve(*deployments, limit=limit)
 
 
 if __name__ == "__main__":

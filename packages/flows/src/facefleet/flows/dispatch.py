@@ -169,7 +169,7 @@ def dispatch(
         for sequence, submission in enumerate(decision.submissions):
             request = job_request(submission, now, sequence)
             extra = {k: v for k, v in request.items() if k not in _POSITIONAL}
-            job_id = batch_submit(
+            job_id: str = batch_submit(  # type: ignore[assignment]  # sync call: a str
                 request["jobName"],
                 request["jobQueue"],
                 request["jobDefinition"],

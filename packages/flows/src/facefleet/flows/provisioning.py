@@ -10,6 +10,7 @@ state (`facefleet.infra.deploy.apply`), so the previous stack stays in service.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
@@ -53,6 +54,11 @@ def render(
     return StackConfig(names=names, **values)
 
 
+def _deploy() -> Any:
+    """The infra stack's deploy module (`plan/apply/destroy(config, region, endpoint_url)`)."""
+    return importlib.import_module("facefleet.infra.deploy")
+
+
 @task
 def validate(config: Any) -> None:
     config.validate()
@@ -60,16 +66,12 @@ def validate(config: Any) -> None:
 
 @task
 def plan(config: Any, region: str, endpoint_url: str | None) -> Any:
-    from facefleet.infra import deploy
-
-    return deploy.plan(config, region, endpoint_url)
+    return _deploy().plan(config, region, endpoint_url)
 
 
 @task
 def apply(config: Any, region: str, endpoint_url: str | None) -> dict[str, str]:
-    from facefleet.infra import deploy
-
-    return dict(deploy.apply(config, region, endpoint_url))
+    return dict(_deploy().apply(config, region, endpoint_url))
 
 
 @task
