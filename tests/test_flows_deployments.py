@@ -1,0 +1,57 @@
+"""Deployments and their schedules; the provisioning flow on the moto server (once the infra
+stack's deploy module is there)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from facefleet.flows.cli import build_parser
+from facefleet.flows.deployments import build
+
+
+def test_deployment_names_and_schedules() -> None:
+    deployments = {f"{d.flow_name}/{d.name}": d for d in build({"prefix": "x"})}
+    assert set(deployments) == {
+        "dispatch/local",
+        "cutover/scheduled",
+        "cutover-rollback/manual",
+        "cutover-pause/manual",
+        "cutover-resume/manual",
+        "provision/local",
+    }
+
+    def interval(name: str) -> dt.timedelta | None:
+        schedules = deployments[name].schedules or []
+        return schedules[0].schedule.interval if schedules else None  # type: ignore[union-attr]
+
+    assert interval("dispatch/local") == dt.timedelta(seconds=60)
+    assert interval("cutover/scheduled") == dt.timedelta(minutes=10)
+    assert interval("cutover-rollback/manual") is None
+    assert deployments["dispatch/local"].parameters == {"names": {"prefix": "x"}, "mode": "local"}
+
+
+def test_cli_commands_parse() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["dispatch", "--once"]).mode == "local"
+    assert parser.parse_args(["cutover", "rollback", "--reason", "drill"]).reason == "drill"
+    assert parser.parse_args(["flows", "serve", "--cutover-interval", "5"]).cutover_interval == 5
+    assert parser.parse_args(["provision"]).production is False
+
+
+def test_provision_flow_is_idempotent(env) -> None:
+    pytest.importorskip("facefleet.infra.deploy")
+    from facefleet.flows.provisioning import provision
+    from tests.flows_support import prefect_harness
+
+    prefect_harness()
+    names = {
+        "prefix": env.names.prefix,
+        "grouping_prefix": env.names.grouping_prefix,
+        "stack_name": env.names.stack_name,
+    }
+    first = provision(names=names, region=env.region, endpoint_url=env.endpoint_url)
+    assert first["outputs"] and first["dashboards"]
+    second = provision(names=names, region=env.region, endpoint_url=env.endpoint_url)
+    assert second["outputs"] == first["outputs"]
