@@ -1,0 +1,213 @@
+"""What one FaceFleet stack is made of: a `StackConfig` is the whole input of the template.
+
+Names, sizes and priorities come from `Names` (never spelled here); the rest is what differs per
+account: network placement, the production queues and buckets that already exist, the image tag,
+the MongoDB URIs (stored in Secrets Manager, never in job definitions), and switches.
+
+`local_stack_config(names, ...)` gives values for the embedded moto stack; `worker_environment`
+maps the stack's outputs onto the workers' environment-variable contract (`Settings`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from facefleet.common.aws import client
+from facefleet.common.config import NAMES, Names
+
+QUEUE_ARN = re.compile(r"^arn:(?P<partition>[\w-]+):sqs:(?P<region>[\w-]+):(?P<account>\d{12}):(?P<name>[\w.-]+)$")
+QUEUE_URL = re.compile(r"^https?://(?P<host>[^/]+)/(?P<account>\d{12})/(?P<name>[\w.-]+)/?$")
+
+
+class StackConfigError(ValueError):
+    """A stack setting is missing or malformed; the message names the field."""
+
+
+@dataclass(frozen=True)
+class QueueRef:
+    """An existing SQS queue the stack references instead of creating (URL and ARN both known)."""
+
+    url: str
+    arn: str
+    name: str
+
+    @classmethod
+    def parse(cls, value: str, region: str) -> QueueRef:
+        """From a queue URL or ARN; the missing form is derived (standard endpoint, aws partition
+        for a URL with a non-AWS host such as the moto server)."""
+        arn = QUEUE_ARN.match(value)
+        if arn:
+            url = (
+                f"https://sqs.{arn['region']}.amazonaws.com/{arn['account']}/{arn['name']}"
+            )
+            return cls(url=url, arn=value, name=arn["name"])
+        url_match = QUEUE_URL.match(value)
+        if url_match:
+            host = url_match["host"]
+            host_region = re.match(r"^sqs\.([\w-]+)\.", host)
+            partition = "aws-cn" if host.endswith(".cn") else "aws"
+            queue_region = host_region.group(1) if host_region else region
+            return cls(
+                url=value.rstrip("/"),
+                arn=f"arn:{partition}:sqs:{queue_region}:{url_match['account']}:{url_match['name']}",
+                name=url_match["name"],
+            )
+        raise StackConfigError(f"not an SQS queue URL or ARN: {value!r}")
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything the template depends on. Only `subnet_ids` and `vpc_id` have no usable default.
+
+    - existing queues (`indexing_queue`, `group_face_queue`, URL or ARN): referenced, not created;
+      the stack then creates neither them nor their dead-letter queues (CloudFormation cannot
+      change a queue it does not own: set their redrive by hand).
+    - `gallery_bucket` / `face_group_bucket`: the production buckets, always referenced by name.
+    - MongoDB: `*_mongo_uri` fills secrets the stack creates, or `*_mongo_secret_arn` names
+      secrets that already exist. A URI given here travels as a NoEcho parameter; when neither
+      is given and the stack exists, the secret keeps its current value.
+    - `fallback_dispatcher`: create the dispatch Lambda and its schedule (off while the Prefect
+      deployment dispatches); its code goes to `artifact_bucket` (default: one per account,
+      created by deploy).
+    """
+
+    names: Names = NAMES
+    vpc_id: str = ""
+    subnet_ids: tuple[str, ...] = ()
+    # Extra security groups for the instances (e.g. one MongoDB already admits); the stack always
+    # creates an egress-only worker group of its own.
+    security_group_ids: tuple[str, ...] = ()
+    indexing_queue: str | None = None
+    group_face_queue: str | None = None
+    gallery_bucket: str = "gallery-images"
+    model_bucket: str | None = None  # S3 names are global: default `names.model_bucket`
+    face_group_bucket: str = "face-group-images"
+    max_receive_count: int = 5
+    queue_visibility_timeout_s: int = 1800
+    message_retention_s: int = 4 * 24 * 3600
+    dlq_retention_s: int = 14 * 24 * 3600
+    image_tag: str = "latest"
+    # GPU AMI family for the instances; ECS_AL2023_NVIDIA where Batch offers it in the region.
+    ami_image_type: str = "ECS_AL2_NVIDIA"
+    image_uri: str | None = None  # overrides the stack's ECR repository + image_tag
+    gallery_mongo_uri: str | None = None
+    huemn_mongo_uri: str | None = None
+    gallery_mongo_secret_arn: str | None = None
+    huemn_mongo_secret_arn: str | None = None
+    fallback_dispatcher: bool = False
+    dispatch_schedule: str = "rate(1 minute)"
+    artifact_bucket: str | None = None
+    alert_email: str | None = None
+    log_retention_days: int = 30
+    keep_images: int = 20
+    # Keep the model bucket and the image repository when the stack is deleted or they are
+    # replaced (production data); local stacks drop them.
+    retain_data: bool = True
+    tags: Mapping[str, str] = field(default_factory=lambda: {"project": "facefleet"})
+
+    @property
+    def model_bucket_name(self) -> str:
+        return self.model_bucket or self.names.model_bucket
+
+    def validate(self) -> None:
+        """Raise StackConfigError naming each bad field."""
+        problems: list[str] = []
+        if not self.vpc_id:
+            problems.append("vpc_id is required (the VPC the Batch instances run in)")
+        if not self.subnet_ids:
+            problems.append("subnet_ids needs at least one subnet")
+        if not 1 <= self.max_receive_count <= 1000:
+            problems.append(f"max_receive_count={self.max_receive_count}: must be 1..1000")
+        if not 0 <= self.queue_visibility_timeout_s <= 43200:
+            problems.append("queue_visibility_timeout_s: must be 0..43200")
+        for name in ("indexing_queue", "group_face_queue"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    QueueRef.parse(value, "us-east-1")
+                except StackConfigError as error:
+                    problems.append(f"{name}: {error}")
+        if self.gallery_mongo_uri and self.gallery_mongo_secret_arn:
+            problems.append("give gallery_mongo_uri or gallery_mongo_secret_arn, not both")
+        if self.huemn_mongo_uri and self.huemn_mongo_secret_arn:
+            problems.append("give huemn_mongo_uri or huemn_mongo_secret_arn, not both")
+        if self.keep_images < 1:
+            problems.append("keep_images must be at least 1")
+        if problems:
+            raise StackConfigError("invalid stack config: " + "; ".join(problems))
+
+
+def local_stack_config(
+    names: Names,
+    region: str = "us-east-1",
+    endpoint_url: str | None = None,
+    *,
+    gallery_mongo_uri: str = "mongodb://127.0.0.1:27017/gallery_images",
+    huemn_mongo_uri: str = "mongodb://127.0.0.1:27017/huemn",
+    **overrides: Any,
+) -> StackConfig:
+    """A config for the embedded moto stack: moto's Batch checks that subnets exist, so this uses
+    the default VPC's subnets (creating a VPC and subnet when the region has none).
+
+    Gallery and face-group buckets default to `{prefix}-gallery` and `{prefix}-face-groups`
+    (created here when missing, as production's pre-exist)."""
+    ec2 = client("ec2", region, endpoint_url)
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    if vpcs:
+        vpc_id = vpcs[0]["VpcId"]
+    else:
+        vpc_id = ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
+    subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
+    if not subnets:
+        subnets = [ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.77.1.0/24")["Subnet"]]
+    subnet_ids = tuple(sorted(s["SubnetId"] for s in subnets)[:2])
+    values: dict[str, Any] = {
+        "names": names,
+        "vpc_id": vpc_id,
+        "subnet_ids": subnet_ids,
+        "gallery_bucket": f"{names.prefix}-gallery",
+        "face_group_bucket": f"{names.prefix}-face-groups",
+        "gallery_mongo_uri": gallery_mongo_uri,
+        "huemn_mongo_uri": huemn_mongo_uri,
+        "log_retention_days": 1,
+        "retain_data": False,
+        "tags": {"project": "facefleet", "environment": "local"},
+    }
+    values.update(overrides)
+    config = StackConfig(**values)
+    s3 = client("s3", region, endpoint_url)
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    for bucket in (config.gallery_bucket, config.face_group_bucket):
+        if bucket not in existing:
+            kwargs: dict[str, Any] = {"Bucket": bucket}
+            if region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            s3.create_bucket(**kwargs)
+    return config
+
+
+# Stack output key -> worker environment variable (the `Settings` contract).
+OUTPUT_TO_ENV: dict[str, str] = {
+    "IndexingQueueUrl": "QUEUE_URL",
+    "GroupFaceQueueUrl": "GROUP_FACE_QUEUE_URL",
+    "GalleryBucketName": "BUCKET_NAME",
+    "FaceGroupBucketName": "FACE_GROUP_BUCKET_NAME",
+    "LogGroupName": "LOG_GROUP",
+    "ModelBucketName": "MODEL_BUCKET",
+    "MetricsNamespace": "METRICS_NAMESPACE",
+    "Region": "AWS_DEFAULT_REGION",
+}
+
+
+def worker_environment(outputs: Mapping[str, str]) -> dict[str, str]:
+    """The worker env vars (QUEUE_URL, GROUP_FACE_QUEUE_URL, BUCKET_NAME, ...) from stack outputs.
+
+    MongoDB URIs are not outputs (they are secrets): a local worker takes them from its own
+    environment, a Batch job from the job definition's `secrets`."""
+    missing = [key for key in OUTPUT_TO_ENV if key not in outputs]
+    if missing:
+        raise StackConfigError(f"stack outputs lack {', '.join(missing)}")
+    return {env: outputs[key] for key, env in OUTPUT_TO_ENV.items()}
