@@ -212,7 +212,7 @@ def plan(
     *, timeout_s: float = 300.0,
 ) -> Plan:
     """Render, cfn-lint and create a change set for `config`'s stack; log its summary."""
-    config.validate()
+    config.validate(deploying=True)
     body, warnings = render_checked(config, region)
     if config.fallback_dispatcher:
         upload_dispatcher(config, region, endpoint_url)

@@ -18,7 +18,9 @@ from typing import Any
 from facefleet.common.aws import client
 from facefleet.common.config import NAMES, Names
 
-QUEUE_ARN = re.compile(r"^arn:(?P<partition>[\w-]+):sqs:(?P<region>[\w-]+):(?P<account>\d{12}):(?P<name>[\w.-]+)$")
+QUEUE_ARN = re.compile(
+    r"^arn:(?P<partition>[\w-]+):sqs:(?P<region>[\w-]+):(?P<account>\d{12}):(?P<name>[\w.-]+)$"
+)
 QUEUE_URL = re.compile(r"^https?://(?P<host>[^/]+)/(?P<account>\d{12})/(?P<name>[\w.-]+)/?$")
 
 
@@ -60,7 +62,8 @@ class QueueRef:
 
 @dataclass(frozen=True)
 class StackConfig:
-    """Everything the template depends on. Only `subnet_ids` and `vpc_id` have no usable default.
+    """Everything the template depends on. Only `vpc_id` and `subnet_ids` have no usable default
+    (and only deploying needs them).
 
     - existing queues (`indexing_queue`, `group_face_queue`, URL or ARN): referenced, not created;
       the stack then creates neither them nor their dead-letter queues (CloudFormation cannot
@@ -112,12 +115,13 @@ class StackConfig:
     def model_bucket_name(self) -> str:
         return self.model_bucket or self.names.model_bucket
 
-    def validate(self) -> None:
-        """Raise StackConfigError naming each bad field."""
+    def validate(self, *, deploying: bool = False) -> None:
+        """Raise StackConfigError naming each bad field. The network is only a parameter
+        value, so rendering does not need it; deploying does."""
         problems: list[str] = []
-        if not self.vpc_id:
+        if deploying and not self.vpc_id:
             problems.append("vpc_id is required (the VPC the Batch instances run in)")
-        if not self.subnet_ids:
+        if deploying and not self.subnet_ids:
             problems.append("subnet_ids needs at least one subnet")
         if not 1 <= self.max_receive_count <= 1000:
             problems.append(f"max_receive_count={self.max_receive_count}: must be 1..1000")
@@ -156,10 +160,7 @@ def local_stack_config(
     (created here when missing, as production's pre-exist)."""
     ec2 = client("ec2", region, endpoint_url)
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
-    if vpcs:
-        vpc_id = vpcs[0]["VpcId"]
-    else:
-        vpc_id = ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
+    vpc_id = vpcs[0]["VpcId"] if vpcs else ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
     subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
     if not subnets:
         subnets = [ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.77.1.0/24")["Subnet"]]
