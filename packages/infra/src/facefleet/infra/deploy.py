@@ -32,7 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from facefleet.common.aws import client
 from facefleet.infra import lambda_package, template
@@ -286,10 +289,11 @@ def apply(
     log.info("executing change set",
              extra={"stack": current.stack_name, "changes": len(current.changes)})
     try:
-        cloudformation.execute_change_set(ChangeSetName=current.change_set_id)
-    except ClientError as error:
-        # moto applies synchronously and reports a failing resource here; AWS reports it
-        # through the stack status below.
+        _single_attempt_client(region, endpoint_url).execute_change_set(
+            ChangeSetName=current.change_set_id)
+    except (ClientError, BotoCoreError, ResponseParserError) as error:
+        # moto applies synchronously and reports a failing resource here (as a JSON body that
+        # botocore cannot parse as XML); AWS reports it through the stack status below.
         _roll_back_failed_create(cloudformation, current, timeout_s)
         raise DeployError(f"deploying {current.stack_name} failed: {error}") from error
     stack = _wait(lambda: _stack(cloudformation, current.stack_name), "StackStatus",
@@ -325,6 +329,17 @@ def _refresh_outputs(cloudformation: Any, current: Plan) -> None:
     except ClientError as error:
         if not any(marker in str(error) for marker in NO_CHANGES):
             raise
+
+
+def _single_attempt_client(region: str, endpoint_url: str | None) -> Any:
+    # Executing a change set is not retried blindly: a retry after a half-applied attempt would
+    # report the wrong error (and moto's errors look like parse failures, which botocore
+    # retries).
+    session = boto3.session.Session()
+    return session.client(
+        "cloudformation", region_name=region, endpoint_url=endpoint_url,
+        config=Config(retries={"total_max_attempts": 1}, read_timeout=300),
+    )
 
 
 def _roll_back_failed_create(cloudformation: Any, current: Plan, timeout_s: float) -> None:
