@@ -57,12 +57,16 @@ class ClusterParams:
     k: int = 32
     link_sim: float = 0.35
     join_sim: float = 0.40
+    # A join on one member's word needs `sure_join_sim`; below it, `join_support` members of the
+    # person must be neighbours: one close pair between two people must not chain them together.
+    sure_join_sim: float = 0.55
+    join_support: int = 2
     weak_join_sim: float = 0.55
     seed_sim: float = 0.45
     min_seed: int = 2
     # Strong: may seed a person and vouch for joiners.
     strong_quality: float = 0.5
-    strong_size_px: float = 40.0
+    strong_size_px: float = 30.0
     strong_det_score: float = 0.6
     # Weak: may join an existing person when confidently close; below this: never assigned.
     weak_quality: float = 0.2
@@ -342,8 +346,11 @@ def _best_person(
             entry[2] = max(entry[2], sim)
     best: int | None = None
     best_key: tuple[float, float, int] | None = None
-    for person, (_, total, top) in support.items():
+    for person, (count, total, top) in support.items():
         if top < need:
+            continue
+        backing = min(params.join_support, len(state.people[person].members))
+        if top < params.sure_join_sim and count < backing:
             continue
         key = (total, top, -person)
         if best_key is None or key > best_key:
