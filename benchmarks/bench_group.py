@@ -21,7 +21,6 @@ import faiss
 import numpy as np
 
 from facefleet.worker.grouping.clustering import ClusterParams, FaceInput, add_faces
-from facefleet.worker.grouping.index import FaceIndex
 from facefleet.worker.grouping.recluster import recluster
 
 BATCH = 32  # faces per add_faces call: about one SQS message batch of detections

@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "facefleet.flows.simulate.cli",
     "facefleet.dashboards.cli",
     "facefleet.worker.grouping.people_cli",
+    "facefleet.worker.grouping.evaluate",
     "facefleet.infra.infra_cli",
 )
 

@@ -123,7 +123,7 @@ def select_photos(
         max_people if max_people is not None else len(single))
     if count < len(single):
         single = sorted(rng.choice(single, count, replace=False).tolist())
-    photos = []
+    photos: list[Photo] = []
     for name in sorted(multi + single):
         files = people[name][:max_photos] if max_photos else people[name]
         photos.extend(Photo(name, f) for f in files)
@@ -153,7 +153,10 @@ def _jpeg(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise RuntimeError("JPEG decoding failed")
+    return decoded
 
 
 def _shrunk(image: np.ndarray, face_width: float) -> np.ndarray:
