@@ -33,7 +33,8 @@ def synthetic(count: int, dim: int, seed: int, start: int = 0) -> list[FaceInput
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     who = rng.integers(0, identities, size=count)
     vectors = centers[who] + rng.standard_normal((count, dim)).astype(np.float32) * (
-        0.9 / np.sqrt(dim))
+        0.9 / np.sqrt(dim)
+    )
     noise = rng.random(count) < 0.1
     vectors[noise] = rng.standard_normal((int(noise.sum()), dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -44,8 +45,13 @@ def synthetic(count: int, dim: int, seed: int, start: int = 0) -> list[FaceInput
     ]
 
 
-def rule_a_cost(library: list[FaceInput], new: list[FaceInput], k: int = 10,
-                min_faces: int = 3, max_distance: float = 0.5) -> float:
+def rule_a_cost(
+    library: list[FaceInput],
+    new: list[FaceInput],
+    k: int = 10,
+    min_faces: int = 3,
+    max_distance: float = 0.5,
+) -> float:
     """Faces/s of rule (a) adding `new` to a flat index holding `library` (its usual setup)."""
     dim = len(library[0].embedding)
     index = faiss.IndexFlatIP(dim)
@@ -55,7 +61,7 @@ def rule_a_cost(library: list[FaceInput], new: list[FaceInput], k: int = 10,
     next_label = int(labels.max()) + 1
     started = time.perf_counter()
     for b in range(0, len(new), BATCH):
-        batch = np.stack([f.embedding for f in new[b:b + BATCH]])
+        batch = np.stack([f.embedding for f in new[b : b + BATCH]])
         sims, ids = index.search(batch, k)
         for row in range(len(batch)):
             near = ids[row][sims[row] >= 1 - max_distance]
@@ -80,34 +86,42 @@ def bench_size(size: int, new_count: int, dim: int, seed: int) -> dict[str, floa
     recluster_s = time.perf_counter() - started
     started = time.perf_counter()
     for b in range(0, len(new), BATCH):
-        add_faces(state, new[b:b + BATCH], index, params)
+        add_faces(state, new[b : b + BATCH], index, params)
     incremental = len(new) / (time.perf_counter() - started)
     baseline = rule_a_cost(library, new)
     people = len(state.people)
-    print(f"{size:>9,} faces  index {index.kind:<4}  re-cluster {recluster_s:8.1f} s  "
-          f"incremental {incremental:8.0f} faces/s  rule (a) {baseline:8.0f} faces/s  "
-          f"people {people:,}", flush=True)
+    print(
+        f"{size:>9,} faces  index {index.kind:<4}  re-cluster {recluster_s:8.1f} s  "
+        f"incremental {incremental:8.0f} faces/s  rule (a) {baseline:8.0f} faces/s  "
+        f"people {people:,}",
+        flush=True,
+    )
     return {"recluster_s": recluster_s, "faces_per_s": incremental, "baseline": baseline}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--new", type=int, default=5000, help="faces added incrementally")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, "
-          f"{args.dim}-d, {args.new} new faces per size in batches of {BATCH}")
+    print(
+        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, "
+        f"{args.dim}-d, {args.new} new faces per size in batches of {BATCH}"
+    )
     results = {size: bench_size(size, args.new, args.dim, args.seed) for size in args.sizes}
 
     def pick(size: int, key: str) -> str:
         return f"{results[size][key]:.1f}" if size in results else "nan"
 
-    print(f"RESULT faces_per_s_100k={pick(100_000, 'faces_per_s')} "
-          f"recluster_1m_s={pick(1_000_000, 'recluster_s')} "
-          f"baseline_faces_per_s_100k={pick(100_000, 'baseline')}")
+    print(
+        f"RESULT faces_per_s_100k={pick(100_000, 'faces_per_s')} "
+        f"recluster_1m_s={pick(1_000_000, 'recluster_s')} "
+        f"baseline_faces_per_s_100k={pick(100_000, 'baseline')}"
+    )
     return 0
 
 

@@ -57,7 +57,8 @@ class ServerEnv:
     @property
     def names(self) -> Names:
         return Names(
-            prefix=f"t{self.namespace}", grouping_prefix=f"t{self.namespace}-grouping",
+            prefix=f"t{self.namespace}",
+            grouping_prefix=f"t{self.namespace}-grouping",
             stack_name=f"t{self.namespace}",
         )
 

@@ -59,22 +59,43 @@ class Gallery:
     def repo(self) -> GroupingStore:
         return store_for(self.env)
 
-    def add_photo(self, image_id: str, identities: list[int], *, size: float = 112.0,
-                  centres: np.ndarray | None = None) -> list[FaceDoc]:
+    def add_photo(
+        self,
+        image_id: str,
+        identities: list[int],
+        *,
+        size: float = 112.0,
+        centres: np.ndarray | None = None,
+    ) -> list[FaceDoc]:
         s3 = client("s3", self.env.region, self.env.endpoint_url)
         faces = []
         for index, identity in enumerate(identities):
             crop = f"crops/{self.user_id}/{image_id}/{self.model_id}/{index}.jpg"
             s3.put_object(Bucket=self.bucket, Key=crop, Body=f"{image_id}:{index}".encode())
             x = 200.0 * index
-            faces.append(FaceDoc(
-                user_id=self.user_id, image_id=image_id, model_id=self.model_id, index=index,
-                bbox=(x, 0.0, x + size, size), landmarks=((1.0, 1.0),) * 5, det_score=0.95,
-                quality=0.9, embedding=self.ids.sample(identity, centres), crop_key=crop,
-            ))
+            faces.append(
+                FaceDoc(
+                    user_id=self.user_id,
+                    image_id=image_id,
+                    model_id=self.model_id,
+                    index=index,
+                    bbox=(x, 0.0, x + size, size),
+                    landmarks=((1.0, 1.0),) * 5,
+                    det_score=0.95,
+                    quality=0.9,
+                    embedding=self.ids.sample(identity, centres),
+                    crop_key=crop,
+                )
+            )
             self.truth[faces[-1].doc_id] = identity
-        image = ImageDoc(self.user_id, image_id, "gallery", image_key(self.user_id, image_id),
-                         ImageStatus.PROCESSING, model_id=self.model_id)
+        image = ImageDoc(
+            self.user_id,
+            image_id,
+            "gallery",
+            image_key(self.user_id, image_id),
+            ImageStatus.PROCESSING,
+            model_id=self.model_id,
+        )
         self.repo().gallery.save_result(image, faces)
         return faces
 
@@ -116,9 +137,16 @@ class Setup:
 
     def consume_with(self, handler: Handler, **overrides: Any) -> int:
         values: dict[str, Any] = dict(
-            queue_url=self.queue.url, batch_size=10, visibility_timeout=30, poll_wait_seconds=1,
-            idle_exit_seconds=1.0, shutdown_deadline_seconds=5.0, backoff_initial_seconds=0.2,
-            backoff_max_seconds=0.5, region=self.env.region, endpoint_url=self.env.endpoint_url,
+            queue_url=self.queue.url,
+            batch_size=10,
+            visibility_timeout=30,
+            poll_wait_seconds=1,
+            idle_exit_seconds=1.0,
+            shutdown_deadline_seconds=5.0,
+            backoff_initial_seconds=0.2,
+            backoff_max_seconds=0.5,
+            region=self.env.region,
+            endpoint_url=self.env.endpoint_url,
         )
         values.update(overrides)
         return Consumer(ConsumerConfig(**values), handler).run()
@@ -135,8 +163,12 @@ def make_setup(env: Any, monkeypatch: Any, max_receive_count: int = 2) -> Setup:
 def people(env: Any, user_id: str) -> dict[int, dict[str, Any]]:
     """person id -> {name, members (set of face ids), cover}: the stored people, comparable."""
     return {
-        p.person_id: {"name": p.name, "members": frozenset(p.member_face_ids),
-                      "cover": p.cover_face_id, "cover_key": p.cover_key}
+        p.person_id: {
+            "name": p.name,
+            "members": frozenset(p.member_face_ids),
+            "cover": p.cover_face_id,
+            "cover_key": p.cover_key,
+        }
         for p in store_for(env).people.people_of_user(user_id)
     }
 

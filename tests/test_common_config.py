@@ -12,9 +12,18 @@ from facefleet.common.config import (
 )
 
 CONTRACT = (
-    "AWS_DEFAULT_REGION", "SERVICE_TYPE", "BUCKET_NAME", "QUEUE_URL", "GROUP_FACE_QUEUE_URL",
-    "GALLERY_IMAGES_MONGO_URI", "HUEMN_MONGO_URI", "FACE_GROUP_BUCKET_NAME", "LOG_GROUP",
-    "MESSAGE_VISIBILITY_TIMEOUT", "BATCH_SIZE", "MAX_FACE_WORKERS",
+    "AWS_DEFAULT_REGION",
+    "SERVICE_TYPE",
+    "BUCKET_NAME",
+    "QUEUE_URL",
+    "GROUP_FACE_QUEUE_URL",
+    "GALLERY_IMAGES_MONGO_URI",
+    "HUEMN_MONGO_URI",
+    "FACE_GROUP_BUCKET_NAME",
+    "LOG_GROUP",
+    "MESSAGE_VISIBILITY_TIMEOUT",
+    "BATCH_SIZE",
+    "MAX_FACE_WORKERS",
 )
 
 
@@ -27,11 +36,18 @@ def test_defaults_match_the_existing_service() -> None:
 
 def test_every_contract_variable_is_read() -> None:
     environ = {
-        "AWS_DEFAULT_REGION": "eu-west-1", "SERVICE_TYPE": "grouping", "BUCKET_NAME": "gallery",
-        "QUEUE_URL": "http://q/1", "GROUP_FACE_QUEUE_URL": "http://q/2",
-        "GALLERY_IMAGES_MONGO_URI": "mongodb://a", "HUEMN_MONGO_URI": "mongodb://b",
-        "FACE_GROUP_BUCKET_NAME": "groups", "LOG_GROUP": "/lg",
-        "MESSAGE_VISIBILITY_TIMEOUT": "600", "BATCH_SIZE": "10", "MAX_FACE_WORKERS": "8",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "SERVICE_TYPE": "grouping",
+        "BUCKET_NAME": "gallery",
+        "QUEUE_URL": "http://q/1",
+        "GROUP_FACE_QUEUE_URL": "http://q/2",
+        "GALLERY_IMAGES_MONGO_URI": "mongodb://a",
+        "HUEMN_MONGO_URI": "mongodb://b",
+        "FACE_GROUP_BUCKET_NAME": "groups",
+        "LOG_GROUP": "/lg",
+        "MESSAGE_VISIBILITY_TIMEOUT": "600",
+        "BATCH_SIZE": "10",
+        "MAX_FACE_WORKERS": "8",
     }
     settings = Settings.from_env(environ)
     assert settings.to_env().items() >= environ.items()
@@ -71,7 +87,9 @@ def test_missing_required_values_stop_start_up() -> None:
 
 def test_detection_needs_a_model_source() -> None:
     environ = {
-        "QUEUE_URL": "q", "GROUP_FACE_QUEUE_URL": "g", "GALLERY_IMAGES_MONGO_URI": "m",
+        "QUEUE_URL": "q",
+        "GROUP_FACE_QUEUE_URL": "g",
+        "GALLERY_IMAGES_MONGO_URI": "m",
         "FACE_GROUP_BUCKET_NAME": "b",
     }
     with pytest.raises(ConfigError, match="MODEL_DIR, MODEL_BUCKET"):

@@ -36,15 +36,23 @@ def unit(dim: int, seed: int) -> np.ndarray:
 
 def face(image_id: str, index: int, dim: int = 128, user: str = "u1") -> FaceDoc:
     return FaceDoc(
-        user_id=user, image_id=image_id, model_id="dev", index=index,
+        user_id=user,
+        image_id=image_id,
+        model_id="dev",
+        index=index,
         bbox=(10.0 * index, 5.0, 10.0 * index + 40, 60.0),
         landmarks=tuple((float(i), float(i + 1)) for i in range(5)),
-        det_score=0.9, quality=0.8, embedding=unit(dim, index),
+        det_score=0.9,
+        quality=0.8,
+        embedding=unit(dim, index),
     )
 
 
-@given(arrays(np.float32, st.sampled_from([128, 512]),
-              elements=st.floats(-1, 1, width=32)).filter(lambda v: np.linalg.norm(v) > 0.1))
+@given(
+    arrays(np.float32, st.sampled_from([128, 512]), elements=st.floats(-1, 1, width=32)).filter(
+        lambda v: np.linalg.norm(v) > 0.1
+    )
+)
 def test_compact_embeddings_keep_cosine_similarity(vector: np.ndarray) -> None:
     vector = vector / np.linalg.norm(vector)
     restored = decode_embedding(bytes(encode_embedding(vector)))
@@ -75,8 +83,9 @@ def test_database_comes_from_the_uri(env: ServerEnv) -> None:
 def test_saving_an_image_twice_never_duplicates_faces(env: ServerEnv) -> None:
     repo = GalleryRepository(connect(env.gallery_uri, GALLERY_DEFAULT_DB))
     repo.ensure_indexes()
-    image = ImageDoc("u1", "img", "gallery", "users/u1/img.jpg", ImageStatus.PROCESSING,
-                     model_id="dev")
+    image = ImageDoc(
+        "u1", "img", "gallery", "users/u1/img.jpg", ImageStatus.PROCESSING, model_id="dev"
+    )
     repo.mark_processing(image)
     assert repo.get_image("u1", "img").status is ImageStatus.PROCESSING  # type: ignore[union-attr]
     for _ in range(2):
@@ -102,8 +111,14 @@ def test_faces_of_images_filters_by_user_and_image(env: ServerEnv) -> None:
     repo = GalleryRepository(connect(env.gallery_uri, GALLERY_DEFAULT_DB))
     for user in ("u1", "u2"):
         for image_id in ("a", "b"):
-            image = ImageDoc(user, image_id, "g", f"users/{user}/{image_id}.jpg",
-                             ImageStatus.PROCESSING, model_id="dev")
+            image = ImageDoc(
+                user,
+                image_id,
+                "g",
+                f"users/{user}/{image_id}.jpg",
+                ImageStatus.PROCESSING,
+                model_id="dev",
+            )
             repo.save_result(image, [face(image_id, 0, user=user), face(image_id, 1, user=user)])
     found = repo.faces_of_images("u1", ["a"], "dev")
     assert {(f.user_id, f.image_id) for f in found} == {("u1", "a")} and len(found) == 2

@@ -21,16 +21,17 @@ from facefleet.flows.cli import main
 @pytest.fixture
 def topic_arn(env) -> str:
     # The infra stack creates the alerts topic; here the test plays that part.
-    return client("sns", env.region, env.endpoint_url).create_topic(
-        Name=env.names.alerts_topic
-    )["TopicArn"]
+    return client("sns", env.region, env.endpoint_url).create_topic(Name=env.names.alerts_topic)[
+        "TopicArn"
+    ]
 
 
 def _alarms(env) -> dict[str, dict]:
     cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
     wanted = [a.name for a in build_alarms(env.names)]
-    return {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNames=wanted)[
-        "MetricAlarms"]}
+    return {
+        a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNames=wanted)["MetricAlarms"]
+    }
 
 
 def _dashboards(env) -> list[str]:
@@ -49,8 +50,9 @@ def test_dashboard_json_is_accepted_and_round_trips(env):
 
 
 def test_apply_creates_every_alarm_with_its_action_then_remove_deletes_them(env, topic_arn):
-    applied = apply_dashboards(env.names, env.region, env.endpoint_url, topic_arn,
-                               AlarmThresholds(queue_depth=500))
+    applied = apply_dashboards(
+        env.names, env.region, env.endpoint_url, topic_arn, AlarmThresholds(queue_depth=500)
+    )
     definitions = build_alarms(env.names)
     assert applied == [a.name for a in definitions] + [env.names.dashboard]
     alarms = _alarms(env)
@@ -62,11 +64,15 @@ def test_apply_creates_every_alarm_with_its_action_then_remove_deletes_them(env,
     assert alarms[f"{env.names.indexing_queue}-queue-depth"]["Threshold"] == 500
     stuck = alarms[f"{env.names.indexing_queue}-stuck"]
     assert [m["Id"] for m in stuck["Metrics"]] == ["visible", "progress", "stuck"]
-    body = json.loads(client("cloudwatch", env.region, env.endpoint_url).get_dashboard(
-        DashboardName=env.names.dashboard)["DashboardBody"])
+    body = json.loads(
+        client("cloudwatch", env.region, env.endpoint_url).get_dashboard(
+            DashboardName=env.names.dashboard
+        )["DashboardBody"]
+    )
     alarm_widget = next(w for w in body["widgets"] if w["type"] == "alarm")
     assert sorted(alarm_widget["properties"]["alarms"]) == sorted(
-        a["AlarmArn"] for a in alarms.values())
+        a["AlarmArn"] for a in alarms.values()
+    )
 
     removed = remove_dashboards(env.names, env.region, env.endpoint_url)
     assert sorted(removed) == sorted(applied)
@@ -77,12 +83,16 @@ def test_apply_creates_every_alarm_with_its_action_then_remove_deletes_them(env,
 
 def test_apply_twice_is_idempotent(env, topic_arn):
     first = apply_dashboards(env.names, env.region, env.endpoint_url, topic_arn)
-    before = {name: {k: v for k, v in a.items() if "Timestamp" not in k}
-              for name, a in _alarms(env).items()}
+    before = {
+        name: {k: v for k, v in a.items() if "Timestamp" not in k}
+        for name, a in _alarms(env).items()
+    }
     # Second apply finds the topic by name, as the provisioning flow may.
     second = apply_dashboards(env.names, env.region, env.endpoint_url)
-    after = {name: {k: v for k, v in a.items() if "Timestamp" not in k}
-             for name, a in _alarms(env).items()}
+    after = {
+        name: {k: v for k, v in a.items() if "Timestamp" not in k}
+        for name, a in _alarms(env).items()
+    }
     assert first == second
     assert before == after
     assert _dashboards(env).count(env.names.dashboard) == 1
@@ -97,8 +107,9 @@ def test_awscli_export_files_are_the_requests(env, topic_arn, tmp_path):
     commands = export_cli(env.names, env.region, tmp_path, topic_arn)
     puts = [c for c in commands if not c.startswith("#")]
     assert len(puts) == len(build_alarms(env.names)) + 1
-    assert puts[-1].startswith(f"aws cloudwatch put-dashboard --region {env.region} "
-                               "--cli-input-json file://")
+    assert puts[-1].startswith(
+        f"aws cloudwatch put-dashboard --region {env.region} --cli-input-json file://"
+    )
     cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
     # Send each file as the awscli would: the file's JSON is the request's parameters.
     for command in puts:
@@ -116,8 +127,12 @@ def test_cli_apply_export_and_remove(env, topic_arn, tmp_path, capsys):
     assert main(["dashboards", "apply", *args]) == 0
     assert f"applied  {env.names.dashboard}" in capsys.readouterr().out
     assert len(_alarms(env)) == len(build_alarms(env.names))
-    assert main(["dashboards", "export", *args, "--account-id", "123456789012",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            ["dashboards", "export", *args, "--account-id", "123456789012", "--out", str(tmp_path)]
+        )
+        == 0
+    )
     assert "put-dashboard" in capsys.readouterr().out
     assert main(["dashboards", "remove", *args]) == 0
     assert _alarms(env) == {}

@@ -34,9 +34,12 @@ TOPIC = "arn:aws:sns:us-east-1:123456789012:face-recognition-alerts"
 # Metrics AWS itself publishes for the resources the stack creates (queues, EventBridge rules).
 AWS_EMITTED = {
     SQS_NAMESPACE: {
-        "ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage",
-        "ApproximateNumberOfMessagesNotVisible", "NumberOfMessagesSent",
-        "NumberOfMessagesReceived", "NumberOfMessagesDeleted",
+        "ApproximateNumberOfMessagesVisible",
+        "ApproximateAgeOfOldestMessage",
+        "ApproximateNumberOfMessagesNotVisible",
+        "NumberOfMessagesSent",
+        "NumberOfMessagesReceived",
+        "NumberOfMessagesDeleted",
     },
     EVENTS_NAMESPACE: {"TriggeredRules", "Invocations", "FailedInvocations"},
 }
@@ -75,8 +78,11 @@ def test_every_metric_used_is_one_the_project_or_aws_emits():
     assert len(rows) > 30
     for namespace, name, dimensions in rows:
         if namespace == names.metrics_namespace:
-            ok = name in registry and dimensions == {SERVICE_DIMENSION: dimensions.get(
-                SERVICE_DIMENSION)} and dimensions[SERVICE_DIMENSION] in SERVICES
+            ok = (
+                name in registry
+                and dimensions == {SERVICE_DIMENSION: dimensions.get(SERVICE_DIMENSION)}
+                and dimensions[SERVICE_DIMENSION] in SERVICES
+            )
         elif namespace == SQS_NAMESPACE:
             ok = name in AWS_EMITTED[namespace] and dimensions.get("QueueName") in queues
         elif namespace == EVENTS_NAMESPACE:
@@ -90,17 +96,30 @@ def test_every_metric_used_is_one_the_project_or_aws_emits():
 
 def test_the_dashboard_covers_every_part_of_the_pipeline():
     names = NAMES
-    used = {(s.namespace, s.name) for g in build_dashboard(names, "us-east-1").graphs()
-            for s in g.metric_series()}
+    used = {
+        (s.namespace, s.name)
+        for g in build_dashboard(names, "us-east-1").graphs()
+        for s in g.metric_series()
+    }
     ns = names.metrics_namespace
-    for metric in (Metric.IMAGES_PROCESSED, Metric.IMAGES_FAILED, Metric.PROCESSING_TIME,
-                   Metric.FACES_DETECTED, Metric.SPOT_SAVINGS, Metric.CUTOVER_WEIGHT,
-                   Metric.JOBS_SUBMITTED):
+    for metric in (
+        Metric.IMAGES_PROCESSED,
+        Metric.IMAGES_FAILED,
+        Metric.PROCESSING_TIME,
+        Metric.FACES_DETECTED,
+        Metric.SPOT_SAVINGS,
+        Metric.CUTOVER_WEIGHT,
+        Metric.JOBS_SUBMITTED,
+    ):
         assert (ns, str(metric)) in used
     assert (SQS_NAMESPACE, "ApproximateAgeOfOldestMessage") in used
     assert (EVENTS_NAMESPACE, "TriggeredRules") in used
-    stats = {s.stat for g in build_dashboard(names, "us-east-1").graphs()
-             for s in g.metric_series() if s.name == str(Metric.PROCESSING_TIME)}
+    stats = {
+        s.stat
+        for g in build_dashboard(names, "us-east-1").graphs()
+        for s in g.metric_series()
+        if s.name == str(Metric.PROCESSING_TIME)
+    }
     assert stats == {"p50", "p95", "p99"}
 
 
@@ -119,13 +138,24 @@ def test_dashboard_body_is_well_formed():
         for row in props["metrics"]:
             options = row[-1]
             if "expression" in options:  # every id an expression names is a series of the widget
-                referenced = {t for t in options["expression"].replace("(", " ").replace(
-                    ")", " ").replace(",", " ").split() if t.islower()}
+                referenced = {
+                    t
+                    for t in options["expression"]
+                    .replace("(", " ")
+                    .replace(")", " ")
+                    .replace(",", " ")
+                    .split()
+                    if t.islower()
+                }
                 assert referenced <= set(ids), options
     for i, a in enumerate(boxes):  # no two widgets overlap
-        for b in boxes[i + 1:]:
-            assert (a[0] + a[2] <= b[0] or b[0] + b[2] <= a[0] or a[1] + a[3] <= b[1]
-                    or b[1] + b[3] <= a[1]), (a, b)
+        for b in boxes[i + 1 :]:
+            assert (
+                a[0] + a[2] <= b[0]
+                or b[0] + b[2] <= a[0]
+                or a[1] + a[3] <= b[1]
+                or b[1] + b[3] <= a[1]
+            ), (a, b)
 
 
 def _validate(operation: str, params: dict[str, Any]) -> None:
@@ -147,15 +177,23 @@ def test_requests_match_the_cloudwatch_api_model():
 
 
 def test_alarms_cover_each_failure_mode_with_thresholds_from_config():
-    thresholds = AlarmThresholds(queue_depth=123, oldest_message_age_s=900,
-                                 spot_interruptions_per_hour=7, stuck_minutes=20)
+    thresholds = AlarmThresholds(
+        queue_depth=123, oldest_message_age_s=900, spot_interruptions_per_hour=7, stuck_minutes=20
+    )
     alarms = {a.name: a for a in build_alarms(NAMES, thresholds)}
     p = NAMES.prefix
     q, g = NAMES.indexing_queue, NAMES.group_face_queue
     assert set(alarms) == {
-        f"{p}-batch-job-failures", f"{p}-spot-interruptions",
-        f"{q}-queue-depth", f"{q}-oldest-message", f"{q}-dlq-dead-letters", f"{q}-stuck",
-        f"{g}-queue-depth", f"{g}-oldest-message", f"{g}-dlq-dead-letters", f"{g}-stuck",
+        f"{p}-batch-job-failures",
+        f"{p}-spot-interruptions",
+        f"{q}-queue-depth",
+        f"{q}-oldest-message",
+        f"{q}-dlq-dead-letters",
+        f"{q}-stuck",
+        f"{g}-queue-depth",
+        f"{g}-oldest-message",
+        f"{g}-dlq-dead-letters",
+        f"{g}-stuck",
     }
     assert alarms[f"{q}-queue-depth"].threshold == 123
     assert alarms[f"{q}-oldest-message"].threshold == 900
@@ -169,8 +207,9 @@ def test_alarms_cover_each_failure_mode_with_thresholds_from_config():
 
 def test_runbook_doc_is_generated_from_the_alarms():
     committed = (ROOT / "dashboards" / "RUNBOOK.md").read_text()
-    assert committed == runbook_markdown(NAMES), "run: facefleet dashboards runbook --out " \
-                                                 "dashboards/RUNBOOK.md"
+    assert committed == runbook_markdown(NAMES), (
+        "run: facefleet dashboards runbook --out dashboards/RUNBOOK.md"
+    )
 
 
 def test_emitter_dimensions_name_a_known_service():
@@ -182,8 +221,9 @@ def test_emitter_dimensions_name_a_known_service():
 def test_metric_math_evaluator():
     nan = np.nan
     series = {"visible": np.array([0.0, 5, 5, nan]), "progress": np.array([nan, nan, 3, 1])}
-    stuck = evaluate("IF(visible > 0 AND FILL(progress, 0) == 0, 1, 0)", series,
-                     {"visible": 60, "progress": 60})
+    stuck = evaluate(
+        "IF(visible > 0 AND FILL(progress, 0) == 0, 1, 0)", series, {"visible": 60, "progress": 60}
+    )
     np.testing.assert_array_equal(stuck, [0, 1, 0, nan])
     rate = evaluate("100 * FILL(visible, 0) / (FILL(visible, 0) + FILL(progress, 0))", series, {})
     np.testing.assert_array_equal(rate, [nan, 100, 62.5, 0])
@@ -227,8 +267,11 @@ def test_every_charted_custom_metric_has_an_emitting_code_path():
     for source in [*ROOT.glob("packages/*/src/**/*.py"), *ROOT.glob("dashboards/src/**/*.py")]:
         if source.name in CHARTING_MODULES or source.as_posix().endswith("common/metrics.py"):
             continue
-        emitted |= {Metric[m] for m in re.findall(r"Metric\.([A-Z0-9_]+)", source.read_text())
-                    if m in Metric.__members__}
+        emitted |= {
+            Metric[m]
+            for m in re.findall(r"Metric\.([A-Z0-9_]+)", source.read_text())
+            if m in Metric.__members__
+        }
     ns = NAMES.metrics_namespace
     charted = {Metric(s.name) for s in used_metrics(NAMES) if s.namespace == ns}
     assert charted - emitted <= set(PENDING_EMITTERS), charted - emitted - set(PENDING_EMITTERS)

@@ -28,9 +28,9 @@ def png_text(path: Path) -> tuple[tuple[int, int], dict[str, str]]:
     assert data.startswith(PNG_SIGNATURE)
     offset, size, text = 8, (0, 0), {}
     while offset < len(data):
-        (length,) = struct.unpack(">I", data[offset:offset + 4])
-        kind = data[offset + 4:offset + 8]
-        body = data[offset + 8:offset + 8 + length]
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        body = data[offset + 8 : offset + 8 + length]
         if kind == b"IHDR":
             size = struct.unpack(">II", body[:8])
         elif kind == b"tEXt":
@@ -51,9 +51,17 @@ def names(env) -> Names:
 
 def _put(env, names: Names, metric: Metric, service: str, values: list[float]) -> None:
     cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
-    cloudwatch.put_metric_data(Namespace=names.metrics_namespace, MetricData=[
-        {"MetricName": str(metric), "Dimensions": [{"Name": "Service", "Value": service}],
-         "Value": v} for v in values])
+    cloudwatch.put_metric_data(
+        Namespace=names.metrics_namespace,
+        MetricData=[
+            {
+                "MetricName": str(metric),
+                "Dimensions": [{"Name": "Service", "Value": service}],
+                "Value": v,
+            }
+            for v in values
+        ],
+    )
 
 
 def test_render_writes_a_png_with_one_panel_per_metric_widget(env, names, tmp_path):
@@ -76,19 +84,41 @@ def test_widget_series_come_from_the_server_and_math_is_evaluated(env, names):
     graphs = {g.title: g for g in build_dashboard(names, env.region).graphs()}
     cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
     end = datetime.now(UTC) + timedelta(minutes=1)
-    _, values, _ = fetch_widget(cloudwatch, graphs["Images: processed, failed, success rate"],
-                                end - timedelta(hours=1), end, exact_percentiles=False)
+    _, values, _ = fetch_widget(
+        cloudwatch,
+        graphs["Images: processed, failed, success rate"],
+        end - timedelta(hours=1),
+        end,
+        exact_percentiles=False,
+    )
     assert np.nansum(values["ok"]) == 6 and np.nansum(values["failed"]) == 2
     assert np.nanmax(values["rate"]) == 75
-    _, latency, _ = fetch_widget(cloudwatch, graphs["Processing time per image"],
-                                 end - timedelta(hours=1), end, exact_percentiles=False)
+    _, latency, _ = fetch_widget(
+        cloudwatch,
+        graphs["Processing time per image"],
+        end - timedelta(hours=1),
+        end,
+        exact_percentiles=False,
+    )
     assert all(np.isnan(latency[p]).all() for p in ("p50", "p95", "p99"))  # none emitted yet
 
 
 def test_cli_render(env, names, tmp_path, capsys):
     out = tmp_path / "cli.png"
-    code = main(["dashboards", "render", "--prefix", names.prefix, "--namespace",
-                 names.metrics_namespace, "--out", str(out), "--hours", "1"])
+    code = main(
+        [
+            "dashboards",
+            "render",
+            "--prefix",
+            names.prefix,
+            "--namespace",
+            names.metrics_namespace,
+            "--out",
+            str(out),
+            "--hours",
+            "1",
+        ]
+    )
     assert code == 0
     assert "(12 panels)" in capsys.readouterr().out
     assert out.read_bytes().startswith(PNG_SIGNATURE)

@@ -50,8 +50,12 @@ def test_full_hour_at_one_price():
     assert result.on_demand_cost_usd == pytest.approx(0.526)
     assert result.savings_usd == pytest.approx(0.326)
     assert result.cost_per_1000_images_usd == pytest.approx(0.5)
-    assert set(result.metrics()) == {Metric.SPOT_SAVINGS, Metric.SPOT_COST, Metric.ON_DEMAND_COST,
-                                     Metric.COST_PER_1000_IMAGES}
+    assert set(result.metrics()) == {
+        Metric.SPOT_SAVINGS,
+        Metric.SPOT_COST,
+        Metric.ON_DEMAND_COST,
+        Metric.COST_PER_1000_IMAGES,
+    }
 
 
 def test_price_change_within_the_hour_is_priced_piecewise():
@@ -60,14 +64,17 @@ def test_price_change_within_the_hour_is_priced_piecewise():
     # 10:15-10:45 spans the change at 10:30: a quarter hour at each price
     assert spot_cost([Usage(G4, at(15), at(45))], history, T0, T0 + HOUR) == pytest.approx(0.125)
     assert spot_price_segments(history, G4, None, at(0), at(60)) == [
-        (at(0), at(30), 0.2), (at(30), at(60), 0.3)]
+        (at(0), at(30), 0.2),
+        (at(30), at(60), 0.3),
+    ]
 
 
 def test_zones_and_fractions():
     history = [price(-5, 0.2, "us-east-1a"), price(-5, 0.4, "us-east-1b")]
     # zone known: that zone's price; unknown: the highest, so the saving is never overstated
-    assert spot_cost([Usage(G4, at(0), at(60), availability_zone="us-east-1a")], history,
-                     T0, T0 + HOUR) == pytest.approx(0.2)
+    assert spot_cost(
+        [Usage(G4, at(0), at(60), availability_zone="us-east-1a")], history, T0, T0 + HOUR
+    ) == pytest.approx(0.2)
     assert spot_cost([Usage(G4, at(0), at(60))], history, T0, T0 + HOUR) == pytest.approx(0.4)
     # a job holding half an instance's vCPUs for the hour is half an instance-hour
     two = [Usage(G4, at(0), at(60), 0.5), Usage("g5.xlarge", at(0), at(30), 2)]
@@ -78,8 +85,9 @@ def test_missing_prices_name_the_instance_type():
     with pytest.raises(SavingsError, match=r"g5\.xlarge"):
         spot_cost([Usage("g5.xlarge", at(0), at(60))], [price(0, 0.2)], T0, T0 + HOUR)
     with pytest.raises(SavingsError, match=r"p3\.2xlarge"):
-        hourly_savings([Usage("p3.2xlarge", at(0), at(60))],
-                       [price(0, 0.2, kind="p3.2xlarge")], OD, T0)
+        hourly_savings(
+            [Usage("p3.2xlarge", at(0), at(60))], [price(0, 0.2, kind="p3.2xlarge")], OD, T0
+        )
     with pytest.raises(SavingsError, match="ends before"):
         Usage(G4, at(10), at(0))
 
@@ -94,12 +102,16 @@ def test_no_usage_costs_nothing():
 minutes = st.floats(min_value=-120, max_value=180, allow_nan=False)
 prices = st.floats(min_value=0, max_value=5, allow_nan=False)
 usages = st.lists(
-    st.tuples(minutes, st.floats(min_value=0, max_value=240, allow_nan=False),
-              st.floats(min_value=0, max_value=8, allow_nan=False)),
+    st.tuples(
+        minutes,
+        st.floats(min_value=0, max_value=240, allow_nan=False),
+        st.floats(min_value=0, max_value=8, allow_nan=False),
+    ),
     max_size=6,
 ).map(lambda rows: [Usage(G4, at(s), at(s + d), n) for s, d, n in rows])
 histories = st.lists(st.tuples(minutes, prices), min_size=1, max_size=6).map(
-    lambda rows: [price(m, p) for m, p in rows])
+    lambda rows: [price(m, p) for m, p in rows]
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -117,13 +129,19 @@ def test_savings_is_on_demand_minus_spot_and_costs_are_never_negative(usage, his
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.floats(min_value=1, max_value=59), prices, prices,
-       st.floats(min_value=0, max_value=60), st.floats(min_value=0, max_value=60))
+@given(
+    st.floats(min_value=1, max_value=59),
+    prices,
+    prices,
+    st.floats(min_value=0, max_value=60),
+    st.floats(min_value=0, max_value=60),
+)
 def test_piecewise_pricing_across_a_price_change(change, before, after, a, b):
     start, end = sorted((a, b))
     history = [price(-60, before), price(change, after)]
-    expected = (before * max(0.0, min(end, change) - start)
-                + after * max(0.0, end - max(start, change))) / 60
+    expected = (
+        before * max(0.0, min(end, change) - start) + after * max(0.0, end - max(start, change))
+    ) / 60
     cost = spot_cost([Usage(G4, at(start), at(end))], history, T0, T0 + HOUR)
     assert cost == pytest.approx(expected, rel=1e-6, abs=1e-8)  # datetimes round to 1 µs
     # splitting a usage at any moment does not change what it costs
@@ -154,8 +172,10 @@ def test_savings_job_publishes_the_metrics(env):
     names = dataclasses.replace(env.names, metrics_namespace=f"FaceFleet-{env.namespace}")
     cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
     dimensions = [{"Name": "Service", "Value": "detection"}]
-    cloudwatch.put_metric_data(Namespace=names.metrics_namespace, MetricData=[
-        {"MetricName": "ImagesProcessed", "Dimensions": dimensions, "Value": 250.0}])
+    cloudwatch.put_metric_data(
+        Namespace=names.metrics_namespace,
+        MetricData=[{"MetricName": "ImagesProcessed", "Dimensions": dimensions, "Value": 250.0}],
+    )
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     usage = [Usage(G4, hour - HOUR, hour + 2 * HOUR, 2)]  # two instances all hour
     result = run_savings_job(names, env.region, env.endpoint_url, hour, usages=usage)
@@ -165,19 +185,27 @@ def test_savings_job_publishes_the_metrics(env):
     assert 0 <= result.spot_cost_usd < result.on_demand_cost_usd  # moto's canned Spot price
     assert result.images == 250
     published = {}
-    for metric in (Metric.SPOT_SAVINGS, Metric.SPOT_COST, Metric.ON_DEMAND_COST,
-                   Metric.COST_PER_1000_IMAGES):
+    for metric in (
+        Metric.SPOT_SAVINGS,
+        Metric.SPOT_COST,
+        Metric.ON_DEMAND_COST,
+        Metric.COST_PER_1000_IMAGES,
+    ):
         points = cloudwatch.get_metric_statistics(
-            Namespace=names.metrics_namespace, MetricName=str(metric),
+            Namespace=names.metrics_namespace,
+            MetricName=str(metric),
             Dimensions=[{"Name": k, "Value": v} for k, v in emitter_dimensions(SAVINGS).items()],
-            StartTime=hour - HOUR, EndTime=datetime.now(UTC) + HOUR, Period=3600,
+            StartTime=hour - HOUR,
+            EndTime=datetime.now(UTC) + HOUR,
+            Period=3600,
             Statistics=["Sum"],
         )["Datapoints"]
         published[metric] = sum(p["Sum"] for p in points)
     assert published[Metric.SPOT_SAVINGS] == pytest.approx(result.savings_usd)
     assert published[Metric.ON_DEMAND_COST] == pytest.approx(result.on_demand_cost_usd)
     assert published[Metric.COST_PER_1000_IMAGES] == pytest.approx(
-        result.spot_cost_usd * 1000 / 250)
+        result.spot_cost_usd * 1000 / 250
+    )
 
 
 def test_batch_usage_reads_job_times_and_vcpus(env):
@@ -186,15 +214,29 @@ def test_batch_usage_reads_job_times_and_vcpus(env):
     batch = client("batch", env.region, env.endpoint_url)
     role = iam.create_role(RoleName=f"{names.prefix}-batch", AssumeRolePolicyDocument="{}")
     environment, queue = names.primary_environment.name, names.primary_queue.name
-    batch.create_compute_environment(computeEnvironmentName=environment, type="UNMANAGED",
-                                     state="ENABLED", serviceRole=role["Role"]["Arn"])
-    batch.create_job_queue(jobQueueName=queue, state="ENABLED", priority=1,
-                           computeEnvironmentOrder=[{"order": 1,
-                                                     "computeEnvironment": environment}])
+    batch.create_compute_environment(
+        computeEnvironmentName=environment,
+        type="UNMANAGED",
+        state="ENABLED",
+        serviceRole=role["Role"]["Arn"],
+    )
+    batch.create_job_queue(
+        jobQueueName=queue,
+        state="ENABLED",
+        priority=1,
+        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}],
+    )
     batch.register_job_definition(
-        jobDefinitionName=names.detection_job.name, type="container",
-        containerProperties={"image": "x", "command": ["true"], "resourceRequirements": [
-            {"type": "VCPU", "value": "2"}, {"type": "MEMORY", "value": "1024"}]},
+        jobDefinitionName=names.detection_job.name,
+        type="container",
+        containerProperties={
+            "image": "x",
+            "command": ["true"],
+            "resourceRequirements": [
+                {"type": "VCPU", "value": "2"},
+                {"type": "MEMORY", "value": "1024"},
+            ],
+        },
     )
     job = batch.submit_job(jobName="j", jobQueue=queue, jobDefinition=names.detection_job.name)
     deadline = time.monotonic() + 20

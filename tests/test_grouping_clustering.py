@@ -46,8 +46,14 @@ class Stream:
         return [face.face_id for face in self.faces]
 
 
-def make_stream(seed: int, identities: int, noise: int, dim: int = 64,
-                weak_share: float = 0.2, same_photo_rate: float = 0.1) -> Stream:
+def make_stream(
+    seed: int,
+    identities: int,
+    noise: int,
+    dim: int = 64,
+    weak_share: float = 0.2,
+    same_photo_rate: float = 0.1,
+) -> Stream:
     rng = np.random.default_rng(seed)
     centers = well_separated_centers(rng, identities, dim)
     faces: list[FaceInput] = []
@@ -73,8 +79,9 @@ def make_stream(seed: int, identities: int, noise: int, dim: int = 64,
     return Stream([faces[i] for i in order], [truth[i] for i in order])
 
 
-def well_separated_centers(rng: np.random.Generator, count: int, dim: int,
-                           max_sim: float = 0.3) -> np.ndarray:
+def well_separated_centers(
+    rng: np.random.Generator, count: int, dim: int, max_sim: float = 0.3
+) -> np.ndarray:
     """Identity centres on the sphere, redrawn until no two are closer than `max_sim`."""
     centers = np.empty((0, dim))
     while len(centers) < count:
@@ -85,23 +92,31 @@ def well_separated_centers(rng: np.random.Generator, count: int, dim: int,
     return centers
 
 
-def _face(rng: np.random.Generator, n: int, photo: str, vector: np.ndarray,
-          weak_share: float) -> FaceInput:
+def _face(
+    rng: np.random.Generator, n: int, photo: str, vector: np.ndarray, weak_share: float
+) -> FaceInput:
     unit = (vector / np.linalg.norm(vector)).astype(np.float32)
     weak = rng.random() < weak_share
     return FaceInput(
-        face_id=f"f{n:05d}", photo_id=photo, embedding=unit,
+        face_id=f"f{n:05d}",
+        photo_id=photo,
+        embedding=unit,
         quality=float(rng.uniform(0.25, 0.45) if weak else rng.uniform(0.6, 1.0)),
-        size_px=float(rng.uniform(60, 200)), det_score=float(rng.uniform(0.7, 1.0)),
+        size_px=float(rng.uniform(60, 200)),
+        det_score=float(rng.uniform(0.7, 1.0)),
     )
 
 
-def run(faces: list[FaceInput], batch: int = 7, params: ClusterParams = PARAMS,
-        index_params: IndexParams | None = None) -> tuple[UserClusterState, FaceIndex]:
+def run(
+    faces: list[FaceInput],
+    batch: int = 7,
+    params: ClusterParams = PARAMS,
+    index_params: IndexParams | None = None,
+) -> tuple[UserClusterState, FaceIndex]:
     state = UserClusterState()
     index = FaceIndex(len(faces[0].embedding), index_params)
     for start in range(0, len(faces), batch):
-        add_faces(state, faces[start:start + batch], index, params)
+        add_faces(state, faces[start : start + batch], index, params)
     return state, index
 
 
@@ -165,8 +180,11 @@ def test_redelivery_changes_nothing(stream: Stream, rnd) -> None:
 # to arrive joins: on a few dozen faces one such pair moves ARI a lot) and borderline faces. These
 # streams leave same-photo pairs out to measure the rest.
 larger_streams = st.builds(
-    make_stream, seed=st.integers(0, 2**31), identities=st.integers(10, 25),
-    noise=st.integers(0, 30), same_photo_rate=st.just(0.0),
+    make_stream,
+    seed=st.integers(0, 2**31),
+    identities=st.integers(10, 25),
+    noise=st.integers(0, 30),
+    same_photo_rate=st.just(0.0),
 )
 
 
@@ -181,8 +199,16 @@ def test_arrival_order_changes_the_partition_little(stream: Stream, seed: int) -
 
 
 @FAST
-@given(st.builds(make_stream, seed=st.integers(0, 2**31), identities=st.integers(2, 25),
-                 noise=st.integers(0, 30), weak_share=st.just(0.0), same_photo_rate=st.just(0.0)))
+@given(
+    st.builds(
+        make_stream,
+        seed=st.integers(0, 2**31),
+        identities=st.integers(2, 25),
+        noise=st.integers(0, 30),
+        weak_share=st.just(0.0),
+        same_photo_rate=st.just(0.0),
+    )
+)
 def test_groups_well_separated_identities(stream: Stream) -> None:
     """With every face strong, identities with 2+ faces become people; noise rarely joins."""
     state, _ = run(stream.faces)

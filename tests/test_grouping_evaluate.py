@@ -11,22 +11,42 @@ from facefleet.worker.grouping.evaluate import main, select_photos
 
 
 def test_select_photos_takes_people_and_distractors(faces_dir: Path) -> None:
-    photos = select_photos(faces_dir / "lfw", min_photos=4, max_people=3, distractors=2,
-                           max_photos=3, seed=1)
+    photos = select_photos(
+        faces_dir / "lfw", min_photos=4, max_people=3, distractors=2, max_photos=3, seed=1
+    )
     counts: dict[str, int] = {}
     for photo in photos:
         counts[photo.identity] = counts.get(photo.identity, 0) + 1
     assert sorted(counts.values()) == [1, 1, 3, 3, 3]
-    assert photos == select_photos(faces_dir / "lfw", min_photos=4, max_people=3,
-                                   distractors=2, max_photos=3, seed=1)
+    assert photos == select_photos(
+        faces_dir / "lfw", min_photos=4, max_people=3, distractors=2, max_photos=3, seed=1
+    )
 
 
 @pytest.mark.timeout(240)
-def test_evaluate_small_subset(faces_dir: Path, models_dir: Path, tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
-    code = main([str(faces_dir / "lfw"), "--pack", str(models_dir), "--min-photos", "4",
-                 "--max-people", "3", "--distractors", "2", "--max-photos", "3",
-                 "--conditions", "clean", "composite", "--cache", str(tmp_path)])
+def test_evaluate_small_subset(
+    faces_dir: Path, models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            str(faces_dir / "lfw"),
+            "--pack",
+            str(models_dir),
+            "--min-photos",
+            "4",
+            "--max-people",
+            "3",
+            "--distractors",
+            "2",
+            "--max-photos",
+            "3",
+            "--conditions",
+            "clean",
+            "composite",
+            "--cache",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     last = out.strip().splitlines()[-1]

@@ -133,8 +133,10 @@ def test_a_held_lease_retries_and_an_expired_one_is_taken_over(setup: Setup) -> 
     store.people.acquire_lease("alice", "other-worker", timedelta(minutes=5))
     service = setup.service()
     body = GroupingRequest("alice", tuple(image_ids)).to_body()
-    batch = [ReceivedMessage("m1", "r1", body),
-             ReceivedMessage("m2", "r2", GroupingRequest("bob", ("x1",)).to_body())]
+    batch = [
+        ReceivedMessage("m1", "r1", body),
+        ReceivedMessage("m2", "r2", GroupingRequest("bob", ("x1",)).to_body()),
+    ]
 
     outcomes = service.handle(batch)
 
@@ -152,8 +154,11 @@ def test_malformed_requests_go_to_the_dead_letter_queue(setup: Setup) -> None:
     g = gallery(setup, identities=2)
     setup.request("alice", g.photos("a", 2, range(2)))
     send(setup.env, setup.queue.url, "not json")
-    send(setup.env, setup.queue.url, json.dumps({"type": "group", "version": 1,
-                                                 "user_id": "alice", "image_ids": "a00x00"}))
+    send(
+        setup.env,
+        setup.queue.url,
+        json.dumps({"type": "group", "version": 1, "user_id": "alice", "image_ids": "a00x00"}),
+    )
 
     assert setup.consume(setup.service()) == 0
 

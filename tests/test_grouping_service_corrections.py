@@ -93,7 +93,8 @@ def test_recluster_compares_and_apply_keeps_ids_and_names(setup, capsys) -> None
     run(capsys, "recluster", "alice", "--apply")
     after = people(setup.env, "alice")
     assert {p: (v["name"], v["members"]) for p, v in after.items()} == {
-        p: (v["name"], v["members"]) for p, v in before.items()}
+        p: (v["name"], v["members"]) for p, v in before.items()
+    }
 
 
 def _identity_crop(identity: int) -> bytes:
@@ -108,8 +109,9 @@ def test_model_change_reembeds_and_carries_named_people(setup, capsys) -> None:
     s3 = setup.service().s3
     store = store_for(setup.env)
     for face in store.gallery.faces_of_user("alice", "m1"):
-        s3.put_object(Bucket=setup.bucket, Key=face.crop_key,
-                      Body=_identity_crop(g.truth[face.doc_id]))
+        s3.put_object(
+            Bucket=setup.bucket, Key=face.crop_key, Body=_identity_crop(g.truth[face.doc_id])
+        )
     new_space = Identities(3, seed=99)  # the new model: unrelated embedding space
 
     def embed(crops: Sequence[np.ndarray]) -> np.ndarray:

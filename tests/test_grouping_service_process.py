@@ -19,9 +19,22 @@ from tests.sqs_helpers import counts, receive_all, spawn, wait_for
 
 def start_mongo(port: int, data: Path) -> subprocess.Popen:
     process = subprocess.Popen(
-        [local._bin("nx-27017"), "--host", local.LOOPBACK, "-p", str(port), "--data-dir",
-         str(data), "--pid-file", str(data / "pid"), "--log-file", str(data / "log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            local._bin("nx-27017"),
+            "--host",
+            local.LOOPBACK,
+            "-p",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--pid-file",
+            str(data / "pid"),
+            "--log-file",
+            str(data / "log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     assert wait_for(lambda: local._mongo_ok(port), 30), "dedicated nx-27017 did not start"
     return process
@@ -57,8 +70,11 @@ def test_mongo_outage_mid_batch_keeps_the_message_until_recovery(
         calls.append(len(batch))
         return service.handle(batch)
 
-    worker = threading.Thread(target=lambda: setup.consume_with(
-        handle, backoff_initial_seconds=0.5, backoff_max_seconds=1.0))
+    worker = threading.Thread(
+        target=lambda: setup.consume_with(
+            handle, backoff_initial_seconds=0.5, backoff_max_seconds=1.0
+        )
+    )
     worker.start()
     try:
         assert wait_for(lambda: len(calls) >= 2, 30)
@@ -74,9 +90,14 @@ def test_mongo_outage_mid_batch_keeps_the_message_until_recovery(
 
 
 def worker_environment(setup) -> dict[str, str]:
-    return {**setup.env.environment(), "GROUP_FACE_QUEUE_URL": setup.queue.url,
-            "FACE_GROUP_BUCKET_NAME": setup.bucket, "POLL_WAIT_SECONDS": "1",
-            "MESSAGE_VISIBILITY_TIMEOUT": "30", "SHUTDOWN_DEADLINE_SECONDS": "5"}
+    return {
+        **setup.env.environment(),
+        "GROUP_FACE_QUEUE_URL": setup.queue.url,
+        "FACE_GROUP_BUCKET_NAME": setup.bucket,
+        "POLL_WAIT_SECONDS": "1",
+        "MESSAGE_VISIBILITY_TIMEOUT": "30",
+        "SHUTDOWN_DEADLINE_SECONDS": "5",
+    }
 
 
 def test_the_process_groups_then_exits_0_when_the_queue_stays_empty(
@@ -87,8 +108,9 @@ def test_the_process_groups_then_exits_0_when_the_queue_stays_empty(
     setup.request("alice", g.photos("a", 2, range(2)))
     log = tmp_path / "worker.log"
 
-    process = spawn(["run_grouping_service.py"],
-                    {**worker_environment(setup), "IDLE_EXIT_SECONDS": "1"}, log)
+    process = spawn(
+        ["run_grouping_service.py"], {**worker_environment(setup), "IDLE_EXIT_SECONDS": "1"}, log
+    )
 
     assert process.wait(60) == 0, log.read_text()
     assert len(people(env, "alice")) == 2
@@ -102,8 +124,9 @@ def test_sigterm_exits_with_the_retryable_code_and_frees_the_lease(
     g = Gallery(env, "alice", setup.bucket, Identities(2))
     setup.request("alice", g.photos("a", 2, range(2)))
     log = tmp_path / "worker.log"
-    process = spawn(["run_grouping_service.py"],
-                    {**worker_environment(setup), "IDLE_EXIT_SECONDS": "120"}, log)
+    process = spawn(
+        ["run_grouping_service.py"], {**worker_environment(setup), "IDLE_EXIT_SECONDS": "120"}, log
+    )
     try:
         assert wait_for(lambda: '"grouped user"' in log.read_text(), 60), log.read_text()
         process.send_signal(signal.SIGTERM)

@@ -11,10 +11,20 @@ from facefleet.worker.grouping.corrections import iou, match_faces
 from facefleet.worker.grouping.service import cluster_params
 
 
-def face(image_id: str, index: int, bbox: tuple[float, float, float, float],
-         model_id: str) -> FaceDoc:
-    return FaceDoc("u", image_id, model_id, index, bbox, ((0.0, 0.0),) * 5, 0.9, 0.9,
-                   np.ones(4, dtype=np.float32) / 2)
+def face(
+    image_id: str, index: int, bbox: tuple[float, float, float, float], model_id: str
+) -> FaceDoc:
+    return FaceDoc(
+        "u",
+        image_id,
+        model_id,
+        index,
+        bbox,
+        ((0.0, 0.0),) * 5,
+        0.9,
+        0.9,
+        np.ones(4, dtype=np.float32) / 2,
+    )
 
 
 def test_grouping_distance_moves_every_threshold_together() -> None:
@@ -27,10 +37,16 @@ def test_grouping_distance_moves_every_threshold_together() -> None:
 
 
 def test_faces_match_across_models_by_photo_and_box_overlap() -> None:
-    old = [face("p1", 0, (0, 0, 100, 100), "m1"), face("p1", 1, (200, 0, 300, 100), "m1"),
-           face("p2", 0, (0, 0, 50, 50), "m1")]
-    new = [face("p1", 0, (205, 5, 305, 105), "m2"), face("p1", 1, (2, 0, 102, 98), "m2"),
-           face("p2", 0, (100, 100, 150, 150), "m2")]
+    old = [
+        face("p1", 0, (0, 0, 100, 100), "m1"),
+        face("p1", 1, (200, 0, 300, 100), "m1"),
+        face("p2", 0, (0, 0, 50, 50), "m1"),
+    ]
+    new = [
+        face("p1", 0, (205, 5, 305, 105), "m2"),
+        face("p1", 1, (2, 0, 102, 98), "m2"),
+        face("p2", 0, (100, 100, 150, 150), "m2"),
+    ]
     mapping = match_faces(old, new)
     assert mapping == {old[0].doc_id: new[1].doc_id, old[1].doc_id: new[0].doc_id}
     assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0

@@ -51,13 +51,19 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
     plan = deploy.plan(config, env.region, env.endpoint_url)
     assert plan.change_set_type == "CREATE"
     assert {c.logical_id for c in plan.changes} >= {
-        "IndexingQueue", "GroupFaceQueue", "PrimaryComputeEnvironment", "DetectionJobDefinition"}
+        "IndexingQueue",
+        "GroupFaceQueue",
+        "PrimaryComputeEnvironment",
+        "DetectionJobDefinition",
+    }
     outputs = deploy.apply(config, env.region, env.endpoint_url, plan=plan)
 
     # SQS: both queues with DLQ + redrive, visibility 1800, SSE.
     sqs = aws(env, "sqs")
-    for queue, output in ((names.indexing_queue, "IndexingQueueUrl"),
-                          (names.group_face_queue, "GroupFaceQueueUrl")):
+    for queue, output in (
+        (names.indexing_queue, "IndexingQueueUrl"),
+        (names.group_face_queue, "GroupFaceQueueUrl"),
+    ):
         url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
         assert url.rsplit("/", 1)[-1] == outputs[output].rsplit("/", 1)[-1]
         attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
@@ -77,14 +83,16 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
 
     # ECR repository (moto keeps ImageScanningConfiguration in CloudFormation casing and
     # answers {} for it, and ignores LifecyclePolicy: both are checked in the template tests).
-    repository = aws(env, "ecr").describe_repositories(
-        repositoryNames=[names.ecr_repository])["repositories"][0]
+    repository = aws(env, "ecr").describe_repositories(repositoryNames=[names.ecr_repository])[
+        "repositories"
+    ][0]
     assert outputs["ImageUri"] == f"{repository['repositoryUri']}:latest"
 
     # Batch: compute environments, job queues and job definitions exactly as `Names` says.
     batch = aws(env, "batch")
     environments = {
-        ce["computeEnvironmentName"]: ce for ce in batch.describe_compute_environments(
+        ce["computeEnvironmentName"]: ce
+        for ce in batch.describe_compute_environments(
             computeEnvironments=[spec.name for spec in names.compute_environments]
         )["computeEnvironments"]
     }
@@ -101,17 +109,23 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
         assert resources["securityGroupIds"] == [outputs["WorkerSecurityGroupId"]]
         assert ":instance-profile/" in resources["instanceRole"]
         assert ":role/" in ce["serviceRole"]
-    queues = {q["jobQueueName"]: q for q in batch.describe_job_queues(
-        jobQueues=[q.name for q in names.job_queues])["jobQueues"]}
+    queues = {
+        q["jobQueueName"]: q
+        for q in batch.describe_job_queues(jobQueues=[q.name for q in names.job_queues])[
+            "jobQueues"
+        ]
+    }
     for queue_spec in names.job_queues:
         assert queues[queue_spec.name]["priority"] == queue_spec.priority
         order = queues[queue_spec.name]["computeEnvironmentOrder"]
         assert [o["computeEnvironment"] for o in order] == [
-            environments[queue_spec.compute_environment]["computeEnvironmentArn"]]
+            environments[queue_spec.compute_environment]["computeEnvironmentArn"]
+        ]
     assert outputs["PrimaryJobQueueName"] == names.primary_queue.name
     for job_spec in names.job_definitions:
-        found = batch.describe_job_definitions(
-            jobDefinitionName=job_spec.name, status="ACTIVE")["jobDefinitions"]
+        found = batch.describe_job_definitions(jobDefinitionName=job_spec.name, status="ACTIVE")[
+            "jobDefinitions"
+        ]
         assert len(found) == 1, job_spec.name
         definition = found[0]
         container = definition["containerProperties"]
@@ -120,8 +134,10 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
         retry = definition["retryStrategy"]
         assert retry["attempts"] == job_spec.attempts
         # moto answers the action in lower case.
-        evaluate = [{k.lower(): v.upper() if k.lower() == "action" else v
-                     for k, v in e.items()} for e in retry["evaluateOnExit"]]
+        evaluate = [
+            {k.lower(): v.upper() if k.lower() == "action" else v for k, v in e.items()}
+            for e in retry["evaluateOnExit"]
+        ]
         assert {"onstatusreason": "Host EC2*", "action": "RETRY"} in evaluate
         assert {"onexitcode": str(RETRYABLE_EXIT_CODE), "action": "RETRY"} in evaluate
         env_vars = {
@@ -134,11 +150,21 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
         assert not any("MONGO" in name for name in env_vars)
         # The job role is the deployed one, scoped to exactly this stack's queues.
         statements = inline_policy(env, container["jobRoleArn"])["Statement"]
-        consumed = names.indexing_queue if job_spec.service_type == "detection" else (
-            names.group_face_queue)
+        consumed = (
+            names.indexing_queue
+            if job_spec.service_type == "detection"
+            else (names.group_face_queue)
+        )
         receive = [s for s in statements if "sqs:ReceiveMessage" in s["Action"]]
-        assert [s["Resource"] for s in receive] == [[outputs[
-            "IndexingQueueArn" if job_spec.service_type == "detection" else "GroupFaceQueueArn"]]]
+        assert [s["Resource"] for s in receive] == [
+            [
+                outputs[
+                    "IndexingQueueArn"
+                    if job_spec.service_type == "detection"
+                    else "GroupFaceQueueArn"
+                ]
+            ]
+        ]
         assert receive[0]["Resource"][0].endswith(f":{consumed}")
         assert names.log_group in json.dumps(statements)
         for statement in statements:
@@ -154,8 +180,7 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
     failed = events.describe_rule(Name=names.job_failed_rule)
     pattern = json.loads(failed["EventPattern"])
     assert pattern["detail"]["status"] == ["FAILED"]
-    assert set(pattern["detail"]["jobQueue"]) == {
-        q["jobQueueArn"] for q in queues.values()}
+    assert set(pattern["detail"]["jobQueue"]) == {q["jobQueueArn"] for q in queues.values()}
     spot = events.describe_rule(Name=names.spot_interruption_rule)
     assert json.loads(spot["EventPattern"])["source"] == ["aws.ec2"]
     for rule in (names.job_failed_rule, names.spot_interruption_rule):
@@ -184,7 +209,9 @@ def test_update_is_a_change_set_of_just_what_changed(env: ServerEnv) -> None:
     plan = deploy.plan(changed, env.region, env.endpoint_url)
     assert plan.change_set_type == "UPDATE"
     assert {(c.action, c.logical_id) for c in plan.changes} == {
-        ("Modify", "IndexingQueue"), ("Modify", "GroupFaceQueue")}
+        ("Modify", "IndexingQueue"),
+        ("Modify", "GroupFaceQueue"),
+    }
     assert "Modify" in plan.summary()
     deploy.apply(changed, env.region, env.endpoint_url, plan=plan)
     sqs = aws(env, "sqs")
@@ -239,17 +266,31 @@ def test_destroy_removes_the_stack(env: ServerEnv) -> None:
     assert deploy.destroy(config, env.region, env.endpoint_url) is False
 
 
-def test_cli_apply_local_writes_outputs(env: ServerEnv, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_apply_local_writes_outputs(
+    env: ServerEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "outputs.json"
-    args = ["infra", "apply", "--local", "--prefix", env.names.prefix,
-            "--stack-name", env.names.stack_name, "--out", str(out)]
+    args = [
+        "infra",
+        "apply",
+        "--local",
+        "--prefix",
+        env.names.prefix,
+        "--stack-name",
+        env.names.stack_name,
+        "--out",
+        str(out),
+    ]
     assert cli.main(args) == 0
     data = json.loads(out.read_text())
     assert data["worker_environment"]["QUEUE_URL"].endswith(f"/{env.names.indexing_queue}")
     assert "CREATE" in capsys.readouterr().out
     assert cli.main(args) == 0
     assert "no changes" in capsys.readouterr().out
-    assert cli.main(["infra", "destroy", "--prefix", env.names.prefix,
-                     "--stack-name", env.names.stack_name]) == 0
+    assert (
+        cli.main(
+            ["infra", "destroy", "--prefix", env.names.prefix, "--stack-name", env.names.stack_name]
+        )
+        == 0
+    )
     assert "deleted" in capsys.readouterr().out

@@ -24,9 +24,14 @@ EXISTING_SECRET = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:gallery-
 
 BASE = StackConfig(vpc_id="vpc-1", subnet_ids=("subnet-1",))
 FULL = StackConfig(
-    vpc_id="vpc-1", subnet_ids=("subnet-1", "subnet-2"), security_group_ids=("sg-1",),
-    indexing_queue=EXISTING_QUEUE, gallery_mongo_secret_arn=EXISTING_SECRET,
-    fallback_dispatcher=True, alert_email="ops@example.com", max_receive_count=3,
+    vpc_id="vpc-1",
+    subnet_ids=("subnet-1", "subnet-2"),
+    security_group_ids=("sg-1",),
+    indexing_queue=EXISTING_QUEUE,
+    gallery_mongo_secret_arn=EXISTING_SECRET,
+    fallback_dispatcher=True,
+    alert_email="ops@example.com",
+    max_receive_count=3,
 )
 
 
@@ -80,14 +85,15 @@ def test_batch_resources_come_from_names() -> None:
         assert compute["InstanceTypes"] == ["g4dn.xlarge"]
         assert compute["BidPercentage"] == 100
     assert environments["face-recognition-primary"]["ComputeResources"]["MaxvCpus"] == 16
-    assert environments["face-recognition-secondary"]["ComputeResources"][
-        "AllocationStrategy"] == "SPOT_PRICE_CAPACITY_OPTIMIZED"
+    assert (
+        environments["face-recognition-secondary"]["ComputeResources"]["AllocationStrategy"]
+        == "SPOT_PRICE_CAPACITY_OPTIMIZED"
+    )
     queues = {
         r["Properties"]["JobQueueName"]: r["Properties"]["Priority"]
         for r in resources(rendered, "AWS::Batch::JobQueue").values()
     }
-    assert queues == {"face-recognition-primary-queue": 100,
-                      "face-recognition-secondary-queue": 50}
+    assert queues == {"face-recognition-primary-queue": 100, "face-recognition-secondary-queue": 50}
     definitions = {
         r["Properties"]["JobDefinitionName"]
         for r in resources(rendered, "AWS::Batch::JobDefinition").values()
@@ -99,10 +105,14 @@ def test_batch_resources_come_from_names() -> None:
 def test_dispatch_policy_submits_only_to_what_the_template_creates() -> None:
     names = Names(prefix="acme", grouping_prefix="acme-grouping")
     rendered = template.render(StackConfig(names=names))
-    definitions = {r["Properties"]["JobDefinitionName"]
-                   for r in resources(rendered, "AWS::Batch::JobDefinition").values()}
-    job_queues = {r["Properties"]["JobQueueName"]
-                  for r in resources(rendered, "AWS::Batch::JobQueue").values()}
+    definitions = {
+        r["Properties"]["JobDefinitionName"]
+        for r in resources(rendered, "AWS::Batch::JobDefinition").values()
+    }
+    job_queues = {
+        r["Properties"]["JobQueueName"]
+        for r in resources(rendered, "AWS::Batch::JobQueue").values()
+    }
     submitted = set()
     for backlog in (5, 500, 5_000, 50_000):
         inputs = DispatchInputs(QueueDepth(backlog), QueueDepth(backlog))
@@ -146,18 +156,19 @@ def test_job_definitions_contract() -> None:
         secrets = {s["Name"]: s["ValueFrom"] for s in container["Secrets"]}
         assert secrets["GALLERY_IMAGES_MONGO_URI"] == {"Ref": "GalleryMongoSecret"}
         assert container["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "LogGroup"}
-    assert "HUEMN_MONGO_URI" in {s["Name"] for s in
-                                 grouping["ContainerProperties"]["Secrets"]}
+    assert "HUEMN_MONGO_URI" in {s["Name"] for s in grouping["ContainerProperties"]["Secrets"]}
 
 
 def test_mongo_uris_travel_only_as_noecho_parameters() -> None:
-    config = StackConfig(vpc_id="vpc-1", subnet_ids=("subnet-1",),
-                         gallery_mongo_uri="mongodb://user:pw@db/gallery")
+    config = StackConfig(
+        vpc_id="vpc-1", subnet_ids=("subnet-1",), gallery_mongo_uri="mongodb://user:pw@db/gallery"
+    )
     rendered = template.render(config)
     assert "pw@db" not in template.to_json(rendered)
     assert rendered["Parameters"][template.GALLERY_URI_PARAMETER]["NoEcho"] is True
     assert template.parameter_values(config)[template.GALLERY_URI_PARAMETER] == (
-        "mongodb://user:pw@db/gallery")
+        "mongodb://user:pw@db/gallery"
+    )
 
 
 S3_OR_SQS = re.compile(r"^(s3|sqs):")
@@ -184,12 +195,17 @@ def test_least_privilege() -> None:
                     # Exact ARNs: a bucket's objects (bucket/*) is the only wildcard allowed.
                     assert "*" not in text.replace("/*", ""), f"{role}: {text}"
             if resources_ == ["*"]:
-                allowed = {"cloudwatch:PutMetricData", "batch:DescribeJobs", "batch:ListJobs",
-                           "cloudwatch:GetMetricStatistics"}
+                allowed = {
+                    "cloudwatch:PutMetricData",
+                    "batch:DescribeJobs",
+                    "batch:ListJobs",
+                    "cloudwatch:GetMetricStatistics",
+                }
                 assert set(actions) <= allowed, f"{role}: {actions} on *"
             if "cloudwatch:PutMetricData" in actions:
                 assert stmt["Condition"] == {
-                    "StringEquals": {"cloudwatch:namespace": NAMES.metrics_namespace}}
+                    "StringEquals": {"cloudwatch:namespace": NAMES.metrics_namespace}
+                }
         # No AWS managed "FullAccess" policies on the roles the jobs run as.
         for role_resource in resources(rendered, "AWS::IAM::Role").values():
             for managed in role_resource["Properties"].get("ManagedPolicyArns", []):
@@ -202,7 +218,8 @@ def _role_grants(rendered: dict[str, Any], role: str) -> dict[str, list[str]]:
         if role_id == role:
             for action in as_list(stmt["Action"]):
                 grants.setdefault(action, []).extend(
-                    json.dumps(r, sort_keys=True) for r in as_list(stmt["Resource"]))
+                    json.dumps(r, sort_keys=True) for r in as_list(stmt["Resource"])
+                )
     return grants
 
 
@@ -224,7 +241,8 @@ def test_job_roles_reach_exactly_their_queues_buckets_and_secrets() -> None:
     # Secrets are read by the execution role (the agent injects them), not by the job's code.
     execution = _role_grants(rendered, template.EXECUTION_ROLE)
     assert sorted(execution["secretsmanager:GetSecretValue"]) == sorted(
-        json.dumps({"Ref": s}) for s in (template.GALLERY_SECRET, template.HUEMN_SECRET))
+        json.dumps({"Ref": s}) for s in (template.GALLERY_SECRET, template.HUEMN_SECRET)
+    )
     assert "secretsmanager:GetSecretValue" not in detection
 
 
@@ -237,8 +255,12 @@ def test_existing_queues_and_secrets_are_referenced_not_created() -> None:
     assert QueueRef.parse(EXISTING_QUEUE, "us-east-1").arn == existing_arn
     detection = _role_grants(rendered, template.DETECTION_JOB_ROLE)
     assert detection["sqs:ReceiveMessage"] == [json.dumps(existing_arn)]
-    env = {e["Name"]: e["Value"] for e in rendered["Resources"]["DetectionJobDefinition"][
-        "Properties"]["ContainerProperties"]["Environment"]}
+    env = {
+        e["Name"]: e["Value"]
+        for e in rendered["Resources"]["DetectionJobDefinition"]["Properties"][
+            "ContainerProperties"
+        ]["Environment"]
+    }
     assert env["QUEUE_URL"] == EXISTING_QUEUE
     assert template.GALLERY_SECRET not in rendered["Resources"]
     assert template.GALLERY_URI_PARAMETER not in rendered["Parameters"]
@@ -255,7 +277,8 @@ def test_queues_model_bucket_repository_and_alerts() -> None:
         assert props["SqsManagedSseEnabled"] is True
         assert props["RedrivePolicy"] == {
             "deadLetterTargetArn": {"Fn::GetAtt": [f"{name}DeadLetter", "Arn"]},
-            "maxReceiveCount": 5}
+            "maxReceiveCount": 5,
+        }
         assert queues[f"{name}DeadLetter"]["Properties"]["SqsManagedSseEnabled"] is True
     bucket = rendered["Resources"]["ModelBucket"]
     assert bucket["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
@@ -272,7 +295,8 @@ def test_queues_model_bucket_repository_and_alerts() -> None:
     patterns = {r["Properties"]["Name"]: r["Properties"]["EventPattern"] for r in rules.values()}
     assert patterns[NAMES.job_failed_rule]["detail"]["status"] == ["FAILED"]
     assert patterns[NAMES.spot_interruption_rule]["detail-type"] == [
-        "EC2 Spot Instance Interruption Warning"]
+        "EC2 Spot Instance Interruption Warning"
+    ]
     assert "DispatchFunction" not in rendered["Resources"]  # fallback dispatcher off by default
 
 
@@ -292,9 +316,13 @@ def test_lambda_package_holds_the_handler_and_only_facefleet_code() -> None:
     package = lambda_package.build()
     assert package.sha256 == lambda_package.build().sha256  # reproducible
     names = set(zipfile.ZipFile(BytesIO(package.data)).namelist())
-    assert {"facefleet/flows/lambda_dispatch.py", "facefleet/flows/policy.py",
-            "facefleet/flows/observe.py", "facefleet/common/config.py",
-            "facefleet/common/aws.py"} <= names
+    assert {
+        "facefleet/flows/lambda_dispatch.py",
+        "facefleet/flows/policy.py",
+        "facefleet/flows/observe.py",
+        "facefleet/common/config.py",
+        "facefleet/common/aws.py",
+    } <= names
     assert not any(n.startswith("facefleet/worker") for n in names)
     assert "facefleet/flows/cli.py" not in names
 

@@ -53,8 +53,14 @@ class AlarmThresholds:
             raise ValueError(f"period_s must be a positive multiple of 60, got {self.period_s}")
         if self.stuck_minutes * 60 < self.period_s:
             raise ValueError("stuck_minutes must cover at least one period")
-        for name in ("job_failures", "queue_depth", "queue_depth_periods", "oldest_message_age_s",
-                     "dead_letters", "spot_interruptions_per_hour"):
+        for name in (
+            "job_failures",
+            "queue_depth",
+            "queue_depth_periods",
+            "oldest_message_age_s",
+            "dead_letters",
+            "spot_interruptions_per_hour",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"alarm threshold {name} must be at least 1")
 
@@ -118,8 +124,12 @@ class Alarm:
 
 def _query(series: MetricSeries | MathSeries, *, last: bool) -> dict[str, Any]:
     if isinstance(series, MathSeries):
-        return {"Id": series.id, "Expression": series.expression, "Label": series.label,
-                "ReturnData": last}
+        return {
+            "Id": series.id,
+            "Expression": series.expression,
+            "Label": series.label,
+            "ReturnData": last,
+        }
     return {
         "Id": series.id,
         "MetricStat": {
@@ -136,13 +146,15 @@ def _query(series: MetricSeries | MathSeries, *, last: bool) -> dict[str, Any]:
 
 
 def _sqs(id: str, metric: str, queue: str, stat: str, period: int) -> MetricSeries:
-    return MetricSeries(id, SQS_NAMESPACE, metric, (("QueueName", queue),), stat, queue,
-                        period=period)
+    return MetricSeries(
+        id, SQS_NAMESPACE, metric, (("QueueName", queue),), stat, queue, period=period
+    )
 
 
 def _rule(id: str, rule: str, period: int) -> MetricSeries:
-    return MetricSeries(id, EVENTS_NAMESPACE, "TriggeredRules", (("RuleName", rule),), "Sum", rule,
-                        period=period)
+    return MetricSeries(
+        id, EVENTS_NAMESPACE, "TriggeredRules", (("RuleName", rule),), "Sum", rule, period=period
+    )
 
 
 RUNBOOK_JOB_FAILURES = (
@@ -190,9 +202,7 @@ RUNBOOK_STUCK = (
 )
 
 
-def build_alarms(
-    names: Names, thresholds: AlarmThresholds | None = None
-) -> tuple[Alarm, ...]:
+def build_alarms(names: Names, thresholds: AlarmThresholds | None = None) -> tuple[Alarm, ...]:
     """Every FaceFleet alarm for the stack `names` describes."""
     t = thresholds or AlarmThresholds()
     p = t.period_s
@@ -201,19 +211,27 @@ def build_alarms(
             f"{names.prefix}-batch-job-failures",
             f"At least {t.job_failures} Batch job(s) FAILED in {p // 60} minutes "
             f"(EventBridge rule {names.job_failed_rule}).",
-            RUNBOOK_JOB_FAILURES, t.job_failures, "GreaterThanOrEqualToThreshold", 1,
+            RUNBOOK_JOB_FAILURES,
+            t.job_failures,
+            "GreaterThanOrEqualToThreshold",
+            1,
             (_rule("failed", names.job_failed_rule, p),),
         ),
         Alarm(
             f"{names.prefix}-spot-interruptions",
             f"More than {t.spot_interruptions_per_hour} EC2 Spot interruption warnings in an hour "
             f"(EventBridge rule {names.spot_interruption_rule}).",
-            RUNBOOK_SPOT, t.spot_interruptions_per_hour, "GreaterThanThreshold", 1,
+            RUNBOOK_SPOT,
+            t.spot_interruptions_per_hour,
+            "GreaterThanThreshold",
+            1,
             (_rule("interruptions", names.spot_interruption_rule, 3600),),
         ),
     ]
-    workers = ((names.indexing_queue, DETECTION, Metric.IMAGES_PROCESSED),
-               (names.group_face_queue, GROUPING, Metric.FACES_GROUPED))
+    workers = (
+        (names.indexing_queue, DETECTION, Metric.IMAGES_PROCESSED),
+        (names.group_face_queue, GROUPING, Metric.FACES_GROUPED),
+    )
     for queue, service, progress in workers:
         dlq = names.dead_letter_queue(queue)
         alarms += [
@@ -221,7 +239,9 @@ def build_alarms(
                 f"{queue}-queue-depth",
                 f"Queue {queue} held more than {t.queue_depth} visible messages for "
                 f"{t.queue_depth_periods * p // 60} minutes.",
-                RUNBOOK_QUEUE_DEPTH, t.queue_depth, "GreaterThanThreshold",
+                RUNBOOK_QUEUE_DEPTH,
+                t.queue_depth,
+                "GreaterThanThreshold",
                 t.queue_depth_periods,
                 (_sqs("depth", "ApproximateNumberOfMessagesVisible", queue, "Maximum", p),),
             ),
@@ -229,28 +249,45 @@ def build_alarms(
                 f"{queue}-oldest-message",
                 f"The oldest message in {queue} is older than the "
                 f"{t.oldest_message_age_s // 60}-minute latency SLO.",
-                RUNBOOK_OLDEST_MESSAGE, t.oldest_message_age_s, "GreaterThanThreshold", 1,
+                RUNBOOK_OLDEST_MESSAGE,
+                t.oldest_message_age_s,
+                "GreaterThanThreshold",
+                1,
                 (_sqs("age", "ApproximateAgeOfOldestMessage", queue, "Maximum", p),),
             ),
             Alarm(
                 f"{dlq}-dead-letters",
                 f"Dead-letter queue {dlq} holds at least {t.dead_letters} message(s).",
-                RUNBOOK_DEAD_LETTERS, t.dead_letters, "GreaterThanOrEqualToThreshold", 1,
+                RUNBOOK_DEAD_LETTERS,
+                t.dead_letters,
+                "GreaterThanOrEqualToThreshold",
+                1,
                 (_sqs("dead", "ApproximateNumberOfMessagesVisible", dlq, "Maximum", p),),
             ),
             Alarm(
                 f"{queue}-stuck",
                 f"Queue {queue} had visible messages for {t.stuck_minutes} minutes while the "
                 f"{service} workers reported no {progress} at all.",
-                RUNBOOK_STUCK, 1, "GreaterThanOrEqualToThreshold", t.stuck_minutes * 60 // p,
+                RUNBOOK_STUCK,
+                1,
+                "GreaterThanOrEqualToThreshold",
+                t.stuck_minutes * 60 // p,
                 (
                     _sqs("visible", "ApproximateNumberOfMessagesVisible", queue, "Maximum", p),
                     MetricSeries.custom(
-                        "progress", names.metrics_namespace, progress, service, "SampleCount",
-                        f"{progress} samples", period=p,
+                        "progress",
+                        names.metrics_namespace,
+                        progress,
+                        service,
+                        "SampleCount",
+                        f"{progress} samples",
+                        period=p,
                     ),
-                    MathSeries("stuck", "IF(visible > 0 AND FILL(progress, 0) == 0, 1, 0)",
-                               "queue non-empty, no progress"),
+                    MathSeries(
+                        "stuck",
+                        "IF(visible > 0 AND FILL(progress, 0) == 0, 1, 0)",
+                        "queue non-empty, no progress",
+                    ),
                 ),
             ),
         ]

@@ -74,9 +74,7 @@ def apply_dashboards(
     return [a.name for a in alarms] + [dashboard.name]
 
 
-def remove_dashboards(
-    names: Names, region: str, endpoint_url: str | None = None
-) -> list[str]:
+def remove_dashboards(names: Names, region: str, endpoint_url: str | None = None) -> list[str]:
     """Delete the alarms and the dashboard this module defines; return the names that existed."""
     cloudwatch = client("cloudwatch", region, endpoint_url)
     wanted = [a.name for a in build_alarms(names)]
@@ -118,8 +116,9 @@ def export_cli(
         return shlex.quote(f"file://{path.resolve()}")
 
     for alarm in alarms:
-        source = write(f"alarm-{alarm.name}.json", alarm.put_metric_alarm_input(topic_arn,
-                                                                              _tags(names)))
+        source = write(
+            f"alarm-{alarm.name}.json", alarm.put_metric_alarm_input(topic_arn, _tags(names))
+        )
         commands.append(
             f"aws cloudwatch put-metric-alarm --region {region} --cli-input-json {source}"
         )
@@ -137,7 +136,5 @@ def export_cli(
         f"# remove: aws cloudwatch delete-dashboards --region {region} "
         f"--dashboard-names {dashboard.name}"
     )
-    (out_dir / "apply.sh").write_text(
-        "#!/bin/sh\nset -e\n" + "\n".join(commands) + "\n"
-    )
+    (out_dir / "apply.sh").write_text("#!/bin/sh\nset -e\n" + "\n".join(commands) + "\n")
     return commands

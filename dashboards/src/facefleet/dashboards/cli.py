@@ -23,15 +23,21 @@ def register(subparsers: Any) -> None:
         "action", choices=("apply", "remove", "render", "export", "runbook", "savings")
     )
     parser.add_argument("--prefix", default=Names.prefix, help="resource name prefix")
-    parser.add_argument("--namespace", default=Names.metrics_namespace,
-                        help="CloudWatch namespace of FaceFleet metrics")
+    parser.add_argument(
+        "--namespace",
+        default=Names.metrics_namespace,
+        help="CloudWatch namespace of FaceFleet metrics",
+    )
     parser.add_argument("--region", help="default: AWS_DEFAULT_REGION")
     parser.add_argument("--endpoint-url", help="default: AWS_ENDPOINT_URL (the moto server)")
     parser.add_argument("--topic-arn", help="alerts topic (apply: looked up by name if omitted)")
     parser.add_argument("--account-id", help="export: builds the topic ARN without --topic-arn")
-    parser.add_argument("--out", type=Path,
-                        help=f"render: PNG path (default {DEFAULT_PNG}); export: folder "
-                             f"(default {DEFAULT_EXPORT}); runbook: markdown path (default stdout)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"render: PNG path (default {DEFAULT_PNG}); export: folder "
+        f"(default {DEFAULT_EXPORT}); runbook: markdown path (default stdout)",
+    )
     parser.add_argument("--hours", type=float, default=3.0, help="render: time window")
     parser.add_argument("--hour", help="savings: ISO start of the hour (default: previous hour)")
     parser.add_argument("--no-publish", action="store_true", help="savings: print only")
@@ -86,8 +92,12 @@ def run(args: argparse.Namespace) -> int:
 
         end = datetime.now(UTC) + timedelta(minutes=1)
         result = render_dashboard(
-            build_dashboard(names, region), args.out or DEFAULT_PNG, region, endpoint,
-            start=end - timedelta(hours=args.hours), end=end,
+            build_dashboard(names, region),
+            args.out or DEFAULT_PNG,
+            region,
+            endpoint,
+            start=end - timedelta(hours=args.hours),
+            end=end,
         )
         print(f"wrote {result.path} ({result.panels} panels)")
         return 0

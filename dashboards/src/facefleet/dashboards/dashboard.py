@@ -57,8 +57,9 @@ def build_dashboard(
     queues = (names.indexing_queue, names.group_face_queue)
     dlqs = tuple(names.dead_letter_queue(q) for q in queues)
 
-    def custom(id: str, metric: Metric, service: str, stat: str, label: str,
-               **options: Any) -> MetricSeries:
+    def custom(
+        id: str, metric: Metric, service: str, stat: str, label: str, **options: Any
+    ) -> MetricSeries:
         return MetricSeries.custom(id, ns, metric, service, stat, label, **options)
 
     widgets: list[Widget] = [
@@ -74,22 +75,31 @@ def build_dashboard(
     widgets += [
         GraphWidget(
             "Queue depth (visible messages)",
-            tuple(_sqs(f"depth{i}", "ApproximateNumberOfMessagesVisible", q)
-                  for i, q in enumerate(queues)),
-            y_label="messages", width=8,
+            tuple(
+                _sqs(f"depth{i}", "ApproximateNumberOfMessagesVisible", q)
+                for i, q in enumerate(queues)
+            ),
+            y_label="messages",
+            width=8,
         ),
         GraphWidget(
             "Dead-letter queues (visible messages)",
-            tuple(_sqs(f"dead{i}", "ApproximateNumberOfMessagesVisible", q)
-                  for i, q in enumerate(dlqs)),
-            y_label="messages", width=8,
+            tuple(
+                _sqs(f"dead{i}", "ApproximateNumberOfMessagesVisible", q)
+                for i, q in enumerate(dlqs)
+            ),
+            y_label="messages",
+            width=8,
             lines=(HorizontalLine("alarm", t.dead_letters),),
         ),
         GraphWidget(
             "Age of oldest message",
-            tuple(_sqs(f"age{i}", "ApproximateAgeOfOldestMessage", q)
-                  for i, q in enumerate(queues + dlqs)),
-            y_label="seconds", width=8,
+            tuple(
+                _sqs(f"age{i}", "ApproximateAgeOfOldestMessage", q)
+                for i, q in enumerate(queues + dlqs)
+            ),
+            y_label="seconds",
+            width=8,
             lines=(HorizontalLine("latency SLO", t.oldest_message_age_s),),
         ),
         GraphWidget(
@@ -98,49 +108,75 @@ def build_dashboard(
                 custom("submitted", Metric.JOBS_SUBMITTED, DISPATCH, "Sum", "jobs submitted"),
                 _rule("failed", names.job_failed_rule, "jobs FAILED"),
             ),
-            period=300, y_label="jobs", width=8,
+            period=300,
+            y_label="jobs",
+            width=8,
         ),
         GraphWidget(
             "Images: processed, failed, success rate",
             (
                 custom("ok", Metric.IMAGES_PROCESSED, DETECTION, "Sum", "processed"),
                 custom("failed", Metric.IMAGES_FAILED, DETECTION, "Sum", "failed"),
-                MathSeries("rate", "100 * FILL(ok, 0) / (FILL(ok, 0) + FILL(failed, 0))",
-                           "success %", y_axis="right"),
+                MathSeries(
+                    "rate",
+                    "100 * FILL(ok, 0) / (FILL(ok, 0) + FILL(failed, 0))",
+                    "success %",
+                    y_axis="right",
+                ),
             ),
-            period=300, y_label="images", right_label="%", width=8,
+            period=300,
+            y_label="images",
+            right_label="%",
+            width=8,
         ),
         GraphWidget(
             "Processing time per image",
             tuple(
                 custom(p, Metric.PROCESSING_TIME, DETECTION, p, p) for p in ("p50", "p95", "p99")
             ),
-            y_label="ms", width=8,
+            y_label="ms",
+            width=8,
         ),
         GraphWidget(
             "Throughput per minute",
             (
-                custom("images", Metric.IMAGES_PROCESSED, DETECTION, "Sum", "images",
-                       visible=False),
+                custom(
+                    "images", Metric.IMAGES_PROCESSED, DETECTION, "Sum", "images", visible=False
+                ),
                 custom("faces", Metric.FACES_DETECTED, DETECTION, "Sum", "faces", visible=False),
-                custom("grouped", Metric.FACES_GROUPED, GROUPING, "Sum", "grouped",
-                       visible=False),
+                custom("grouped", Metric.FACES_GROUPED, GROUPING, "Sum", "grouped", visible=False),
                 MathSeries("imagesmin", "images / (PERIOD(images) / 60)", "images/min"),
                 MathSeries("facesmin", "faces / (PERIOD(faces) / 60)", "faces/min"),
                 MathSeries("groupedmin", "grouped / (PERIOD(grouped) / 60)", "faces grouped/min"),
             ),
-            y_label="per minute", width=8,
+            y_label="per minute",
+            width=8,
         ),
         GraphWidget(
             "Spot interruptions",
             (
                 _rule("warnings", names.spot_interruption_rule, "interruption warnings"),
-                custom("released0", Metric.MESSAGES_RELEASED, DETECTION, "Sum",
-                       "messages released (detection)", y_axis="right"),
-                custom("released1", Metric.MESSAGES_RELEASED, GROUPING, "Sum",
-                       "messages released (grouping)", y_axis="right"),
+                custom(
+                    "released0",
+                    Metric.MESSAGES_RELEASED,
+                    DETECTION,
+                    "Sum",
+                    "messages released (detection)",
+                    y_axis="right",
+                ),
+                custom(
+                    "released1",
+                    Metric.MESSAGES_RELEASED,
+                    GROUPING,
+                    "Sum",
+                    "messages released (grouping)",
+                    y_axis="right",
+                ),
             ),
-            period=300, y_label="warnings", right_label="messages", width=8,
+            period=300,
+            y_label="warnings",
+            right_label="messages",
+            width=8,
         ),
         GraphWidget(
             "Spot savings per hour",
@@ -148,26 +184,41 @@ def build_dashboard(
                 custom("spot", Metric.SPOT_COST, SAVINGS, "Sum", "Spot cost $"),
                 custom("ondemand", Metric.ON_DEMAND_COST, SAVINGS, "Sum", "on-demand cost $"),
                 custom("saving", Metric.SPOT_SAVINGS, SAVINGS, "Sum", "saving $"),
-                custom("per1000", Metric.COST_PER_1000_IMAGES, SAVINGS, "Average",
-                       "$ per 1000 images", y_axis="right"),
+                custom(
+                    "per1000",
+                    Metric.COST_PER_1000_IMAGES,
+                    SAVINGS,
+                    "Average",
+                    "$ per 1000 images",
+                    y_axis="right",
+                ),
             ),
-            period=3600, y_label="USD", right_label="USD / 1000 images", width=8,
+            period=3600,
+            y_label="USD",
+            right_label="USD / 1000 images",
+            width=8,
         ),
         GraphWidget(
             "Cutover: share of traffic on Batch",
             (custom("weight", Metric.CUTOVER_WEIGHT, CUTOVER, "Maximum", "weight %"),),
-            period=300, y_label="%", width=12,
+            period=300,
+            y_label="%",
+            width=12,
             lines=tuple(HorizontalLine(f"stage {s}%", s) for s in CUTOVER_STAGES),
         ),
         GraphWidget(
             "Cutover stage (%)",
             (custom("stage", Metric.CUTOVER_WEIGHT, CUTOVER, "Maximum", "current stage"),),
-            period=300, view="singleValue", width=6,
+            period=300,
+            view="singleValue",
+            width=6,
         ),
         GraphWidget(
             "Spot saving, last hour ($)",
             (custom("lastsaving", Metric.SPOT_SAVINGS, SAVINGS, "Sum", "saving $"),),
-            period=3600, view="singleValue", width=6,
+            period=3600,
+            view="singleValue",
+            width=6,
         ),
     ]
     return Dashboard(names.dashboard, tuple(widgets), region)

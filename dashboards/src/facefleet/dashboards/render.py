@@ -52,6 +52,7 @@ class ExpressionError(ValueError):
 
 # ---- metric math ----------------------------------------------------------------------------
 
+
 def evaluate(expression: str, series: Mapping[str, Array], periods: Mapping[str, int]) -> Array:
     """Evaluate a CloudWatch metric-math expression over aligned series (NaN = no datapoint)."""
     source = expression.replace(" AND ", " and ").replace(" OR ", " or ")
@@ -71,16 +72,24 @@ def _nan_where(result: Array, *operands: Array) -> Array:
 
 
 _BINARY: dict[type[ast.operator], Callable[[Array, Array], Array]] = {
-    ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide,
+    ast.Add: np.add,
+    ast.Sub: np.subtract,
+    ast.Mult: np.multiply,
+    ast.Div: np.divide,
 }
 _COMPARE: dict[type[ast.cmpop], Callable[[Array, Array], Array]] = {
-    ast.Gt: np.greater, ast.GtE: np.greater_equal, ast.Lt: np.less, ast.LtE: np.less_equal,
-    ast.Eq: np.equal, ast.NotEq: np.not_equal,
+    ast.Gt: np.greater,
+    ast.GtE: np.greater_equal,
+    ast.Lt: np.less,
+    ast.LtE: np.less_equal,
+    ast.Eq: np.equal,
+    ast.NotEq: np.not_equal,
 }
 
 
-def _eval(node: ast.AST, series: Mapping[str, Array], periods: Mapping[str, int],
-          expression: str) -> Any:
+def _eval(
+    node: ast.AST, series: Mapping[str, Array], periods: Mapping[str, int], expression: str
+) -> Any:
     def sub(n: ast.AST) -> Any:
         return np.asarray(_eval(n, series, periods, expression), dtype=float)
 
@@ -98,8 +107,9 @@ def _eval(node: ast.AST, series: Mapping[str, Array], periods: Mapping[str, int]
         return np.where(np.isinf(result), np.nan, result)
     if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _COMPARE:
         left, right = sub(node.left), sub(node.comparators[0])
-        return _nan_where(_COMPARE[type(node.ops[0])](left, right), *np.broadcast_arrays(left,
-                                                                                          right))
+        return _nan_where(
+            _COMPARE[type(node.ops[0])](left, right), *np.broadcast_arrays(left, right)
+        )
     if isinstance(node, ast.BoolOp):
         values = [sub(v) for v in node.values]
         combine = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
@@ -122,6 +132,7 @@ def _eval(node: ast.AST, series: Mapping[str, Array], periods: Mapping[str, int]
 
 # ---- fetching ---------------------------------------------------------------------------------
 
+
 def _grid(start: datetime, end: datetime, period: int) -> list[datetime]:
     first = int(start.timestamp()) // period * period
     last = int(end.timestamp())
@@ -133,7 +144,10 @@ def _is_percentile(stat: str) -> bool:
 
 
 def fetch_widget(
-    cloudwatch: Any, widget: GraphWidget, start: datetime, end: datetime,
+    cloudwatch: Any,
+    widget: GraphWidget,
+    start: datetime,
+    end: datetime,
     exact_percentiles: bool,
 ) -> tuple[list[datetime], dict[str, Array], dict[str, int]]:
     """Every series of `widget` on its period grid (NaN where there is no datapoint).
@@ -151,9 +165,13 @@ def fetch_widget(
             continue
         key = "ExtendedStatistics" if _is_percentile(s.stat) else "Statistics"
         response = cloudwatch.get_metric_statistics(
-            Namespace=s.namespace, MetricName=s.name,
+            Namespace=s.namespace,
+            MetricName=s.name,
             Dimensions=[{"Name": k, "Value": v} for k, v in s.dimensions],
-            StartTime=grid[0], EndTime=end, Period=period, **{key: [s.stat]},
+            StartTime=grid[0],
+            EndTime=end,
+            Period=period,
+            **{key: [s.stat]},
         )
         values[s.id] = np.full(len(grid), np.nan)
         for point in response["Datapoints"]:
@@ -161,8 +179,9 @@ def fetch_widget(
             index = int((point["Timestamp"] - grid[0]).total_seconds()) // period
             if value is not None and 0 <= index < len(grid):
                 previous = values[s.id][index]
-                values[s.id][index] = value if np.isnan(previous) else _merge(s.stat, previous,
-                                                                              value)
+                values[s.id][index] = (
+                    value if np.isnan(previous) else _merge(s.stat, previous, value)
+                )
     for math_series in widget.series:
         if isinstance(math_series, MathSeries):
             values[math_series.id] = evaluate(math_series.expression, values, periods)
@@ -186,9 +205,13 @@ def _approximate_percentile(
 ) -> Array:
     q = float(s.stat[1:])
     response = cloudwatch.get_metric_statistics(
-        Namespace=s.namespace, MetricName=s.name,
+        Namespace=s.namespace,
+        MetricName=s.name,
         Dimensions=[{"Name": k, "Value": v} for k, v in s.dimensions],
-        StartTime=grid[0], EndTime=end, Period=1, Statistics=["Average", "SampleCount"],
+        StartTime=grid[0],
+        EndTime=end,
+        Period=1,
+        Statistics=["Average", "SampleCount"],
     )
     buckets: dict[int, list[tuple[float, float]]] = {}
     for point in response["Datapoints"]:
@@ -216,6 +239,7 @@ def weighted_percentile(points: list[tuple[float, float]], q: float) -> float:
 
 # ---- drawing ----------------------------------------------------------------------------------
 
+
 def render_dashboard(
     dashboard: Dashboard,
     path: Path,
@@ -236,31 +260,46 @@ def render_dashboard(
     top = min(w["y"] for w in placed)
     rows = max(w["y"] + w["height"] for w in placed) - top
     figure = plt.figure(figsize=(GRID_WIDTH * COLUMN_INCHES, rows * ROW_INCHES + 0.8), dpi=80)
-    figure.suptitle(f"{dashboard.name}   {start:%Y-%m-%d %H:%M} – {end:%H:%M} UTC",
-                    fontsize=14, fontweight="bold")
+    figure.suptitle(
+        f"{dashboard.name}   {start:%Y-%m-%d %H:%M} – {end:%H:%M} UTC",
+        fontsize=14,
+        fontweight="bold",
+    )
     height_in = rows * ROW_INCHES + 0.8
     for graph, box in zip(graphs, placed, strict=True):
-        twin = any(isinstance(s, MetricSeries | MathSeries) and s.y_axis == "right"
-                   for s in graph.series)
+        twin = any(
+            isinstance(s, MetricSeries | MathSeries) and s.y_axis == "right" for s in graph.series
+        )
         left = box["x"] / GRID_WIDTH + 0.035
         width = box["width"] / GRID_WIDTH - (0.085 if twin else 0.06)
         bottom_in = (rows - (box["y"] - top) - box["height"]) * ROW_INCHES + 0.55
-        axes = figure.add_axes((left, bottom_in / height_in, width,
-                                (box["height"] * ROW_INCHES - 0.85) / height_in))
+        axes = figure.add_axes(
+            (left, bottom_in / height_in, width, (box["height"] * ROW_INCHES - 0.85) / height_in)
+        )
         grid, values, _ = fetch_widget(cloudwatch, graph, start, end, exact)
         approximate = not exact and any(_is_percentile(s.stat) for s in graph.metric_series())
         _draw(axes, graph, grid, values, approximate)
     path.parent.mkdir(parents=True, exist_ok=True)
     titles = tuple(g.title for g in graphs)
-    figure.savefig(path, format="png", metadata={
-        "Title": dashboard.name, "Description": json.dumps({"panels": list(titles)}),
-    })
+    figure.savefig(
+        path,
+        format="png",
+        metadata={
+            "Title": dashboard.name,
+            "Description": json.dumps({"panels": list(titles)}),
+        },
+    )
     plt.close(figure)
     return RenderResult(path, len(graphs), titles)
 
 
-def _draw(axes: Any, graph: GraphWidget, grid: list[datetime], values: Mapping[str, Array],
-          approximate: bool) -> None:
+def _draw(
+    axes: Any,
+    graph: GraphWidget,
+    grid: list[datetime],
+    values: Mapping[str, Array],
+    approximate: bool,
+) -> None:
     title = graph.title + (" (estimated percentiles)" if approximate else "")
     axes.set_title(title, fontsize=10, loc="left")
     shown = [s for s in graph.series if not isinstance(s, MetricSeries) or s.visible]
@@ -269,10 +308,24 @@ def _draw(axes: Any, graph: GraphWidget, grid: list[datetime], values: Mapping[s
         for i, s in enumerate(shown):
             finite = values[s.id][~np.isnan(values[s.id])]
             text = f"{finite[-1]:,.2f}" if finite.size else "–"
-            axes.text(0.5, 0.62 - 0.3 * i, text, ha="center", va="center", fontsize=26,
-                      transform=axes.transAxes)
-            axes.text(0.5, 0.3 - 0.3 * i, s.label, ha="center", fontsize=9, color="gray",
-                      transform=axes.transAxes)
+            axes.text(
+                0.5,
+                0.62 - 0.3 * i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=26,
+                transform=axes.transAxes,
+            )
+            axes.text(
+                0.5,
+                0.3 - 0.3 * i,
+                s.label,
+                ha="center",
+                fontsize=9,
+                color="gray",
+                transform=axes.transAxes,
+            )
         return
     right = axes.twinx() if any(s.y_axis == "right" for s in shown) else None
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -281,14 +334,25 @@ def _draw(axes: Any, graph: GraphWidget, grid: list[datetime], values: Mapping[s
         target = right if (s.y_axis == "right" and right is not None) else axes
         # Draw through missing periods, as the console does: sparse metrics stay visible.
         present = ~np.isnan(values[s.id])
-        target.plot(times[present], values[s.id][present], color=colors[i % len(colors)],
-                    marker="." if present.sum() < 30 else None, label=s.label,
-                    linestyle="--" if target is right else "-")
+        target.plot(
+            times[present],
+            values[s.id][present],
+            color=colors[i % len(colors)],
+            marker="." if present.sum() < 30 else None,
+            label=s.label,
+            linestyle="--" if target is right else "-",
+        )
     axes.set_xlim(grid[0], grid[-1])
     for line in graph.lines:
         axes.axhline(line.value, color="red", linewidth=0.8, linestyle=":")
-        axes.annotate(line.label, (0, line.value), xycoords=("axes fraction", "data"),
-                      fontsize=7, color="red", va="bottom")
+        axes.annotate(
+            line.label,
+            (0, line.value),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            color="red",
+            va="bottom",
+        )
     axes.set_ylabel(graph.y_label, fontsize=8)
     if right is not None:
         right.set_ylabel(graph.right_label, fontsize=8)
@@ -301,6 +365,7 @@ def _draw(axes: Any, graph: GraphWidget, grid: list[datetime], values: Mapping[s
     if handles:
         axes.legend(handles, labels, fontsize=7, loc="upper left")
     if all(np.isnan(values[s.id]).all() for s in shown):
-        axes.text(0.5, 0.5, "no data", ha="center", va="center", color="gray",
-                  transform=axes.transAxes)
+        axes.text(
+            0.5, 0.5, "no data", ha="center", va="center", color="gray", transform=axes.transAxes
+        )
     axes.margins(y=0.15)

@@ -113,6 +113,7 @@ class HourlySavings:
 
 # ---- pure arithmetic -------------------------------------------------------------------------
 
+
 def _hours(start: datetime, end: datetime) -> float:
     return max((end - start).total_seconds(), 0.0) / 3600
 
@@ -128,9 +129,9 @@ def instance_hours(usages: Iterable[Usage], start: datetime, end: datetime) -> d
     for usage in usages:
         span = _clip(usage, start, end)
         if span is not None:
-            hours[usage.instance_type] = (
-                hours.get(usage.instance_type, 0.0) + usage.instances * _hours(*span)
-            )
+            hours[usage.instance_type] = hours.get(
+                usage.instance_type, 0.0
+            ) + usage.instances * _hours(*span)
     return hours
 
 
@@ -147,14 +148,18 @@ def _price_at(records: Sequence[SpotPrice], moment: datetime) -> float:
 
 
 def spot_price_segments(
-    history: Iterable[SpotPrice], instance_type: str, zone: str | None,
-    start: datetime, end: datetime,
+    history: Iterable[SpotPrice],
+    instance_type: str,
+    zone: str | None,
+    start: datetime,
+    end: datetime,
 ) -> list[tuple[datetime, datetime, float]]:
     """[start, end) cut at every price change: (from, to, USD/hour) pieces."""
     by_zone: dict[str, list[SpotPrice]] = {}
     for record in history:
-        if record.instance_type == instance_type and (zone is None
-                                                       or record.availability_zone == zone):
+        if record.instance_type == instance_type and (
+            zone is None or record.availability_zone == zone
+        ):
             by_zone.setdefault(record.availability_zone, []).append(record)
     if not by_zone:
         where = f" in {zone}" if zone else ""
@@ -216,6 +221,7 @@ def hourly_savings(
 
 # ---- adapters ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SavingsConfig:
     on_demand_fallback_usd: Mapping[str, float] = field(
@@ -232,7 +238,11 @@ def _ms(value: int | None) -> datetime | None:
 
 
 def batch_usage(
-    names: Names, region: str, endpoint_url: str | None, start: datetime, end: datetime,
+    names: Names,
+    region: str,
+    endpoint_url: str | None,
+    start: datetime,
+    end: datetime,
     now: datetime | None = None,
 ) -> list[Usage]:
     """Instance usage of the job queues' jobs overlapping [start, end), from Batch's job times."""
@@ -245,8 +255,9 @@ def batch_usage(
         job_ids: list[str] = []
         try:
             for status in ("RUNNING", "SUCCEEDED", "FAILED"):
-                pages = batch.get_paginator("list_jobs").paginate(jobQueue=queue.name,
-                                                                  jobStatus=status)
+                pages = batch.get_paginator("list_jobs").paginate(
+                    jobQueue=queue.name, jobStatus=status
+                )
                 for page in pages:
                     job_ids += [j["jobId"] for j in page["jobSummaryList"]]
         except batch.exceptions.ClientException as error:
@@ -254,15 +265,16 @@ def batch_usage(
             log.warning("job queue %s not readable, counted as unused: %s", queue.name, error)
             continue
         for i in range(0, len(job_ids), 100):
-            for job in batch.describe_jobs(jobs=job_ids[i:i + 100])["jobs"]:
+            for job in batch.describe_jobs(jobs=job_ids[i : i + 100])["jobs"]:
                 started = _ms(job.get("startedAt"))
                 if started is None:
                     continue
                 stopped = _ms(job.get("stoppedAt")) or now
                 if stopped <= start or started >= end:
                     continue
-                usages.append(Usage(instance_type, started, stopped,
-                                    _job_vcpus(job) / names.instance_vcpus))
+                usages.append(
+                    Usage(instance_type, started, stopped, _job_vcpus(job) / names.instance_vcpus)
+                )
     return usages
 
 
@@ -275,17 +287,24 @@ def _job_vcpus(job: Mapping[str, Any]) -> float:
 
 
 def spot_price_history(
-    region: str, endpoint_url: str | None, instance_types: Sequence[str],
-    start: datetime, end: datetime, product_description: str = "Linux/UNIX",
+    region: str,
+    endpoint_url: str | None,
+    instance_types: Sequence[str],
+    start: datetime,
+    end: datetime,
+    product_description: str = "Linux/UNIX",
 ) -> list[SpotPrice]:
     ec2 = client("ec2", region, endpoint_url)
     pages = ec2.get_paginator("describe_spot_price_history").paginate(
-        InstanceTypes=list(instance_types), ProductDescriptions=[product_description],
-        StartTime=start, EndTime=end,
+        InstanceTypes=list(instance_types),
+        ProductDescriptions=[product_description],
+        StartTime=start,
+        EndTime=end,
     )
     return [
         SpotPrice(r["InstanceType"], r["AvailabilityZone"], r["Timestamp"], float(r["SpotPrice"]))
-        for page in pages for r in page["SpotPriceHistory"]
+        for page in pages
+        for r in page["SpotPriceHistory"]
     ]
 
 
@@ -293,14 +312,19 @@ def _pricing_client(config: SavingsConfig, endpoint_url: str | None) -> Any:
     # Not the shared client: its 8 adaptive retries would spend a minute on a Pricing endpoint
     # that is not there (the moto server answers 500), and the fallback table is good enough.
     return boto3.session.Session().client(
-        "pricing", region_name=config.pricing_region, endpoint_url=endpoint_url,
-        config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3,
-                      read_timeout=10),
+        "pricing",
+        region_name=config.pricing_region,
+        endpoint_url=endpoint_url,
+        config=Config(
+            retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=10
+        ),
     )
 
 
 def on_demand_prices(
-    region: str, endpoint_url: str | None, instance_types: Sequence[str],
+    region: str,
+    endpoint_url: str | None,
+    instance_types: Sequence[str],
     config: SavingsConfig | None = None,
 ) -> tuple[dict[str, float], str]:
     """On-demand USD/hour per instance type, and where they came from ("pricing-api"/"fallback")."""
@@ -320,11 +344,16 @@ def on_demand_prices(
 
 def _pricing_api_price(pricing: Any, region: str, instance_type: str) -> float:
     filters = {
-        "instanceType": instance_type, "regionCode": region, "operatingSystem": "Linux",
-        "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used",
+        "instanceType": instance_type,
+        "regionCode": region,
+        "operatingSystem": "Linux",
+        "tenancy": "Shared",
+        "preInstalledSw": "NA",
+        "capacitystatus": "Used",
     }
     response = pricing.get_products(
-        ServiceCode="AmazonEC2", MaxResults=1,
+        ServiceCode="AmazonEC2",
+        MaxResults=1,
         Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()],
     )
     for product in response["PriceList"]:
@@ -340,9 +369,13 @@ def images_processed(
 ) -> float:
     cloudwatch = client("cloudwatch", region, endpoint_url)
     response = cloudwatch.get_metric_statistics(
-        Namespace=names.metrics_namespace, MetricName=str(Metric.IMAGES_PROCESSED),
+        Namespace=names.metrics_namespace,
+        MetricName=str(Metric.IMAGES_PROCESSED),
         Dimensions=[{"Name": k, "Value": v} for k, v in emitter_dimensions(DETECTION).items()],
-        StartTime=start, EndTime=end, Period=3600, Statistics=["Sum"],
+        StartTime=start,
+        EndTime=end,
+        Period=3600,
+        Statistics=["Sum"],
     )
     return float(sum(point["Sum"] for point in response["Datapoints"]))
 
@@ -376,20 +409,27 @@ def run_savings_job(
     source = "none"  # an idle hour needs no prices
     if types:
         # A day back, so the price in effect at the hour's start is in the history.
-        history = spot_price_history(region, endpoint_url, types, start - timedelta(days=1), end,
-                                     config.product_description)
+        history = spot_price_history(
+            region, endpoint_url, types, start - timedelta(days=1), end, config.product_description
+        )
         prices, source = on_demand_prices(region, endpoint_url, types, config)
     images = images_processed(names, region, endpoint_url, start, end)
     result = hourly_savings(usages, history, prices, start, images, source)
     log.info(
         "hour %s: %s instance-hours, Spot $%.4f vs on-demand $%.4f (%s): saving $%.4f",
-        start.isoformat(), dict(result.instance_hours), result.spot_cost_usd,
-        result.on_demand_cost_usd, source, result.savings_usd,
+        start.isoformat(),
+        dict(result.instance_hours),
+        result.spot_cost_usd,
+        result.on_demand_cost_usd,
+        source,
+        result.savings_usd,
     )
     if publish:
         emitter = MetricsEmitter(
-            names.metrics_namespace, emitter_dimensions(SAVINGS),
-            cloudwatch_region=region, endpoint_url=endpoint_url,
+            names.metrics_namespace,
+            emitter_dimensions(SAVINGS),
+            cloudwatch_region=region,
+            endpoint_url=endpoint_url,
         )
         emitter.emit(result.metrics(), hour=start.isoformat(), on_demand_source=source)
     return result

@@ -58,7 +58,13 @@ class MetricSeries:
 
     @classmethod
     def custom(
-        cls, id: str, namespace: str, metric: Metric, service: str, stat: str, label: str,
+        cls,
+        id: str,
+        namespace: str,
+        metric: Metric,
+        service: str,
+        stat: str,
+        label: str,
         **options: Any,
     ) -> MetricSeries:
         dimensions = tuple(sorted(emitter_dimensions(service).items()))
@@ -89,7 +95,9 @@ class MathSeries:
 
     def to_json(self) -> list[Any]:
         options: dict[str, Any] = {
-            "id": self.id, "expression": self.expression, "label": self.label,
+            "id": self.id,
+            "expression": self.expression,
+            "label": self.label,
         }
         if self.y_axis != "left":
             options["yAxis"] = self.y_axis
@@ -155,7 +163,11 @@ class GraphWidget:
 
     def to_json(self, x: int, y: int, region: str) -> dict[str, Any]:
         return {
-            "type": "metric", "x": x, "y": y, "width": self.width, "height": self.height,
+            "type": "metric",
+            "x": x,
+            "y": y,
+            "width": self.width,
+            "height": self.height,
             "properties": self.properties(region),
         }
 
@@ -168,7 +180,11 @@ class TextWidget:
 
     def to_json(self, x: int, y: int, region: str) -> dict[str, Any]:
         return {
-            "type": "text", "x": x, "y": y, "width": self.width, "height": self.height,
+            "type": "text",
+            "x": x,
+            "y": y,
+            "width": self.width,
+            "height": self.height,
             "properties": {"markdown": self.markdown},
         }
 
@@ -184,7 +200,11 @@ class AlarmStatusWidget:
 
     def to_json(self, x: int, y: int, region: str) -> dict[str, Any]:
         return {
-            "type": "alarm", "x": x, "y": y, "width": self.width, "height": self.height,
+            "type": "alarm",
+            "x": x,
+            "y": y,
+            "width": self.width,
+            "height": self.height,
             "properties": {"title": self.title, "alarms": list(self.alarm_arns)},
         }
 

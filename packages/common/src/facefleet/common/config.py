@@ -244,8 +244,11 @@ class Settings:
 
     aws_region: str = _env("AWS_DEFAULT_REGION", _text, "us-east-1")
     service_type: str = _env(
-        "SERVICE_TYPE", _text, "detection",
-        check=lambda v: v in SERVICE_TYPES, rule=f"one of {', '.join(SERVICE_TYPES)}",
+        "SERVICE_TYPE",
+        _text,
+        "detection",
+        check=lambda v: v in SERVICE_TYPES,
+        rule=f"one of {', '.join(SERVICE_TYPES)}",
     )
     bucket_name: str | None = _env("BUCKET_NAME", _text)
     queue_url: str | None = _env("QUEUE_URL", _text)
@@ -255,8 +258,11 @@ class Settings:
     face_group_bucket_name: str | None = _env("FACE_GROUP_BUCKET_NAME", _text)
     log_group: str | None = _env("LOG_GROUP", _text)
     message_visibility_timeout: int = _env(
-        "MESSAGE_VISIBILITY_TIMEOUT", _int, 1800,
-        check=lambda v: 0 < v <= 43200, rule="between 1 and 43200 seconds",
+        "MESSAGE_VISIBILITY_TIMEOUT",
+        _int,
+        1800,
+        check=lambda v: 0 < v <= 43200,
+        rule="between 1 and 43200 seconds",
     )
     batch_size: int = _env(
         "BATCH_SIZE", _int, 5, check=lambda v: 1 <= v <= 10, rule="between 1 and 10 (SQS limit)"
@@ -273,11 +279,17 @@ class Settings:
         "DETECTION_THRESHOLD", _float, 0.5, check=_unit, rule="between 0 and 1"
     )
     detection_size: int = _env(
-        "DETECTION_SIZE", _int, 640, check=lambda v: v >= 160 and v % 32 == 0,
+        "DETECTION_SIZE",
+        _int,
+        640,
+        check=lambda v: v >= 160 and v % 32 == 0,
         rule="a multiple of 32, at least 160",
     )
     rec_batch_size: int = _env(
-        "REC_BATCH_SIZE", _int, 0, check=lambda v: v >= 0,
+        "REC_BATCH_SIZE",
+        _int,
+        0,
+        check=lambda v: v >= 0,
         rule="0 (the execution provider's measured default) or a positive batch size",
     )
     max_image_pixels: int = _env(
@@ -296,7 +308,10 @@ class Settings:
         "SHUTDOWN_DEADLINE_SECONDS", _float, 90.0, check=_positive, rule="positive"
     )
     grouping_distance: float = _env(
-        "GROUPING_DISTANCE", _float, 0.0, check=lambda v: 0 <= v <= 2,
+        "GROUPING_DISTANCE",
+        _float,
+        0.0,
+        check=lambda v: 0 <= v <= 2,
         rule="a cosine distance between 0 and 2 (0 = the algorithm's default)",
     )
     metrics_namespace: str = _env("METRICS_NAMESPACE", _text, NAMES.metrics_namespace)
@@ -353,10 +368,15 @@ ENV_NAMES: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Settings)
 
 REQUIRED_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "detection": (
-        "queue_url", "group_face_queue_url", "gallery_images_mongo_uri", "face_group_bucket_name",
+        "queue_url",
+        "group_face_queue_url",
+        "gallery_images_mongo_uri",
+        "face_group_bucket_name",
     ),
     "grouping": (
-        "group_face_queue_url", "gallery_images_mongo_uri", "huemn_mongo_uri",
+        "group_face_queue_url",
+        "gallery_images_mongo_uri",
+        "huemn_mongo_uri",
         "face_group_bucket_name",
     ),
 }

@@ -47,8 +47,12 @@ class GroupingRequest:
     version: int = SCHEMA_VERSION
 
     def to_body(self) -> str:
-        body = {"type": "group", "user_id": self.user_id, "image_ids": list(self.image_ids),
-                "version": self.version}
+        body = {
+            "type": "group",
+            "user_id": self.user_id,
+            "image_ids": list(self.image_ids),
+            "version": self.version,
+        }
         return json.dumps(body, sort_keys=True)
 
 
@@ -65,7 +69,7 @@ def image_id_from_key(user_id: str, key: str) -> str:
     """The image id a key names: its file name without the extension when that is a plain
     identifier directly in the user's prefix, else a stable digest of the key (uploads keep
     their own names: spaces, nested folders), so one key always maps to one image id."""
-    relative = key[len(user_key_prefix(user_id)):]
+    relative = key[len(user_key_prefix(user_id)) :]
     stem = relative.rsplit(".", 1)[0] if "." in relative else relative
     if "/" not in stem and _ID_PATTERN.match(stem):
         return stem

@@ -34,6 +34,7 @@ def upsert(document: Document) -> UpdateOne:
     fields = {k: v for k, v in document.items() if k != "_id"}
     return UpdateOne({"_id": document["_id"]}, {"$set": fields}, upsert=True)
 
+
 GALLERY_DEFAULT_DB = "gallery_images"
 HUEMN_DEFAULT_DB = "huemn"
 

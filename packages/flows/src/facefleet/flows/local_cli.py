@@ -15,11 +15,14 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("local", help="run the embedded local stack")
     parser.add_argument("action", choices=("up", "down", "status"))
     parser.add_argument(
-        "--state-dir", default=DEFAULT_STATE_DIR, type=Path,
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        type=Path,
         help=f"folder for ports, logs and data (default {DEFAULT_STATE_DIR})",
     )
     parser.add_argument(
-        "--services", default=",".join(local.SERVICES),
+        "--services",
+        default=",".join(local.SERVICES),
         help="comma-separated subset of " + ",".join(local.SERVICES),
     )
     parser.set_defaults(func=run)

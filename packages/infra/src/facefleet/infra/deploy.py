@@ -78,12 +78,14 @@ class Plan:
     def summary(self) -> str:
         if self.no_changes:
             return f"stack {self.stack_name}: no changes"
-        lines = [f"stack {self.stack_name}: {self.change_set_type} with "
-                 f"{len(self.changes)} change(s)"]
+        lines = [
+            f"stack {self.stack_name}: {self.change_set_type} with {len(self.changes)} change(s)"
+        ]
         for change in self.changes:
             replace = f" (replacement: {change.replacement})" if change.replacement else ""
-            lines.append(f"  {change.action:<7} {change.logical_id:<32} "
-                         f"{change.resource_type}{replace}")
+            lines.append(
+                f"  {change.action:<7} {change.logical_id:<32} {change.resource_type}{replace}"
+            )
         lines.extend(f"  warning: {warning}" for warning in self.lint_warnings)
         return "\n".join(lines)
 
@@ -125,8 +127,11 @@ def _stack(cloudformation: Any, stack_name: str) -> dict[str, Any] | None:
 
 
 def _wait(
-    describe: Callable[[], dict[str, Any] | None], status_key: str, what: str,
-    timeout_s: float, poll_s: float = 2.0,
+    describe: Callable[[], dict[str, Any] | None],
+    status_key: str,
+    what: str,
+    timeout_s: float,
+    poll_s: float = 2.0,
 ) -> dict[str, Any] | None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -161,10 +166,15 @@ def upload_dispatcher(config: StackConfig, region: str, endpoint_url: str | None
         if region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         s3.create_bucket(**kwargs)
-        s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
-            "BlockPublicAcls": True, "IgnorePublicAcls": True,
-            "BlockPublicPolicy": True, "RestrictPublicBuckets": True,
-        })
+        s3.put_public_access_block(
+            Bucket=bucket,
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True,
+                "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True,
+            },
+        )
     try:
         s3.head_object(Bucket=bucket, Key=package.key)
     except ClientError:
@@ -173,9 +183,7 @@ def upload_dispatcher(config: StackConfig, region: str, endpoint_url: str | None
     return f"s3://{bucket}/{package.key}"
 
 
-def _parameters(
-    config: StackConfig, existing: dict[str, Any] | None
-) -> list[dict[str, Any]]:
+def _parameters(config: StackConfig, existing: dict[str, Any] | None) -> list[dict[str, Any]]:
     deployed = {p["ParameterKey"] for p in (existing or {}).get("Parameters", [])}
     parameters: list[dict[str, Any]] = []
     for key, value in template.parameter_values(config).items():
@@ -184,8 +192,10 @@ def _parameters(
         elif key in deployed:
             parameters.append({"ParameterKey": key, "UsePreviousValue": True})
         else:
-            raise StackConfigError(f"{key} is needed for the first deploy of this stack "
-                                   "(a MongoDB URI, or the ARN of an existing secret)")
+            raise StackConfigError(
+                f"{key} is needed for the first deploy of this stack "
+                "(a MongoDB URI, or the ARN of an existing secret)"
+            )
     return parameters
 
 
@@ -199,20 +209,25 @@ def _describe_changes(cloudformation: Any, change_set_id: str) -> tuple[Change, 
         response = cloudformation.describe_change_set(**kwargs)
         for item in response.get("Changes", []):
             change = item.get("ResourceChange", {})
-            changes.append(Change(
-                action=change.get("Action", ""),
-                logical_id=change.get("LogicalResourceId", ""),
-                resource_type=change.get("ResourceType", ""),
-                replacement=change.get("Replacement", "") or "",
-            ))
+            changes.append(
+                Change(
+                    action=change.get("Action", ""),
+                    logical_id=change.get("LogicalResourceId", ""),
+                    resource_type=change.get("ResourceType", ""),
+                    replacement=change.get("Replacement", "") or "",
+                )
+            )
         token = response.get("NextToken")
         if not token:
             return tuple(sorted(changes, key=lambda c: (c.action, c.logical_id)))
 
 
 def plan(
-    config: StackConfig, region: str = "us-east-1", endpoint_url: str | None = None,
-    *, timeout_s: float = 300.0,
+    config: StackConfig,
+    region: str = "us-east-1",
+    endpoint_url: str | None = None,
+    *,
+    timeout_s: float = 300.0,
 ) -> Plan:
     """Render, cfn-lint and create a change set for `config`'s stack; log its summary."""
     config.validate(deploying=True)
@@ -222,8 +237,10 @@ def plan(
     cloudformation = client("cloudformation", region, endpoint_url)
     stack_name = config.names.stack_name
     existing = _stack(cloudformation, stack_name)
-    if existing and existing["StackStatus"].endswith("_IN_PROGRESS") and (
-        existing["StackStatus"] != "REVIEW_IN_PROGRESS"
+    if (
+        existing
+        and existing["StackStatus"].endswith("_IN_PROGRESS")
+        and (existing["StackStatus"] != "REVIEW_IN_PROGRESS")
     ):
         raise DeployError(f"stack {stack_name} is busy ({existing['StackStatus']}); retry later")
     if existing and existing["StackStatus"] in GONE_STATES:
@@ -235,8 +252,11 @@ def plan(
     name = f"facefleet-{int(time.time() * 1000)}"
     log.info("creating change set", extra={"stack": stack_name, "type": change_set_type})
     response = cloudformation.create_change_set(
-        StackName=stack_name, ChangeSetName=name, ChangeSetType=change_set_type,
-        TemplateBody=body, Parameters=_parameters(config, existing),
+        StackName=stack_name,
+        ChangeSetName=name,
+        ChangeSetType=change_set_type,
+        TemplateBody=body,
+        Parameters=_parameters(config, existing),
         Capabilities=CAPABILITIES,
         Tags=[{"Key": k, "Value": v} for k, v in sorted(config.tags.items())],
         Description=f"facefleet infra plan ({config.names.prefix})",
@@ -244,7 +264,10 @@ def plan(
     change_set_id = response["Id"]
     described = _wait(
         lambda: cloudformation.describe_change_set(ChangeSetName=change_set_id),
-        "Status", f"change set {name}", timeout_s, poll_s=1.0,
+        "Status",
+        f"change set {name}",
+        timeout_s,
+        poll_s=1.0,
     )
     assert described is not None
     if described["Status"] == "FAILED":
@@ -255,8 +278,14 @@ def plan(
             log.info(result.summary())
             return result
         raise DeployError(f"change set for {stack_name} failed: {reason}")
-    result = Plan(stack_name, change_set_type, change_set_id,
-                  _describe_changes(cloudformation, change_set_id), warnings, body)
+    result = Plan(
+        stack_name,
+        change_set_type,
+        change_set_id,
+        _describe_changes(cloudformation, change_set_id),
+        warnings,
+        body,
+    )
     log.info(result.summary())
     return result
 
@@ -271,14 +300,20 @@ def _failure_events(cloudformation: Any, stack_id: str, since: float) -> list[st
         if event["Timestamp"].timestamp() < since - 5:
             continue
         if event["ResourceStatus"].endswith("_FAILED"):
-            reasons.append(f"{event['LogicalResourceId']} ({event['ResourceType']}): "
-                           f"{event.get('ResourceStatusReason', '')}")
+            reasons.append(
+                f"{event['LogicalResourceId']} ({event['ResourceType']}): "
+                f"{event.get('ResourceStatusReason', '')}"
+            )
     return reasons
 
 
 def apply(
-    config: StackConfig, region: str = "us-east-1", endpoint_url: str | None = None,
-    *, plan: Plan | None = None, timeout_s: float = 3600.0,
+    config: StackConfig,
+    region: str = "us-east-1",
+    endpoint_url: str | None = None,
+    *,
+    plan: Plan | None = None,
+    timeout_s: float = 3600.0,
 ) -> dict[str, str]:
     """Execute `plan` (or a fresh one), wait for the stack, return its outputs."""
     current = plan if plan is not None else globals()["plan"](config, region, endpoint_url)
@@ -286,18 +321,25 @@ def apply(
     if current.no_changes:
         return outputs(config, region, endpoint_url)
     started = time.time()
-    log.info("executing change set",
-             extra={"stack": current.stack_name, "changes": len(current.changes)})
+    log.info(
+        "executing change set", extra={"stack": current.stack_name, "changes": len(current.changes)}
+    )
     try:
         _single_attempt_client(region, endpoint_url).execute_change_set(
-            ChangeSetName=current.change_set_id)
+            ChangeSetName=current.change_set_id
+        )
     except (ClientError, BotoCoreError, ResponseParserError) as error:
         # moto applies synchronously and reports a failing resource here (as a JSON body that
         # botocore cannot parse as XML); AWS reports it through the stack status below.
         _roll_back_failed_create(cloudformation, current, timeout_s)
         raise DeployError(f"deploying {current.stack_name} failed: {error}") from error
-    stack = _wait(lambda: _stack(cloudformation, current.stack_name), "StackStatus",
-                  f"stack {current.stack_name}", timeout_s, poll_s=5.0)
+    stack = _wait(
+        lambda: _stack(cloudformation, current.stack_name),
+        "StackStatus",
+        f"stack {current.stack_name}",
+        timeout_s,
+        poll_s=5.0,
+    )
     status = stack["StackStatus"] if stack else "DELETED"
     if status not in STABLE_OK:
         reasons = _failure_events(cloudformation, stack["StackId"], started) if stack else []
@@ -318,13 +360,16 @@ def _refresh_outputs(cloudformation: Any, current: Plan) -> None:
     stack = _stack(cloudformation, current.stack_name)
     if stack is None or declared <= {o["OutputKey"] for o in stack.get("Outputs") or []}:
         return
-    compact = json.dumps(json.loads(current.template_body), separators=(",", ":"),
-                         sort_keys=True)
+    compact = json.dumps(json.loads(current.template_body), separators=(",", ":"), sort_keys=True)
     try:
         cloudformation.update_stack(
-            StackName=current.stack_name, TemplateBody=compact, Capabilities=CAPABILITIES,
-            Parameters=[{"ParameterKey": p["ParameterKey"], "UsePreviousValue": True}
-                        for p in stack.get("Parameters", [])],
+            StackName=current.stack_name,
+            TemplateBody=compact,
+            Capabilities=CAPABILITIES,
+            Parameters=[
+                {"ParameterKey": p["ParameterKey"], "UsePreviousValue": True}
+                for p in stack.get("Parameters", [])
+            ],
         )
     except ClientError as error:
         if not any(marker in str(error) for marker in NO_CHANGES):
@@ -337,7 +382,9 @@ def _single_attempt_client(region: str, endpoint_url: str | None) -> Any:
     # retries).
     session = boto3.session.Session()
     return session.client(
-        "cloudformation", region_name=region, endpoint_url=endpoint_url,
+        "cloudformation",
+        region_name=region,
+        endpoint_url=endpoint_url,
         config=Config(retries={"total_max_attempts": 1}, read_timeout=300),
     )
 
@@ -352,8 +399,13 @@ def _roll_back_failed_create(cloudformation: Any, current: Plan, timeout_s: floa
 
 def _delete(cloudformation: Any, stack_name: str, timeout_s: float) -> None:
     cloudformation.delete_stack(StackName=stack_name)
-    stack = _wait(lambda: _stack(cloudformation, stack_name), "StackStatus",
-                  f"deleting stack {stack_name}", timeout_s, poll_s=5.0)
+    stack = _wait(
+        lambda: _stack(cloudformation, stack_name),
+        "StackStatus",
+        f"deleting stack {stack_name}",
+        timeout_s,
+        poll_s=5.0,
+    )
     if stack is not None and stack["StackStatus"] not in ("DELETE_COMPLETE",):
         raise DeployError(f"deleting {stack_name} ended {stack['StackStatus']}")
 
@@ -370,8 +422,11 @@ def outputs(
 
 
 def destroy(
-    config: StackConfig, region: str = "us-east-1", endpoint_url: str | None = None,
-    *, timeout_s: float = 3600.0,
+    config: StackConfig,
+    region: str = "us-east-1",
+    endpoint_url: str | None = None,
+    *,
+    timeout_s: float = 3600.0,
 ) -> bool:
     """Delete the stack and wait; False when there was none."""
     cloudformation = client("cloudformation", region, endpoint_url)

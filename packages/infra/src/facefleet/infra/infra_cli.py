@@ -33,8 +33,12 @@ def _csv(value: str) -> tuple[str, ...]:
 def _names(args: argparse.Namespace) -> Names:
     names = NAMES
     if args.prefix:
-        names = replace(names, prefix=args.prefix, grouping_prefix=f"{args.prefix}-grouping",
-                        ecr_repository=args.prefix)
+        names = replace(
+            names,
+            prefix=args.prefix,
+            grouping_prefix=f"{args.prefix}-grouping",
+            ecr_repository=args.prefix,
+        )
     if args.stack_name:
         names = replace(names, stack_name=args.stack_name)
     return names
@@ -43,10 +47,22 @@ def _names(args: argparse.Namespace) -> Names:
 def build_config(args: argparse.Namespace) -> StackConfig:
     """The StackConfig the flags describe (local defaults with --local)."""
     values: dict[str, Any] = {}
-    for flag in ("vpc_id", "indexing_queue", "group_face_queue", "gallery_bucket",
-                 "face_group_bucket", "model_bucket", "image_tag", "image_uri",
-                 "max_receive_count", "alert_email", "artifact_bucket", "dispatch_schedule",
-                 "gallery_mongo_secret_arn", "huemn_mongo_secret_arn"):
+    for flag in (
+        "vpc_id",
+        "indexing_queue",
+        "group_face_queue",
+        "gallery_bucket",
+        "face_group_bucket",
+        "model_bucket",
+        "image_tag",
+        "image_uri",
+        "max_receive_count",
+        "alert_email",
+        "artifact_bucket",
+        "dispatch_schedule",
+        "gallery_mongo_secret_arn",
+        "huemn_mongo_secret_arn",
+    ):
         value = getattr(args, flag)
         if value is not None:
             values[flag] = value
@@ -56,8 +72,10 @@ def build_config(args: argparse.Namespace) -> StackConfig:
         values["security_group_ids"] = _csv(args.security_group_ids)
     if args.fallback_dispatcher:
         values["fallback_dispatcher"] = True
-    for field_name, variable in (("gallery_mongo_uri", "GALLERY_IMAGES_MONGO_URI"),
-                                 ("huemn_mongo_uri", "HUEMN_MONGO_URI")):
+    for field_name, variable in (
+        ("gallery_mongo_uri", "GALLERY_IMAGES_MONGO_URI"),
+        ("huemn_mongo_uri", "HUEMN_MONGO_URI"),
+    ):
         if os.environ.get(variable) and f"{field_name[:-4]}_secret_arn" not in values:
             values[field_name] = os.environ[variable]
     names = _names(args)
@@ -98,8 +116,11 @@ def _apply(args: argparse.Namespace) -> int:
     result = deploy.plan(config, args.region, args.endpoint_url)
     print(result.summary())
     outputs = deploy.apply(config, args.region, args.endpoint_url, plan=result)
-    text = json.dumps({"outputs": outputs, "worker_environment": worker_environment(outputs)},
-                      indent=2, sort_keys=True)
+    text = json.dumps(
+        {"outputs": outputs, "worker_environment": worker_environment(outputs)},
+        indent=2,
+        sort_keys=True,
+    )
     _write(args.out, text)
     return 0
 
@@ -113,16 +134,22 @@ def _destroy(args: argparse.Namespace) -> int:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL") or None,
-                        help="AWS endpoint override (default: AWS_ENDPOINT_URL; the moto server)")
+    parser.add_argument(
+        "--endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL") or None,
+        help="AWS endpoint override (default: AWS_ENDPOINT_URL; the moto server)",
+    )
     parser.add_argument("--prefix", help=f"resource-name prefix (default {NAMES.prefix})")
     parser.add_argument("--stack-name", help=f"stack name (default {NAMES.stack_name})")
     parser.add_argument("--out", help="write the template (render/plan) or outputs (apply) here")
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--local", action="store_true",
-                        help="embedded moto stack: default VPC/subnets, local buckets")
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="embedded moto stack: default VPC/subnets, local buckets",
+    )
     parser.add_argument("--vpc-id")
     parser.add_argument("--subnet-ids", help="comma-separated subnet ids")
     parser.add_argument("--security-group-ids", help="extra security groups, comma-separated")
@@ -137,16 +164,22 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alert-email")
     parser.add_argument("--gallery-mongo-secret-arn")
     parser.add_argument("--huemn-mongo-secret-arn")
-    parser.add_argument("--fallback-dispatcher", action="store_true",
-                        help="create the dispatch Lambda and its schedule")
+    parser.add_argument(
+        "--fallback-dispatcher",
+        action="store_true",
+        help="create the dispatch Lambda and its schedule",
+    )
     parser.add_argument("--dispatch-schedule", help="e.g. 'rate(1 minute)'")
     parser.add_argument("--artifact-bucket", help="bucket for the Lambda zip")
 
 
 def register(subparsers: Any) -> None:
-    infra = subparsers.add_parser("infra", help="render/plan/apply/destroy the AWS stack",
-                                  description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    infra = subparsers.add_parser(
+        "infra",
+        help="render/plan/apply/destroy the AWS stack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = infra.add_subparsers(dest="infra_command", required=True)
     for name, handler, helptext in (
         ("render", _render, "print (or --out) the template JSON, cfn-linted"),

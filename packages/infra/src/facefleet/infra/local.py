@@ -118,8 +118,17 @@ def _command(service: str, port: int, state_dir: Path) -> list[str]:
         data = state_dir / "mongo"
         data.mkdir(exist_ok=True)
         return [
-            _bin("nx-27017"), "--host", LOOPBACK, "-p", str(port), "--data-dir", str(data),
-            "--pid-file", str(state_dir / "mongo.pid"), "--log-file", str(state_dir / "mongo.log"),
+            _bin("nx-27017"),
+            "--host",
+            LOOPBACK,
+            "-p",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--pid-file",
+            str(state_dir / "mongo.pid"),
+            "--log-file",
+            str(state_dir / "mongo.log"),
         ]
     if service == "prefect":
         return [_bin("prefect"), "server", "start", "--host", LOOPBACK, "--port", str(port)]
@@ -200,8 +209,13 @@ def start_service(service: str, state_dir: Path, timeout: float = 90.0) -> Servi
         env.pop("PREFECT_API_URL", None)
     with log.open("ab") as out:
         process = subprocess.Popen(
-            _command(service, port, state_dir), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env, start_new_session=True, cwd=state_dir,
+            _command(service, port, state_dir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            cwd=state_dir,
         )
     started = ServiceProcess(service, port, process.pid, str(log))
     try:
@@ -272,9 +286,7 @@ def status(state_dir: str | Path) -> dict[str, bool]:
     state = StackState.load(state_dir)
     if state is None:
         return {}
-    return {
-        name: _alive(s.pid) and _ready(name, s.port) for name, s in state.services.items()
-    }
+    return {name: _alive(s.pid) and _ready(name, s.port) for name, s in state.services.items()}
 
 
 @contextlib.contextmanager

@@ -42,9 +42,7 @@ class QueueRef:
         for a URL with a non-AWS host such as the moto server)."""
         arn = QUEUE_ARN.match(value)
         if arn:
-            url = (
-                f"https://sqs.{arn['region']}.amazonaws.com/{arn['account']}/{arn['name']}"
-            )
+            url = f"https://sqs.{arn['region']}.amazonaws.com/{arn['account']}/{arn['name']}"
             return cls(url=url, arn=value, name=arn["name"])
         url_match = QUEUE_URL.match(value)
         if url_match:

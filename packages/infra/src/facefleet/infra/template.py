@@ -172,19 +172,21 @@ def _queue_resources(config: StackConfig, queues: _Queues) -> Json:
             "Type": "AWS::SQS::QueuePolicy",
             "Properties": {
                 "Queues": [ref(INDEXING_QUEUE)],
-                "PolicyDocument": policy_document([
-                    {
-                        "Sid": "GalleryBucketNotifications",
-                        "Effect": "Allow",
-                        "Principal": {"Service": "s3.amazonaws.com"},
-                        "Action": "sqs:SendMessage",
-                        "Resource": get_att(INDEXING_QUEUE, "Arn"),
-                        "Condition": {
-                            "ArnEquals": {"aws:SourceArn": s3_arn(config.gallery_bucket)},
-                            "StringEquals": {"aws:SourceAccount": ref("AWS::AccountId")},
+                "PolicyDocument": policy_document(
+                    [
+                        {
+                            "Sid": "GalleryBucketNotifications",
+                            "Effect": "Allow",
+                            "Principal": {"Service": "s3.amazonaws.com"},
+                            "Action": "sqs:SendMessage",
+                            "Resource": get_att(INDEXING_QUEUE, "Arn"),
+                            "Condition": {
+                                "ArnEquals": {"aws:SourceArn": s3_arn(config.gallery_bucket)},
+                                "StringEquals": {"aws:SourceAccount": ref("AWS::AccountId")},
+                            },
                         },
-                    },
-                ]),
+                    ]
+                ),
             },
         }
     return resources
@@ -193,45 +195,54 @@ def _queue_resources(config: StackConfig, queues: _Queues) -> Json:
 def _model_bucket(config: StackConfig) -> Json:
     bucket = config.model_bucket_name
     resources: Json = {
-        "ModelBucket": _retain({
-            "Type": "AWS::S3::Bucket",
-            "Properties": {
-                "BucketName": bucket,
-                "VersioningConfiguration": {"Status": "Enabled"},
-                "BucketEncryption": {
-                    "ServerSideEncryptionConfiguration": [
-                        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
-                    ]
+        "ModelBucket": _retain(
+            {
+                "Type": "AWS::S3::Bucket",
+                "Properties": {
+                    "BucketName": bucket,
+                    "VersioningConfiguration": {"Status": "Enabled"},
+                    "BucketEncryption": {
+                        "ServerSideEncryptionConfiguration": [
+                            {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+                        ]
+                    },
+                    "PublicAccessBlockConfiguration": {
+                        "BlockPublicAcls": True,
+                        "BlockPublicPolicy": True,
+                        "IgnorePublicAcls": True,
+                        "RestrictPublicBuckets": True,
+                    },
+                    "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+                    "LifecycleConfiguration": {
+                        "Rules": [
+                            {
+                                "Id": "expire-old-model-versions",
+                                "Status": "Enabled",
+                                "NoncurrentVersionExpiration": {"NoncurrentDays": 90},
+                            }
+                        ]
+                    },
+                    "Tags": tag_list(config),
                 },
-                "PublicAccessBlockConfiguration": {
-                    "BlockPublicAcls": True,
-                    "BlockPublicPolicy": True,
-                    "IgnorePublicAcls": True,
-                    "RestrictPublicBuckets": True,
-                },
-                "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
-                "LifecycleConfiguration": {
-                    "Rules": [{
-                        "Id": "expire-old-model-versions",
-                        "Status": "Enabled",
-                        "NoncurrentVersionExpiration": {"NoncurrentDays": 90},
-                    }]
-                },
-                "Tags": tag_list(config),
             },
-        }, config),
+            config,
+        ),
         "ModelBucketPolicy": {
             "Type": "AWS::S3::BucketPolicy",
             "Properties": {
                 "Bucket": ref("ModelBucket"),
-                "PolicyDocument": policy_document([{
-                    "Sid": "DenyInsecureTransport",
-                    "Effect": "Deny",
-                    "Principal": "*",
-                    "Action": "s3:*",
-                    "Resource": [get_att("ModelBucket", "Arn"), s3_arn(bucket, "/*")],
-                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-                }]),
+                "PolicyDocument": policy_document(
+                    [
+                        {
+                            "Sid": "DenyInsecureTransport",
+                            "Effect": "Deny",
+                            "Principal": "*",
+                            "Action": "s3:*",
+                            "Resource": [get_att("ModelBucket", "Arn"), s3_arn(bucket, "/*")],
+                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                        }
+                    ]
+                ),
             },
         },
     }
@@ -244,33 +255,43 @@ def _repository(config: StackConfig) -> Json:
             {
                 "rulePriority": 1,
                 "description": "drop untagged images after 7 days",
-                "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed",
-                              "countUnit": "days", "countNumber": 7},
+                "selection": {
+                    "tagStatus": "untagged",
+                    "countType": "sinceImagePushed",
+                    "countUnit": "days",
+                    "countNumber": 7,
+                },
                 "action": {"type": "expire"},
             },
             {
                 "rulePriority": 2,
                 "description": f"keep the {config.keep_images} most recent images",
-                "selection": {"tagStatus": "any", "countType": "imageCountMoreThan",
-                              "countNumber": config.keep_images},
+                "selection": {
+                    "tagStatus": "any",
+                    "countType": "imageCountMoreThan",
+                    "countNumber": config.keep_images,
+                },
                 "action": {"type": "expire"},
             },
         ]
     }
     return {
-        "WorkerImageRepository": _retain({
-            "Type": "AWS::ECR::Repository",
-            "Properties": {
-                "RepositoryName": config.names.ecr_repository,
-                "ImageScanningConfiguration": {"ScanOnPush": True},
-                "ImageTagMutability": "MUTABLE",
-                "EncryptionConfiguration": {"EncryptionType": "AES256"},
-                "LifecyclePolicy": {
-                    "LifecyclePolicyText": json.dumps(lifecycle, sort_keys=True)
+        "WorkerImageRepository": _retain(
+            {
+                "Type": "AWS::ECR::Repository",
+                "Properties": {
+                    "RepositoryName": config.names.ecr_repository,
+                    "ImageScanningConfiguration": {"ScanOnPush": True},
+                    "ImageTagMutability": "MUTABLE",
+                    "EncryptionConfiguration": {"EncryptionType": "AES256"},
+                    "LifecyclePolicy": {
+                        "LifecyclePolicyText": json.dumps(lifecycle, sort_keys=True)
+                    },
+                    "Tags": tag_list(config),
                 },
-                "Tags": tag_list(config),
             },
-        }, config)
+            config,
+        )
     }
 
 
@@ -287,10 +308,20 @@ def _secrets(config: StackConfig) -> tuple[Json, Json]:
     parameters: Json = {}
     resources: Json = {}
     for logical_id, parameter, existing, name, what in (
-        (GALLERY_SECRET, GALLERY_URI_PARAMETER, config.gallery_mongo_secret_arn,
-         config.names.gallery_mongo_secret, "gallery_images"),
-        (HUEMN_SECRET, HUEMN_URI_PARAMETER, config.huemn_mongo_secret_arn,
-         config.names.huemn_mongo_secret, "huemn"),
+        (
+            GALLERY_SECRET,
+            GALLERY_URI_PARAMETER,
+            config.gallery_mongo_secret_arn,
+            config.names.gallery_mongo_secret,
+            "gallery_images",
+        ),
+        (
+            HUEMN_SECRET,
+            HUEMN_URI_PARAMETER,
+            config.huemn_mongo_secret_arn,
+            config.names.huemn_mongo_secret,
+            "huemn",
+        ),
     ):
         if existing:
             continue
@@ -322,13 +353,19 @@ def _logs_statement(log_group: str) -> Json:
 def _metrics_statement(namespace: str) -> Json:
     # PutMetricData has no resource-level permission; the namespace condition is the scope.
     return statement(
-        ["cloudwatch:PutMetricData"], ["*"],
+        ["cloudwatch:PutMetricData"],
+        ["*"],
         Condition={"StringEquals": {"cloudwatch:namespace": namespace}},
     )
 
 
-CONSUME = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
-           "sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+CONSUME = [
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+    "sqs:GetQueueUrl",
+]
 
 
 def _job_policies(config: StackConfig, queues: _Queues) -> dict[str, list[Json]]:
@@ -383,14 +420,20 @@ def _iam(config: StackConfig, queues: _Queues) -> Json:
             "Type": "AWS::IAM::Role",
             "Properties": {
                 "AssumeRolePolicyDocument": assume_role("ecs-tasks.amazonaws.com"),
-                "Policies": [{
-                    "PolicyName": "read-mongodb-secrets",
-                    "PolicyDocument": policy_document([
-                        statement(["secretsmanager:GetSecretValue"],
-                                  list(_secret_arns(config).values())),
-                        _logs_statement(config.names.log_group),
-                    ]),
-                }],
+                "Policies": [
+                    {
+                        "PolicyName": "read-mongodb-secrets",
+                        "PolicyDocument": policy_document(
+                            [
+                                statement(
+                                    ["secretsmanager:GetSecretValue"],
+                                    list(_secret_arns(config).values()),
+                                ),
+                                _logs_statement(config.names.log_group),
+                            ]
+                        ),
+                    }
+                ],
                 "Tags": tag_list(config),
             },
         },
@@ -400,10 +443,12 @@ def _iam(config: StackConfig, queues: _Queues) -> Json:
             "Type": "AWS::IAM::Role",
             "Properties": {
                 "AssumeRolePolicyDocument": assume_role("ecs-tasks.amazonaws.com"),
-                "Policies": [{
-                    "PolicyName": "facefleet-worker",
-                    "PolicyDocument": policy_document(statements),
-                }],
+                "Policies": [
+                    {
+                        "PolicyName": "facefleet-worker",
+                        "PolicyDocument": policy_document(statements),
+                    }
+                ],
                 "Tags": tag_list(config),
             },
         }
@@ -429,10 +474,13 @@ def _network(config: StackConfig) -> tuple[Json, Json]:
             "Properties": {
                 "GroupDescription": "FaceFleet Batch workers: no inbound, outbound only",
                 "VpcId": ref("VpcId"),
-                "SecurityGroupEgress": [{
-                    "IpProtocol": "-1", "CidrIp": "0.0.0.0/0",
-                    "Description": "SQS, S3, ECR, CloudWatch and MongoDB",
-                }],
+                "SecurityGroupEgress": [
+                    {
+                        "IpProtocol": "-1",
+                        "CidrIp": "0.0.0.0/0",
+                        "Description": "SQS, S3, ECR, CloudWatch and MongoDB",
+                    }
+                ],
                 "Tags": tag_list(config),
             },
         }
@@ -444,9 +492,20 @@ def _security_groups(config: StackConfig) -> Any:
     own = get_att("WorkerSecurityGroup", "GroupId")
     if not config.security_group_ids:
         return [own]
-    return {"Fn::Split": [",", {"Fn::Join": [",", [
-        own, {"Fn::Join": [",", ref("SecurityGroupIds")]},
-    ]]}]}
+    return {
+        "Fn::Split": [
+            ",",
+            {
+                "Fn::Join": [
+                    ",",
+                    [
+                        own,
+                        {"Fn::Join": [",", ref("SecurityGroupIds")]},
+                    ],
+                ]
+            },
+        ]
+    }
 
 
 def _compute_environment(spec: ComputeEnvironmentSpec, config: StackConfig) -> Json:
@@ -505,16 +564,18 @@ def retry_strategy(spec: JobDefinitionSpec) -> Json:
 def job_environment(config: StackConfig, service_type: str, queues: _Queues) -> list[Json]:
     """The `Settings` contract with its defaults, the stack's own resources filled in."""
     env: dict[str, Any] = Settings(service_type=service_type).to_env()
-    env.update({
-        "AWS_DEFAULT_REGION": ref("AWS::Region"),
-        "QUEUE_URL": queues.url(INDEXING_QUEUE),
-        "GROUP_FACE_QUEUE_URL": queues.url(GROUP_FACE_QUEUE),
-        "BUCKET_NAME": config.gallery_bucket,
-        "FACE_GROUP_BUCKET_NAME": config.face_group_bucket,
-        "LOG_GROUP": config.names.log_group,
-        "MODEL_BUCKET": config.model_bucket_name,
-        "METRICS_NAMESPACE": config.names.metrics_namespace,
-    })
+    env.update(
+        {
+            "AWS_DEFAULT_REGION": ref("AWS::Region"),
+            "QUEUE_URL": queues.url(INDEXING_QUEUE),
+            "GROUP_FACE_QUEUE_URL": queues.url(GROUP_FACE_QUEUE),
+            "BUCKET_NAME": config.gallery_bucket,
+            "FACE_GROUP_BUCKET_NAME": config.face_group_bucket,
+            "LOG_GROUP": config.names.log_group,
+            "MODEL_BUCKET": config.model_bucket_name,
+            "METRICS_NAMESPACE": config.names.metrics_namespace,
+        }
+    )
     if service_type == "detection":
         env["MODEL_DIR"] = f"{MODEL_ROOT}/{env['MODEL_PACK']}"
     for secret in _secret_arns(config):
@@ -611,17 +672,25 @@ def _alerts(config: StackConfig) -> Json:
             "Type": "AWS::SNS::TopicPolicy",
             "Properties": {
                 "Topics": [ref("AlertsTopic")],
-                "PolicyDocument": policy_document([{
-                    "Sid": "EventBridgeRules",
-                    "Effect": "Allow",
-                    "Principal": {"Service": "events.amazonaws.com"},
-                    "Action": "sns:Publish",
-                    "Resource": ref("AlertsTopic"),
-                    "Condition": {"ArnEquals": {"aws:SourceArn": [
-                        get_att("JobFailedRule", "Arn"),
-                        get_att("SpotInterruptionRule", "Arn"),
-                    ]}},
-                }]),
+                "PolicyDocument": policy_document(
+                    [
+                        {
+                            "Sid": "EventBridgeRules",
+                            "Effect": "Allow",
+                            "Principal": {"Service": "events.amazonaws.com"},
+                            "Action": "sns:Publish",
+                            "Resource": ref("AlertsTopic"),
+                            "Condition": {
+                                "ArnEquals": {
+                                    "aws:SourceArn": [
+                                        get_att("JobFailedRule", "Arn"),
+                                        get_att("SpotInterruptionRule", "Arn"),
+                                    ]
+                                }
+                            },
+                        }
+                    ]
+                ),
             },
         },
         "JobFailedRule": {
@@ -669,16 +738,23 @@ def _dispatcher(config: StackConfig, queues: _Queues, package: LambdaPackage) ->
         arn("batch", f"job-definition/{spec.name}") for spec in names.job_definitions
     ] + [arn("batch", f"job-definition/{spec.name}:*") for spec in names.job_definitions]
     statements = [
-        statement(["sqs:GetQueueAttributes", "sqs:GetQueueUrl"],
-                  [queues.arn(INDEXING_QUEUE), queues.arn(GROUP_FACE_QUEUE)]),
+        statement(
+            ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"],
+            [queues.arn(INDEXING_QUEUE), queues.arn(GROUP_FACE_QUEUE)],
+        ),
         statement(["batch:SubmitJob"], job_queue_arns + job_definition_arns),
         # ListJobs, DescribeJobs and GetMetricStatistics take no resource-level permissions.
-        statement(["batch:DescribeJobs", "batch:ListJobs",
-                   "cloudwatch:GetMetricStatistics"], ["*"]),
-        statement(["ssm:GetParameter", "ssm:PutParameter"],
-                  [arn("ssm", f"parameter{names.dispatch_parameter_prefix}/state")]),
-        statement(["logs:CreateLogStream", "logs:PutLogEvents"],
-                  [arn("logs", f"log-group:/aws/lambda/{function}:*")]),
+        statement(
+            ["batch:DescribeJobs", "batch:ListJobs", "cloudwatch:GetMetricStatistics"], ["*"]
+        ),
+        statement(
+            ["ssm:GetParameter", "ssm:PutParameter"],
+            [arn("ssm", f"parameter{names.dispatch_parameter_prefix}/state")],
+        ),
+        statement(
+            ["logs:CreateLogStream", "logs:PutLogEvents"],
+            [arn("logs", f"log-group:/aws/lambda/{function}:*")],
+        ),
         _metrics_statement(names.metrics_namespace),
     ]
     return {
@@ -693,10 +769,12 @@ def _dispatcher(config: StackConfig, queues: _Queues, package: LambdaPackage) ->
             "Type": "AWS::IAM::Role",
             "Properties": {
                 "AssumeRolePolicyDocument": assume_role("lambda.amazonaws.com"),
-                "Policies": [{
-                    "PolicyName": "facefleet-dispatch",
-                    "PolicyDocument": policy_document(statements),
-                }],
+                "Policies": [
+                    {
+                        "PolicyName": "facefleet-dispatch",
+                        "PolicyDocument": policy_document(statements),
+                    }
+                ],
                 "Tags": tag_list(config),
             },
         },
@@ -714,13 +792,15 @@ def _dispatcher(config: StackConfig, queues: _Queues, package: LambdaPackage) ->
                 "MemorySize": 256,
                 # One tick at a time: two concurrent ticks would both see the same backlog.
                 "ReservedConcurrentExecutions": 1,
-                "Environment": {"Variables": {
-                    "FACEFLEET_PREFIX": names.prefix,
-                    "FACEFLEET_GROUPING_PREFIX": names.grouping_prefix,
-                    "QUEUE_URL": queues.url(INDEXING_QUEUE),
-                    "GROUP_FACE_QUEUE_URL": queues.url(GROUP_FACE_QUEUE),
-                    "METRICS_NAMESPACE": names.metrics_namespace,
-                }},
+                "Environment": {
+                    "Variables": {
+                        "FACEFLEET_PREFIX": names.prefix,
+                        "FACEFLEET_GROUPING_PREFIX": names.grouping_prefix,
+                        "QUEUE_URL": queues.url(INDEXING_QUEUE),
+                        "GROUP_FACE_QUEUE_URL": queues.url(GROUP_FACE_QUEUE),
+                        "METRICS_NAMESPACE": names.metrics_namespace,
+                    }
+                },
                 "Tags": tag_list(config),
             },
         },
@@ -766,13 +846,16 @@ def _outputs(config: StackConfig, queues: _Queues) -> Json:
         "AlertsTopicArn": (ref("AlertsTopic"), "SNS topic for alerts"),
         "RepositoryUri": (get_att("WorkerImageRepository", "RepositoryUri"), "ECR repository"),
         "ImageUri": (_image(config), "worker image the job definitions run"),
-        "WorkerSecurityGroupId": (get_att("WorkerSecurityGroup", "GroupId"),
-                                  "admit this group where MongoDB runs"),
+        "WorkerSecurityGroupId": (
+            get_att("WorkerSecurityGroup", "GroupId"),
+            "admit this group where MongoDB runs",
+        ),
     }
     for logical_id in (INDEXING_QUEUE, GROUP_FACE_QUEUE):
         if queues.created(logical_id):
             values[f"{logical_id}DeadLetterUrl"] = (
-                ref(f"{logical_id}DeadLetter"), "dead-letter queue"
+                ref(f"{logical_id}DeadLetter"),
+                "dead-letter queue",
             )
     if config.fallback_dispatcher:
         values["DispatchFunctionName"] = (ref("DispatchFunction"), "fallback dispatcher")

@@ -44,8 +44,14 @@ def _lfw_people(lfw: Path, min_photos: int) -> list[Path]:
     return [d for d in sorted(lfw.iterdir()) if d.is_dir() and len(_photos(d)) >= min_photos]
 
 
-def demo_gallery(faces_dir: Path, users: int = 3, people_per_user: int = 12,
-                 min_photos: int = 4, max_photos: int = 8, distractors: int = 10) -> list[Photo]:
+def demo_gallery(
+    faces_dir: Path,
+    users: int = 3,
+    people_per_user: int = 12,
+    min_photos: int = 4,
+    max_photos: int = 8,
+    distractors: int = 10,
+) -> list[Photo]:
     """Photos for `users` users; user 1 gets gallery/ and groups/, the rest LFW identities."""
     photos: list[Photo] = []
     first = "demo-user-1"
@@ -57,11 +63,12 @@ def demo_gallery(faces_dir: Path, users: int = 3, people_per_user: int = 12,
     singles = [d for d in sorted(lfw.iterdir()) if d.is_dir() and len(_photos(d)) == 1]
     for number in range(2, users + 1):
         user = f"demo-user-{number}"
-        chosen = people[(number - 2) * people_per_user:(number - 1) * people_per_user]
+        chosen = people[(number - 2) * people_per_user : (number - 1) * people_per_user]
         for person in chosen:
-            photos += [Photo(user, _image_id(p), p, person.name)
-                       for p in _photos(person)[:max_photos]]
-        for single in singles[(number - 2) * distractors:(number - 1) * distractors]:
+            photos += [
+                Photo(user, _image_id(p), p, person.name) for p in _photos(person)[:max_photos]
+            ]
+        for single in singles[(number - 2) * distractors : (number - 1) * distractors]:
             photos += [Photo(user, _image_id(p), p, single.name) for p in _photos(single)]
     return photos
 
@@ -92,8 +99,9 @@ def requests(photos: Iterable[Photo], bucket: str) -> Iterator[DetectionRequest]
         yield DetectionRequest(photo.user_id, photo.image_id, bucket, photo.key)
 
 
-def send(requests: Iterable[DetectionRequest], queue_url: str, region: str,
-         endpoint_url: str | None) -> int:
+def send(
+    requests: Iterable[DetectionRequest], queue_url: str, region: str, endpoint_url: str | None
+) -> int:
     """Send indexing messages in batches of ten (the SQS maximum)."""
     sqs = client("sqs", region, endpoint_url)
     batch: list[DetectionRequest] = []

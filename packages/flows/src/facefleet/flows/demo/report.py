@@ -59,20 +59,25 @@ def _face_html(face: FaceDoc, report: UserReport, assets: AssetCopier, crop_buck
     photo = assets.get(image.bucket, image.key) if image else ""
     crop = assets.get(crop_bucket, face.crop_key) if face.crop_key else ""
     title = html.escape(f"{face.image_id} face {face.index} (quality {face.quality:.2f})")
-    return (f'<a href="{html.escape(photo)}" title="{title}">'
-            f'<img class="face" src="{html.escape(crop)}" alt="{title}"></a>')
+    return (
+        f'<a href="{html.escape(photo)}" title="{title}">'
+        f'<img class="face" src="{html.escape(crop)}" alt="{title}"></a>'
+    )
 
 
-def _person_html(person: PersonDoc, report: UserReport, assets: AssetCopier,
-                 crop_bucket: str) -> str:
+def _person_html(
+    person: PersonDoc, report: UserReport, assets: AssetCopier, crop_bucket: str
+) -> str:
     label = html.escape(person.name or f"Person {person.person_id}")
     members = [report.faces[f] for f in person.member_face_ids if f in report.faces]
     cover = report.faces.get(person.cover_face_id or "")
     cover_html = _face_html(cover, report, assets, crop_bucket) if cover else ""
     crops = "".join(_face_html(f, report, assets, crop_bucket) for f in members)
-    return (f'<section class="person" data-person="{person.person_id}">'
-            f'<div class="cover">{cover_html}</div><h3>{label} '
-            f'<small>{len(members)} faces</small></h3><div class="faces">{crops}</div></section>')
+    return (
+        f'<section class="person" data-person="{person.person_id}">'
+        f'<div class="cover">{cover_html}</div><h3>{label} '
+        f'<small>{len(members)} faces</small></h3><div class="faces">{crops}</div></section>'
+    )
 
 
 def _user_html(report: UserReport, assets: AssetCopier, crop_bucket: str) -> str:
@@ -85,8 +90,8 @@ def _user_html(report: UserReport, assets: AssetCopier, crop_bucket: str) -> str
         f'<article class="user" id="{html.escape(report.user_id)}">'
         f"<h2>{html.escape(report.user_id)}</h2><p>{len(report.images)} photos, "
         f"{len(report.faces)} faces, {len(report.people)} people, {failed} failed photos</p>"
-        f"{people}<section class=\"unassigned\"><h3>Unassigned faces "
-        f"<small>{len(report.unassigned)}</small></h3><div class=\"faces\">{unassigned}</div>"
+        f'{people}<section class="unassigned"><h3>Unassigned faces '
+        f'<small>{len(report.unassigned)}</small></h3><div class="faces">{unassigned}</div>'
         "</section></article>"
     )
 
@@ -100,15 +105,23 @@ body{font-family:system-ui,sans-serif;margin:2em;background:#fafafa;color:#222}
 """
 
 
-def write_report(reports: list[UserReport], out_dir: Path, crop_bucket: str, region: str,
-                 endpoint_url: str | None, summary: str = "") -> Path:
+def write_report(
+    reports: list[UserReport],
+    out_dir: Path,
+    crop_bucket: str,
+    region: str,
+    endpoint_url: str | None,
+    summary: str = "",
+) -> Path:
     """Write out_dir/index.html with its assets; return the HTML path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     assets = AssetCopier(out_dir, region, endpoint_url)
     body = "".join(_user_html(r, assets, crop_bucket) for r in reports)
-    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>FaceFleet people"
-            f"</title><style>{STYLE}</style></head><body><h1>FaceFleet people report</h1>"
-            f"<p>{html.escape(summary)}</p>{body}</body></html>")
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>FaceFleet people'
+        f"</title><style>{STYLE}</style></head><body><h1>FaceFleet people report</h1>"
+        f"<p>{html.escape(summary)}</p>{body}</body></html>"
+    )
     path = out_dir / "index.html"
     path.write_text(page)
     return path

@@ -60,7 +60,10 @@ def _to_labels(values: Sequence[int]) -> list[Hashable | None]:
 
 
 def incremental_rule(
-    graph: NeighbourGraph, order: Sequence[int], min_faces: int = 3, max_distance: float = 0.5,
+    graph: NeighbourGraph,
+    order: Sequence[int],
+    min_faces: int = 3,
+    max_distance: float = 0.5,
     top_k: int = 10,
 ) -> Labels:
     """Rule (a) over faces arriving in `order` (face indices)."""
@@ -72,7 +75,8 @@ def incremental_rule(
     def place(face: int) -> bool:
         nonlocal next_label
         near = [
-            j for j, s in zip(graph.ids[face].tolist(), graph.sims[face].tolist(), strict=True)
+            j
+            for j, s in zip(graph.ids[face].tolist(), graph.sims[face].tolist(), strict=True)
             if j >= 0 and arrived[j] >= 0 and s >= min_sim
         ][:top_k]
         for j in near:  # nearest first
@@ -116,10 +120,13 @@ def chinese_whispers(
     rng = np.random.default_rng(seed)
     edges: list[list[tuple[int, float]]] = []
     for row in range(len(graph)):
-        edges.append([
-            (j, s) for j, s in zip(graph.ids[row].tolist(), graph.sims[row].tolist(), strict=True)
-            if j >= 0 and s >= threshold
-        ])
+        edges.append(
+            [
+                (j, s)
+                for j, s in zip(graph.ids[row].tolist(), graph.sims[row].tolist(), strict=True)
+                if j >= 0 and s >= threshold
+            ]
+        )
     labels = list(range(len(graph)))
     for _ in range(iterations):
         changed = False
@@ -169,11 +176,11 @@ def tune(
 
 RULE_GRID = [
     {"min_faces": m, "max_distance": d}
-    for m in (1, 2, 3, 4) for d in (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+    for m in (1, 2, 3, 4)
+    for d in (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 ]
 DBSCAN_GRID = [
-    {"eps": e, "min_samples": m}
-    for m in (2, 3, 4) for e in (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+    {"eps": e, "min_samples": m} for m in (2, 3, 4) for e in (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 ]
 WHISPERS_GRID = [{"threshold": t} for t in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65)]
 
@@ -184,13 +191,19 @@ def run_baselines(
     """Rule (a) at defaults and tuned, DBSCAN tuned, Chinese whispers tuned."""
     default = incremental_rule(graph, order)
     return {
-        "rule_default": Tuned("rule (a) defaults", {"min_faces": 3, "max_distance": 0.5},
-                              default, bcubed_scores(truth, _to_labels(default))[2]),
-        "rule_tuned": tune("rule (a) tuned",
-                           lambda **s: incremental_rule(graph, order, **s), RULE_GRID, truth),
+        "rule_default": Tuned(
+            "rule (a) defaults",
+            {"min_faces": 3, "max_distance": 0.5},
+            default,
+            bcubed_scores(truth, _to_labels(default))[2],
+        ),
+        "rule_tuned": tune(
+            "rule (a) tuned", lambda **s: incremental_rule(graph, order, **s), RULE_GRID, truth
+        ),
         "dbscan": tune("DBSCAN tuned", lambda **s: dbscan(graph, **s), DBSCAN_GRID, truth),
-        "whispers": tune("Chinese whispers tuned",
-                         lambda **s: chinese_whispers(graph, **s), WHISPERS_GRID, truth),
+        "whispers": tune(
+            "Chinese whispers tuned", lambda **s: chinese_whispers(graph, **s), WHISPERS_GRID, truth
+        ),
     }
 
 

@@ -153,11 +153,17 @@ class ClusterUpdate:
 
 
 def face_tier(quality: float, size_px: float, det_score: float, params: ClusterParams) -> int:
-    if (quality >= params.strong_quality and size_px >= params.strong_size_px
-            and det_score >= params.strong_det_score):
+    if (
+        quality >= params.strong_quality
+        and size_px >= params.strong_size_px
+        and det_score >= params.strong_det_score
+    ):
         return STRONG
-    if (quality >= params.weak_quality and size_px >= params.weak_size_px
-            and det_score >= params.weak_det_score):
+    if (
+        quality >= params.weak_quality
+        and size_px >= params.weak_size_px
+        and det_score >= params.weak_det_score
+    ):
         return WEAK
     return IGNORED
 
@@ -183,7 +189,7 @@ def add_faces(
             seen.add(face.face_id)
             fresh.append(face)
     for start in range(0, len(fresh), params.chunk):
-        _add_chunk(state, fresh[start:start + params.chunk], index, params, update)
+        _add_chunk(state, fresh[start : start + params.chunk], index, params, update)
     return update
 
 
@@ -196,8 +202,10 @@ def _embeddings(faces: Sequence[FaceInput], dim: int) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1)
     bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-2)
     if len(bad):
-        raise ValueError(f"face {faces[int(bad[0])].face_id}: embedding is not L2-normalised "
-                         f"(norm {norms[bad[0]]:.3f})")
+        raise ValueError(
+            f"face {faces[int(bad[0])].face_id}: embedding is not L2-normalised "
+            f"(norm {norms[bad[0]]:.3f})"
+        )
     return matrix
 
 
@@ -221,11 +229,14 @@ def _add_chunk(
         _register(state, face, params, update)
     sim_rows, id_rows = sims.tolist(), ids.tolist()
     for j in range(len(faces)):
-        hits = [(i, s) for i, s in zip(id_rows[j], sim_rows[j], strict=True)
-                if i >= 0 and s >= params.link_sim]
+        hits = [
+            (i, s)
+            for i, s in zip(id_rows[j], sim_rows[j], strict=True)
+            if i >= 0 and s >= params.link_sim
+        ]
         extra = intra_hits.get(j)
         if extra:
-            hits = sorted(hits + extra, key=lambda h: (-h[1], h[0]))[:params.k]
+            hits = sorted(hits + extra, key=lambda h: (-h[1], h[0]))[: params.k]
         _place(state, base + j, hits, params, update)
     index.add(np.arange(base, base + len(faces), dtype=np.int64), matrix)
 

@@ -121,10 +121,23 @@ class Corrections:
         finally:
             self.store.people.release_lease(user_id, self.owner)
 
-    def _save(self, session: UserSession, update: ClusterUpdate, *,
-              faces: Sequence[str] = (), people: Sequence[int] = ()) -> None:
-        save_changes(self.store, session, update, s3=self.s3, bucket=self.bucket,
-                     touched_faces=faces, touched_people=people)
+    def _save(
+        self,
+        session: UserSession,
+        update: ClusterUpdate,
+        *,
+        faces: Sequence[str] = (),
+        people: Sequence[int] = (),
+    ) -> None:
+        save_changes(
+            self.store,
+            session,
+            update,
+            s3=self.s3,
+            bucket=self.bucket,
+            touched_faces=faces,
+            touched_people=people,
+        )
 
     # -- corrections --------------------------------------------------------------------------
 
@@ -211,9 +224,13 @@ class Corrections:
             self.store.assignments.delete_many({"user_id": user_id, "model_id": old_model})
         self.store.log_correction(user_id, "migrate", old_model=old_model, new_model=new_model)
         return MigrationReport(
-            old_model=str(old_model), new_model=new_model, faces_old=len(old_faces),
-            faces_new=len(new_faces), faces_reembedded=reembedded,
-            people=len(state.people), named_carried=sum(1 for p in old_names if p in carried),
+            old_model=str(old_model),
+            new_model=new_model,
+            faces_old=len(old_faces),
+            faces_new=len(new_faces),
+            faces_reembedded=reembedded,
+            people=len(state.people),
+            named_carried=sum(1 for p in old_names if p in carried),
             named_lost=sorted(n for p, n in old_names.items() if p not in carried),
         )
 
@@ -233,8 +250,7 @@ class Corrections:
         vectors = embed(crops)
         docs = [_with_model(face, model, v) for face, v in zip(kept, vectors, strict=True)]
         if docs:
-            self.store.gallery.faces.bulk_write([upsert(d.to_mongo()) for d in docs],
-                                                ordered=False)
+            self.store.gallery.faces.bulk_write([upsert(d.to_mongo()) for d in docs], ordered=False)
         return len(docs)
 
     def _replace(
@@ -257,12 +273,18 @@ class Corrections:
         state.merged_into = dict(old.merged_into)
         _replay_constraints(old, state, face_map)
         by_id = {f.doc_id: f for f in faces}
-        fresh = UserSession(session.user_id, model_id or session.model_id, state=state,
-                            index=index, covers=dict(session.covers))
+        fresh = UserSession(
+            session.user_id,
+            model_id or session.model_id,
+            state=state,
+            index=index,
+            covers=dict(session.covers),
+        )
         fresh.record_added(by_id, state.face_ids)
         fresh.stale_people = set(old.people) - set(state.people)
-        everything = ClusterUpdate(assignments=dict.fromkeys(state.face_ids),
-                                   changed=set(state.people))
+        everything = ClusterUpdate(
+            assignments=dict.fromkeys(state.face_ids), changed=set(state.people)
+        )
         save_changes(self.store, fresh, everything, s3=self.s3, bucket=self.bucket)
         return carried
 
@@ -274,8 +296,9 @@ def match_faces(old: Sequence[FaceDoc], new: Sequence[FaceDoc]) -> dict[str, str
         by_image.setdefault(face.image_id, []).append(face)
     mapping: dict[str, str] = {}
     for face in old:
-        candidates = [(iou(face.bbox, other.bbox), other.doc_id)
-                      for other in by_image.get(face.image_id, [])]
+        candidates = [
+            (iou(face.bbox, other.bbox), other.doc_id) for other in by_image.get(face.image_id, [])
+        ]
         if candidates:
             overlap, best = max(candidates)
             if overlap >= 0.5:
@@ -292,7 +315,9 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def _match_people(
-    old: UserClusterState, new: UserClusterState, face_map: Mapping[str, str],
+    old: UserClusterState,
+    new: UserClusterState,
+    face_map: Mapping[str, str],
     carried: Mapping[int, int],
 ) -> dict[int, int]:
     """New person id -> the old id it takes over: named people as `carry_names` matched them,
@@ -368,7 +393,14 @@ def _read_crop(s3: Any, bucket: str, key: str | None) -> np.ndarray | None:
 
 def _with_model(face: FaceDoc, model: str, embedding: np.ndarray) -> FaceDoc:
     return FaceDoc(
-        user_id=face.user_id, image_id=face.image_id, model_id=model, index=face.index,
-        bbox=face.bbox, landmarks=face.landmarks, det_score=face.det_score, quality=face.quality,
-        embedding=np.asarray(embedding, dtype=np.float32), crop_key=face.crop_key,
+        user_id=face.user_id,
+        image_id=face.image_id,
+        model_id=model,
+        index=face.index,
+        bbox=face.bbox,
+        landmarks=face.landmarks,
+        det_score=face.det_score,
+        quality=face.quality,
+        embedding=np.asarray(embedding, dtype=np.float32),
+        crop_key=face.crop_key,
     )

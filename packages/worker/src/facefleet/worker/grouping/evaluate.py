@@ -91,8 +91,14 @@ class ConditionData:
 
     def faces(self) -> list[FaceInput]:
         return [
-            FaceInput(f"face{i:06d}", self.photo_ids[i], self.embeddings[i],
-                      float(self.quality[i]), float(self.size_px[i]), float(self.det_score[i]))
+            FaceInput(
+                f"face{i:06d}",
+                self.photo_ids[i],
+                self.embeddings[i],
+                float(self.quality[i]),
+                float(self.size_px[i]),
+                float(self.det_score[i]),
+            )
             for i in range(len(self.truth))
         ]
 
@@ -101,8 +107,13 @@ class ConditionData:
 
 
 def select_photos(
-    root: Path, *, min_photos: int = 1, max_people: int | None = None,
-    distractors: int | None = None, max_photos: int | None = None, seed: int = 0,
+    root: Path,
+    *,
+    min_photos: int = 1,
+    max_people: int | None = None,
+    distractors: int | None = None,
+    max_photos: int | None = None,
+    seed: int = 0,
 ) -> list[Photo]:
     """People with >= min_photos photos (a seeded sample of max_people) plus one-photo people.
 
@@ -119,8 +130,11 @@ def select_photos(
         multi = [name for name, files in people.items() if len(files) >= 2]
     if max_people is not None and max_people < len(multi):
         multi = sorted(rng.choice(multi, max_people, replace=False).tolist())
-    count = distractors if distractors is not None else (
-        max_people if max_people is not None else len(single))
+    count = (
+        distractors
+        if distractors is not None
+        else (max_people if max_people is not None else len(single))
+    )
     if count < len(single):
         single = sorted(rng.choice(single, count, replace=False).tolist())
     photos: list[Photo] = []
@@ -174,8 +188,11 @@ def build_clean(photos: Sequence[Photo], seed: int) -> Iterator[Built]:
     for photo in photos:
         image = _read(photo.path)
         h, w = image.shape[:2]
-        yield Built(photo.path.stem, image, [Placed(photo.identity, (w / 2, h / 2),
-                                                    LFW_FACE_WIDTH * w / 250)])
+        yield Built(
+            photo.path.stem,
+            image,
+            [Placed(photo.identity, (w / 2, h / 2), LFW_FACE_WIDTH * w / 250)],
+        )
 
 
 def build_degraded(photos: Sequence[Photo], seed: int) -> Iterator[Built]:
@@ -187,9 +204,12 @@ def build_degraded(photos: Sequence[Photo], seed: int) -> Iterator[Built]:
         height, width = int(th * rng.uniform(2, 4)), int(tw * rng.uniform(2, 4))
         canvas = _canvas(height, width, rng)
         y, x = int(rng.integers(0, height - th + 1)), int(rng.integers(0, width - tw + 1))
-        canvas[y:y + th, x:x + tw] = tile
-        yield Built(photo.path.stem, _jpeg(canvas, rng),
-                    [Placed(photo.identity, (x + tw / 2, y + th / 2), face_width)])
+        canvas[y : y + th, x : x + tw] = tile
+        yield Built(
+            photo.path.stem,
+            _jpeg(canvas, rng),
+            [Placed(photo.identity, (x + tw / 2, y + th / 2), face_width)],
+        )
 
 
 def build_composite(photos: Sequence[Photo], seed: int) -> Iterator[Built]:
@@ -227,7 +247,7 @@ def _composite(photo_id: str, group: Sequence[Photo], rng: np.random.Generator) 
         th, tw = tile.shape[:2]
         y = (n // columns) * cell + int(rng.integers(0, cell - th + 1))
         x = (n % columns) * cell + int(rng.integers(0, cell - tw + 1))
-        canvas[y:y + th, x:x + tw] = tile
+        canvas[y : y + th, x : x + tw] = tile
         placed.append(Placed(identity, (x + tw / 2, y + th / 2), width))
     return Built(photo_id, _jpeg(canvas, rng), placed)
 
@@ -238,8 +258,12 @@ BUILDERS = {"clean": build_clean, "degraded": build_degraded, "composite": build
 # -- detection + embedding ----------------------------------------------------------------------
 
 
-def _match(boxes: Sequence[tuple[float, float, float, float]], placed: Placed,
-           taken: set[int], largest_first: bool) -> int | None:
+def _match(
+    boxes: Sequence[tuple[float, float, float, float]],
+    placed: Placed,
+    taken: set[int],
+    largest_first: bool,
+) -> int | None:
     """The detection that is the placed face: nearest its centre, within 0.75 face widths.
 
     In the clean condition (largest_first) the nearest of the detections at least half as wide
@@ -264,7 +288,11 @@ def _distance(box: tuple[float, float, float, float], placed: Placed) -> float:
 
 
 def detect_condition(
-    name: str, photos: Sequence[Photo], pack: Path, seed: int, chunk: int = 16,
+    name: str,
+    photos: Sequence[Photo],
+    pack: Path,
+    seed: int,
+    chunk: int = 16,
     progress: bool = True,
 ) -> ConditionData:
     from facefleet.worker.detection.analyzer import FaceAnalyzer
@@ -307,8 +335,13 @@ def detect_condition(
         print(file=sys.stderr)
     dim = analyzer.embedding_dim
     return ConditionData(
-        np.asarray(vectors, dtype=np.float32).reshape(-1, dim), np.asarray(quality),
-        np.asarray(size), np.asarray(det), photo_ids, truth, missed,
+        np.asarray(vectors, dtype=np.float32).reshape(-1, dim),
+        np.asarray(quality),
+        np.asarray(size),
+        np.asarray(det),
+        photo_ids,
+        truth,
+        missed,
     )
 
 
@@ -320,22 +353,34 @@ def _cache_key(name: str, photos: Sequence[Photo], pack: Path, seed: int) -> str
     return digest.hexdigest()[:16]
 
 
-def load_condition(name: str, photos: Sequence[Photo], pack: Path, seed: int,
-                   cache: Path | None) -> ConditionData:
+def load_condition(
+    name: str, photos: Sequence[Photo], pack: Path, seed: int, cache: Path | None
+) -> ConditionData:
     path = cache / f"{name}-{_cache_key(name, photos, pack, seed)}.npz" if cache else None
     if path is not None and path.exists():
         with np.load(path, allow_pickle=False) as saved:
             meta = json.loads(str(saved["meta"]))
-            return ConditionData(saved["embeddings"], saved["quality"], saved["size_px"],
-                                 saved["det_score"], meta["photo_ids"], meta["truth"],
-                                 meta["missed"])
+            return ConditionData(
+                saved["embeddings"],
+                saved["quality"],
+                saved["size_px"],
+                saved["det_score"],
+                meta["photo_ids"],
+                meta["truth"],
+                meta["missed"],
+            )
     data = detect_condition(name, photos, pack, seed)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = json.dumps({"photo_ids": data.photo_ids, "truth": data.truth,
-                           "missed": data.missed})
-        np.savez(path, embeddings=data.embeddings, quality=data.quality, size_px=data.size_px,
-                 det_score=data.det_score, meta=np.asarray(meta))
+        meta = json.dumps({"photo_ids": data.photo_ids, "truth": data.truth, "missed": data.missed})
+        np.savez(
+            path,
+            embeddings=data.embeddings,
+            quality=data.quality,
+            size_px=data.size_px,
+            det_score=data.det_score,
+            meta=np.asarray(meta),
+        )
     return data
 
 
@@ -350,13 +395,16 @@ def arrival_order(data: ConditionData, seed: int) -> list[int]:
     return sorted(range(len(data.truth)), key=lambda i: (position[data.photo_ids[i]], i))
 
 
-def run_facefleet(faces: Sequence[FaceInput], order: Sequence[int], params: ClusterParams,
-                  ) -> UserClusterState:
+def run_facefleet(
+    faces: Sequence[FaceInput],
+    order: Sequence[int],
+    params: ClusterParams,
+) -> UserClusterState:
     state = UserClusterState()
     index = FaceIndex(len(faces[0].embedding))
     stream = [faces[i] for i in order]
     for start in range(0, len(stream), BATCH_FACES):
-        add_faces(state, stream[start:start + BATCH_FACES], index, params)
+        add_faces(state, stream[start : start + BATCH_FACES], index, params)
     return state
 
 
@@ -372,8 +420,9 @@ class ConditionResult:
     seconds: float
 
 
-def evaluate_condition(name: str, data: ConditionData, seed: int,
-                       params: ClusterParams) -> ConditionResult:
+def evaluate_condition(
+    name: str, data: ConditionData, seed: int, params: ClusterParams
+) -> ConditionResult:
     started = time.monotonic()
     faces = data.faces()
     ids = [face.face_id for face in faces]
@@ -391,8 +440,13 @@ def evaluate_condition(name: str, data: ConditionData, seed: int,
         settings[tuned.name] = tuned.setting
         del key
     return ConditionResult(
-        name, len(faces), data.missed, rows, settings,
-        ari(labels, partition(full, ids)), ari(labels, partition(other, ids)),
+        name,
+        len(faces),
+        data.missed,
+        rows,
+        settings,
+        ari(labels, partition(full, ids)),
+        ari(labels, partition(other, ids)),
         time.monotonic() - started,
     )
 
@@ -422,8 +476,9 @@ def format_table(result: ConditionResult) -> str:
     name, best = best_baseline(result)
     ours = result.rows["FaceFleet"]
     ratio = (1 - ours.bcubed_f1) / max(1 - best.bcubed_f1, 1e-9)
-    lines.append(f"BCubed error FaceFleet / best tuned baseline ({name}): {ratio:.3f} "
-                 f"(target <= 0.75)")
+    lines.append(
+        f"BCubed error FaceFleet / best tuned baseline ({name}): {ratio:.3f} (target <= 0.75)"
+    )
     return "\n".join(lines)
 
 
@@ -451,8 +506,12 @@ def result_line(results: dict[str, ConditionResult]) -> str:
 
 def evaluate(args: argparse.Namespace) -> int:
     photos = select_photos(
-        Path(args.path), min_photos=args.min_photos, max_people=args.max_people,
-        distractors=args.distractors, max_photos=args.max_photos, seed=args.seed,
+        Path(args.path),
+        min_photos=args.min_photos,
+        max_people=args.max_people,
+        distractors=args.distractors,
+        max_photos=args.max_photos,
+        seed=args.seed,
     )
     print(f"{len(photos)} photos of {len({p.identity for p in photos})} people from {args.path}")
     cache = None if args.no_cache else Path(args.cache).expanduser()
@@ -472,28 +531,47 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", nargs="?", default=str(DEFAULT_PATH),
-                        help="folder in the LFW layout Person/Person_0001.jpg")
+    parser.add_argument(
+        "path",
+        nargs="?",
+        default=str(DEFAULT_PATH),
+        help="folder in the LFW layout Person/Person_0001.jpg",
+    )
     parser.add_argument("--pack", default=str(DEFAULT_PACK), help="model pack folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-photos", type=int, default=1,
-                        help="people with at least this many photos (one-photo people are "
-                             "added as distractors)")
-    parser.add_argument("--max-people", type=int, default=None,
-                        help="a seeded sample of this many multi-photo people")
-    parser.add_argument("--distractors", type=int, default=None,
-                        help="one-photo people to add (default: all, or --max-people)")
+    parser.add_argument(
+        "--min-photos",
+        type=int,
+        default=1,
+        help="people with at least this many photos (one-photo people are added as distractors)",
+    )
+    parser.add_argument(
+        "--max-people",
+        type=int,
+        default=None,
+        help="a seeded sample of this many multi-photo people",
+    )
+    parser.add_argument(
+        "--distractors",
+        type=int,
+        default=None,
+        help="one-photo people to add (default: all, or --max-people)",
+    )
     parser.add_argument("--max-photos", type=int, default=None, help="photos per person cap")
     parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
-    parser.add_argument("--cache", default="~/.cache/facefleet/evaluate",
-                        help="embedding cache folder")
+    parser.add_argument(
+        "--cache", default="~/.cache/facefleet/evaluate", help="embedding cache folder"
+    )
     parser.add_argument("--no-cache", action="store_true")
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("evaluate", help="grouping quality on an LFW-layout folder",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="grouping quality on an LFW-layout folder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     parser.set_defaults(func=evaluate)
 

@@ -71,8 +71,12 @@ class FaceIndex:
         return index
 
     @classmethod
-    def trained_for(cls, sample: np.ndarray, expected: int, params: IndexParams | None = None,
-                    ) -> FaceIndex:
+    def trained_for(
+        cls,
+        sample: np.ndarray,
+        expected: int,
+        params: IndexParams | None = None,
+    ) -> FaceIndex:
         """An empty index whose IVF (if `expected` is past the threshold) is trained on `sample`.
 
         A full re-cluster knows every vector up front, so it trains once for the final size
@@ -152,8 +156,10 @@ class FaceIndex:
         """Top-k (similarities, ordinals) per query; missing neighbours have ordinal -1."""
         matrix = _as_matrix(queries)
         if self._count == 0 or not len(matrix):
-            return (np.full((len(matrix), k), -np.inf, dtype=np.float32),
-                    np.full((len(matrix), k), -1, dtype=np.int64))
+            return (
+                np.full((len(matrix), k), -np.inf, dtype=np.float32),
+                np.full((len(matrix), k), -1, dtype=np.int64),
+            )
         sims, ids = self._index.search(matrix, k)
         return sims, ids
 

@@ -81,9 +81,11 @@ def _codes(labels: Sequence[Hashable]) -> list[int]:
 
 def ari(first: Sequence[Hashable | None], second: Sequence[Hashable | None]) -> float:
     """Adjusted Rand index; None (unassigned) is a singleton on either side."""
-    return float(adjusted_rand_score(
-        _codes(singletons_for_unassigned(first)), _codes(singletons_for_unassigned(second))
-    ))
+    return float(
+        adjusted_rand_score(
+            _codes(singletons_for_unassigned(first)), _codes(singletons_for_unassigned(second))
+        )
+    )
 
 
 def same_photo_merges(photos: Sequence[Hashable], predicted: Sequence[Hashable | None]) -> int:

@@ -43,8 +43,9 @@ def _run(handler: Any) -> Any:
 
         try:
             settings = Settings.from_env()
-            settings.require("gallery_images_mongo_uri", "huemn_mongo_uri",
-                             "face_group_bucket_name")
+            settings.require(
+                "gallery_images_mongo_uri", "huemn_mongo_uri", "face_group_bucket_name"
+            )
             print(handler(_corrections(settings), args))
         except (ConfigError, NoGroupingState, KeyError, ValueError, LeaseHeld) as error:
             print(f"error: {error}")
@@ -63,20 +64,36 @@ def _corrections(settings: Settings) -> Corrections:
 
     assert settings.gallery_images_mongo_uri and settings.huemn_mongo_uri
     assert settings.face_group_bucket_name
-    store = GroupingStore(connect(settings.gallery_images_mongo_uri, GALLERY_DEFAULT_DB),
-                          connect(settings.huemn_mongo_uri, HUEMN_DEFAULT_DB))
-    return Corrections(store, s3=client("s3", settings.aws_region, settings.aws_endpoint_url),
-                       bucket=settings.face_group_bucket_name, params=cluster_params(settings))
+    store = GroupingStore(
+        connect(settings.gallery_images_mongo_uri, GALLERY_DEFAULT_DB),
+        connect(settings.huemn_mongo_uri, HUEMN_DEFAULT_DB),
+    )
+    return Corrections(
+        store,
+        s3=client("s3", settings.aws_region, settings.aws_endpoint_url),
+        bucket=settings.face_group_bucket_name,
+        params=cluster_params(settings),
+    )
 
 
 def list_people(corrections: Corrections, args: argparse.Namespace) -> str:
     """List a user's people."""
     people = corrections.store.people.people_of_user(args.user_id)
     if args.json:
-        return json.dumps([{"person_id": p.person_id, "name": p.name, "faces": p.face_count,
-                            "model_id": p.model_id, "cover_key": p.cover_key,
-                            **({"members": p.member_face_ids} if args.faces else {})}
-                           for p in people], indent=2)
+        return json.dumps(
+            [
+                {
+                    "person_id": p.person_id,
+                    "name": p.name,
+                    "faces": p.face_count,
+                    "model_id": p.model_id,
+                    "cover_key": p.cover_key,
+                    **({"members": p.member_face_ids} if args.faces else {}),
+                }
+                for p in people
+            ],
+            indent=2,
+        )
     lines = [f"{'person':>8}  {'faces':>5}  {'name':<24} cover"]
     for p in people:
         lines.append(f"{p.person_id:>8}  {p.face_count:>5}  {p.name or '-':<24} {p.cover_key}")
@@ -135,15 +152,37 @@ def migrate(corrections: Corrections, args: argparse.Namespace) -> str:
 
 
 _COMMANDS: list[tuple[str, Any, list[tuple[tuple[str, ...], dict[str, Any]]]]] = [
-    ("list", list_people, [(("--faces",), {"action": "store_true", "help": "member face ids"}),
-                           (("--json",), {"action": "store_true"})]),
-    ("name", name, [(("person_id",), {"type": int}), (("name",), {"nargs": "*"}),
-                    (("--clear",), {"action": "store_true"})]),
+    (
+        "list",
+        list_people,
+        [
+            (("--faces",), {"action": "store_true", "help": "member face ids"}),
+            (("--json",), {"action": "store_true"}),
+        ],
+    ),
+    (
+        "name",
+        name,
+        [
+            (("person_id",), {"type": int}),
+            (("name",), {"nargs": "*"}),
+            (("--clear",), {"action": "store_true"}),
+        ],
+    ),
     ("merge", merge, [(("keep",), {"type": int}), (("absorb",), {"type": int})]),
     ("move", move, [(("face_id",), {}), (("person",), {"help": "a person id, or `new`"})]),
     ("reject", reject, [(("face_id",), {}), (("person_id",), {"type": int})]),
-    ("recluster", recluster_user, [(("--apply",), {"action": "store_true",
-                                                   "help": "replace the stored state"})]),
-    ("migrate", migrate, [(("--model-dir",), {"help": "the new model pack: re-embed crops"}),
-                          (("--model-id",), {"help": "faces already detected with this model"})]),
+    (
+        "recluster",
+        recluster_user,
+        [(("--apply",), {"action": "store_true", "help": "replace the stored state"})],
+    ),
+    (
+        "migrate",
+        migrate,
+        [
+            (("--model-dir",), {"help": "the new model pack: re-embed crops"}),
+            (("--model-id",), {"help": "faces already detected with this model"}),
+        ],
+    ),
 ]

@@ -51,7 +51,7 @@ def recluster(
     vectors = np.stack([np.asarray(face.embedding, dtype=np.float32) for face in ordered])
     index = FaceIndex.trained_for(vectors, len(ordered), index_params)
     for start in range(0, len(ordered), chunk):
-        add_faces(state, ordered[start:start + chunk], index, params)
+        add_faces(state, ordered[start : start + chunk], index, params)
     return state, index
 
 

@@ -57,7 +57,8 @@ def cluster_params(settings: Settings) -> ClusterParams:
     shift = (1.0 - settings.grouping_distance) - params.join_sim
     moved = {
         f.name: min(0.99, max(-0.99, getattr(params, f.name) + shift))
-        for f in dataclasses.fields(params) if f.name.endswith("_sim")
+        for f in dataclasses.fields(params)
+        if f.name.endswith("_sim")
     }
     return dataclasses.replace(params, **moved)
 
@@ -105,8 +106,10 @@ class GroupingService:
             try:
                 request = parse_grouping_message(message.body)
             except MalformedMessage as error:
-                log.error("malformed grouping request", extra={
-                    "message_id": message.message_id, "error": str(error)})
+                log.error(
+                    "malformed grouping request",
+                    extra={"message_id": message.message_id, "error": str(error)},
+                )
                 outcomes[message.message_id] = Outcome.MALFORMED
                 continue
             by_user.setdefault(request.user_id, []).append((message, request))
@@ -132,8 +135,9 @@ class GroupingService:
             return Outcome.RETRY, False
         except Exception as error:
             if is_outage(error):
-                log.warning("outage while grouping", extra={"user_id": user_id,
-                                                            "error": repr(error)})
+                log.warning(
+                    "outage while grouping", extra={"user_id": user_id, "error": repr(error)}
+                )
                 return Outcome.RETRY, True
             log.exception("grouping failed", extra={"user_id": user_id})
             return Outcome.MALFORMED, False
@@ -153,15 +157,26 @@ class GroupingService:
         finally:
             self._release(user_id)
         elapsed_ms = (time.monotonic() - started) * 1000
-        log.info("grouped user", extra={"user_id": user_id, "requests": len(requests),
-                                        "faces": result.faces_grouped,
-                                        "people_created": result.people_created,
-                                        "skipped_other_model": result.skipped_other_model,
-                                        "elapsed_ms": round(elapsed_ms, 1)})
+        log.info(
+            "grouped user",
+            extra={
+                "user_id": user_id,
+                "requests": len(requests),
+                "faces": result.faces_grouped,
+                "people_created": result.people_created,
+                "skipped_other_model": result.skipped_other_model,
+                "elapsed_ms": round(elapsed_ms, 1),
+            },
+        )
         if self.metrics is not None:
-            self.metrics.emit({Metric.FACES_GROUPED: result.faces_grouped,
-                               Metric.PEOPLE_CREATED: result.people_created,
-                               Metric.GROUPING_TIME: elapsed_ms}, user_id=user_id)
+            self.metrics.emit(
+                {
+                    Metric.FACES_GROUPED: result.faces_grouped,
+                    Metric.PEOPLE_CREATED: result.people_created,
+                    Metric.GROUPING_TIME: elapsed_ms,
+                },
+                user_id=user_id,
+            )
         return result
 
     def _release(self, user_id: str) -> None:
@@ -176,9 +191,14 @@ class GroupingService:
         session = self.session(user_id, _newest_model(faces))
         mine = [f for f in faces if f.model_id == session.model_id]
         if len(mine) < len(faces):
-            log.warning("faces of another model skipped (run `facefleet people migrate`)",
-                        extra={"user_id": user_id, "model_id": session.model_id,
-                               "skipped": len(faces) - len(mine)})
+            log.warning(
+                "faces of another model skipped (run `facefleet people migrate`)",
+                extra={
+                    "user_id": user_id,
+                    "model_id": session.model_id,
+                    "skipped": len(faces) - len(mine),
+                },
+            )
         if not mine:
             return UserResult(0, 0, len(faces))
         update = self.add(session, mine)
@@ -259,7 +279,8 @@ def main() -> int:
     settings = load_service_settings("grouping")
     configure_logging("grouping")
     metrics = MetricsEmitter(
-        settings.metrics_namespace, {"Service": "grouping"},
+        settings.metrics_namespace,
+        {"Service": "grouping"},
         cloudwatch_region=settings.aws_region if settings.metrics_to_cloudwatch else None,
         endpoint_url=settings.aws_endpoint_url,
     )

@@ -63,8 +63,12 @@ def cover_key(user_id: str, person_id: int, crop_key: str) -> str:
 
 def face_input(face: FaceDoc) -> FaceInput:
     return FaceInput(
-        face_id=face.doc_id, photo_id=face.image_id, embedding=face.embedding,
-        quality=face.quality, size_px=face.width_px, det_score=face.det_score,
+        face_id=face.doc_id,
+        photo_id=face.image_id,
+        embedding=face.embedding,
+        quality=face.quality,
+        size_px=face.width_px,
+        det_score=face.det_score,
     )
 
 
@@ -146,8 +150,9 @@ def load_session(
         return session
     gallery = {f.doc_id: f for f in store.gallery.faces_of_user(user_id, model)}
     rows = store.assignments.find({"user_id": user_id, "model_id": model}).sort("seq", ASCENDING)
-    people_docs = {p.person_id: p for p in store.people.people_of_user(user_id)
-                   if p.model_id == model}
+    people_docs = {
+        p.person_id: p for p in store.people.people_of_user(user_id) if p.model_id == model
+    }
     state = session.state
     for row in rows:
         face = gallery.get(row["_id"])
@@ -156,8 +161,12 @@ def load_session(
     state.merged_into = {int(a): int(b) for a, b in doc.get("merged_into", [])}
     _restore_people(session, people_docs)
     state.next_person_id = max(
-        [int(doc.get("next_person_id", 1)), *(p + 1 for p in state.people),
-         *(p + 1 for p in people_docs), *(p + 1 for p in state.merged_into)]
+        [
+            int(doc.get("next_person_id", 1)),
+            *(p + 1 for p in state.people),
+            *(p + 1 for p in people_docs),
+            *(p + 1 for p in state.merged_into),
+        ]
     )
     if session.embeddings:
         matrix = np.stack(session.embeddings)
@@ -218,18 +227,23 @@ def _restore_waiting(session: UserSession, params: ClusterParams) -> None:
     usable faces within `link_sim`, plus later strong ones (only those reach a waiting list)."""
     state, index = session.state, session.index
     assert index is not None
-    waiting = [f for f, p in enumerate(state.person_of)
-               if p == UNASSIGNED and state.tier[f] != IGNORED]
+    waiting = [
+        f for f, p in enumerate(state.person_of) if p == UNASSIGNED and state.tier[f] != IGNORED
+    ]
     if not waiting:
         return
     sims, ids = index.search(np.stack([session.embeddings[f] for f in waiting]), params.k + 1)
     for row, face in enumerate(waiting):
         hits = [
-            (other, sim) for other, sim in zip(ids[row].tolist(), sims[row].tolist(), strict=True)
-            if other >= 0 and other != face and sim >= params.link_sim
-            and state.tier[other] != IGNORED and (other < face or state.tier[other] == STRONG)
+            (other, sim)
+            for other, sim in zip(ids[row].tolist(), sims[row].tolist(), strict=True)
+            if other >= 0
+            and other != face
+            and sim >= params.link_sim
+            and state.tier[other] != IGNORED
+            and (other < face or state.tier[other] == STRONG)
         ]
-        state.waiting[face] = sorted(hits, key=lambda h: (-h[1], h[0]))[:params.k]
+        state.waiting[face] = sorted(hits, key=lambda h: (-h[1], h[0]))[: params.k]
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -250,8 +264,7 @@ def save_changes(
     state = session.state
     faces = set(update.assignments) | set(touched_faces)
     _write_assignments(store, session, faces)
-    people = (set(update.changed) | set(update.created) | set(touched_people)
-              | session.dirty_people)
+    people = set(update.changed) | set(update.created) | set(touched_people) | session.dirty_people
     live = sorted(p for p in people if p in state.people)
     store.people.save_people(_person_doc(session, p, s3, bucket) for p in live)
     gone = sorted((set(update.removed) | session.stale_people) - set(state.people))
@@ -268,16 +281,20 @@ def _write_assignments(store: GroupingStore, session: UserSession, face_ids: set
     for face_id in sorted(face_ids, key=state.ordinal_of.__getitem__):
         ordinal = state.ordinal_of[face_id]
         person = state.person_of[ordinal]
-        operations.append(upsert({
-            "_id": face_id,
-            "user_id": session.user_id,
-            "model_id": session.model_id,
-            "seq": session.seq[ordinal],
-            "image_id": state.photo_ids[ordinal],
-            "person_id": None if person == UNASSIGNED else person,
-            "pinned": ordinal in state.pinned,
-            "not_in": sorted(state.not_in.get(ordinal, ())),
-        }))
+        operations.append(
+            upsert(
+                {
+                    "_id": face_id,
+                    "user_id": session.user_id,
+                    "model_id": session.model_id,
+                    "seq": session.seq[ordinal],
+                    "image_id": state.photo_ids[ordinal],
+                    "person_id": None if person == UNASSIGNED else person,
+                    "pinned": ordinal in state.pinned,
+                    "not_in": sorted(state.not_in.get(ordinal, ())),
+                }
+            )
+        )
     if operations:
         store.assignments.bulk_write(operations, ordered=False)
 
@@ -285,16 +302,22 @@ def _write_assignments(store: GroupingStore, session: UserSession, face_ids: set
 def _write_user(store: GroupingStore, session: UserSession) -> None:
     state = session.state
     session.revision = uuid.uuid4().hex
-    store.users.bulk_write([upsert({
-        "_id": session.user_id,
-        "model_id": session.model_id,
-        "next_person_id": state.next_person_id,
-        "merged_into": sorted([a, b] for a, b in state.merged_into.items()),
-        "revision": session.revision,
-        "face_count": len(state.face_ids),
-        "people_count": len(state.people),
-        "updated_at": now(),
-    })])
+    store.users.bulk_write(
+        [
+            upsert(
+                {
+                    "_id": session.user_id,
+                    "model_id": session.model_id,
+                    "next_person_id": state.next_person_id,
+                    "merged_into": sorted([a, b] for a, b in state.merged_into.items()),
+                    "revision": session.revision,
+                    "face_count": len(state.face_ids),
+                    "people_count": len(state.people),
+                    "updated_at": now(),
+                }
+            )
+        ]
+    )
 
 
 def _person_doc(session: UserSession, person_id: int, s3: Any, bucket: str) -> PersonDoc:
@@ -309,9 +332,14 @@ def _person_doc(session: UserSession, person_id: int, s3: Any, bucket: str) -> P
         centroid = total / norm if norm > 0 else total
     cover_face, key = _cover(session, person_id, ordinals, s3, bucket)
     return PersonDoc(
-        user_id=session.user_id, person_id=person_id, model_id=session.model_id or "",
-        member_face_ids=[state.face_ids[m] for m in ordinals], cover_face_id=cover_face,
-        centroid=centroid, name=record.name, cover_key=key,
+        user_id=session.user_id,
+        person_id=person_id,
+        model_id=session.model_id or "",
+        member_face_ids=[state.face_ids[m] for m in ordinals],
+        cover_face_id=cover_face,
+        centroid=centroid,
+        name=record.name,
+        cover_key=key,
     )
 
 
@@ -340,9 +368,7 @@ def _delete_covers(session: UserSession, people: Iterable[int], s3: Any, bucket:
             s3.delete_object(Bucket=bucket, Key=key)
 
 
-def _copy_crop(
-    user_id: str, person_id: int, crop: str | None, s3: Any, bucket: str
-) -> str | None:
+def _copy_crop(user_id: str, person_id: int, crop: str | None, s3: Any, bucket: str) -> str | None:
     if crop is None:
         return None
     key = cover_key(user_id, person_id, crop)
