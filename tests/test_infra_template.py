@@ -352,3 +352,17 @@ def test_dockerfile_entrypoints_exist_and_match_job_definitions() -> None:
         assert module, f"{script} does not run a facefleet main()"
         source = ROOT / "packages" / "worker" / "src" / Path(*module.group(1).split("."))
         assert source.with_suffix(".py").is_file() or (source / "__init__.py").is_file()
+
+
+def test_worker_settings_reach_the_job_definitions_and_unknown_names_are_refused() -> None:
+    local = StackConfig(worker_settings={"MODEL_DIR": "/srv/models/dev", "IDLE_EXIT_SECONDS": "20"})
+    rendered = template.render(local)
+    for name in ("DetectionJobDefinition", "GroupingJobDefinition"):
+        container = rendered["Resources"][name]["Properties"]["ContainerProperties"]
+        env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        assert env["MODEL_DIR"] == "/srv/models/dev" and env["IDLE_EXIT_SECONDS"] == "20"
+    default = template.render(BASE)["Resources"]["DetectionJobDefinition"]["Properties"]
+    env = {e["Name"]: e["Value"] for e in default["ContainerProperties"]["Environment"]}
+    assert env["MODEL_DIR"].endswith("/models/buffalo_l")
+    with pytest.raises(StackConfigError, match="MODEL_DIRECTORY"):
+        template.render(StackConfig(worker_settings={"MODEL_DIRECTORY": "/x"}))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from facefleet.common.aws import client
-from facefleet.common.config import NAMES, Names
+from facefleet.common.config import ENV_NAMES, NAMES, Names
 
 QUEUE_ARN = re.compile(
     r"^arn:(?P<partition>[\w-]+):sqs:(?P<region>[\w-]+):(?P<account>\d{12}):(?P<name>[\w.-]+)$"
@@ -108,6 +108,9 @@ class StackConfig:
     # replaced (production data); local stacks drop them.
     retain_data: bool = True
     tags: Mapping[str, str] = field(default_factory=lambda: {"project": "facefleet"})
+    # Worker settings (the `Settings` env names) the job definitions carry beyond the defaults,
+    # e.g. thresholds; locally, MODEL_DIR on this disk instead of the container's path.
+    worker_settings: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def model_bucket_name(self) -> str:
@@ -138,6 +141,9 @@ class StackConfig:
             problems.append("give huemn_mongo_uri or huemn_mongo_secret_arn, not both")
         if self.keep_images < 1:
             problems.append("keep_images must be at least 1")
+        unknown = set(self.worker_settings) - set(ENV_NAMES.values())
+        if unknown:
+            problems.append(f"worker_settings: not a worker setting: {', '.join(sorted(unknown))}")
         if problems:
             raise StackConfigError("invalid stack config: " + "; ".join(problems))
 

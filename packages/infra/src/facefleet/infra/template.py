@@ -576,7 +576,8 @@ def job_environment(config: StackConfig, service_type: str, queues: _Queues) -> 
             "METRICS_NAMESPACE": config.names.metrics_namespace,
         }
     )
-    if service_type == "detection":
+    env.update(config.worker_settings)
+    if service_type == "detection" and "MODEL_DIR" not in config.worker_settings:
         env["MODEL_DIR"] = f"{MODEL_ROOT}/{env['MODEL_PACK']}"
     for secret in _secret_arns(config):
         env.pop(secret, None)
