@@ -56,7 +56,11 @@ class ClusterParams:
 
     k: int = 32
     link_sim: float = 0.35
-    join_sim: float = 0.40
+    # The trust radius: a full-quality face's pairs count from `join_sim`; below `full_quality`
+    # the radius grows by `quality_slope` per unit of quality lost (see `trust_radius`).
+    join_sim: float = 0.35
+    full_quality: float = 0.55
+    quality_slope: float = 3.0
     # A join on one member's word needs `sure_join_sim`; below it, `join_support` members of the
     # person must be neighbours: one close pair between two people must not chain them together.
     sure_join_sim: float = 0.55
@@ -216,29 +220,38 @@ def _add_chunk(
     params: ClusterParams,
     update: ClusterUpdate,
 ) -> None:
+    """One index search for the whole chunk; faces are then placed one at a time, in order.
+
+    Earlier faces of the same chunk are neighbours too (a chunk x chunk product), exactly as if
+    the faces were added one at a time; only the hits above `link_sim` reach Python.
+    """
     matrix = _embeddings(faces, index.dim)
     base = len(state.face_ids)
     sims, ids = index.search(matrix, params.k)
-    # Earlier faces of the same chunk are neighbours too, exactly as if added one at a time.
-    intra = matrix @ matrix.T
-    rows, cols = np.nonzero(np.tril(intra >= params.link_sim, k=-1))
-    intra_hits: dict[int, list[tuple[int, float]]] = {}
-    for r, c, s in zip(rows.tolist(), cols.tolist(), intra[rows, cols].tolist(), strict=True):
-        intra_hits.setdefault(r, []).append((base + c, s))
     for face in faces:
         _register(state, face, params, update)
-    sim_rows, id_rows = sims.tolist(), ids.tolist()
+    found = (sims >= params.link_sim) & (ids >= 0)
+    rows, cols = np.nonzero(found)
+    hit_ids, hit_sims = ids[rows, cols].tolist(), sims[rows, cols].tolist()
+    hits_of: list[list[tuple[int, float]]] = [[] for _ in faces]
+    for r, i, s in zip(rows.tolist(), hit_ids, hit_sims, strict=True):
+        hits_of[r].append((i, s))
+    if len(faces) > 1:
+        intra = matrix @ matrix.T
+        rows, cols = np.nonzero(np.tril(intra >= params.link_sim, k=-1))
+        if len(rows):
+            pairs = zip(rows.tolist(), cols.tolist(), intra[rows, cols].tolist(), strict=True)
+            for r, c, s in pairs:
+                hits_of[r].append((base + c, s))
+            for r in set(rows.tolist()):
+                hits_of[r] = sorted(hits_of[r], key=_by_sim)[: params.k]
     for j in range(len(faces)):
-        hits = [
-            (i, s)
-            for i, s in zip(id_rows[j], sim_rows[j], strict=True)
-            if i >= 0 and s >= params.link_sim
-        ]
-        extra = intra_hits.get(j)
-        if extra:
-            hits = sorted(hits + extra, key=lambda h: (-h[1], h[0]))[: params.k]
-        _place(state, base + j, hits, params, update)
+        _place(state, base + j, hits_of[j], params, update)
     index.add(np.arange(base, base + len(faces), dtype=np.int64), matrix)
+
+
+def _by_sim(hit: tuple[int, float]) -> tuple[float, int]:
+    return (-hit[1], hit[0])
 
 
 def _register(
@@ -257,6 +270,15 @@ def _register(
     update.assignments[face.face_id] = None
 
 
+def trust_radius(quality: float, params: ClusterParams) -> float:
+    """The similarity a face needs to another before the pair counts as evidence.
+
+    Poor faces (blurred, tiny, compressed) crowd together whoever they show, so the radius
+    tightens as quality falls below `full_quality`; a pair must clear both faces' radii.
+    """
+    return params.join_sim + params.quality_slope * max(0.0, params.full_quality - quality)
+
+
 def _place(
     state: UserClusterState,
     face: int,
@@ -266,11 +288,21 @@ def _place(
 ) -> None:
     """Decide a new face, then re-examine the waiting faces it landed near.
 
-    Ignored faces are dropped from neighbour lists (they never change anyone's decision); only a
-    strong new face is added to its neighbours' lists, since only it can vouch for or seed them.
+    Only trusted pairs (clearing both faces' radii) are kept: the rest never change anyone's
+    decision. Only a strong new face is added to its neighbours' lists, since only it can vouch
+    for or seed them.
     """
-    hits = [(other, sim) for other, sim in hits if state.tier[other] != IGNORED]
-    strong = state.tier[face] == STRONG
+    tier = state.tier[face]
+    if tier == IGNORED:
+        return
+    quality, tiers = state.quality, state.tier
+    mine = trust_radius(quality[face], params)
+    hits = [
+        (other, sim)
+        for other, sim in hits
+        if tiers[other] != IGNORED and sim >= max(mine, trust_radius(quality[other], params))
+    ]
+    strong = tier == STRONG
     if strong:
         cap = params.k
         for other, sim in hits:
@@ -278,13 +310,11 @@ def _place(
             if waiting is not None:
                 waiting.append((face, sim))
                 if len(waiting) > cap:
-                    waiting.sort(key=lambda h: (-h[1], h[0]))
+                    waiting.sort(key=_by_sim)
                     del waiting[cap:]
-    if state.tier[face] == IGNORED:
-        return
     state.waiting[face] = hits
     assigned = _decide(state, face, params, update)
-    if assigned or strong:
+    if assigned or (strong and hits):
         _reexamine(state, assigned or [(face, hits)], params, update)
 
 
@@ -338,13 +368,17 @@ def _decide(
 def _best_person(
     state: UserClusterState, face: int, hits: list[tuple[int, float]], params: ClusterParams
 ) -> int | None:
-    need = params.join_sim if state.tier[face] == STRONG else params.weak_join_sim
+    tier, quality = state.tier, state.quality
+    need = params.join_sim if tier[face] == STRONG else params.weak_join_sim
+    mine = trust_radius(quality[face], params)
     photo = state.photo_ids[face]
     barred = state.not_in.get(face, ())
     support: dict[int, list[float]] = {}  # person -> [count, sum of sims, max sim]
     for other, sim in hits:
         person = state.person_of[other]
-        if person == UNASSIGNED or state.tier[other] != STRONG:
+        if person == UNASSIGNED or tier[other] != STRONG:
+            continue
+        if sim < mine or sim < trust_radius(quality[other], params):
             continue
         entry = support.get(person)
         if entry is None:
@@ -363,7 +397,7 @@ def _best_person(
         backing = min(params.join_support, len(state.people[person].members))
         if top < params.sure_join_sim and count < backing:
             continue
-        key = (total, top, -person)
+        key = (count, total, -person)
         if best_key is None or key > best_key:
             best, best_key = person, key
     return best
@@ -372,12 +406,16 @@ def _best_person(
 def _seed_partners(
     state: UserClusterState, face: int, hits: list[tuple[int, float]], params: ClusterParams
 ) -> list[int]:
+    tier, quality = state.tier, state.quality
+    floor = max(params.seed_sim, trust_radius(quality[face], params))
     photos = {state.photo_ids[face]}
     partners: list[int] = []
-    for other, sim in sorted(hits, key=lambda h: (-h[1], h[0])):
-        if sim < params.seed_sim:
+    for other, sim in sorted(hits, key=_by_sim):
+        if sim < floor:
             break
-        if state.person_of[other] != UNASSIGNED or state.tier[other] != STRONG:
+        if state.person_of[other] != UNASSIGNED or tier[other] != STRONG:
+            continue
+        if sim < trust_radius(quality[other], params):
             continue
         if state.photo_ids[other] in photos:
             continue
