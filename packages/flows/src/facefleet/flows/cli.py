@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "facefleet.flows.local_cli",
     "facefleet.flows.flows_cli",
+    "facefleet.flows.demo.cli",
     "facefleet.flows.simulate.cli",
     "facefleet.dashboards.cli",
     "facefleet.worker.grouping.people_cli",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -70,8 +70,9 @@ def plan(config: Any, region: str, endpoint_url: str | None) -> Any:
 
 
 @task
-def apply(config: Any, region: str, endpoint_url: str | None) -> dict[str, str]:
-    return dict(_deploy().apply(config, region, endpoint_url))
+def apply(config: Any, region: str, endpoint_url: str | None, changes: Any) -> dict[str, str]:
+    """Execute exactly the change set that `plan` showed (no second, unreviewed one)."""
+    return dict(_deploy().apply(config, region, endpoint_url, plan=changes))
 
 
 @task
@@ -79,12 +80,6 @@ def dashboards(names: Names, region: str, endpoint_url: str | None) -> list[str]
     from facefleet.dashboards.apply import apply_dashboards
 
     return apply_dashboards(names, region, endpoint_url)
-
-
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    return value
 
 
 @flow(name="provision", log_prints=True)
@@ -106,9 +101,9 @@ def provision(
     endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     stack_config = render(the_names, region, endpoint_url, local, config)
     validate(stack_config)
-    changes = plan(stack_config, region, endpoint_url)
-    logger.info("stack %s plan: %s", the_names.stack_name, _plain(changes))
-    outputs = apply(stack_config, region, endpoint_url)
+    changes: Any = plan(stack_config, region, endpoint_url)
+    logger.info("plan: %s", changes.summary())
+    outputs = apply(stack_config, region, endpoint_url, changes)
     logger.info("stack %s deployed; outputs %s", the_names.stack_name, outputs)
     applied: list[str] = []
     if with_dashboards:
@@ -118,8 +113,9 @@ def provision(
     create_markdown_artifact(
         key="provision-" + "".join(c if c.isalnum() else "-" for c in the_names.stack_name.lower()),
         markdown=(
-            f"## Stack {the_names.stack_name} in {region}\n\nPlan: {_plain(changes)}\n\n"
+            f"## Stack {the_names.stack_name} in {region}\n\n```\n{changes.summary()}\n```\n\n"
             f"| output | value |\n|---|---|\n{rows}\n\nDashboards/alarms: {len(applied)}"
         ),
     )
-    return {"plan": _plain(changes), "outputs": outputs, "dashboards": applied}
+    plan_view = {"summary": changes.summary(), "changes": [asdict(c) for c in changes.changes]}
+    return {"plan": plan_view, "outputs": outputs, "dashboards": applied}

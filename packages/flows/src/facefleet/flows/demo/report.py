@@ -60,7 +60,7 @@ def _face_html(face: FaceDoc, report: UserReport, assets: AssetCopier, crop_buck
     crop = assets.get(crop_bucket, face.crop_key) if face.crop_key else ""
     title = html.escape(f"{face.image_id} face {face.index} (quality {face.quality:.2f})")
     return (
-        f'<a href="{html.escape(photo)}" title="{title}">'
+        f'<a class="photo" href="{html.escape(photo)}" title="{title}">'
         f'<img class="face" src="{html.escape(crop)}" alt="{title}"></a>'
     )
 
