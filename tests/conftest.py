@@ -95,14 +95,14 @@ def env(local_servers: local.StackState, monkeypatch: pytest.MonkeyPatch) -> Ser
     return test_env
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def models_dir() -> Path:
     if not MODELS_DIR.is_dir():
         pytest.fail(f"the dev model pack is missing at {MODELS_DIR} (set FACEFLEET_SHARED)")
     return MODELS_DIR
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def faces_dir() -> Path:
     if not FACES_DIR.is_dir():
         pytest.fail(f"the face photos are missing at {FACES_DIR} (set FACEFLEET_SHARED)")

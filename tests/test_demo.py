@@ -37,7 +37,7 @@ def demo(
         state_dir=root / "state",
         out_dir=root / "report",
         faces_dir=small_faces(faces_dir, root / "faces"),
-        model_pack_dir=models_dir / "facefleet-dev",
+        model_pack_dir=models_dir,
         users=1,
         tick_s=3.0,
         timeout_s=600.0,

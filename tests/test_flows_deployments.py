@@ -20,6 +20,7 @@ def test_deployment_names_and_schedules() -> None:
         "cutover-pause/manual",
         "cutover-resume/manual",
         "provision/local",
+        "spot-savings/hourly",
     }
 
     def interval(name: str) -> dt.timedelta | None:
@@ -29,6 +30,8 @@ def test_deployment_names_and_schedules() -> None:
     assert interval("dispatch/local") == dt.timedelta(seconds=60)
     assert interval("cutover/scheduled") == dt.timedelta(minutes=10)
     assert interval("cutover-rollback/manual") is None
+    savings = deployments["spot-savings/hourly"].schedules or []
+    assert savings[0].schedule.cron == "5 * * * *"  # type: ignore[union-attr]
     assert deployments["dispatch/local"].parameters == {"names": {"prefix": "x"}, "mode": "local"}
 
 
@@ -53,5 +56,23 @@ def test_provision_flow_is_idempotent(env) -> None:
     }
     first = provision(names=names, region=env.region, endpoint_url=env.endpoint_url)
     assert first["outputs"] and first["dashboards"]
+    assert "CREATE" in first["plan"]["summary"] and first["plan"]["changes"]
     second = provision(names=names, region=env.region, endpoint_url=env.endpoint_url)
     assert second["outputs"] == first["outputs"]
+    assert second["plan"] == {"summary": f"stack {env.names.stack_name}: no changes", "changes": []}
+
+
+def test_spot_savings_flow_prices_an_idle_hour_at_zero(env) -> None:
+    from facefleet.flows.savings import spot_savings
+    from tests.flows_support import create_batch, prefect_harness
+
+    prefect_harness()
+    create_batch(env.names, env.region, env.endpoint_url)
+    hour = dt.datetime(2026, 1, 5, 10, tzinfo=dt.UTC)
+    names = {"prefix": env.names.prefix, "metrics_namespace": f"FaceFleet-{env.namespace}"}
+    result = spot_savings(
+        names=names, region=env.region, endpoint_url=env.endpoint_url, hour=hour.isoformat()
+    )
+    assert result["hour_start"] == hour.isoformat()
+    assert result["instance_hours"] == {} and result["savings_usd"] == 0
+    assert result["cost_per_1000_images_usd"] is None

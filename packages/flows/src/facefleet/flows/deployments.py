@@ -8,6 +8,7 @@ Deployment names (what `prefect deployment run` takes):
     cutover-pause/manual     on demand
     cutover-resume/manual    on demand
     provision/local          on demand       (stack + dashboards on the embedded stack)
+    spot-savings/hourly      5 past each hour (the previous hour's Spot saving, as metrics)
 
 `serve` runs each flow run as a subprocess of the serving process, which inherits its
 environment (source the local stack's `stack.env` first). Local Batch jobs are started in their
@@ -30,6 +31,7 @@ from prefect.deployments.runner import RunnerDeployment
 from facefleet.flows.cutover import cutover, pause_flow, resume_flow, rollback_flow
 from facefleet.flows.dispatch import dispatch
 from facefleet.flows.provisioning import provision
+from facefleet.flows.savings import SAVINGS_CRON, spot_savings
 
 DISPATCH_INTERVAL_S = 60
 CUTOVER_INTERVAL_MIN = 10
@@ -76,6 +78,13 @@ def build(
         resume_flow.to_deployment(name="manual", parameters=common, tags=tags),
         provision.to_deployment(
             name=mode, parameters={**common, "local": mode == "local"}, tags=tags
+        ),
+        spot_savings.to_deployment(
+            name="hourly",
+            cron=SAVINGS_CRON,
+            parameters=common,
+            tags=tags,
+            description="The previous hour's Spot saving and $/1000 images, as metrics.",
         ),
     ]
     # Called outside an event loop, `to_deployment` returns the deployment, not a coroutine.
