@@ -342,7 +342,8 @@ def _draw(
             label=s.label,
             linestyle="--" if target is right else "-",
         )
-    axes.set_xlim(grid[0], grid[-1])
+    if grid[-1] > grid[0]:  # a window shorter than the period holds one point: autoscale
+        axes.set_xlim(grid[0], grid[-1])
     for line in graph.lines:
         axes.axhline(line.value, color="red", linewidth=0.8, linestyle=":")
         axes.annotate(
