@@ -9,8 +9,9 @@ from typing import Any
 
 STATE_DIR = Path(".facefleet/demo")
 OUT_DIR = Path("out/demo")
-FACES_DIR = Path("../shared/faces")
-MODEL_PACK = Path("../shared/models/facefleet-dev")
+SHARED = Path(os.environ.get("FACEFLEET_SHARED", "../shared"))
+FACES_DIR = SHARED / "faces"
+MODEL_PACK = SHARED / "models" / "facefleet-dev"
 
 
 def register(subparsers: Any) -> None:
