@@ -9,11 +9,14 @@ with the local values; the dispatch flow runs the latest revision, as Batch woul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, co
 from facefleet.flows.demo.gallery import Photo, requests, send, upload
 from facefleet.flows.dispatch import dispatch
 from facefleet.flows.local_batch import FINAL, ChildStatus, LocalExecutor
+from facefleet.infra import local
 from facefleet.infra.stack_config import worker_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,8 +154,8 @@ class E2EStack:
         """Upload the photos to the gallery bucket and put one detection request each on the
         indexing queue (the demo's path)."""
         upload(photos, self.bucket, self.env.region, self.env.endpoint_url)
-        return send(requests(photos, self.bucket), self.indexing_url, self.env.region,
-                    self.env.endpoint_url)  # fmt: skip
+        to_send = requests(photos, self.bucket)
+        return send(to_send, self.indexing_url, self.env.region, self.env.endpoint_url)
 
     # -- dispatch ----------------------------------------------------------------------------
     def tick(self, policy: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -219,7 +223,9 @@ class E2EStack:
             )
             log = Path(child.log)
             if log.exists():
-                lines.append("    " + log.read_text(errors="replace")[-1500:].replace("\n", "\n    "))
+                lines.append(
+                    "    " + log.read_text(errors="replace")[-1500:].replace("\n", "\n    ")
+                )
         return "\n".join(lines)
 
     # -- checks --------------------------------------------------------------------------------
@@ -263,7 +269,9 @@ class E2EStack:
     def assert_grouped(self, user_id: str) -> tuple[int, int]:
         """Every stored face of the user has an assignment, and each assigned person exists.
         Returns (assignments, people)."""
-        face_ids = {f["_id"] for f in self.gallery()["faces"].find({"user_id": user_id}, {"_id": 1})}
+        face_ids = {
+            f["_id"] for f in self.gallery()["faces"].find({"user_id": user_id}, {"_id": 1})
+        }
         huemn = self.huemn()
         assignments = {a["_id"]: a for a in huemn["assignments"].find({"user_id": user_id})}
         assert set(assignments) == face_ids, (
@@ -318,16 +326,6 @@ def provision_stack(
     )
 
 
-def parse_bodies(bodies: list[str]) -> list[Any]:
-    parsed: list[Any] = []
-    for body in bodies:
-        try:
-            parsed.append(json.loads(body))
-        except ValueError:
-            parsed.append(body)
-    return parsed
-
-
 def fill_backlog(
     sqs_client_factory: Any, queue_url: str, queue_arn: str, count: int, per_feeder: int = 50
 ) -> float:
@@ -368,8 +366,10 @@ def fill_backlog(
                 for i in range(min(10, size - start))
             ]
             sqs().send_message_batch(QueueUrl=url, Entries=entries)
-        while sqs().receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=1).get(
-            "Messages"
+        while (
+            sqs()
+            .receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=1)
+            .get("Messages")
         ):
             pass
         return url
@@ -388,10 +388,59 @@ def fill_backlog(
     return time.monotonic() - started
 
 
-def worker_env_for_tests() -> dict[str, str]:
-    """The executor's supervisors inherit this process's environment; the workdir is the repo."""
-    return {"FACEFLEET_WORKDIR": str(ROOT)}
+def start_mongo(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    """A dedicated nx-27017 on `port` over `data_dir` (restartable on the same port and data)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [
+            local._bin("nx-27017"),
+            "--host",
+            local.LOOPBACK,
+            "-p",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--pid-file",
+            str(data_dir / "pid"),
+            "--log-file",
+            str(data_dir / "log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not local._mongo_ok(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise AssertionError(f"dedicated nx-27017 on port {port} did not start")
+        time.sleep(0.2)
+    return process
 
 
-def environ_snapshot() -> dict[str, str]:
-    return dict(os.environ)
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the process's group, SIGKILL it after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
+) -> Any:
+    """Poll `predicate` until it returns something truthy; fail naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
