@@ -80,6 +80,7 @@ class E2EStack:
     gallery_uri: str
     huemn_uri: str
     ticks: list[dict[str, Any]] = field(default_factory=list)
+    _databases: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def sqs(self) -> Any:
@@ -114,10 +115,22 @@ class E2EStack:
         return self.outputs["FaceGroupBucketName"]
 
     def gallery(self) -> Any:
-        return connect(self.gallery_uri, GALLERY_DEFAULT_DB, timeout_ms=3000)
+        """The gallery database (one client per stack; it reconnects after an outage)."""
+        if "gallery" not in self._databases:
+            self._databases["gallery"] = connect(self.gallery_uri, GALLERY_DEFAULT_DB, 3000)
+        return self._databases["gallery"]
 
     def huemn(self) -> Any:
-        return connect(self.huemn_uri, HUEMN_DEFAULT_DB, timeout_ms=3000)
+        if "huemn" not in self._databases:
+            self._databases["huemn"] = connect(self.huemn_uri, HUEMN_DEFAULT_DB, 3000)
+        return self._databases["huemn"]
+
+    def close(self) -> None:
+        """Stop every local job (SIGTERM, then SIGKILL) and close the MongoDB clients."""
+        self.executor.terminate(grace=5)
+        for database in self._databases.values():
+            database.client.close()
+        self._databases.clear()
 
     # -- set-up --------------------------------------------------------------------------------
     def localize_jobs(self, models_dir: Path, **overrides: str) -> None:

@@ -53,7 +53,7 @@ def stack(env, tmp_path: Path, models_dir: Path, monkeypatch) -> Iterator[E2ESta
     try:
         yield provisioned
     finally:
-        provisioned.executor.terminate(grace=5)
+        provisioned.close()
 
 
 def inputs_of(tick: dict[str, Any]) -> DispatchInputs:

@@ -32,7 +32,7 @@ def stack(env, tmp_path: Path, models_dir: Path, monkeypatch) -> Iterator[E2ESta
     try:
         yield provisioned
     finally:
-        provisioned.executor.terminate(grace=5)
+        provisioned.close()
 
 
 def test_one_photo_through_detection_and_grouping(stack: E2EStack, faces_dir: Path) -> None:
