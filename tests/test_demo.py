@@ -3,12 +3,15 @@ Chromium: the page loads, shows each user's people, and no image on it is broken
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from facefleet.flows.demo.run import DemoOptions, DemoSummary, run_demo
+from facefleet.infra import local
 
 ROOT = Path(__file__).resolve().parents[1]
 PEOPLE = ("deepface_p01", "deepface_p02", "fr_obama")
@@ -29,11 +32,11 @@ def small_faces(shared: Path, target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo(
+def options(
     tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, models_dir: Path
-) -> DemoSummary:
+) -> Iterator[DemoOptions]:
     root = tmp_path_factory.mktemp("demo")
-    options = DemoOptions(
+    yield DemoOptions(
         state_dir=root / "state",
         out_dir=root / "report",
         faces_dir=small_faces(faces_dir, root / "faces"),
@@ -41,7 +44,12 @@ def demo(
         users=1,
         tick_s=3.0,
         timeout_s=600.0,
+        keep_up=True,  # the rerun test uses the same stack
     )
+    local.down(root / "state")
+
+
+def run_in_repo(options: DemoOptions) -> DemoSummary:
     lines: list[str] = []
     monkey = pytest.MonkeyPatch()
     monkey.chdir(ROOT)  # jobs run `python3 run_*_service.py` from the repository root
@@ -49,7 +57,12 @@ def demo(
         summary = run_demo(options, say=lines.append)
     finally:
         monkey.undo()
-    return DemoSummary(**{**summary.__dict__, "log": lines})
+    return dataclasses.replace(summary, log=lines)
+
+
+@pytest.fixture(scope="module")
+def demo(options: DemoOptions) -> DemoSummary:
+    return run_in_repo(options)
 
 
 def test_demo_indexes_every_photo_and_groups_every_face(demo: DemoSummary) -> None:
@@ -80,11 +93,24 @@ def test_report_in_headless_chromium_shows_people_and_no_broken_image(demo: Demo
         images = page.eval_on_selector_all(
             "img", "els => els.map(e => [e.getAttribute('src'), e.complete && e.naturalWidth])"
         )
+        faces = page.eval_on_selector_all("img.face", "els => els.length")
+        dashboard = page.eval_on_selector_all(
+            "details.dashboard img", "els => els.map(e => e.naturalWidth)"
+        )
         links = page.eval_on_selector_all("a.photo", "els => els.map(e => e.href)")
         browser.close()
     assert images, "the report shows face crops"
     broken = [src for src, width in images if not width]
     assert not broken, f"broken images: {broken}"
-    shown_faces = len(images) - demo.progress.people  # covers repeat one member each
-    assert shown_faces == demo.progress.faces
+    assert faces - demo.progress.people == demo.progress.faces  # covers repeat one member each
+    assert dashboard and dashboard[0] > 0, "the dashboard picture is on the report"
     assert links and all(Path(link.removeprefix("file://")).is_file() for link in links)
+
+
+def test_a_rerun_sends_nothing_again_and_changes_nothing(
+    options: DemoOptions, demo: DemoSummary
+) -> None:
+    again = run_in_repo(dataclasses.replace(options, keep_up=False))
+    assert not any(line.startswith("starting the local stack") for line in again.log)
+    assert again.images_sent == 0
+    assert again.progress == demo.progress

@@ -158,7 +158,8 @@ def _mongo_ok(port: int) -> bool:
 
 def _ready(service: str, port: int) -> bool:
     if service == "moto":
-        return _http_ok(f"http://{LOOPBACK}:{port}/moto-api/data.json")
+        # The static dashboard page: data.json serializes every backend and slows with the state.
+        return _http_ok(f"http://{LOOPBACK}:{port}/moto-api/")
     if service == "mongo":
         return _mongo_ok(port)
     return _http_ok(f"http://{LOOPBACK}:{port}/api/health")

@@ -112,11 +112,19 @@ def write_report(
     region: str,
     endpoint_url: str | None,
     summary: str = "",
+    dashboard_png: str | None = None,
 ) -> Path:
-    """Write out_dir/index.html with its assets; return the HTML path."""
+    """Write out_dir/index.html with its assets; return the HTML path. `dashboard_png`: a
+    rendering of the CloudWatch dashboard, relative to out_dir, shown above the people."""
     out_dir.mkdir(parents=True, exist_ok=True)
     assets = AssetCopier(out_dir, region, endpoint_url)
     body = "".join(_user_html(r, assets, crop_bucket) for r in reports)
+    if dashboard_png:
+        body = (
+            f'<details class="dashboard" open><summary>Pipeline dashboard</summary>'
+            f'<img src="{html.escape(dashboard_png)}" alt="CloudWatch dashboard" '
+            f'style="max-width:100%"></details>{body}'
+        )
     page = (
         f'<!doctype html><html><head><meta charset="utf-8"><title>FaceFleet people'
         f"</title><style>{STYLE}</style></head><body><h1>FaceFleet people report</h1>"

@@ -116,6 +116,9 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoSu
             finished = _watch(progress, options, say)
             seconds = time.monotonic() - started
             finished = _wait_for_zero_jobs(progress, say) or finished
+        dashboard = _dashboard_png(
+            options.out_dir / "dashboard.png", started_at, region, endpoint_url, say
+        )
         report = write_report(
             collect(GalleryRepository(gallery_db), PeopleRepository(huemn_db)),
             options.out_dir,
@@ -123,9 +126,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoSu
             region,
             endpoint_url,
             summary=f"{finished.line()}; {seconds:.0f} s",
-        )
-        dashboard = _dashboard_png(
-            options.out_dir / "dashboard.png", started_at, region, endpoint_url, say
+            dashboard_png=dashboard.name,
         )
         return DemoSummary(finished, len(users), seconds, report, dashboard, sent)
 
@@ -141,11 +142,11 @@ def _check_inputs(options: DemoOptions) -> None:
 
 @contextmanager
 def _stack(options: DemoOptions, say: Callable[[str], None]) -> Iterator[local.StackState]:
-    already_up = bool(local.status(options.state_dir)) and all(
-        local.status(options.state_dir).values()
-    )
-    if not already_up:
-        # A fresh moto server holds nothing: start MongoDB empty too (see the module docstring).
+    health = local.status(options.state_dir)
+    if not (health and all(health.values())):
+        # Restart all or nothing: a fresh moto server holds nothing, so MongoDB starts empty too
+        # (see the module docstring).
+        local.down(options.state_dir)
         shutil.rmtree(options.state_dir / "mongo", ignore_errors=True)
         say(f"starting the local stack in {options.state_dir} (moto, nx-27017, Prefect)")
     state = local.up(options.state_dir)
