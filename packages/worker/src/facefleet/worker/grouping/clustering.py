@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from facefleet.worker.grouping.index import FaceIndex
+from facefleet.worker.grouping.index import FaceIndex, threads_for
 
 UNASSIGNED = -1
 
@@ -58,7 +58,7 @@ class ClusterParams:
     link_sim: float = 0.35
     # The trust radius: a full-quality face's pairs count from `join_sim`; below `full_quality`
     # the radius grows by `quality_slope` per unit of quality lost (see `trust_radius`).
-    join_sim: float = 0.35
+    join_sim: float = 0.40
     full_quality: float = 0.55
     quality_slope: float = 3.0
     # A join on one member's word needs `sure_join_sim`; below it, `join_support` members of the
@@ -192,8 +192,9 @@ def add_faces(
         else:
             seen.add(face.face_id)
             fresh.append(face)
-    for start in range(0, len(fresh), params.chunk):
-        _add_chunk(state, fresh[start : start + params.chunk], index, params, update)
+    with threads_for(len(fresh)):
+        for start in range(0, len(fresh), params.chunk):
+            _add_chunk(state, fresh[start : start + params.chunk], index, params, update)
     return update
 
 
@@ -227,7 +228,8 @@ def _add_chunk(
     """
     matrix = _embeddings(faces, index.dim)
     base = len(state.face_ids)
-    sims, ids = index.search(matrix, params.k)
+    ordinals = np.arange(base, base + len(faces), dtype=np.int64)
+    sims, ids = index.search_and_add(ordinals, matrix, params.k)
     for face in faces:
         _register(state, face, params, update)
     found = (sims >= params.link_sim) & (ids >= 0)
@@ -247,7 +249,6 @@ def _add_chunk(
                 hits_of[r] = sorted(hits_of[r], key=_by_sim)[: params.k]
     for j in range(len(faces)):
         _place(state, base + j, hits_of[j], params, update)
-    index.add(np.arange(base, base + len(faces), dtype=np.int64), matrix)
 
 
 def _by_sim(hit: tuple[int, float]) -> tuple[float, int]:

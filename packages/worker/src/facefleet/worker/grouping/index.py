@@ -14,18 +14,39 @@ when a cached copy does not hold exactly the state's faces: see `matches`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 FLAT_THRESHOLD = 20_000
+# Below this many vectors per call, faiss and BLAS run on one thread: for a message-sized batch,
+# waking and joining thread pools costs far more than the work (on a busy 2-core host, 10x).
+SINGLE_THREAD_BELOW = 512
+_pools: ThreadpoolController | None = None
+
+
+@contextmanager
+def threads_for(rows: int) -> Iterator[None]:
+    """One thread (OpenMP and both OpenBLAS copies) for small batches; all threads otherwise."""
+    global _pools
+    if rows >= SINGLE_THREAD_BELOW:
+        yield
+        return
+    if _pools is None:
+        _pools = ThreadpoolController()
+    with _pools.limit(limits=1):
+        yield
 
 
 @dataclass(frozen=True)
 class IndexParams:
     flat_threshold: int = FLAT_THRESHOLD
-    nprobe: int = 16
+    nprobe: int = 8
     rebuild_growth: float = 4.0
     # k-means cost grows with nlist x training points: cap both (training dominates a rebuild).
     max_nlist: int = 2048
@@ -109,7 +130,7 @@ class FaceIndex:
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.cp.seed = self.params.seed  # k-means seed: the same data gives the same index
         ivf.train(train)
-        ivf.nprobe = self.params.nprobe
+        ivf.nprobe = min(self.params.nprobe, nlist)
         # A hash direct map lets remove_ids / reconstruct work for ids in any order.
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
         return self._to_device(ivf)
@@ -119,6 +140,12 @@ class FaceIndex:
     @property
     def ntotal(self) -> int:
         return self._count
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """Lists probed per query from now on (a bulk re-cluster trades recall for speed)."""
+        ivf = self._index if isinstance(self._index, faiss.IndexIVF) else None
+        if ivf is not None:
+            ivf.nprobe = min(nprobe, ivf.nlist)
 
     @property
     def kind(self) -> str:
@@ -133,7 +160,8 @@ class FaceIndex:
             raise ValueError(f"{len(ids)} ids for {len(matrix)} embeddings")
         if not len(ids):
             return
-        self._index.add_with_ids(matrix, ids)
+        with threads_for(len(ids)):
+            self._index.add_with_ids(matrix, ids)
         self._count += len(ids)
         if self._needs_rebuild():
             self._rebuild()
@@ -160,8 +188,42 @@ class FaceIndex:
                 np.full((len(matrix), k), -np.inf, dtype=np.float32),
                 np.full((len(matrix), k), -1, dtype=np.int64),
             )
-        sims, ids = self._index.search(matrix, k)
+        with threads_for(len(matrix)):
+            sims, ids = self._index.search(matrix, k)
         return sims, ids
+
+    def search_and_add(
+        self, ids: np.ndarray, vectors: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search(vectors, k)` over the faces held before, then `add(ids, vectors)`.
+
+        On a CPU IVF the coarse assignment is computed once and used for both (for a
+        message-sized batch it is most of the cost of each).
+        """
+        queries = _as_matrix(vectors)
+        ivf = self._index if isinstance(self._index, faiss.IndexIVFFlat) else None
+        if ivf is None or not len(queries) or queries.shape[1] != self.dim:
+            before = self.search(queries, k)
+            self.add(ids, queries)
+            return before
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) != len(queries):
+            raise ValueError(f"{len(ids)} ids for {len(queries)} embeddings")
+        quantizer = ivf.quantizer
+        assert quantizer is not None, "a trained IVF has a quantizer"
+        with threads_for(len(queries)):
+            coarse_sims, lists = quantizer.search(queries, ivf.nprobe)
+            # The Python wrapper (not the SWIG signature the stubs describe) returns the result.
+            preassigned: Any = ivf.search_preassigned
+            found: tuple[np.ndarray, np.ndarray] = preassigned(queries, k, lists, coarse_sims)
+            first = np.ascontiguousarray(lists[:, 0])
+            ivf.add_core(
+                len(ids), faiss.swig_ptr(queries), faiss.swig_ptr(ids), faiss.swig_ptr(first)
+            )
+        self._count += len(ids)
+        if self._needs_rebuild():
+            self._rebuild()
+        return found
 
     def matches(self, ordinals: int) -> bool:
         """True when a cached index holds exactly faces 0..ordinals-1 (else rebuild it)."""

@@ -40,7 +40,8 @@ def recluster(
     faces: Sequence[FaceInput],
     params: ClusterParams | None = None,
     index_params: IndexParams | None = None,
-    chunk: int = 4096,
+    chunk: int = 2048,
+    bulk_nprobe: int = 4,
 ) -> tuple[UserClusterState, FaceIndex]:
     """A fresh state and index for the whole library, built by the incremental algorithm."""
     params = params or ClusterParams()
@@ -50,8 +51,12 @@ def recluster(
         return state, FaceIndex(1, index_params)
     vectors = np.stack([np.asarray(face.embedding, dtype=np.float32) for face in ordered])
     index = FaceIndex.trained_for(vectors, len(ordered), index_params)
+    # The replay probes fewer lists: a library's neighbours within link_sim sit in the nearest
+    # few; the index handed back probes the usual number for the incremental step.
+    index.set_nprobe(bulk_nprobe)
     for start in range(0, len(ordered), chunk):
         add_faces(state, ordered[start : start + chunk], index, params)
+    index.set_nprobe(index.params.nprobe)
     return state, index
 
 
