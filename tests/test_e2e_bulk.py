@@ -45,7 +45,7 @@ def harness() -> None:
 
 
 @pytest.fixture
-def stack(env, tmp_path: Path, models_dir: Path, monkeypatch) -> Iterator[E2EStack]:  # type: ignore[no-untyped-def]
+def stack(env, tmp_path: Path, models_dir: Path, monkeypatch) -> Iterator[E2EStack]:
     monkeypatch.setenv("FACEFLEET_WORKDIR", str(ROOT))
     provisioned = provision_stack(env, tmp_path / "batch")
     # Several workers share two cores here: one inference thread each, not one per core each.
@@ -86,7 +86,7 @@ def test_bulk_upload_processed_exactly_once(stack: E2EStack, faces_dir: Path, co
     stack.assert_queues_empty()
 
     # Scaled out: the policy, given what each tick saw, made exactly that tick's submissions.
-    params = PolicyParams(**policy)  # type: ignore[arg-type]
+    params = PolicyParams(**policy)
     for tick in stack.ticks:
         decision = decide(inputs_of(tick), params, stack.names)
         assert [s["array_size"] for s in tick["submissions"]] == [

@@ -56,7 +56,7 @@ def mongo(tmp_path: Path) -> Iterator[dict[str, object]]:
 
 
 @pytest.fixture
-def stack(env, tmp_path: Path, models_dir: Path, monkeypatch, mongo) -> Iterator[E2EStack]:  # type: ignore[no-untyped-def]
+def stack(env, tmp_path: Path, models_dir: Path, monkeypatch, mongo) -> Iterator[E2EStack]:
     monkeypatch.setenv("FACEFLEET_WORKDIR", str(ROOT))
     uri = f"mongodb://{local.LOOPBACK}:{mongo['port']}"
     provisioned = provision_stack(

@@ -55,7 +55,7 @@ def expected_first(names: Names, backlog: int) -> list[tuple[str, str, int | Non
     return [(names.detection_job.name, names.secondary_queue.name, size)]
 
 
-def tick(env, executor: LocalExecutor, **policy: float):  # type: ignore[no-untyped-def]
+def tick(env, executor: LocalExecutor, **policy: float):
     return dispatch(
         names=asdict(env.names),
         mode="local",
@@ -66,7 +66,7 @@ def tick(env, executor: LocalExecutor, **policy: float):  # type: ignore[no-unty
     )
 
 
-def recorded(env) -> list[tuple[str, str, int | None]]:  # type: ignore[no-untyped-def]
+def recorded(env) -> list[tuple[str, str, int | None]]:
     jobs = batch_jobs(env.names, env.region, env.endpoint_url)
     return sorted((j["definition"], j["queue"], j["array_size"]) for j in jobs)
 

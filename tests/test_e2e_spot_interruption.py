@@ -31,7 +31,7 @@ def harness() -> None:
 
 
 @pytest.fixture
-def stack(env, tmp_path: Path, models_dir: Path, monkeypatch) -> Iterator[E2EStack]:  # type: ignore[no-untyped-def]
+def stack(env, tmp_path: Path, models_dir: Path, monkeypatch) -> Iterator[E2EStack]:
     monkeypatch.setenv("FACEFLEET_WORKDIR", str(ROOT))
     provisioned = provision_stack(env, tmp_path / "batch")
     provisioned.localize_jobs(
