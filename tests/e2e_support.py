@@ -200,15 +200,12 @@ class E2EStack:
         policy: Mapping[str, Any] | None = None,
         timeout: float = 180.0,
         interval: float = 2.0,
-        on_tick: Any = None,
     ) -> float:
         """Dispatch ticks until both queues are empty and no local job runs; the seconds taken.
         On timeout, fail with what is left: queue depths, running jobs, their logs' tails."""
         started = time.monotonic()
         while True:
             self.tick(policy)
-            if on_tick is not None:
-                on_tick(self)
             deadline = time.monotonic() + interval
             while time.monotonic() < deadline:
                 if self.drained():
@@ -340,7 +337,7 @@ def provision_stack(
 
 
 def fill_backlog(
-    sqs_client_factory: Any, queue_url: str, queue_arn: str, count: int, per_feeder: int = 50
+    sqs_client_factory: Any, queue_arn: str, count: int, per_feeder: int = 50
 ) -> float:
     """Put `count` messages on a queue through redrive fan-in; the seconds it took.
 
@@ -348,11 +345,12 @@ def fill_backlog(
     recomputes ApproximateNumberOfMessages(/NotVisible/Delayed) by checking every message's
     visibility against the clock (`unix_time_millis`, tens of microseconds each on this machine).
     Filling one queue with n messages is O(n^2): 1,000 took ~30 s and 2,000 ~2 min here, so
-    20,000 would take hours. A dead-letter move is O(1) per message (moto appends to the
+    20,000 would take an hour or more. A dead-letter move is O(1) per message (moto appends to the
     DLQ's list), so the messages go to small feeder queues (`per_feeder` each, cheap to send
     to) whose redrive policy (maxReceiveCount 1) names the target: each message is received
     once, and the next receive moves it to the target. The target really holds `count`
-    messages, as a backlog from any producer would.
+    messages, as a backlog from any producer would (each already received once, which only a
+    consumer with a redrive policy of its own would notice).
     """
     from concurrent.futures import ThreadPoolExecutor
 
