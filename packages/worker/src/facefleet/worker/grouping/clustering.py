@@ -11,7 +11,10 @@ shape: `merge_people`, `move_face`, `reject_face` ("not this person"), `name_per
 
 How a face is placed (each new face, in arrival order; a batch behaves exactly as one at a time):
 
-1. Its neighbours are the existing faces within cosine similarity `link_sim` (top-`k` search).
+1. Its neighbours are the existing faces within cosine similarity `link_sim` (top-`k` search),
+   kept only where the pair clears both faces' quality-gated trust radius (`trust_radius`:
+   `join_sim` for good faces, tightening by `quality_slope` per unit of quality below
+   `full_quality`), less `support_slack` for members that only back a join.
 2. Join: the people of its trusted (strong-tier) assigned neighbours are candidates, minus any
    person that already holds a face of the same photo (cannot-link) or that the user said this
    face is not. The best-supported candidate is joined if its closest member is at least
@@ -61,6 +64,8 @@ class ClusterParams:
     join_sim: float = 0.40
     full_quality: float = 0.55
     quality_slope: float = 3.0
+    # Members backing a join may sit this much inside the trust radius (the closest may not).
+    support_slack: float = 0.05
     # A join on one member's word needs `sure_join_sim`; below it, `join_support` members of the
     # person must be neighbours: one close pair between two people must not chain them together.
     sure_join_sim: float = 0.55
@@ -297,11 +302,12 @@ def _place(
     if tier == IGNORED:
         return
     quality, tiers = state.quality, state.tier
-    mine = trust_radius(quality[face], params)
+    mine = trust_radius(quality[face], params) - params.support_slack
     hits = [
         (other, sim)
         for other, sim in hits
-        if tiers[other] != IGNORED and sim >= max(mine, trust_radius(quality[other], params))
+        if tiers[other] != IGNORED
+        and sim >= max(mine, trust_radius(quality[other], params) - params.support_slack)
     ]
     strong = tier == STRONG
     if strong:
@@ -372,24 +378,27 @@ def _best_person(
     tier, quality = state.tier, state.quality
     need = params.join_sim if tier[face] == STRONG else params.weak_join_sim
     mine = trust_radius(quality[face], params)
+    slack = params.support_slack
     photo = state.photo_ids[face]
     barred = state.not_in.get(face, ())
-    support: dict[int, list[float]] = {}  # person -> [count, sum of sims, max sim]
+    support: dict[int, list[float]] = {}  # person -> [count, sum of sims, max sim of trusted]
     for other, sim in hits:
         person = state.person_of[other]
         if person == UNASSIGNED or tier[other] != STRONG:
             continue
-        if sim < mine or sim < trust_radius(quality[other], params):
+        radius = max(mine, trust_radius(quality[other], params))
+        if sim < radius - slack:
             continue
+        trusted = sim if sim >= radius else 0.0
         entry = support.get(person)
         if entry is None:
             if person in barred or photo in state.people[person].photos:
                 continue
-            support[person] = [1.0, sim, sim]
+            support[person] = [1.0, sim, trusted]
         else:
             entry[0] += 1
             entry[1] += sim
-            entry[2] = max(entry[2], sim)
+            entry[2] = max(entry[2], trusted)
     best: int | None = None
     best_key: tuple[float, float, int] | None = None
     for person, (count, total, top) in support.items():
