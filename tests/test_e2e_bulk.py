@@ -69,7 +69,11 @@ def inputs_of(tick: dict[str, Any]) -> DispatchInputs:
 
 
 @pytest.mark.parametrize(
-    "count", [CI_COUNT, pytest.param(FULL_COUNT, marks=pytest.mark.slow, id="full")]
+    "count",
+    [
+        CI_COUNT,
+        pytest.param(FULL_COUNT, marks=[pytest.mark.slow, pytest.mark.timeout(3600)], id="full"),
+    ],
 )
 def test_bulk_upload_processed_exactly_once(stack: E2EStack, faces_dir: Path, count: int) -> None:
     policy = SCALED if count <= CI_COUNT else PRODUCTION

@@ -73,7 +73,13 @@ def recorded(env) -> list[tuple[str, str, int | None]]:
 
 
 @pytest.mark.parametrize(
-    "backlog", [0, 10, 1000, pytest.param(20_000, marks=pytest.mark.slow, id="20000")]
+    "backlog",
+    [
+        0,
+        10,
+        1000,
+        pytest.param(20_000, marks=[pytest.mark.slow, pytest.mark.timeout(1800)], id="20000"),
+    ],
 )
 def test_backlog_gets_exactly_the_policys_jobs(env, executor, backlog: int) -> None:
     names = env.names

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from facefleet.common.documents import ImageStatus
+from facefleet.common.repository import GalleryRepository
 from facefleet.flows.demo.gallery import Photo
 from tests.e2e_support import ROOT, E2EStack, provision_stack
 from tests.flows_support import prefect_harness
@@ -54,6 +55,9 @@ def test_one_photo_through_detection_and_grouping(stack: E2EStack, faces_dir: Pa
     image = stack.image_statuses(USER)["six"]
     assert image["status"] == ImageStatus.DONE and image["face_count"] == 6
     assert totals["faces"] == 6
+    faces = GalleryRepository(stack.gallery()).faces_of_images(USER, ["six"])
+    assert sorted(f.index for f in faces) == list(range(6))
+    assert all(f.embedding.ndim == 1 and f.crop_key for f in faces)
     crops = sorted(stack.crop_keys())
     assert len(crops) == 6 and all(k.startswith(f"faces/{USER}/six/") for k in crops)
     # Six strangers in one photo: each face is placed (an assignment each); a person needs more
