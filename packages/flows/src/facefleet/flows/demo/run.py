@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.common.config import Names
+from facefleet.common.documents import ImageStatus
 from facefleet.common.repository import (
     GALLERY_DEFAULT_DB,
     HUEMN_DEFAULT_DB,
@@ -93,10 +94,11 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoSu
         photos = demo_gallery(options.faces_dir, users=options.users)
         gallery_db = connect(os.environ["GALLERY_IMAGES_MONGO_URI"], GALLERY_DEFAULT_DB)
         huemn_db = connect(os.environ["HUEMN_MONGO_URI"], HUEMN_DEFAULT_DB)
+        gallery = GalleryRepository(gallery_db)
         users = sorted({p.user_id for p in photos})
         say(f"uploading {len(photos)} photos of {len(users)} users to {worker_env['BUCKET_NAME']}")
         upload(photos, worker_env["BUCKET_NAME"], region, endpoint_url)
-        todo = _not_indexed(photos, GalleryRepository(gallery_db))
+        todo = _not_indexed(photos, gallery)
         urls = QueueUrls(worker_env["QUEUE_URL"], worker_env["GROUP_FACE_QUEUE_URL"])
         started = time.monotonic()
         started_at = datetime.now(UTC)
@@ -120,7 +122,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoSu
             options.out_dir / "dashboard.png", started_at, region, endpoint_url, say
         )
         report = write_report(
-            collect(GalleryRepository(gallery_db), PeopleRepository(huemn_db)),
+            collect(gallery, PeopleRepository(huemn_db)),
             options.out_dir,
             worker_env["FACE_GROUP_BUCKET_NAME"],
             region,
@@ -187,7 +189,7 @@ def _provision(
 def _not_indexed(photos: list[Photo], gallery: GalleryRepository) -> list[Photo]:
     done = set()
     for doc in gallery.images.find(
-        {"user_id": {"$in": sorted({p.user_id for p in photos})}, "status": "done"},
+        {"user_id": {"$in": sorted({p.user_id for p in photos})}, "status": str(ImageStatus.DONE)},
         {"user_id": 1, "image_id": 1},
     ):
         done.add((doc["user_id"], doc["image_id"]))
