@@ -15,6 +15,7 @@ from facefleet.common.messages import (
     DetectionRequest,
     GroupingRequest,
     MalformedMessage,
+    image_id_from_key,
     image_key,
     parse_detection_message,
     parse_grouping_message,
@@ -59,10 +60,35 @@ def test_s3_notification_with_several_records_and_encoded_keys() -> None:
     body = s3_event("gallery", "users/u1/my photo+1.jpg", "users/u1/b.png")
     parsed = parse_detection_message(body)
     assert [p.key for p in parsed] == ["users/u1/my photo+1.jpg", "users/u1/b.png"]
-    assert parsed[1].image_id == "b"
+    assert parsed[1].image_id == "b.png"
     # A name that is no identifier still maps to one stable, valid image id.
     again = parse_detection_message(body)[0].image_id
     assert parsed[0].image_id == again and again.startswith("k") and " " not in again
+
+
+def test_image_ids_are_unique_per_key_and_stable() -> None:
+    """Keys that differ only in extension or folder are different photos (issue: `plain.jpg`
+    and `plain.png` once shared an image id, and the last one processed replaced the other)."""
+    keys = [
+        "users/bob/plain.jpg",
+        "users/bob/plain.png",
+        "users/bob/face.gif",
+        "users/bob/face.webp",
+        "users/bob/face.heic",
+        "users/bob/face",
+        "users/bob/2024/plain.jpg",
+        "users/bob/2025/plain.jpg",
+        "users/bob/my plain.jpg",
+    ]
+    ids = [image_id_from_key("bob", key) for key in keys]
+    assert len(set(ids)) == len(keys)
+    assert ids == [image_id_from_key("bob", key) for key in keys]  # stable
+    assert ids[:2] == ["plain.jpg", "plain.png"]
+
+
+@given(identifiers, identifiers)
+def test_image_key_and_image_id_from_key_agree(user: str, image: str) -> None:
+    assert image_id_from_key(user, image_key(user, image)) == image
 
 
 def test_s3_test_event_yields_nothing() -> None:
@@ -106,11 +132,22 @@ def test_malformed_detection_requests_say_what_is_wrong(change: Any, fragment: s
             "not an ObjectCreated",
         ),
         (s3_event("gallery", "elsewhere/a.jpg"), "is not under 'users/<user id>/'"),
+        ("[" * 100_000, "nests 100000 levels deep"),  # once a RecursionError: poison
+        ('{"a": ' * 40 + "1" + "}" * 40, "nests 40 levels deep"),
+        (json.dumps({"type": "detect", "pad": "x" * 300_000}), "over the 262144-byte limit"),
+        (b"\xff\xfe{}", "not UTF-8"),
     ],
 )
-def test_malformed_bodies(body: str, fragment: str) -> None:
+def test_malformed_bodies(body: str | bytes, fragment: str) -> None:
     with pytest.raises(MalformedMessage, match=fragment.replace("(", r"\(")):
         parse_detection_message(body)
+    with pytest.raises(MalformedMessage):
+        parse_grouping_message(body)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    body = json.dumps({**valid(), "note": "[" * 1000})
+    assert parse_detection_message(body)[0].image_id == "img1"
 
 
 def test_malformed_grouping_requests() -> None:

@@ -82,6 +82,26 @@ def test_a_crashing_handler_never_kills_the_loop(env) -> None:
     assert [m["Body"] for m in receive_all(env, queue.dlq_url)] == ["poison"]
 
 
+def test_a_poison_message_is_dead_lettered_alone(env) -> None:
+    """A handler that raises on one message of a batch: the message is tried alone and
+    dead-lettered alone; its four batch-mates are processed (once they went to the DLQ too)."""
+    queue = create_queue(env, env.names.indexing_queue, max_receive_count=2)
+    for body in ("good-1", "good-2", "poison", "good-3", "good-4"):
+        send(env, queue.url, body)
+    done: list[str] = []
+
+    def handle(batch: list[ReceivedMessage]) -> dict[str, Outcome]:
+        if any(m.body == "poison" for m in batch):
+            raise RecursionError("maximum recursion depth exceeded")
+        done.extend(m.body for m in batch)
+        return {m.message_id: Outcome.DONE for m in batch}
+
+    assert Consumer(config(env, queue.url, batch_size=5), handle).run() == 0
+    assert sorted(done) == ["good-1", "good-2", "good-3", "good-4"]
+    assert [m["Body"] for m in receive_all(env, queue.dlq_url)] == ["poison"]
+    assert counts(env, queue.url) == (0, 0)
+
+
 def test_heartbeat_keeps_a_slow_batch_invisible(env) -> None:
     queue = create_queue(env, env.names.indexing_queue)
     send(env, queue.url, "slow")

@@ -55,12 +55,12 @@ def test_exif_orientation_is_applied() -> None:
 def test_png_with_alpha_and_grayscale_and_16_bit(faces_dir: Path) -> None:
     alpha = decode_image((faces_dir / "groups" / "edge_32bit.png").read_bytes())
     assert alpha.pixels.dtype == np.uint8 and alpha.pixels.shape[2] == 3
-    transparent = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    transparent = Image.new("RGBA", (20, 20), (0, 0, 0, 0))
     assert decode_image(encode(transparent, "PNG")).pixels.min() == 255  # composited on white
     grey = decode_image(encode(Image.new("L", (30, 20), 77)))
     assert grey.pixels.shape == (20, 30, 3)
-    deep = Image.fromarray(np.full((8, 8), 4000, dtype=np.uint16))
-    assert decode_image(encode(deep, "PNG")).pixels.shape == (8, 8, 3)
+    deep = Image.fromarray(np.full((24, 24), 4000, dtype=np.uint16))
+    assert decode_image(encode(deep, "PNG")).pixels.shape == (24, 24, 3)
 
 
 def test_large_jpeg_is_decoded_reduced_with_the_scale() -> None:
@@ -83,6 +83,42 @@ def test_bad_bytes_are_refused_with_a_reason(data: bytes, reason: FailureReason)
     with pytest.raises(ImageError) as caught:
         decode_image(data)
     assert caught.value.reason == reason
+    assert "object at 0x" not in str(caught.value)  # reasons are for people
+
+
+def test_heic_the_iphone_default_is_decoded() -> None:
+    image = Image.new("RGB", (64, 48), (20, 30, 220))
+    data = encode(image, "HEIF")
+    assert data[4:12] == b"ftypheic"
+    decoded = decode_image(data)
+    assert decoded.format == "HEIF" and decoded.pixels.shape == (48, 64, 3)
+    assert decoded.pixels.reshape(-1, 3).mean(axis=0)[0] > 180  # BGR: blue
+
+
+@pytest.mark.parametrize(
+    "data, name",
+    [
+        (b"\xff\x0a" + b"\x00" * 64, "JPEG XL"),
+        (b"\x00\x00\x00\x0cJXL \r\n\x87\n" + b"\x00" * 64, "JPEG XL"),
+        (b"8BPS\x00\x01" + b"\x00" * 64, "Photoshop"),
+        (b"\x00\x00\x00\x18ftypcrx " + b"\x00" * 64, "CR3"),
+    ],
+)
+def test_images_in_formats_nothing_reads_are_unsupported_not_corrupt(
+    data: bytes, name: str
+) -> None:
+    with pytest.raises(ImageError) as caught:
+        decode_image(data)
+    assert caught.value.reason == FailureReason.UNSUPPORTED
+    assert name in caught.value.detail
+
+
+def test_a_one_pixel_wide_image_is_too_small_not_a_crash() -> None:
+    """A 1x40000 PNG once tripped an OpenCV assertion in the detector's resize."""
+    with pytest.raises(ImageError) as caught:
+        decode_image(encode(Image.new("RGB", (1, 40000), 128), "PNG"))
+    assert caught.value.reason == FailureReason.TOO_SMALL
+    assert "1x40000" in caught.value.detail
 
 
 def test_a_20000_square_header_is_refused_before_decoding() -> None:

@@ -3,6 +3,7 @@ worker processes for idle exit, SIGTERM and SIGKILL."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
+from PIL import Image
 
 from facefleet.common.aws import client
 from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
@@ -118,6 +120,12 @@ def test_six_faces_stored_once_even_when_redelivered(env, analyzer, faces_dir: P
     assert counts(env, stack.queue.url) == (0, 0)
 
 
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), 128).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_bad_inputs_fail_the_image_or_dead_letter_the_message(env, analyzer) -> None:
     stack = Stack(env, max_receive_count=2)
     requests = {
@@ -125,6 +133,10 @@ def test_bad_inputs_fail_the_image_or_dead_letter_the_message(env, analyzer) -> 
         "empty": stack.upload("empty", b""),
         "huge": stack.upload("huge", png_header_only(20000, 20000)),
         "missing": DetectionRequest(USER, "missing", stack.bucket, image_key(USER, "missing")),
+        "thin": stack.upload("thin", _png(1, 40000)),
+        # Decodes, then the detector's resize asserts: an unexpected per-image error.
+        "sliver": stack.upload("sliver", _png(20, 30000)),
+        "jxl": stack.upload("jxl", b"\xff\x0a" + b"\x00" * 200),
     }
     for request in requests.values():
         stack.send(request.to_body())
@@ -142,12 +154,61 @@ def test_bad_inputs_fail_the_image_or_dead_letter_the_message(env, analyzer) -> 
         "empty": "empty",
         "huge": "too_many_pixels",
         "missing": "missing",
+        "thin": "too_small",
+        "sliver": "processing_error",
+        "jxl": "unsupported",
     }
+    for image_id in requests:
+        reason = stack.repository.get_image(USER, image_id).reason  # type: ignore[union-attr]
+        assert reason and "object at 0x" not in reason and len(reason) < 400
     assert counts(env, stack.queue.url) == (0, 0)  # failed images: messages deleted
     dead = sorted(m["Body"] for m in receive_all(env, stack.queue.dlq_url, 0))
     assert len(dead) == 2 and dead[1] == "{not json"
     assert stack.repository.count_faces(USER) == 0
     assert stack.grouping_requests() == []
+
+
+def test_a_poison_body_is_dead_lettered_alone(env, analyzer, faces_dir: Path) -> None:
+    """100 kB of `[[[[` once raised RecursionError in the parser and took four good photos in
+    its batch to the DLQ with it."""
+    stack = Stack(env, max_receive_count=2)
+    photos = sorted((faces_dir / "gallery").glob("*/*.jpg"))[:4]
+    for number, path in enumerate(photos):
+        stack.send(stack.upload(f"good{number}.jpg", path.read_bytes()).to_body())
+    stack.send("[" * 100_000)
+    assert stack.drain(analyzer, BATCH_SIZE="5") == 0
+    for number in range(4):
+        image = stack.repository.get_image(USER, f"good{number}.jpg")
+        assert image is not None and image.status == ImageStatus.DONE
+    dead = [m["Body"] for m in receive_all(env, stack.queue.dlq_url, 0)]
+    assert dead == ["[" * 100_000]
+
+
+def test_keys_that_differ_only_in_extension_are_two_images(env, analyzer, faces_dir: Path) -> None:
+    """`plain.jpg` and `plain.png` (S3 notifications) once shared one image id: the last one
+    processed replaced the other's image document, faces and crops."""
+    stack = Stack(env)
+    photo = Image.open(sorted((faces_dir / "gallery").glob("*/*.jpg"))[0])
+    for fmt, ext in (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("HEIF", "heic")):
+        buffer = io.BytesIO()
+        photo.save(buffer, fmt)
+        key = f"users/{USER}/plain.{ext}"
+        stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=buffer.getvalue())
+        record = {
+            "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": stack.bucket}, "object": {"key": key}},
+        }
+        stack.send(json.dumps({"Records": [record]}))
+    assert stack.drain(analyzer) == 0
+    ids = ["plain.jpg", "plain.png", "plain.webp", "plain.heic"]
+    for image_id in ids:
+        image = stack.repository.get_image(USER, image_id)
+        assert image is not None and image.status == ImageStatus.DONE, image_id
+        assert image.face_count >= 1 and image.key == f"users/{USER}/{image_id}"
+    faces = stack.repository.faces_of_user(USER)
+    assert sorted({f.image_id for f in faces}) == sorted(ids)
+    crops = {c["Key"] for c in stack.s3.list_objects_v2(Bucket=stack.face_bucket)["Contents"]}
+    assert crops == {str(f.crop_key) for f in faces}
 
 
 def test_outages_keep_the_message_for_a_retry(env, analyzer, faces_dir: Path) -> None:

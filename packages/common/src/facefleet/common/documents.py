@@ -4,6 +4,13 @@ Documents are plain dicts at the driver boundary; these dataclasses are the type
 works with. Ids are deterministic, so a redelivered message or a re-run overwrites, never adds.
 Embeddings are stored as little-endian float16 bytes: half the size of float32, and cosine
 similarities move by under 1e-3, far below any grouping threshold.
+
+Times are stored as integer milliseconds since the epoch (UTC), not BSON dates. nx-27017 (the
+embedded MongoDB) turns a top-level datetime written by `$set` on an existing document into a
+string, so a reprocessed image's face would compare a `str` with a `datetime`, and a renewed
+lease would stop matching `$lt` and never expire. An int keeps its type on every write path of
+both servers, sorts and compares the same, and keeps millisecond precision like a BSON date.
+`decode_time` also reads BSON dates and the strings older rows may hold.
 """
 
 from __future__ import annotations
@@ -28,6 +35,27 @@ class ImageStatus(StrEnum):
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def encode_time(moment: datetime) -> int:
+    """A time as stored: integer milliseconds since the epoch (see the module docstring)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(round(moment.timestamp() * 1000))
+
+
+def decode_time(value: Any) -> datetime:
+    """A stored time back to an aware UTC datetime: epoch milliseconds, a BSON date, or the
+    ISO-like string nx-27017 leaves after a `$set` of a datetime (rows written before ints)."""
+    if isinstance(value, bool):
+        raise TypeError(f"not a stored time: {value!r}")
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value / 1000, UTC)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    raise TypeError(f"not a stored time: {value!r}")
 
 
 def image_doc_id(user_id: str, image_id: str) -> str:
@@ -77,6 +105,7 @@ class ImageDoc:
     def to_mongo(self) -> dict[str, Any]:
         data = asdict(self)
         data["status"] = str(self.status)
+        data["updated_at"] = encode_time(self.updated_at)
         data["_id"] = self.doc_id
         return data
 
@@ -84,6 +113,9 @@ class ImageDoc:
     def from_mongo(cls, data: dict[str, Any]) -> ImageDoc:
         values = {k: v for k, v in data.items() if k != "_id"}
         values["status"] = ImageStatus(values["status"])
+        values["updated_at"] = (
+            decode_time(values["updated_at"]) if "updated_at" in values else now()
+        )
         return cls(**values)
 
 
@@ -123,7 +155,7 @@ class FaceDoc:
             "embedding": encode_embedding(self.embedding),
             "embedding_dim": int(self.embedding.shape[0]),
             "crop_key": self.crop_key,
-            "created_at": self.created_at,
+            "created_at": encode_time(self.created_at),
         }
 
     @classmethod
@@ -139,7 +171,7 @@ class FaceDoc:
             quality=float(data["quality"]),
             embedding=decode_embedding(bytes(data["embedding"])),
             crop_key=data.get("crop_key"),
-            created_at=data.get("created_at", now()),
+            created_at=decode_time(data["created_at"]) if "created_at" in data else now(),
         )
 
 
@@ -175,7 +207,7 @@ class PersonDoc:
             "centroid": encode_embedding(self.centroid),
             "name": self.name,
             "cover_key": self.cover_key,
-            "updated_at": self.updated_at,
+            "updated_at": encode_time(self.updated_at),
         }
 
     @classmethod
@@ -189,5 +221,5 @@ class PersonDoc:
             centroid=decode_embedding(bytes(data["centroid"])),
             name=data.get("name"),
             cover_key=data.get("cover_key"),
-            updated_at=data.get("updated_at", now()),
+            updated_at=decode_time(data["updated_at"]) if "updated_at" in data else now(),
         )

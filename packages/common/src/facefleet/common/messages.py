@@ -23,6 +23,12 @@ SUPPORTED_VERSIONS = frozenset({1})
 USER_KEY_PREFIX = "users"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
 
+# Bounds checked before a body is parsed: SQS's classic message limit (every FaceFleet request
+# and S3 notification is far smaller), and a JSON nesting depth no request comes near (deeper
+# input would make the parser recurse without end, a poison message for the whole batch).
+MAX_BODY_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 32
+
 
 class MalformedMessage(ValueError):
     """A message body that is not a valid request; the text says which field and why."""
@@ -60,26 +66,64 @@ def user_key_prefix(user_id: str) -> str:
     return f"{USER_KEY_PREFIX}/{user_id}/"
 
 
-def image_key(user_id: str, image_id: str, extension: str = "jpg") -> str:
-    """The canonical gallery key of an image, inside its owner's prefix."""
-    return f"{user_key_prefix(user_id)}{image_id}.{extension}"
+def image_key(user_id: str, image_id: str) -> str:
+    """The canonical gallery key of an image: its id is its file name in its owner's prefix
+    (extension included), so `image_id_from_key(user_id, image_key(user_id, i)) == i` and a
+    FaceFleet request and the S3 notification of the same upload name the same image."""
+    return f"{user_key_prefix(user_id)}{image_id}"
 
 
 def image_id_from_key(user_id: str, key: str) -> str:
-    """The image id a key names: its file name without the extension when that is a plain
-    identifier directly in the user's prefix, else a stable digest of the key (uploads keep
-    their own names: spaces, nested folders), so one key always maps to one image id."""
+    """The image id a key names, unique per object key and stable across reprocessing: the file
+    name itself, extension included (`plain.jpg` and `plain.png` are two photos), when it is a
+    plain identifier directly in the user's prefix; else a digest of the whole relative key
+    (uploads keep their own names: spaces, unicode, nested folders)."""
     relative = key[len(user_key_prefix(user_id)) :]
-    stem = relative.rsplit(".", 1)[0] if "." in relative else relative
-    if "/" not in stem and _ID_PATTERN.match(stem):
-        return stem
+    if "/" not in relative and _ID_PATTERN.match(relative):
+        return relative
     return "k" + hashlib.sha1(relative.encode()).hexdigest()[:24]
 
 
+def _json_depth(text: str) -> int:
+    """The deepest bracket nesting outside strings (a linear scan, no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def _load(body: str | bytes) -> dict[str, Any]:
+    if not isinstance(body, str | bytes):
+        raise MalformedMessage(f"body must be text, got {type(body).__name__}")
+    size = len(body.encode() if isinstance(body, str) else body)
+    if size > MAX_BODY_BYTES:
+        raise MalformedMessage(f"body is {size} bytes, over the {MAX_BODY_BYTES}-byte limit")
     try:
-        data = json.loads(body)
-    except (ValueError, TypeError) as error:
+        text = body.decode() if isinstance(body, bytes) else body
+    except UnicodeDecodeError as error:
+        raise MalformedMessage(f"body is not UTF-8: {error}") from None
+    depth = _json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise MalformedMessage(
+            f"body nests {depth} levels deep, over the limit of {MAX_JSON_DEPTH}"
+        )
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError, RecursionError) as error:
         raise MalformedMessage(f"body is not JSON: {error}") from None
     if not isinstance(data, dict):
         raise MalformedMessage(f"body must be a JSON object, got {type(data).__name__}")

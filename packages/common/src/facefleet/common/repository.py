@@ -20,6 +20,7 @@ from facefleet.common.documents import (
     ImageDoc,
     ImageStatus,
     PersonDoc,
+    encode_time,
     image_doc_id,
     now,
 )
@@ -29,8 +30,10 @@ Document = dict[str, Any]
 
 def upsert(document: Document) -> UpdateOne:
     """Write a whole document by _id. A `$set` upsert, not ReplaceOne: nx-27017 ignores the
-    filter's _id when a ReplaceOne upserts (and fails replacing binary fields), while a `$set`
-    upsert behaves the same on MongoDB and nx-27017. Every document sets all of its fields."""
+    filter's _id when a ReplaceOne upserts (and fails replacing binary fields). Every document
+    sets all of its fields. nx-27017 stores a top-level datetime in a `$set` of an existing
+    document as a string, so documents hold no datetimes: times are `encode_time` ints
+    (tests/test_mongo_conformance.py names each deviation and its way around)."""
     fields = {k: v for k, v in document.items() if k != "_id"}
     return UpdateOne({"_id": document["_id"]}, {"$set": fields}, upsert=True)
 
@@ -139,15 +142,15 @@ class PeopleRepository:
 
         The _id is the user, so two workers racing to create it collide on the unique key.
         """
-        current = now()
+        current, expires = encode_time(now()), encode_time(now() + ttl)
         taken = self.leases.find_one_and_update(
             {"_id": user_id, "$or": [{"owner": owner}, {"expires_at": {"$lt": current}}]},
-            {"$set": {"owner": owner, "expires_at": current + ttl}},
+            {"$set": {"owner": owner, "expires_at": expires}},
         )
         if taken is not None:
             return
         try:
-            self.leases.insert_one({"_id": user_id, "owner": owner, "expires_at": current + ttl})
+            self.leases.insert_one({"_id": user_id, "owner": owner, "expires_at": expires})
         except DuplicateKeyError:
             raise LeaseHeld(f"user {user_id!r} is being grouped by another worker") from None
 

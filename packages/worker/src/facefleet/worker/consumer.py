@@ -33,9 +33,10 @@ Outcomes, keyed by `ReceivedMessage.message_id`:
 
 A message missing from the returned dict counts as RETRY. A handler that raises an outage error
 (`is_outage`: pymongo ConnectionFailure / ServerSelectionTimeoutError, botocore endpoint,
-timeout, throttling and 5xx errors) turns the whole batch into RETRY; any other exception is
-logged and the batch counts as MALFORMED (redelivered, then dead-lettered), so a poison message
-cannot crash the worker. Handlers may use `is_outage` to classify per-message errors themselves.
+timeout, throttling and 5xx errors) turns the whole batch into RETRY; any other exception makes
+the consumer run the handler again on each message alone, so only the message that raises counts
+as MALFORMED (redelivered, then dead-lettered) and its batch-mates are processed: a poison message
+can neither crash the worker nor take good messages to the DLQ. Handlers may use `is_outage` to classify per-message errors themselves.
 
 Loop semantics (settings in `ConsumerConfig`, read from `Settings`):
 
@@ -381,9 +382,23 @@ class Consumer:
             if is_outage(run.error):
                 log.warning("handler hit an outage", extra={"error": repr(run.error)})
                 return {m.message_id: Outcome.RETRY for m in batch}
-            log.error("handler failed; batch left for redelivery", exc_info=run.error)
-            return {m.message_id: Outcome.MALFORMED for m in batch}
+            if len(batch) > 1:
+                log.error("handler failed; trying each message alone", exc_info=run.error)
+                return self._isolate(batch)
+            log.error("handler failed on the message", exc_info=run.error)
+            return {batch[0].message_id: Outcome.MALFORMED}
         return run.outcomes
+
+    def _isolate(self, batch: list[ReceivedMessage]) -> dict[str, Outcome] | None:
+        """A poison message must not take its batch-mates with it: run the handler on each
+        message alone, so only the one that raises is left for the dead-letter queue."""
+        outcomes: dict[str, Outcome] = {}
+        for message in batch:
+            alone = self._run_handler([message])
+            if alone is None:
+                return None
+            outcomes.update(alone)
+        return outcomes
 
     # -- SQS calls ---------------------------------------------------------------------------
     def delete(self, messages: Sequence[ReceivedMessage]) -> None:

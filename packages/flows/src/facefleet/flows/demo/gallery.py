@@ -27,7 +27,7 @@ class Photo:
 
     @property
     def key(self) -> str:
-        return image_key(self.user_id, self.image_id, self.path.suffix.lstrip(".").lower())
+        return image_key(self.user_id, self.image_id)
 
 
 def _photos(folder: Path) -> list[Path]:
@@ -37,7 +37,8 @@ def _photos(folder: Path) -> list[Path]:
 def _image_id(path: Path) -> str:
     # Stable across machines: derived from the file's path below faces/, not its contents.
     stem = path.stem.replace(" ", "_")
-    return f"{stem[:40]}-{hashlib.sha1(str(path.parent.name + path.name).encode()).hexdigest()[:6]}"
+    digest = hashlib.sha1(str(path.parent.name + path.name).encode()).hexdigest()[:6]
+    return f"{stem[:40]}-{digest}{path.suffix.lower()}"
 
 
 def _lfw_people(lfw: Path, min_photos: int) -> list[Path]:

@@ -6,18 +6,26 @@ gigabytes. Large JPEGs are decoded at a reduced scale (libjpeg's DCT scaling via
 `draft`) when the caller only needs `max_side` pixels: detection runs at 640 and crops at 112, so
 full-resolution decoding of a 12-megapixel photo is wasted work. Coordinates map back to the
 original through `DecodedImage.scale`.
+
+HEIC/HEIF (the iPhone's default) decodes through pillow-heif's Pillow opener. A file that is an
+image in a format nothing here reads (JPEG XL, camera RAW, PSD, ...) is `unsupported`, told
+apart from `corrupt` by its signature; reasons are sentences for people, never object reprs.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 
 import cv2
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+pillow_heif.register_heif_opener()
 
 # Our own pixel limit is checked first; Pillow's (which warns, then raises at twice the limit)
 # would otherwise interfere with a deployment that raises MAX_IMAGE_PIXELS.
@@ -30,7 +38,31 @@ class FailureReason(StrEnum):
     TOO_LARGE = "too_large"  # more bytes than MAX_IMAGE_BYTES
     TOO_MANY_PIXELS = "too_many_pixels"  # more pixels than MAX_IMAGE_PIXELS (bomb guard)
     CORRUPT = "corrupt"  # not an image, truncated, or undecodable
+    UNSUPPORTED = "unsupported"  # an image, in a format this worker cannot decode
+    TOO_SMALL = "too_small"  # a side too short to hold a face (or to resize to the detector)
     MISSING = "missing"  # no such object (or no access to it)
+    PROCESSING_ERROR = "processing_error"  # decoded, then an unexpected error in the pipeline
+
+
+# The shortest side a photo may have: below it no face fits, and the detector's resize to its
+# canvas would round that side to zero pixels (an OpenCV assertion, once a crash).
+MIN_SIDE_PIXELS = 16
+
+# Signatures of image formats Pillow and pillow-heif do not read: these are `unsupported`.
+_UNSUPPORTED_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\xff\x0a", "JPEG XL"),
+    (4, b"JXL ", "JPEG XL"),
+    (0, b"8BPS", "Photoshop (PSD)"),
+    (0, b"II*\x00\x10\x00\x00\x00CR", "Canon RAW (CR2)"),
+    (0, b"FUJIFILMCCD-RAW", "Fujifilm RAW (RAF)"),
+    (0, b"IIRO", "Olympus RAW (ORF)"),
+    (0, b"IIU\x00", "Panasonic RAW (RW2)"),
+    (4, b"ftypcrx ", "Canon RAW (CR3)"),
+    (0, b"%PDF", "PDF"),
+    (0, b"<svg", "SVG"),
+    (0, b"<?xml", "SVG/XML"),
+)
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>")
 
 
 class ImageError(ValueError):
@@ -65,19 +97,57 @@ def _flatten(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def describe_error(error: BaseException, limit: int = 300) -> str:
+    """An exception as a sentence for people: its first line, no `<_io.BytesIO object at
+    0x...>` in it, bounded in length."""
+    lines = _OBJECT_REPR.sub("", str(error)).strip().splitlines()
+    text = lines[0].strip().rstrip(":").strip() if lines else ""
+    return (text or type(error).__name__)[:limit]
+
+
+def unsupported_format(data: bytes) -> str | None:
+    """The name of an image format this worker cannot decode, when the bytes start like one."""
+    head = data[:32]
+    for offset, signature, name in _UNSUPPORTED_SIGNATURES:
+        if head[offset : offset + len(signature)] == signature:
+            return name
+    if head[4:8] == b"ftyp":  # an ISO-BMFF image brand pillow-heif does not register
+        return f"ISO media ({head[8:12].decode('ascii', 'replace').strip()})"
+    return None
+
+
 def read_header(data: bytes, max_pixels: int) -> Image.Image:
-    """Open the image lazily (header only) and enforce the pixel bound."""
+    """Open the image lazily (header only) and enforce the pixel and side bounds."""
     if not data:
         raise ImageError(FailureReason.EMPTY, "the object has no bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageError(FailureReason.CORRUPT, f"not a readable image: {error}") from None
+    except UnidentifiedImageError:
+        name = unsupported_format(data)
+        if name is not None:
+            raise ImageError(
+                FailureReason.UNSUPPORTED, f"{name} images are not supported"
+            ) from None
+        raise ImageError(
+            FailureReason.CORRUPT,
+            f"the {len(data)} bytes are not an image in any supported format "
+            "(JPEG, PNG, HEIC/HEIF, WebP, AVIF, GIF, TIFF, BMP, ...)",
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(
+            FailureReason.CORRUPT, f"the image header is unreadable: {describe_error(error)}"
+        ) from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(FailureReason.CORRUPT, f"image header gives size {width}x{height}")
+    if min(width, height) < MIN_SIDE_PIXELS:
+        raise ImageError(
+            FailureReason.TOO_SMALL,
+            f"the image is {width}x{height} pixels: a side under {MIN_SIDE_PIXELS} pixels "
+            "can hold no face",
+        )
     if width * height > max_pixels:
         raise ImageError(
             FailureReason.TOO_MANY_PIXELS,
@@ -119,7 +189,9 @@ def decode_image(
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
-        raise ImageError(FailureReason.CORRUPT, f"cannot decode the image: {error}") from None
+        raise ImageError(
+            FailureReason.CORRUPT, f"the image data cannot be decoded: {describe_error(error)}"
+        ) from None
     scale = decoded_width / stored_width
     height, width = pixels.shape[:2]
     return DecodedImage(

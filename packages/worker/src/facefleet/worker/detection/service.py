@@ -8,7 +8,8 @@ ids, the image turns DONE only after its faces), crops go to FACE_GROUP_BUCKET_N
 
 Bad input never blocks the queue:
 - malformed body                     -> MALFORMED: redelivered until maxReceiveCount, then the DLQ;
-- missing, empty, corrupt, oversized -> image marked FAILED with the reason, message deleted;
+- missing, empty, corrupt, unsupported, oversized, too small, or any unexpected error on one
+  image                              -> image marked FAILED with the reason, message deleted;
 - MongoDB / S3 / SQS outage           -> RETRY: kept in flight, retried with backoff, never lost.
 """
 
@@ -48,7 +49,13 @@ from facefleet.worker.consumer import (
     serve,
 )
 from facefleet.worker.detection.analyzer import DetectedFace, FaceAnalyzer, LocatedFace
-from facefleet.worker.detection.imaging import DecodedImage, FailureReason, ImageError, decode_image
+from facefleet.worker.detection.imaging import (
+    DecodedImage,
+    FailureReason,
+    ImageError,
+    decode_image,
+    describe_error,
+)
 from facefleet.worker.models import resolve_pack_dir
 
 log = logging.getLogger(__name__)
@@ -308,20 +315,12 @@ class DetectionService:
             return Outcome.RETRY
         if work.error is not None:
             log.error("unexpected error on the image", exc_info=work.error, extra=context)
-            return Outcome.MALFORMED
+            work.failure = _processing_error(work.error)
         started = time.perf_counter()
         image = self._image_doc(work)
         try:
             if work.failure is not None:
-                self.repository.mark_failed(image, str(work.failure))
-                log.warning(
-                    "image failed",
-                    extra={**context, "reason": work.failure.reason, "detail": work.failure.detail},
-                )
-                self.metrics.emit(
-                    {Metric.IMAGES_FAILED: 1}, reason=str(work.failure.reason), **context
-                )
-                return Outcome.DONE
+                return self._fail(image, work.failure, context)
             faces = self._face_docs(work)
             self._upload_crops(faces, work)
             image.timings_ms["store"] = round((time.perf_counter() - started) * 1000, 2)
@@ -334,7 +333,12 @@ class DetectionService:
                 )
                 return Outcome.RETRY
             log.error("storing the image failed", exc_info=True, extra=context)
-            return Outcome.MALFORMED
+            try:
+                return self._fail(image, _processing_error(error), context)
+            except Exception as again:
+                if is_outage(again):
+                    return Outcome.RETRY
+                raise
         total_ms = image.timings_ms.get("total", 0.0)
         log.info(
             "image processed",
@@ -348,6 +352,15 @@ class DetectionService:
             },
             **context,
         )
+        return Outcome.DONE
+
+    def _fail(self, image: ImageDoc, failure: ImageError, context: dict[str, str]) -> Outcome:
+        """Every image that cannot be processed ends `failed` with its reason (then DONE)."""
+        self.repository.mark_failed(image, str(failure))
+        log.warning(
+            "image failed", extra={**context, "reason": failure.reason, "detail": failure.detail}
+        )
+        self.metrics.emit({Metric.IMAGES_FAILED: 1}, reason=str(failure.reason), **context)
         return Outcome.DONE
 
     def _face_docs(self, work: ImageWork) -> list[FaceDoc]:
@@ -414,6 +427,14 @@ class DetectionService:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _processing_error(error: BaseException) -> ImageError:
+    """An unexpected per-image error as the image's failure reason (the log has the trace)."""
+    return ImageError(
+        FailureReason.PROCESSING_ERROR,
+        f"the image could not be processed ({type(error).__name__}: {describe_error(error)})",
+    )
 
 
 _SEVERITY = {Outcome.DONE: 0, Outcome.MALFORMED: 1, Outcome.RETRY: 2}

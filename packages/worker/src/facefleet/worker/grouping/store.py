@@ -35,7 +35,7 @@ from botocore.exceptions import ClientError
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-from facefleet.common.documents import FaceDoc, PersonDoc, now
+from facefleet.common.documents import FaceDoc, PersonDoc, encode_time, now
 from facefleet.common.repository import Document, GalleryRepository, PeopleRepository, upsert
 from facefleet.worker.grouping.clustering import (
     IGNORED,
@@ -313,7 +313,7 @@ def _write_user(store: GroupingStore, session: UserSession) -> None:
                     "revision": session.revision,
                     "face_count": len(state.face_ids),
                     "people_count": len(state.people),
-                    "updated_at": now(),
+                    "updated_at": encode_time(now()),
                 }
             )
         ]
