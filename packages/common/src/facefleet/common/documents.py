@@ -41,7 +41,7 @@ def encode_time(moment: datetime) -> int:
     """A time as stored: integer milliseconds since the epoch (see the module docstring)."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(round(moment.timestamp() * 1000))
+    return round(moment.timestamp() * 1000)
 
 
 def decode_time(value: Any) -> datetime:
