@@ -36,7 +36,8 @@ A message missing from the returned dict counts as RETRY. A handler that raises 
 timeout, throttling and 5xx errors) turns the whole batch into RETRY; any other exception makes
 the consumer run the handler again on each message alone, so only the message that raises counts
 as MALFORMED (redelivered, then dead-lettered) and its batch-mates are processed: a poison message
-can neither crash the worker nor take good messages to the DLQ. Handlers may use `is_outage` to classify per-message errors themselves.
+can neither crash the worker nor take good messages to the DLQ. Handlers may use `is_outage` to
+classify per-message errors themselves.
 
 Loop semantics (settings in `ConsumerConfig`, read from `Settings`):
 
