@@ -80,6 +80,7 @@ class ServerEnv:
 
     def environment(self) -> dict[str, str]:
         env = self.stack.environment()
+        env.pop(local.STATE_DIR_ENV)  # tests provision many stacks: none writes the session's
         env["GALLERY_IMAGES_MONGO_URI"] = self.gallery_uri
         env["HUEMN_MONGO_URI"] = self.huemn_uri
         env["METRICS_TO_CLOUDWATCH"] = "false"

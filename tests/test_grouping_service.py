@@ -165,3 +165,29 @@ def test_malformed_requests_go_to_the_dead_letter_queue(setup: Setup) -> None:
     dead = sorted(m["Body"] for m in receive_all(setup.env, setup.queue.dlq_url))
     assert len(dead) == 2 and dead[0] == "not json"
     assert len(people(setup.env, "alice")) == 2
+
+
+def test_reprocessed_and_fresh_faces_group_together(setup: Setup) -> None:
+    """Reprocessing an image (a SIGKILL redelivery, a duplicate S3 event, a re-upload) rewrites
+    its faces with `$set` updates. nx-27017 once stored their `created_at` as a string, and the
+    first grouping of a user mixing fresh and reprocessed faces raised TypeError: the whole
+    batch went to the DLQ, and a redrive failed again."""
+    g = gallery(setup, identities=3)
+    first = g.photos("a", 2, range(3))
+    for image_id in first[:3]:  # reprocessed, maybe several times
+        for _ in range(2):
+            g.add_photo(
+                image_id,
+                [
+                    g.truth[f.doc_id]
+                    for f in g.repo().gallery.faces_of_images(g.user_id, [image_id])
+                ],
+            )
+    fresh = g.photos("b", 1, range(3))
+    setup.request(g.user_id, first + fresh)
+    assert setup.consume(setup.service()) == 0
+    assert counts(setup.env, setup.queue.url) == (0, 0)
+    assert receive_all(setup.env, setup.queue.dlq_url) == []
+    grouped = people(setup.env, g.user_id)
+    members = set().union(*(p["members"] for p in grouped.values()))
+    assert members == {f.doc_id for f in g.repo().gallery.faces_of_user(g.user_id)}

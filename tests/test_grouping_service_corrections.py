@@ -3,6 +3,7 @@ later automatic grouping (by a fresh worker, state rebuilt from MongoDB) must re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import cv2
@@ -133,3 +134,17 @@ def test_model_change_reembeds_and_carries_named_people(setup, capsys) -> None:
     setup.consume(setup.service())
     stored = people(setup.env, "alice")
     assert len(stored[owner[1]]["members"]) == 4 and len(stored) == 3
+
+
+def test_people_list_needs_no_crop_bucket(setup, capsys, monkeypatch) -> None:
+    """A read-only listing after `source stack.env` once failed with "missing required
+    settings: FACE_GROUP_BUCKET_NAME"; commands that rewrite covers still ask for it."""
+    grouped(setup, identities=2, photos=2)
+    monkeypatch.delenv("FACE_GROUP_BUCKET_NAME", raising=False)
+    listed = json.loads(run(capsys, "list", "alice", "--json"))
+    assert len(listed) == 2 and all(p["faces"] == 2 for p in listed)
+    args = build_parser(("facefleet.worker.grouping.people_cli",)).parse_args(
+        ["people", "name", "alice", "1", "Ann"]
+    )
+    assert args.func(args) == 2
+    assert "FACE_GROUP_BUCKET_NAME" in capsys.readouterr().out

@@ -34,6 +34,8 @@ from typing import Any
 
 from facefleet.common.config import RETRYABLE_EXIT_CODE
 from facefleet.flows.policy import ActiveJob
+from facefleet.infra.local import LOCAL_MODELS_ENV
+from facefleet.infra.template import MODEL_ROOT
 
 DEFAULT_STATE_DIR = ".facefleet/local/batch"
 STATE_DIR_ENV = "FACEFLEET_LOCAL_BATCH_DIR"
@@ -88,6 +90,18 @@ def local_command(command: Sequence[str]) -> list[str]:
     return list(command)
 
 
+def environment_here(environment: Mapping[str, str]) -> dict[str, str]:
+    """A job definition's environment for a process on this machine. A container finds the
+    model packs under the image's model root; here they are where FACEFLEET_LOCAL_MODELS
+    points (written to stack.env by `facefleet local up`): the analogue of a volume mount."""
+    env = dict(environment)
+    models = os.environ.get(LOCAL_MODELS_ENV)
+    model_dir = env.get("MODEL_DIR", "")
+    if models and (model_dir == MODEL_ROOT or model_dir.startswith(MODEL_ROOT + "/")):
+        env["MODEL_DIR"] = models + model_dir[len(MODEL_ROOT) :]
+    return env
+
+
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps(data))
@@ -122,7 +136,8 @@ class LocalExecutor:
         job_dir = self.jobs_dir / spec.job_id
         job_dir.mkdir(parents=True, exist_ok=True)
         spec_path = job_dir / "spec.json"
-        _write_json(spec_path, {**asdict(spec), "environment": dict(spec.environment)})
+        environment = environment_here(spec.environment)
+        _write_json(spec_path, {**asdict(spec), "environment": environment})
         indexes: list[int | None] = list(range(spec.array_size)) if spec.array_size else [None]
         pids = []
         for index in indexes:

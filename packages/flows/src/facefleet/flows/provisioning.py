@@ -14,6 +14,7 @@ import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -75,6 +76,19 @@ def apply(config: Any, region: str, endpoint_url: str | None, changes: Any) -> d
     return dict(_deploy().apply(config, region, endpoint_url, plan=changes))
 
 
+def record_local_environment(outputs: Mapping[str, str]) -> str | None:
+    """On the embedded stack started by `facefleet local up` (its stack.env names its state
+    folder), add the stack's worker environment to stack.env, so a shell that sources it has
+    QUEUE_URL, BUCKET_NAME, FACE_GROUP_BUCKET_NAME, ... for `facefleet people` and workers."""
+    from facefleet.infra import local
+    from facefleet.infra.stack_config import worker_environment
+
+    state_dir = os.environ.get(local.STATE_DIR_ENV)
+    if not state_dir or not local.record_worker_environment(state_dir, worker_environment(outputs)):
+        return None
+    return str(Path(state_dir) / local.ENV_FILE)
+
+
 @task
 def dashboards(names: Names, region: str, endpoint_url: str | None) -> list[str]:
     from facefleet.dashboards.apply import apply_dashboards
@@ -105,6 +119,10 @@ def provision(
     logger.info("plan: %s", changes.summary())
     outputs = apply(stack_config, region, endpoint_url, changes)
     logger.info("stack %s deployed; outputs %s", the_names.stack_name, outputs)
+    if local:
+        recorded = record_local_environment(outputs)
+        if recorded:
+            logger.info("worker environment added to %s", recorded)
     applied: list[str] = []
     if with_dashboards:
         applied = dashboards(the_names, region, endpoint_url)

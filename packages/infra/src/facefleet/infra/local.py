@@ -51,10 +51,25 @@ class ServiceProcess:
     log: str
 
 
+# Where the local Batch executor finds the model packs that a container has under its model
+# root (the analogue of a volume mount): `$FACEFLEET_SHARED/models`, else ../shared/models.
+LOCAL_MODELS_ENV = "FACEFLEET_LOCAL_MODELS"
+STATE_DIR_ENV = "FACEFLEET_LOCAL_STATE_DIR"
+
+
+def local_models_root() -> Path | None:
+    shared = Path(os.environ.get("FACEFLEET_SHARED", "../shared"))
+    models = (shared / "models").resolve()
+    return models if models.is_dir() else None
+
+
 @dataclass
 class StackState:
     state_dir: str
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    # The worker environment of the infra stack provisioned on these servers (queue URLs,
+    # buckets, ...), recorded by the provision flow so `source stack.env` gives all of it.
+    worker_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def moto_url(self) -> str:
@@ -71,7 +86,11 @@ class StackState:
     def environment(self) -> dict[str, str]:
         """What a worker or flow needs to talk to this stack (queue/bucket names come later,
         from the provisioned infra stack)."""
-        env = {**LOCAL_AWS_ENV, **QUIET_ENV}
+        env = {**LOCAL_AWS_ENV, **QUIET_ENV, **self.worker_env}
+        env[STATE_DIR_ENV] = str(self.state_dir)
+        models = local_models_root()
+        if models is not None:
+            env[LOCAL_MODELS_ENV] = str(models)
         if "moto" in self.services:
             env["AWS_ENDPOINT_URL"] = self.moto_url
             env["METRICS_TO_CLOUDWATCH"] = "true"
@@ -96,7 +115,19 @@ class StackState:
             return None
         data = json.loads(path.read_text())
         services = {k: ServiceProcess(**v) for k, v in data["services"].items()}
-        return cls(state_dir=data["state_dir"], services=services)
+        worker_env = dict(data.get("worker_env", {}))
+        return cls(state_dir=data["state_dir"], services=services, worker_env=worker_env)
+
+
+def record_worker_environment(state_dir: str | Path, worker_env: Mapping[str, str]) -> bool:
+    """Add a provisioned stack's worker environment to the local stack's stack.env; False when
+    there is no local stack in `state_dir`."""
+    state = StackState.load(state_dir)
+    if state is None:
+        return False
+    state.worker_env = dict(worker_env)
+    state.save()
+    return True
 
 
 def free_port() -> int:

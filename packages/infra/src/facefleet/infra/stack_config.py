@@ -148,6 +148,9 @@ class StackConfig:
             raise StackConfigError("invalid stack config: " + "; ".join(problems))
 
 
+LOCAL_MODEL_PACK = "facefleet-dev"
+
+
 def local_stack_config(
     names: Names,
     region: str = "us-east-1",
@@ -184,6 +187,8 @@ def local_stack_config(
         "log_retention_days": 1,
         "retain_data": False,
         "tags": {"project": "facefleet", "environment": "local"},
+        # The dev pack of ../shared/models (production brings its own licensed pack).
+        "worker_settings": {"MODEL_PACK": LOCAL_MODEL_PACK},
     }
     values.update(overrides)
     config = StackConfig(**values)

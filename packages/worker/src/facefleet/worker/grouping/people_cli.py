@@ -43,9 +43,10 @@ def _run(handler: Any) -> Any:
 
         try:
             settings = Settings.from_env()
-            settings.require(
-                "gallery_images_mongo_uri", "huemn_mongo_uri", "face_group_bucket_name"
-            )
+            needed = ["gallery_images_mongo_uri", "huemn_mongo_uri"]
+            if handler not in READ_ONLY:  # covers are rewritten in the crop bucket
+                needed.append("face_group_bucket_name")
+            settings.require(*needed)
             print(handler(_corrections(settings), args))
         except (ConfigError, NoGroupingState, KeyError, ValueError, LeaseHeld) as error:
             print(f"error: {error}")
@@ -63,7 +64,6 @@ def _corrections(settings: Settings) -> Corrections:
     from facefleet.worker.grouping.store import GroupingStore
 
     assert settings.gallery_images_mongo_uri and settings.huemn_mongo_uri
-    assert settings.face_group_bucket_name
     store = GroupingStore(
         connect(settings.gallery_images_mongo_uri, GALLERY_DEFAULT_DB),
         connect(settings.huemn_mongo_uri, HUEMN_DEFAULT_DB),
@@ -71,7 +71,7 @@ def _corrections(settings: Settings) -> Corrections:
     return Corrections(
         store,
         s3=client("s3", settings.aws_region, settings.aws_endpoint_url),
-        bucket=settings.face_group_bucket_name,
+        bucket=settings.face_group_bucket_name or "",  # read-only commands write no cover
         params=cluster_params(settings),
     )
 
@@ -186,3 +186,6 @@ _COMMANDS: list[tuple[str, Any, list[tuple[tuple[str, ...], dict[str, Any]]]]] =
         ],
     ),
 ]
+
+# Commands that only read: they need the two databases, not the crop bucket.
+READ_ONLY = frozenset({list_people})
