@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from facefleet.common.aws import client
+from facefleet.common.documents import encode_time
 from facefleet.common.messages import GroupingRequest
 from facefleet.common.metrics import MetricsEmitter
 from facefleet.worker.consumer import Outcome, ReceivedMessage
@@ -144,7 +145,7 @@ def test_a_held_lease_retries_and_an_expired_one_is_taken_over(setup: Setup) -> 
     assert people(setup.env, "alice") == {}
     # The other worker died: its lease expires and this worker takes the user over.
     past = datetime.now(UTC) - timedelta(seconds=1)
-    store.people.leases.update_one({"_id": "alice"}, {"$set": {"expires_at": past}})
+    store.people.leases.update_one({"_id": "alice"}, {"$set": {"expires_at": encode_time(past)}})
     assert service.handle(batch[:1]) == {"m1": Outcome.DONE}
     assert len(people(setup.env, "alice")) == 2
     assert store.people.leases.find_one({"_id": "alice"}) is None  # released after the work
