@@ -76,3 +76,44 @@ def test_spot_savings_flow_prices_an_idle_hour_at_zero(env) -> None:
     assert result["hour_start"] == hour.isoformat()
     assert result["instance_hours"] == {} and result["savings_usd"] == 0
     assert result["cost_per_1000_images_usd"] is None
+
+
+def test_reprovisioning_the_local_stack_applies_job_definition_changes(
+    env, tmp_path, monkeypatch
+) -> None:
+    """moto cannot update a Batch job definition through CloudFormation: a re-provision once
+    reported UPDATE_COMPLETE and kept the old definitions. And `source stack.env` then gives the
+    stack's worker environment (FACE_GROUP_BUCKET_NAME and the rest)."""
+    from facefleet.common.aws import client
+    from facefleet.flows.provisioning import provision
+    from facefleet.infra import local
+    from tests.flows_support import prefect_harness
+
+    prefect_harness()
+    local.StackState(str(tmp_path)).save()
+    monkeypatch.setenv(local.STATE_DIR_ENV, str(tmp_path))
+    names = {
+        "prefix": env.names.prefix,
+        "grouping_prefix": env.names.grouping_prefix,
+        "stack_name": env.names.stack_name,
+    }
+    common = {"names": names, "region": env.region, "endpoint_url": env.endpoint_url}
+    first = provision(**common, with_dashboards=False)
+    stack_env = (tmp_path / local.ENV_FILE).read_text()
+    for variable in ("QUEUE_URL", "GROUP_FACE_QUEUE_URL", "BUCKET_NAME", "FACE_GROUP_BUCKET_NAME"):
+        assert f"export {variable}=" in stack_env
+
+    batch = client("batch", env.region, env.endpoint_url)
+
+    def latest_environment() -> dict[str, str]:
+        found = batch.describe_job_definitions(
+            jobDefinitionName=env.names.detection_job.name, status="ACTIVE"
+        )["jobDefinitions"]
+        latest = max(found, key=lambda d: d["revision"])
+        return {e["name"]: e["value"] for e in latest["containerProperties"]["environment"]}
+
+    assert latest_environment()["MODEL_DIR"].endswith("/facefleet-dev")
+    settings = {"MODEL_PACK": "facefleet-dev", "DETECTION_THRESHOLD": "0.61"}
+    second = provision(**common, config={"worker_settings": settings}, with_dashboards=False)
+    assert second["plan"]["changes"] and second["outputs"] == first["outputs"]
+    assert latest_environment()["DETECTION_THRESHOLD"] == "0.61"

@@ -88,3 +88,21 @@ def test_python3_means_this_environment() -> None:
         sys.executable,
         "run_detection_service.py",
     ]
+
+
+def test_the_containers_model_root_is_mounted_from_the_local_models(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A job definition's MODEL_DIR is the image's path; a local job finds the pack where
+    FACEFLEET_LOCAL_MODELS (stack.env) points, so `facefleet provision` then `facefleet flows
+    serve` loads models without any rewrite of the job definitions."""
+    from facefleet.flows.local_batch import environment_here
+    from facefleet.infra.local import LOCAL_MODELS_ENV
+    from facefleet.infra.template import MODEL_ROOT
+
+    monkeypatch.setenv(LOCAL_MODELS_ENV, str(tmp_path / "models"))
+    mapped = environment_here({"MODEL_DIR": f"{MODEL_ROOT}/facefleet-dev", "COLOUR": "blue"})
+    assert mapped == {"MODEL_DIR": str(tmp_path / "models" / "facefleet-dev"), "COLOUR": "blue"}
+    assert environment_here({"MODEL_DIR": "/elsewhere/pack"}) == {"MODEL_DIR": "/elsewhere/pack"}
+    monkeypatch.delenv(LOCAL_MODELS_ENV)
+    assert environment_here({"MODEL_DIR": f"{MODEL_ROOT}/x"}) == {"MODEL_DIR": f"{MODEL_ROOT}/x"}
