@@ -25,7 +25,7 @@ lint: venv
 	$(BIN)/ruff format --check packages dashboards tests benchmarks run_*.py
 
 typecheck: venv
-	$(BIN)/mypy packages/common/src packages/worker/src packages/infra/src packages/flows/src dashboards/src
+	$(BIN)/mypy packages/common/src packages/control/src packages/worker/src packages/infra/src packages/localstack/src packages/flows/src packages/tools/src dashboards/src
 
 unit: venv
 	$(BIN)/pytest -q

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEFLEET_SHARED", ROOT.parent / "shared")).resolve()
 
 from facefleet.common.aws import client  # noqa: E402
-from facefleet.infra import local  # noqa: E402
+from facefleet.localstack import servers as local  # noqa: E402
 from facefleet.worker.detection.analyzer import FaceAnalyzer  # noqa: E402
 from facefleet.worker.detection.imaging import decode_image  # noqa: E402
 from facefleet.worker.detection.service import run_pipeline  # noqa: E402

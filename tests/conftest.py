@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from facefleet.common.config import Names
-from facefleet.infra import local
+from facefleet.localstack import servers as local
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEFLEET_SHARED", ROOT.parent / "shared")).resolve()

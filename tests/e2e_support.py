@@ -25,11 +25,11 @@ from facefleet.common.aws import client
 from facefleet.common.config import Names
 from facefleet.common.documents import ImageStatus
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, connect
-from facefleet.flows.demo.gallery import Photo, requests, send, upload
 from facefleet.flows.dispatch import dispatch
-from facefleet.flows.local_batch import FINAL, ChildStatus, LocalExecutor
-from facefleet.infra import local
 from facefleet.infra.stack_config import worker_environment
+from facefleet.localstack import servers as local
+from facefleet.localstack.batch import FINAL, ChildStatus, LocalExecutor
+from facefleet.tools.demo.gallery import Photo, requests, send, upload
 
 ROOT = Path(__file__).resolve().parents[1]
 

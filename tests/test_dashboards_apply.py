@@ -15,7 +15,7 @@ from facefleet.dashboards.apply import (
     remove_dashboards,
 )
 from facefleet.dashboards.dashboard import build_dashboard, put_dashboard_input
-from facefleet.flows.cli import main
+from facefleet.tools.cli import main
 
 
 @pytest.fixture

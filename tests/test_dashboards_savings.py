@@ -252,7 +252,7 @@ def test_batch_usage_reads_job_times_and_vcpus(env):
 
 
 def test_cli_savings_and_runbook(env, capsys, tmp_path):
-    from facefleet.flows.cli import main
+    from facefleet.tools.cli import main
 
     # No job queues in this namespace yet: zero usage, zero cost, nothing overstated.
     assert main(["dashboards", "savings", "--prefix", env.names.prefix, "--no-publish"]) == 0

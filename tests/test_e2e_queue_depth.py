@@ -20,9 +20,9 @@ import pytest
 
 from facefleet.common.aws import client
 from facefleet.common.config import Names
+from facefleet.control.policy import PolicyParams
 from facefleet.flows.dispatch import dispatch
-from facefleet.flows.local_batch import LocalExecutor
-from facefleet.flows.policy import PolicyParams
+from facefleet.localstack.batch import LocalExecutor
 from tests.e2e_support import fill_backlog, queue_counts
 from tests.flows_support import batch_jobs, create_batch, create_queues, prefect_harness
 

@@ -11,8 +11,9 @@ import pytest
 
 from facefleet.common.aws import client
 from facefleet.common.messages import DetectionRequest, image_key
-from facefleet.flows import cutover as cut
-from facefleet.flows.router import Router, bucket, goes_to_batch, read_weight
+from facefleet.control.cutover import machine as cut
+from facefleet.control.router import Router, bucket, goes_to_batch, read_weight
+from facefleet.flows import cutover as cutover_flows
 from tests.flows_support import create_queues, prefect_harness
 
 GATES = cut.Gates(soak_s={w: 100.0 for w in cut.STAGES})
@@ -117,10 +118,10 @@ def test_cutover_flow_on_injected_metrics(env, harness) -> None:
         "endpoint_url": endpoint,
         "gates": {"soak_s": {str(w): 0 for w in cut.STAGES}},
     }
-    assert cut.cutover(**params)["weight"] == 10  # started
+    assert cutover_flows.cutover(**params)["weight"] == 10  # started
     assert read_weight(names, region, endpoint) == 10
     # No Batch job has run yet: no evidence, hold.
-    assert cut.cutover(**params)["action"] == "hold"
+    assert cutover_flows.cutover(**params)["action"] == "hold"
     cloudwatch = client("cloudwatch", region, endpoint)
     cloudwatch.put_metric_data(
         Namespace=names.metrics_namespace,
@@ -132,7 +133,7 @@ def test_cutover_flow_on_injected_metrics(env, harness) -> None:
             }
         ],
     )
-    promoted = cut.cutover(**params)
+    promoted = cutover_flows.cutover(**params)
     assert (promoted["action"], promoted["weight"]) == ("promote", 25)
 
     # The router now sends about a quarter of the images to Batch.
@@ -153,7 +154,7 @@ def test_cutover_flow_on_injected_metrics(env, harness) -> None:
             }
         ],
     )
-    rolled = cut.cutover(**params)
+    rolled = cutover_flows.cutover(**params)
     assert (rolled["action"], rolled["weight"], rolled["returned_to_ecs"]) == (
         "rollback",
         0,
@@ -168,9 +169,9 @@ def test_cutover_flow_on_injected_metrics(env, harness) -> None:
     alerts = sqs.receive_message(QueueUrl=sink["QueueUrl"], WaitTimeSeconds=1)["Messages"]
     assert "rolled back" in json.loads(alerts[0]["Body"])["Subject"]
     # Stays at 0 until resumed; pause holds the weight.
-    assert cut.cutover(**params)["weight"] == 0
+    assert cutover_flows.cutover(**params)["weight"] == 0
     common = {k: params[k] for k in ("names", "region", "endpoint_url")}
-    assert cut.resume_flow(**common)["status"] == cut.RUNNING
-    assert cut.pause_flow(**common)["status"] == cut.PAUSED
-    assert cut.cutover(**params)["action"] == "hold"
-    assert cut.rollback_flow(reason="drill", **common)["weight"] == 0
+    assert cutover_flows.resume_flow(**common)["status"] == cut.RUNNING
+    assert cutover_flows.pause_flow(**common)["status"] == cut.PAUSED
+    assert cutover_flows.cutover(**params)["action"] == "hold"
+    assert cutover_flows.rollback_flow(reason="drill", **common)["weight"] == 0

@@ -7,8 +7,8 @@ import datetime as dt
 
 import pytest
 
-from facefleet.flows.cli import build_parser
 from facefleet.flows.deployments import build
+from facefleet.tools.cli import build_parser
 
 
 def test_deployment_names_and_schedules() -> None:

@@ -13,11 +13,11 @@ import pytest
 
 from facefleet.common.aws import client
 from facefleet.common.config import Names
-from facefleet.flows import observe
+from facefleet.control import observe
+from facefleet.control.lambda_dispatch import handler
+from facefleet.control.policy import PolicyParams, decide
 from facefleet.flows.dispatch import artifact_key, dispatch
-from facefleet.flows.lambda_dispatch import handler
-from facefleet.flows.local_batch import LocalExecutor
-from facefleet.flows.policy import PolicyParams, decide
+from facefleet.localstack.batch import LocalExecutor
 from tests.flows_support import (
     SLEEP,
     batch_jobs,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from facefleet.common.config import RETRYABLE_EXIT_CODE
-from facefleet.flows.local_batch import JobSpec, LocalExecutor, local_command, new_job_id
+from facefleet.localstack.batch import JobSpec, LocalExecutor, local_command, new_job_id
 
 RECORD = (
     "import json, os, sys; "

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facefleet.flows.cli import build_parser
+from facefleet.tools.cli import build_parser
 from facefleet.worker.grouping.corrections import Corrections
 from tests.grouping_service_helpers import (
     Gallery,
@@ -39,7 +39,7 @@ def grouped(setup: Setup, identities: int = 3, photos: int = 3) -> tuple[Gallery
 def run(capsys, *argv: str) -> str:
     """`facefleet people ARGV`, with only this command registered: the other commands' imports
     (Prefect) would cost more than the whole test."""
-    args = build_parser(("facefleet.worker.grouping.people_cli",)).parse_args(["people", *argv])
+    args = build_parser(("facefleet.tools.people_cli",)).parse_args(["people", *argv])
     code = args.func(args)
     out = capsys.readouterr().out
     assert code == 0, out

@@ -18,9 +18,9 @@ import pytest
 
 from facefleet.common.aws import client
 from facefleet.common.config import RETRYABLE_EXIT_CODE
-from facefleet.flows import cli
 from facefleet.infra import deploy, lambda_package
 from facefleet.infra.stack_config import StackConfig, local_stack_config, worker_environment
+from facefleet.tools import cli
 from tests.conftest import ServerEnv
 
 
@@ -230,7 +230,7 @@ def test_fallback_dispatcher_deploys_lambda_and_schedule(env: ServerEnv) -> None
     names = config.names
     function = aws(env, "lambda").get_function(FunctionName=names.dispatch_function)
     settings = function["Configuration"]
-    assert settings["Handler"] == "facefleet.flows.lambda_dispatch.handler"
+    assert settings["Handler"] == "facefleet.control.lambda_dispatch.handler"
     assert settings["Environment"]["Variables"]["FACEFLEET_PREFIX"] == names.prefix
     assert outputs["DispatchFunctionName"] == names.dispatch_function
     rule = aws(env, "events").describe_rule(Name=names.dispatch_schedule_rule)

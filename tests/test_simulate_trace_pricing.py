@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from facefleet.common.aws import client
-from facefleet.flows.simulate.cli import history_window
-from facefleet.flows.simulate.pricing import PriceTable, SpotSeries, spot_history
-from facefleet.flows.simulate.trace import (
+from facefleet.control.pricing import PriceTable, SpotSeries, spot_history
+from facefleet.tools.simulate.cli import history_window
+from facefleet.tools.simulate.trace import (
     DAY_S,
     HOUR_S,
     Trace,
@@ -155,7 +155,7 @@ def test_history_window_uses_the_traces_own_period_when_ec2_has_it():
 
 
 def test_cli_reads_spot_history_from_ec2(env, capsys):
-    from facefleet.flows.cli import main
+    from facefleet.tools.cli import main
 
     assert main(["simulate", "--days", "0.25", "--spot-history-days", "2"]) == 0
     assert "Batch Spot saves" in capsys.readouterr().out

@@ -4,8 +4,8 @@ Runs when the Prefect deployment cannot (an EventBridge schedule invokes it ever
 shares the cool-down state parameter with the flow, so the two never double-submit a burst, and
 submits with plain boto3 `submit_job`, using the same `job_request` as the flow.
 
-Zipped alone for Lambda: imports only boto3, facefleet.common, facefleet.flows.policy and
-facefleet.flows.observe. Configuration comes from the function's environment:
+Zipped alone for Lambda: imports only boto3, facefleet.common, facefleet.control.policy and
+facefleet.control.observe. Configuration comes from the function's environment:
 FACEFLEET_PREFIX / FACEFLEET_GROUPING_PREFIX (the `Names` prefixes), AWS_REGION, and optional
 POLICY_* overrides (e.g. POLICY_MAX_ARRAY_SIZE=10, POLICY_COOLDOWN_S=60).
 """
@@ -22,8 +22,8 @@ from typing import Any
 
 from facefleet.common.aws import client
 from facefleet.common.config import Names
-from facefleet.flows import observe
-from facefleet.flows.policy import PolicyParams, decide, job_request
+from facefleet.control import observe
+from facefleet.control.policy import PolicyParams, decide, job_request
 
 log = logging.getLogger(__name__)
 log.setLevel(logging.INFO)

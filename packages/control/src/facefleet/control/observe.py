@@ -12,7 +12,7 @@
 - The dispatch state (last submission time, backlog start) in SSM Parameter Store, so the flow
   and the fallback Lambda share one cool-down.
 
-Imported by the Lambda handler: boto3, facefleet.common and facefleet.flows.policy only.
+Imported by the Lambda handler: boto3, facefleet.common and facefleet.control.policy only.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 from facefleet.common.aws import client
 from facefleet.common.config import Names
-from facefleet.flows.policy import (
+from facefleet.control.policy import (
     ACTIVE_STATES,
     DETECTION,
     GROUPING,

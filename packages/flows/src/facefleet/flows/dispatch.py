@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -29,9 +29,8 @@ from prefect_aws.batch import batch_submit
 from facefleet.common.aws import client
 from facefleet.common.config import Names, Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
-from facefleet.flows import observe
-from facefleet.flows.local_batch import JobSpec, LocalExecutor
-from facefleet.flows.policy import (
+from facefleet.control import observe
+from facefleet.control.policy import (
     Decision,
     DispatchInputs,
     PolicyParams,
@@ -39,6 +38,9 @@ from facefleet.flows.policy import (
     decide,
     job_request,
 )
+
+if TYPE_CHECKING:
+    from facefleet.localstack.batch import LocalExecutor
 
 Mode = Literal["local", "aws"]
 METRICS_SERVICE = "dispatch"  # the Service dimension the dashboards chart dispatch under
@@ -69,6 +71,14 @@ def aws_endpoint(endpoint_url: str | None) -> Iterator[None]:
             os.environ.pop("AWS_ENDPOINT_URL", None)
         else:
             os.environ["AWS_ENDPOINT_URL"] = previous
+
+
+def local_executor(state_dir: str | None) -> LocalExecutor:
+    """`mode: local` only: the embedded stack's Batch executor (the flows package's `local`
+    extra), imported here so a production install of the flows needs no local stack."""
+    from facefleet.localstack.batch import LocalExecutor
+
+    return LocalExecutor(state_dir)
 
 
 def job_runtime(
@@ -142,7 +152,7 @@ def dispatch(
     params = PolicyParams(**dict(policy or {}))
     region = _region(region)
     endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    executor = LocalExecutor(local_batch_dir) if mode == "local" else None
+    executor = local_executor(local_batch_dir) if mode == "local" else None
 
     now = time.time()
     state = observe.load_state(the_names, region, endpoint_url)
@@ -178,6 +188,8 @@ def dispatch(
             )
             job_ids.append(job_id)
             if executor is not None:
+                from facefleet.localstack.batch import JobSpec
+
                 command, environment, attempts = job_runtime(
                     the_names, submission, region, endpoint_url
                 )

@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-HANDLER_MODULE = "facefleet.flows.lambda_dispatch"
+HANDLER_MODULE = "facefleet.control.lambda_dispatch"
 HANDLER = f"{HANDLER_MODULE}.handler"
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore"})
 _EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -63,7 +63,7 @@ def _imports(path: Path, module: str) -> set[str]:
             else:
                 target = node.module or ""
             found.add(target)
-            # `from facefleet.flows import observe` imports a module, not a name.
+            # `from facefleet.control import observe` imports a module, not a name.
             for alias in node.names:
                 found.add(f"{target}.{alias.name}")
     return found

@@ -11,14 +11,14 @@ from collections.abc import Callable, Sequence
 # Modules that define `register(subparsers)`; each adds one subcommand with its handler as
 # `func`. Imported lazily so `facefleet local status` does not pay for onnxruntime or Prefect.
 COMMAND_MODULES: tuple[str, ...] = (
-    "facefleet.flows.local_cli",
-    "facefleet.flows.flows_cli",
-    "facefleet.flows.demo.cli",
-    "facefleet.flows.simulate.cli",
-    "facefleet.dashboards.cli",
-    "facefleet.worker.grouping.people_cli",
-    "facefleet.worker.grouping.evaluate",
-    "facefleet.infra.infra_cli",
+    "facefleet.tools.local_cli",
+    "facefleet.tools.flows_cli",
+    "facefleet.tools.demo.cli",
+    "facefleet.tools.simulate.cli",
+    "facefleet.tools.dashboards_cli",
+    "facefleet.tools.people_cli",
+    "facefleet.tools.quality.evaluate",
+    "facefleet.tools.infra_cli",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -107,7 +107,7 @@ def run_flows(args: argparse.Namespace) -> int:
 
 def run_dispatch(args: argparse.Namespace) -> int:
     if args.use_lambda:
-        from facefleet.flows.lambda_dispatch import handler
+        from facefleet.control.lambda_dispatch import handler
 
         if args.prefix:
             os.environ["FACEFLEET_PREFIX"] = args.prefix
@@ -127,13 +127,14 @@ def run_dispatch(args: argparse.Namespace) -> int:
 
 
 def run_cutover(args: argparse.Namespace) -> int:
+    from facefleet.control.cutover import effects
     from facefleet.flows import cutover
 
     names = _names(args)
     if args.action == "status":
         the_names = Names(**(names or {}))
         region = args.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        state = cutover.load_state(the_names, region, os.environ.get("AWS_ENDPOINT_URL"))
+        state = effects.load_state(the_names, region, os.environ.get("AWS_ENDPOINT_URL"))
         _print(
             {
                 "stage": state.stage,
@@ -176,7 +177,7 @@ def run_provision(args: argparse.Namespace) -> int:
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    from facefleet.flows.local_batch import LocalExecutor
+    from facefleet.localstack.batch import LocalExecutor
 
     executor = LocalExecutor(args.local_batch_dir)
     if args.action == "stop":

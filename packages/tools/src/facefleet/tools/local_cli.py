@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from facefleet.infra import local
+from facefleet.localstack import servers as local
 
 DEFAULT_STATE_DIR = ".facefleet/local"
 

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     # The flows' own INFO lines go to the Prefect UI and the serve log; here, live counts only.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from facefleet.flows.demo.run import DemoError, DemoOptions, run_demo
+    from facefleet.tools.demo.run import DemoError, DemoOptions, run_demo
 
     options = DemoOptions(
         state_dir=args.state_dir,

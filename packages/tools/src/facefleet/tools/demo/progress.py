@@ -12,7 +12,7 @@ from pymongo.database import Database
 from facefleet.common.aws import client
 from facefleet.common.config import Names
 from facefleet.common.documents import ImageStatus
-from facefleet.flows.observe import QueueUrls, queue_depth
+from facefleet.control.observe import QueueUrls, queue_depth
 
 
 @dataclass(frozen=True)

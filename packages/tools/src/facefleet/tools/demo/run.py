@@ -33,12 +33,12 @@ from facefleet.common.repository import (
     PeopleRepository,
     connect,
 )
-from facefleet.flows.demo.gallery import Photo, demo_gallery, requests, send, upload
-from facefleet.flows.demo.progress import Progress, publish_queue_depth, read_progress
-from facefleet.flows.demo.report import collect, write_report
-from facefleet.flows.local_batch import LocalExecutor
-from facefleet.flows.observe import QueueUrls
-from facefleet.infra import local
+from facefleet.control.observe import QueueUrls
+from facefleet.localstack import servers as local
+from facefleet.localstack.batch import LocalExecutor
+from facefleet.tools.demo.gallery import Photo, demo_gallery, requests, send, upload
+from facefleet.tools.demo.progress import Progress, publish_queue_depth, read_progress
+from facefleet.tools.demo.report import collect, write_report
 
 DISPATCH_DEPLOYMENT = "dispatch/local"
 # Workers exit this long after their queue runs dry: the demo shows the scale to zero.
@@ -205,7 +205,7 @@ def _served_flows(
     command = [
         sys.executable,
         "-m",
-        "facefleet.flows.cli",
+        "facefleet.tools.cli",
         "flows",
         "serve",
         "--no-cutover-schedule",

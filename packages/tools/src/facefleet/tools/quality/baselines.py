@@ -24,7 +24,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from sklearn.cluster import DBSCAN
 
-from facefleet.worker.grouping.metrics import bcubed_scores
+from facefleet.tools.quality.scores import bcubed_scores
 
 Labels = list[int]
 

@@ -36,7 +36,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from facefleet.worker.grouping.baselines import NeighbourGraph, as_labels, run_baselines
+from facefleet.tools.quality.baselines import NeighbourGraph, as_labels, run_baselines
+from facefleet.tools.quality.scores import GroupingScores, ari, score
 from facefleet.worker.grouping.clustering import (
     ClusterParams,
     FaceInput,
@@ -45,7 +46,6 @@ from facefleet.worker.grouping.clustering import (
     partition,
 )
 from facefleet.worker.grouping.index import FaceIndex
-from facefleet.worker.grouping.metrics import GroupingScores, ari, score
 from facefleet.worker.grouping.recluster import recluster
 
 CONDITIONS = ("clean", "degraded", "composite")

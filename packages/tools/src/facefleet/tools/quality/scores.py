@@ -13,7 +13,17 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sklearn.metrics import adjusted_rand_score
+from facefleet.worker.grouping.agreement import ari, singletons_for_unassigned
+
+__all__ = [
+    "GroupingScores",
+    "ari",
+    "bcubed_scores",
+    "pairwise_scores",
+    "same_photo_merges",
+    "score",
+    "singletons_for_unassigned",
+]
 
 
 @dataclass(frozen=True)
@@ -34,11 +44,6 @@ class GroupingScores:
 def _f1(precision: float, recall: float) -> float:
     total = precision + recall
     return 2 * precision * recall / total if total > 0 else 0.0
-
-
-def singletons_for_unassigned(predicted: Sequence[Hashable | None]) -> list[Hashable]:
-    """Replace None with a label no other face has, so unassigned faces are singletons."""
-    return [("unassigned", i) if label is None else label for i, label in enumerate(predicted)]
 
 
 def _pairs(sizes: Counter[Any]) -> int:
@@ -72,20 +77,6 @@ def bcubed_scores(
     precision = sum(n * n / pred_sizes[p] for (_, p), n in joint.items()) / len(pred)
     recall = sum(n * n / true_sizes[t] for (t, _), n in joint.items()) / len(pred)
     return precision, recall, _f1(precision, recall)
-
-
-def _codes(labels: Sequence[Hashable]) -> list[int]:
-    codes: dict[Hashable, int] = {}
-    return [codes.setdefault(label, len(codes)) for label in labels]
-
-
-def ari(first: Sequence[Hashable | None], second: Sequence[Hashable | None]) -> float:
-    """Adjusted Rand index; None (unassigned) is a singleton on either side."""
-    return float(
-        adjusted_rand_score(
-            _codes(singletons_for_unassigned(first)), _codes(singletons_for_unassigned(second))
-        )
-    )
 
 
 def same_photo_merges(photos: Sequence[Hashable], predicted: Sequence[Hashable | None]) -> int:

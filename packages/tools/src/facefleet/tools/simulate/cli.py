@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.common.config import NAMES, Settings
-from facefleet.flows.policy import PolicyParams
-from facefleet.flows.simulate import trace as traces
-from facefleet.flows.simulate.compare import DEFAULT_ECS_TASKS, compare, format_comparison
-from facefleet.flows.simulate.model import DEFAULT_IMAGES_PER_S, ModelParams
-from facefleet.flows.simulate.pricing import PriceTable, SpotSeries, spot_history
-from facefleet.flows.simulate.sweep import (
+from facefleet.control.policy import PolicyParams
+from facefleet.control.pricing import PriceTable, SpotSeries, spot_history
+from facefleet.tools.simulate import trace as traces
+from facefleet.tools.simulate.compare import DEFAULT_ECS_TASKS, compare, format_comparison
+from facefleet.tools.simulate.model import DEFAULT_IMAGES_PER_S, ModelParams
+from facefleet.tools.simulate.sweep import (
     DEFAULT_GRID,
     DEFAULT_LATENCY_TARGET_S,
     DEFAULT_PERCENTILE,
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     comparison = compare(trace, args.ecs_tasks, model, policy, prices)
     print(format_comparison(comparison))
     if args.plot is not None:
-        from facefleet.flows.simulate.plot import plot
+        from facefleet.tools.simulate.plot import plot
 
         print(f"plot: {plot(comparison, args.plot)}")
     if args.sweep:

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from facefleet.common.config import NAMES, Names
-from facefleet.flows.policy import PolicyParams
-from facefleet.flows.simulate.model import (
+from facefleet.control.policy import PolicyParams
+from facefleet.control.pricing import DEFAULT_PRICES, HOUR_S, MINIMUM_BILLED_S, PriceTable
+from facefleet.tools.simulate.model import (
     DEFAULT_MODEL,
     DEFAULT_POLICY,
     ModelParams,
@@ -20,8 +21,7 @@ from facefleet.flows.simulate.model import (
     simulate_ecs,
     weighted_percentile,
 )
-from facefleet.flows.simulate.pricing import DEFAULT_PRICES, HOUR_S, MINIMUM_BILLED_S, PriceTable
-from facefleet.flows.simulate.trace import Trace
+from facefleet.tools.simulate.trace import Trace
 
 DEFAULT_ECS_TASKS = 2
 

@@ -4,7 +4,7 @@ What is modelled, and what is assumed (every figure is a `ModelParams` field):
 - The indexing queue (SQS) as a FIFO of lots (a trace row's images). Workers receive up to
   `batch_size` messages at a time, hold them in flight while they work, and delete them when the
   faces are stored; a long poll hands a new message to an idle worker at once.
-- Every `tick_s` the dispatch flow calls `facefleet.flows.policy.decide` itself (not a copy) with
+- Every `tick_s` the dispatch flow calls `facefleet.control.policy.decide` itself (not a copy) with
   the simulated queue depth, the jobs active per job queue and the time of the last submission;
   the policy owns the cool-down, the array sizing and the vCPU headroom.
 - A job needs one g4dn.xlarge (4 vCPU, 1 GPU). Batch launches an instance per RUNNABLE job up to
@@ -40,15 +40,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facefleet.common.config import NAMES, Names, Settings
-from facefleet.flows import policy as dispatch
-from facefleet.flows.policy import (
+from facefleet.control import policy as dispatch
+from facefleet.control.policy import (
     DETECTION,
     ActiveJob,
     DispatchInputs,
     PolicyParams,
     QueueDepth,
 )
-from facefleet.flows.simulate.trace import DAY_S, Trace
+from facefleet.tools.simulate.trace import DAY_S, Trace
 
 _DEFAULTS = Settings()
 

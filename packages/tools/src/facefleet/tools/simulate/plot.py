@@ -12,9 +12,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.typing import NDArray
 
-from facefleet.flows.simulate.compare import Comparison, batch_instance_costs
-from facefleet.flows.simulate.model import RunResult
-from facefleet.flows.simulate.pricing import HOUR_S
+from facefleet.control.pricing import HOUR_S
+from facefleet.tools.simulate.compare import Comparison, batch_instance_costs
+from facefleet.tools.simulate.model import RunResult
 
 _GRID_POINTS = 4000
 

@@ -14,16 +14,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from facefleet.common.config import NAMES, Names
-from facefleet.flows.policy import PolicyParams
-from facefleet.flows.simulate.compare import Metrics, batch_metrics, duration
-from facefleet.flows.simulate.model import (
+from facefleet.control.policy import PolicyParams
+from facefleet.control.pricing import DEFAULT_PRICES, PriceTable
+from facefleet.tools.simulate.compare import Metrics, batch_metrics, duration
+from facefleet.tools.simulate.model import (
     DEFAULT_MODEL,
     DEFAULT_POLICY,
     ModelParams,
     simulate_batch,
 )
-from facefleet.flows.simulate.pricing import DEFAULT_PRICES, PriceTable
-from facefleet.flows.simulate.trace import Trace
+from facefleet.tools.simulate.trace import Trace
 
 # The thresholds swept, as PolicyParams field -> values. job_minutes sets the job capacity
 # (images_per_job_minute * job_minutes messages credited to each active job).
