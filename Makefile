@@ -23,6 +23,7 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check packages dashboards tests benchmarks run_*.py
 	$(BIN)/ruff format --check packages dashboards tests benchmarks run_*.py
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy packages/common/src packages/control/src packages/worker/src packages/infra/src packages/localstack/src packages/flows/src packages/tools/src dashboards/src
