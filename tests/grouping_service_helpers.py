@@ -11,9 +11,10 @@ import numpy as np
 from facefleet.common.aws import client
 from facefleet.common.config import Settings
 from facefleet.common.documents import FaceDoc, ImageDoc, ImageStatus
-from facefleet.common.messages import GroupingRequest, image_key
+from facefleet.common.messages import GroupingRequest
 from facefleet.common.metrics import MetricsEmitter
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, connect
+from facefleet.common.s3keys import image_key
 from facefleet.worker.consumer import Consumer, ConsumerConfig, Handler
 from facefleet.worker.grouping.service import GroupingService, build_service
 from facefleet.worker.grouping.store import GroupingStore

@@ -15,8 +15,9 @@ from botocore.config import Config
 from facefleet.common.aws import client
 from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
 from facefleet.common.documents import ImageStatus
-from facefleet.common.messages import DetectionRequest, image_key
+from facefleet.common.messages import DetectionRequest
 from facefleet.common.repository import GALLERY_DEFAULT_DB, GalleryRepository, connect
+from facefleet.common.s3keys import image_key
 from facefleet.worker.consumer import Consumer, ConsumerConfig, Outcome, ReceivedMessage
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService

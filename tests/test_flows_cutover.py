@@ -10,7 +10,8 @@ import uuid
 import pytest
 
 from facefleet.common.aws import client
-from facefleet.common.messages import DetectionRequest, image_key
+from facefleet.common.messages import DetectionRequest
+from facefleet.common.s3keys import image_key
 from facefleet.control.cutover import machine as cut
 from facefleet.control.router import Router, bucket, goes_to_batch, read_weight
 from facefleet.flows import cutover as cutover_flows

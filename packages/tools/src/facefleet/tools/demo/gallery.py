@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facefleet.common.aws import client
-from facefleet.common.messages import DetectionRequest, image_key
+from facefleet.common.messages import DetectionRequest
+from facefleet.common.s3keys import image_key
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -39,6 +39,7 @@ from facefleet.common.messages import (
 )
 from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.common.repository import GALLERY_DEFAULT_DB, GalleryRepository, connect
+from facefleet.common.s3keys import crop_key
 from facefleet.worker.consumer import (
     ConsumerConfig,
     Outcome,
@@ -56,11 +57,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound", "AccessDenied", "403"})
 CROP_JPEG_QUALITY = 92
-
-
-def crop_key(user_id: str, image_id: str, face_id: str) -> str:
-    """Where a face's aligned crop lives in FACE_GROUP_BUCKET_NAME (stable: reruns overwrite)."""
-    return f"faces/{user_id}/{image_id}/{face_id}.jpg"
 
 
 @dataclass
