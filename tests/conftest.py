@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.localstack import servers as local
 
@@ -69,6 +70,10 @@ class ServerEnv:
     @property
     def region(self) -> str:
         return local.LOCAL_AWS_ENV["AWS_DEFAULT_REGION"]
+
+    @property
+    def aws(self) -> AwsTarget:
+        return AwsTarget(self.region, self.endpoint_url)
 
     @property
     def gallery_uri(self) -> str:

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from facefleet.common.aws import client
 from facefleet.common.config import Settings
 from facefleet.common.documents import FaceDoc, ImageDoc, ImageStatus
 from facefleet.common.messages import GroupingRequest
@@ -68,7 +67,7 @@ class Gallery:
         size: float = 112.0,
         centres: np.ndarray | None = None,
     ) -> list[FaceDoc]:
-        s3 = client("s3", self.env.region, self.env.endpoint_url)
+        s3 = self.env.aws.client("s3")
         faces = []
         for index, identity in enumerate(identities):
             crop = f"crops/{self.user_id}/{image_id}/{self.model_id}/{index}.jpg"
@@ -146,8 +145,7 @@ class Setup:
             shutdown_deadline_seconds=5.0,
             backoff_initial_seconds=0.2,
             backoff_max_seconds=0.5,
-            region=self.env.region,
-            endpoint_url=self.env.endpoint_url,
+            aws=self.env.aws,
         )
         values.update(overrides)
         return Consumer(ConsumerConfig(**values), handler).run()

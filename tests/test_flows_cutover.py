@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 
-from facefleet.common.aws import client
 from facefleet.common.messages import DetectionRequest
 from facefleet.common.s3keys import image_key
 from facefleet.control.cutover import machine as cut
@@ -104,26 +103,26 @@ def message(n: int) -> str:
 
 
 def test_cutover_flow_on_injected_metrics(env, harness) -> None:
-    names, region, endpoint = env.names, env.region, env.endpoint_url
-    urls = create_queues(names, region, endpoint)
-    topic = client("sns", region, endpoint).create_topic(Name=names.alerts_topic)["TopicArn"]
-    sink = client("sqs", region, endpoint).create_queue(QueueName=f"{names.prefix}-alerts-sink")
-    client("sns", region, endpoint).subscribe(
+    names, aws = env.names, env.aws
+    urls = create_queues(names, aws)
+    topic = aws.client("sns").create_topic(Name=names.alerts_topic)["TopicArn"]
+    sink = aws.client("sqs").create_queue(QueueName=f"{names.prefix}-alerts-sink")
+    aws.client("sns").subscribe(
         TopicArn=topic,
         Protocol="sqs",
-        Endpoint=f"arn:aws:sqs:{region}:123456789012:{names.prefix}-alerts-sink",
+        Endpoint=f"arn:aws:sqs:{aws.region}:123456789012:{names.prefix}-alerts-sink",
     )
     params = {
         "names": {"prefix": names.prefix, "grouping_prefix": names.grouping_prefix},
-        "region": region,
-        "endpoint_url": endpoint,
+        "region": aws.region,
+        "endpoint_url": aws.endpoint_url,
         "gates": {"soak_s": {str(w): 0 for w in cut.STAGES}},
     }
     assert cutover_flows.cutover(**params)["weight"] == 10  # started
-    assert read_weight(names, region, endpoint) == 10
+    assert read_weight(names, aws) == 10
     # No Batch job has run yet: no evidence, hold.
     assert cutover_flows.cutover(**params)["action"] == "hold"
-    cloudwatch = client("cloudwatch", region, endpoint)
+    cloudwatch = aws.client("cloudwatch")
     cloudwatch.put_metric_data(
         Namespace=names.metrics_namespace,
         MetricData=[
@@ -138,7 +137,7 @@ def test_cutover_flow_on_injected_metrics(env, harness) -> None:
     assert (promoted["action"], promoted["weight"]) == ("promote", 25)
 
     # The router now sends about a quarter of the images to Batch.
-    router = Router(names, region, endpoint, cache_s=0)
+    router = Router(names, aws, cache_s=0)
     routed = [router.forward(message(n)) for n in range(40)]
     on_batch = routed.count(urls[names.indexing_queue])
     assert 0 < on_batch < 40 and routed.count(urls[names.ecs_indexing_queue]) == 40 - on_batch
@@ -161,8 +160,8 @@ def test_cutover_flow_on_injected_metrics(env, harness) -> None:
         0,
         on_batch,
     )
-    assert read_weight(names, region, endpoint) == 0
-    sqs = client("sqs", region, endpoint)
+    assert read_weight(names, aws) == 0
+    sqs = aws.client("sqs")
     depth = sqs.get_queue_attributes(
         QueueUrl=urls[names.ecs_indexing_queue], AttributeNames=["ApproximateNumberOfMessages"]
     )

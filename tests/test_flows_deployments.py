@@ -67,7 +67,7 @@ def test_spot_savings_flow_prices_an_idle_hour_at_zero(env) -> None:
     from tests.flows_support import create_batch, prefect_harness
 
     prefect_harness()
-    create_batch(env.names, env.region, env.endpoint_url)
+    create_batch(env.names, env.aws)
     hour = dt.datetime(2026, 1, 5, 10, tzinfo=dt.UTC)
     names = {"prefix": env.names.prefix, "metrics_namespace": f"FaceFleet-{env.namespace}"}
     result = spot_savings(

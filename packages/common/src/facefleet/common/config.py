@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from facefleet.common.aws import DEFAULT_REGION, AwsTarget
+
 T = TypeVar("T")
 
 
@@ -242,7 +244,7 @@ SERVICE_TYPES = ("detection", "grouping")
 class Settings:
     """Per-process settings. Build with `Settings.from_env()`; never read os.environ elsewhere."""
 
-    aws_region: str = _env("AWS_DEFAULT_REGION", _text, "us-east-1")
+    aws_region: str = _env("AWS_DEFAULT_REGION", _text, DEFAULT_REGION)
     service_type: str = _env(
         "SERVICE_TYPE",
         _text,
@@ -319,6 +321,11 @@ class Settings:
     batch_job_array_index: int | None = _env("AWS_BATCH_JOB_ARRAY_INDEX", _int)
     batch_job_attempt: int | None = _env("AWS_BATCH_JOB_ATTEMPT", _int)
     batch_job_id: str | None = _env("AWS_BATCH_JOB_ID", _text)
+
+    @property
+    def aws(self) -> AwsTarget:
+        """The AWS target every client of this process uses."""
+        return AwsTarget(self.aws_region, self.aws_endpoint_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

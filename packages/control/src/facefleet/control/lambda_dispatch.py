@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.control import observe
 from facefleet.control.policy import PolicyParams, decide, job_request
@@ -52,22 +52,20 @@ def handler(event: Mapping[str, Any] | None, context: Any) -> dict[str, Any]:
     environ = os.environ
     names = Names(**event["names"]) if event.get("names") else names_from_env(environ)
     params = PolicyParams(**event["policy"]) if event.get("policy") else params_from_env(environ)
-    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    endpoint_url = environ.get("AWS_ENDPOINT_URL")
+    aws = AwsTarget.from_env(environ)
 
     now = float(event.get("now_s", time.time()))
-    state = observe.load_state(names, region, endpoint_url)
-    inputs = observe.observe(names, region, endpoint_url, now_s=now, state=state)
+    state = observe.load_state(names, aws)
+    inputs = observe.observe(names, aws, now_s=now, state=state)
     decision = decide(inputs, params, names)
-    batch = client("batch", region, endpoint_url)
+    batch = aws.client("batch")
     job_ids = []
     for sequence, submission in enumerate(decision.submissions):
         job_ids.append(batch.submit_job(**job_request(submission, now, sequence))["jobId"])
     observe.save_state(
         names,
         state.after(now, inputs.indexing.visible, submitted=bool(decision.submissions)),
-        region,
-        endpoint_url,
+        aws,
     )
     result = {
         "submissions": [asdict(s) for s in decision.submissions],

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.control.policy import (
     ACTIVE_STATES,
@@ -46,20 +46,18 @@ class QueueUrls:
     group_face: str
 
 
-def queue_urls(names: Names, region: str, endpoint_url: str | None = None) -> QueueUrls:
+def queue_urls(names: Names, aws: AwsTarget) -> QueueUrls:
     """The URLs of the indexing and GroupFace queues named by `names`."""
-    sqs = client("sqs", region, endpoint_url)
+    sqs = aws.client("sqs")
     return QueueUrls(
         indexing=sqs.get_queue_url(QueueName=names.indexing_queue)["QueueUrl"],
         group_face=sqs.get_queue_url(QueueName=names.group_face_queue)["QueueUrl"],
     )
 
 
-def oldest_message_age(
-    queue_name: str, region: str, endpoint_url: str | None = None, window_s: int = 600
-) -> float | None:
+def oldest_message_age(queue_name: str, aws: AwsTarget, window_s: int = 600) -> float | None:
     """The latest `ApproximateAgeOfOldestMessage` CloudWatch holds for a queue; None if none."""
-    cloudwatch = client("cloudwatch", region, endpoint_url)
+    cloudwatch = aws.client("cloudwatch")
     end = dt.datetime.now(dt.UTC)
     response = cloudwatch.get_metric_statistics(
         Namespace="AWS/SQS",
@@ -76,21 +74,20 @@ def oldest_message_age(
 
 def queue_depth(
     queue_url: str,
-    region: str,
-    endpoint_url: str | None = None,
+    aws: AwsTarget,
     *,
     now_s: float | None = None,
     backlog_since_s: float | None = None,
 ) -> QueueDepth:
     """Visible and in-flight messages, and the age of the oldest (see the module docstring)."""
-    sqs = client("sqs", region, endpoint_url)
+    sqs = aws.client("sqs")
     attributes = sqs.get_queue_attributes(
         QueueUrl=queue_url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     visible = int(attributes.get("ApproximateNumberOfMessages", 0))
     in_flight = int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
-    age = oldest_message_age(queue_url.rstrip("/").rsplit("/", 1)[-1], region, endpoint_url)
+    age = oldest_message_age(queue_url.rstrip("/").rsplit("/", 1)[-1], aws)
     if age is None:
         age = 0.0
         if visible > 0 and backlog_since_s is not None and now_s is not None:
@@ -112,11 +109,9 @@ def _active_children(batch: Any, parent_id: str) -> int:
     return sum(int(summary.get(state, 0)) for state in ACTIVE_STATES)
 
 
-def batch_active_jobs(
-    names: Names, region: str, endpoint_url: str | None = None
-) -> tuple[ActiveJob, ...]:
+def batch_active_jobs(names: Names, aws: AwsTarget) -> tuple[ActiveJob, ...]:
     """Active jobs on the stack's job queues, with array children counted."""
-    batch = client("batch", region, endpoint_url)
+    batch = aws.client("batch")
     active: list[ActiveJob] = []
     for queue in names.job_queues:
         parents: dict[str, tuple[str, int]] = {}  # array parent id -> (kind, active children)
@@ -167,8 +162,8 @@ def state_parameter(names: Names) -> str:
     return f"{names.dispatch_parameter_prefix}/state"
 
 
-def load_state(names: Names, region: str, endpoint_url: str | None = None) -> DispatchState:
-    ssm = client("ssm", region, endpoint_url)
+def load_state(names: Names, aws: AwsTarget) -> DispatchState:
+    ssm = aws.client("ssm")
     try:
         raw = ssm.get_parameter(Name=state_parameter(names))["Parameter"]["Value"]
     except ssm.exceptions.ParameterNotFound:
@@ -180,10 +175,8 @@ def load_state(names: Names, region: str, endpoint_url: str | None = None) -> Di
     )
 
 
-def save_state(
-    names: Names, state: DispatchState, region: str, endpoint_url: str | None = None
-) -> None:
-    client("ssm", region, endpoint_url).put_parameter(
+def save_state(names: Names, state: DispatchState, aws: AwsTarget) -> None:
+    aws.client("ssm").put_parameter(
         Name=state_parameter(names),
         Value=json.dumps(asdict(state)),
         Type="String",
@@ -193,8 +186,7 @@ def save_state(
 
 def observe(
     names: Names,
-    region: str,
-    endpoint_url: str | None = None,
+    aws: AwsTarget,
     *,
     now_s: float,
     state: DispatchState = DispatchState(),
@@ -203,13 +195,11 @@ def observe(
 ) -> DispatchInputs:
     """Everything `policy.decide` needs, read now. `extra_active`: jobs only a local executor
     knows are running (moto marks Batch jobs SUCCEEDED at once)."""
-    urls = urls or queue_urls(names, region, endpoint_url)
+    urls = urls or queue_urls(names, aws)
     # The remembered backlog start belongs to the indexing queue (the one dispatch scales for).
-    indexing = queue_depth(
-        urls.indexing, region, endpoint_url, now_s=now_s, backlog_since_s=state.backlog_since_s
-    )
-    group_face = queue_depth(urls.group_face, region, endpoint_url)
-    active = batch_active_jobs(names, region, endpoint_url) + tuple(extra_active)
+    indexing = queue_depth(urls.indexing, aws, now_s=now_s, backlog_since_s=state.backlog_since_s)
+    group_face = queue_depth(urls.group_face, aws)
+    active = batch_active_jobs(names, aws) + tuple(extra_active)
     return DispatchInputs(
         indexing=indexing,
         group_face=group_face,

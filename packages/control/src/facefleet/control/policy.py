@@ -23,11 +23,20 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facefleet.common.config import NAMES, Names
 
-ACTIVE_STATES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+if TYPE_CHECKING:
+    from mypy_boto3_batch.literals import JobStatusType
+
+ACTIVE_STATES: tuple[JobStatusType, ...] = (
+    "SUBMITTED",
+    "PENDING",
+    "RUNNABLE",
+    "STARTING",
+    "RUNNING",
+)
 DETECTION = "detection"
 GROUPING = "grouping"
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.common.messages import MalformedMessage, parse_detection_message
 
@@ -50,9 +50,9 @@ def image_id_of(body: str | bytes) -> str | None:
     return requests[0].image_id if requests else None
 
 
-def read_weight(names: Names, region: str, endpoint_url: str | None = None) -> int:
+def read_weight(names: Names, aws: AwsTarget) -> int:
     """The Batch share in percent; 0 (all ECS) when the cutover has not started."""
-    ssm = client("ssm", region, endpoint_url)
+    ssm = aws.client("ssm")
     try:
         value = ssm.get_parameter(Name=parameter(names, WEIGHT))["Parameter"]["Value"]
     except ssm.exceptions.ParameterNotFound:
@@ -60,10 +60,8 @@ def read_weight(names: Names, region: str, endpoint_url: str | None = None) -> i
     return int(value)
 
 
-def write_weight(
-    names: Names, weight: int, stage: int, region: str, endpoint_url: str | None = None
-) -> None:
-    ssm = client("ssm", region, endpoint_url)
+def write_weight(names: Names, weight: int, stage: int, aws: AwsTarget) -> None:
+    ssm = aws.client("ssm")
     for leaf, value in ((WEIGHT, weight), (STAGE, stage)):
         ssm.put_parameter(
             Name=parameter(names, leaf), Value=str(value), Type="String", Overwrite=True
@@ -76,18 +74,16 @@ class Router:
     def __init__(
         self,
         names: Names,
-        region: str,
-        endpoint_url: str | None = None,
+        aws: AwsTarget,
         *,
         ecs_queue_url: str | None = None,
         batch_queue_url: str | None = None,
         cache_s: float = 10.0,
     ) -> None:
         self.names = names
-        self.region = region
-        self.endpoint_url = endpoint_url
+        self.aws = aws
         self.cache_s = cache_s
-        self._sqs = client("sqs", region, endpoint_url)
+        self._sqs = aws.client("sqs")
         self.ecs_queue_url = ecs_queue_url or self._url(names.ecs_indexing_queue)
         self.batch_queue_url = batch_queue_url or self._url(names.indexing_queue)
         self._weight: tuple[float, int] | None = None  # (read at, weight)
@@ -98,7 +94,7 @@ class Router:
     def weight(self) -> int:
         now = time.monotonic()
         if self._weight is None or now - self._weight[0] > self.cache_s:
-            self._weight = (now, read_weight(self.names, self.region, self.endpoint_url))
+            self._weight = (now, read_weight(self.names, self.aws))
         return self._weight[1]
 
     def route(self, message: str | bytes | Mapping[str, Any]) -> str:
@@ -115,6 +111,10 @@ class Router:
         """Send the message to its queue; return that queue's URL."""
         body = json.dumps(message) if isinstance(message, Mapping) else message
         url = self.route(body)
-        extra = {"MessageAttributes": dict(attributes)} if attributes else {}
-        self._sqs.send_message(QueueUrl=url, MessageBody=body, **extra)
+        if attributes:
+            self._sqs.send_message(
+                QueueUrl=url, MessageBody=body, MessageAttributes=dict(attributes)
+            )
+        else:
+            self._sqs.send_message(QueueUrl=url, MessageBody=body)
         return url

@@ -6,7 +6,6 @@ apply the effects.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, replace
@@ -14,6 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.control.cutover import effects, machine
 from facefleet.control.cutover import health as health_reads
@@ -21,12 +21,9 @@ from facefleet.control.cutover import health as health_reads
 
 def _setup(
     names: Mapping[str, Any] | None, region: str | None, endpoint_url: str | None
-) -> tuple[Names, str, str | None]:
-    return (
-        Names(**dict(names or {})),
-        region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
-    )
+) -> tuple[Names, AwsTarget]:
+    """Flow parameters to `Names` and the AWS target (unset parts from the environment)."""
+    return Names(**dict(names or {})), AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
 
 
 @flow(name="cutover", log_prints=True)
@@ -41,12 +38,12 @@ def cutover(
 ) -> dict[str, Any]:
     """One scheduled cutover step: read health, evaluate, apply to SSM, emit the weight."""
     logger = get_run_logger()
-    the_names, region, endpoint_url = _setup(names, region, endpoint_url)
+    the_names, aws = _setup(names, region, endpoint_url)
     the_gates = machine.gates_from(gates)
     now = time.time()
-    state = effects.load_state(the_names, region, endpoint_url)
+    state = effects.load_state(the_names, aws)
     health = health_reads.read_health(
-        the_names, state, region, endpoint_url, now_s=now, baseline_p95_ms=ecs_baseline_p95_ms
+        the_names, state, aws, now_s=now, baseline_p95_ms=ecs_baseline_p95_ms
     )
     decision = machine.evaluate(state, health, now, the_gates)
     new_state = decision.state
@@ -54,17 +51,17 @@ def cutover(
         # New dead letters are counted from the moment the stage begins.
         new_state = replace(
             new_state,
-            dead_letters_at_entry=health_reads.dead_letter_count(the_names, region, endpoint_url),
+            dead_letters_at_entry=health_reads.dead_letter_count(the_names, aws),
         )
     if new_state != state:
-        effects.save_state(the_names, new_state, region, endpoint_url)
+        effects.save_state(the_names, new_state, aws)
     moved = 0
     if decision.action == "rollback":
-        moved = effects.rollback_effects(the_names, new_state, region, endpoint_url)
+        moved = effects.rollback_effects(the_names, new_state, aws)
     released = False
     if decision.action == "complete":
-        released = effects.release_ecs(ecs_cluster, ecs_service, region, endpoint_url)
-    effects.emit_weight(the_names, new_state.weight, region, endpoint_url)
+        released = effects.release_ecs(ecs_cluster, ecs_service, aws)
+    effects.emit_weight(the_names, new_state.weight, aws)
     logger.info(
         "cutover %s: %d %% -> %d %% (%s); health %s",
         decision.action,
@@ -92,11 +89,11 @@ def rollback_flow(
     endpoint_url: str | None = None,
 ) -> dict[str, Any]:
     """Send all traffic back to ECS now, return waiting Batch messages to the ECS queue, alert."""
-    the_names, region, endpoint_url = _setup(names, region, endpoint_url)
+    the_names, aws = _setup(names, region, endpoint_url)
     state = machine.rollback(reason, time.time())
-    effects.save_state(the_names, state, region, endpoint_url)
-    moved = effects.rollback_effects(the_names, state, region, endpoint_url)
-    effects.emit_weight(the_names, 0, region, endpoint_url)
+    effects.save_state(the_names, state, aws)
+    moved = effects.rollback_effects(the_names, state, aws)
+    effects.emit_weight(the_names, 0, aws)
     get_run_logger().info("cutover rolled back (%s); %d message(s) returned", reason, moved)
     return {"weight": 0, "status": state.status, "returned_to_ecs": moved}
 
@@ -109,9 +106,9 @@ def pause_flow(
     endpoint_url: str | None = None,
 ) -> dict[str, Any]:
     """Freeze the cutover at its current weight (the router keeps splitting as it is)."""
-    the_names, region, endpoint_url = _setup(names, region, endpoint_url)
-    state = machine.pause(effects.load_state(the_names, region, endpoint_url), reason)
-    effects.save_state(the_names, state, region, endpoint_url)
+    the_names, aws = _setup(names, region, endpoint_url)
+    state = machine.pause(effects.load_state(the_names, aws), reason)
+    effects.save_state(the_names, state, aws)
     return asdict(state)
 
 
@@ -122,10 +119,8 @@ def resume_flow(
     endpoint_url: str | None = None,
 ) -> dict[str, Any]:
     """Continue a paused cutover, or restart a rolled-back one from the first stage."""
-    the_names, region, endpoint_url = _setup(names, region, endpoint_url)
-    state = machine.resume(effects.load_state(the_names, region, endpoint_url), time.time())
-    state = replace(
-        state, dead_letters_at_entry=health_reads.dead_letter_count(the_names, region, endpoint_url)
-    )
-    effects.save_state(the_names, state, region, endpoint_url)
+    the_names, aws = _setup(names, region, endpoint_url)
+    state = machine.resume(effects.load_state(the_names, aws), time.time())
+    state = replace(state, dead_letters_at_entry=health_reads.dead_letter_count(the_names, aws))
+    effects.save_state(the_names, state, aws)
     return asdict(state)

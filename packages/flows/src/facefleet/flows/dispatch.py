@@ -26,7 +26,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect_aws import AwsCredentials
 from prefect_aws.batch import batch_submit
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names, Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.control import observe
@@ -49,10 +49,6 @@ METRICS_SERVICE = "dispatch"  # the Service dimension the dashboards chart dispa
 def names_from(values: Mapping[str, Any] | None) -> Names:
     """`Names` from flow parameters (a deployment passes plain JSON)."""
     return Names(**dict(values or {}))
-
-
-def _region(region: str | None) -> str:
-    return region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 @contextlib.contextmanager
@@ -82,12 +78,12 @@ def local_executor(state_dir: str | None) -> LocalExecutor:
 
 
 def job_runtime(
-    names: Names, submission: Submission, region: str, endpoint_url: str | None
+    names: Names, submission: Submission, aws: AwsTarget
 ) -> tuple[tuple[str, ...], dict[str, str], int]:
     """Command, environment and attempts of the job definition as the stack registered it
     (latest active revision), falling back to the `Names` spec when it is not registered."""
     spec = names.grouping_job if submission.kind == "grouping" else names.detection_job
-    batch = client("batch", region, endpoint_url)
+    batch = aws.client("batch")
     found = batch.describe_job_definitions(
         jobDefinitionName=submission.job_definition, status="ACTIVE"
     ).get("jobDefinitions", [])
@@ -150,16 +146,14 @@ def dispatch(
     logger = get_run_logger()
     the_names = names_from(names)
     params = PolicyParams(**dict(policy or {}))
-    region = _region(region)
-    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    aws = AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
     executor = local_executor(local_batch_dir) if mode == "local" else None
 
     now = time.time()
-    state = observe.load_state(the_names, region, endpoint_url)
+    state = observe.load_state(the_names, aws)
     inputs = observe.observe(
         the_names,
-        region,
-        endpoint_url,
+        aws,
         now_s=now,
         state=state,
         extra_active=executor.active_jobs() if executor else (),
@@ -173,9 +167,9 @@ def dispatch(
         observe.describe_inputs(inputs),
     )
 
-    credentials = AwsCredentials(region_name=region)
+    credentials = AwsCredentials(region_name=aws.region)
     job_ids: list[str] = []
-    with aws_endpoint(endpoint_url):
+    with aws_endpoint(aws.endpoint_url):
         for sequence, submission in enumerate(decision.submissions):
             request = job_request(submission, now, sequence)
             extra = {k: v for k, v in request.items() if k not in _POSITIONAL}
@@ -190,9 +184,7 @@ def dispatch(
             if executor is not None:
                 from facefleet.localstack.batch import JobSpec
 
-                command, environment, attempts = job_runtime(
-                    the_names, submission, region, endpoint_url
-                )
+                command, environment, attempts = job_runtime(the_names, submission, aws)
                 pids = executor.start(
                     JobSpec(
                         job_id=job_id,
@@ -211,8 +203,7 @@ def dispatch(
     observe.save_state(
         the_names,
         state.after(now, inputs.indexing.visible, submitted=bool(decision.submissions)),
-        region,
-        endpoint_url,
+        aws,
     )
     create_markdown_artifact(
         key=artifact_key(the_names),
@@ -223,8 +214,7 @@ def dispatch(
     MetricsEmitter(
         settings.metrics_namespace,
         {"Service": METRICS_SERVICE},
-        cloudwatch_region=region if settings.metrics_to_cloudwatch else None,
-        endpoint_url=endpoint_url,
+        cloudwatch=aws if settings.metrics_to_cloudwatch else None,
     ).emit(
         {Metric.JOBS_SUBMITTED: decision.jobs, Metric.DISPATCH_BACKLOG: inputs.indexing.visible},
         prefix=the_names.prefix,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names, Settings
 
 DEFAULT_PNG = Path(".facefleet/dashboard.png")
@@ -52,18 +53,20 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     names = _names(args)
-    region = args.region or settings.aws_region
-    endpoint = args.endpoint_url or settings.aws_endpoint_url
+    aws = AwsTarget(
+        args.region or settings.aws_region, args.endpoint_url or settings.aws_endpoint_url
+    )
+    region = aws.region
     if args.action == "apply":
         from facefleet.dashboards.apply import apply_dashboards
 
-        for name in apply_dashboards(names, region, endpoint, args.topic_arn):
+        for name in apply_dashboards(names, aws, args.topic_arn):
             print(f"applied  {name}")
         return 0
     if args.action == "remove":
         from facefleet.dashboards.apply import remove_dashboards
 
-        removed = remove_dashboards(names, region, endpoint)
+        removed = remove_dashboards(names, aws)
         print("removed: " + (", ".join(removed) if removed else "nothing was there"))
         return 0
     if args.action == "export":
@@ -94,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
         result = render_dashboard(
             build_dashboard(names, region),
             args.out or DEFAULT_PNG,
-            region,
-            endpoint,
+            aws,
             start=end - timedelta(hours=args.hours),
             end=end,
         )
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from facefleet.dashboards.savings import run_savings_job
 
     hour = datetime.fromisoformat(args.hour).astimezone(UTC) if args.hour else None
-    saving = run_savings_job(names, region, endpoint, hour, publish=not args.no_publish)
+    saving = run_savings_job(names, aws, hour, publish=not args.no_publish)
     print(
         f"hour {saving.hour_start:%Y-%m-%d %H:00} UTC: instance-hours "
         f"{dict(saving.instance_hours)}, Spot ${saving.spot_cost_usd:.4f}, on-demand "

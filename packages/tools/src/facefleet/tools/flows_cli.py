@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 
 
@@ -133,8 +134,7 @@ def run_cutover(args: argparse.Namespace) -> int:
     names = _names(args)
     if args.action == "status":
         the_names = Names(**(names or {}))
-        region = args.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        state = effects.load_state(the_names, region, os.environ.get("AWS_ENDPOINT_URL"))
+        state = effects.load_state(the_names, AwsTarget.from_env(region=args.region))
         _print(
             {
                 "stage": state.stage,

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import NAMES, Names
 from facefleet.infra import deploy, template
-from facefleet.infra.stack_config import StackConfig, local_stack_config, worker_environment
+from facefleet.infra.stack_config import StackConfig, worker_environment
+
+
+def _aws(args: argparse.Namespace) -> AwsTarget:
+    return AwsTarget.from_env(region=args.region, endpoint_url=args.endpoint_url)
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -72,16 +76,7 @@ def build_config(args: argparse.Namespace) -> StackConfig:
         values["security_group_ids"] = _csv(args.security_group_ids)
     if args.fallback_dispatcher:
         values["fallback_dispatcher"] = True
-    for field_name, variable in (
-        ("gallery_mongo_uri", "GALLERY_IMAGES_MONGO_URI"),
-        ("huemn_mongo_uri", "HUEMN_MONGO_URI"),
-    ):
-        if os.environ.get(variable) and f"{field_name[:-4]}_secret_arn" not in values:
-            values[field_name] = os.environ[variable]
-    names = _names(args)
-    if args.local:
-        return local_stack_config(names, args.region, args.endpoint_url, **values)
-    return StackConfig(names=names, **values)
+    return StackConfig.from_env(_names(args), _aws(args), local=args.local, overrides=values)
 
 
 def _write(path: str | None, text: str) -> None:
@@ -94,7 +89,7 @@ def _write(path: str | None, text: str) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     body = template.to_json(template.render(build_config(args)))
-    errors, warnings = deploy.lint(body, args.region)
+    errors, warnings = deploy.lint(body, _aws(args).region)
     for line in errors + warnings:
         print(f"cfn-lint: {line}", file=sys.stderr)
     _write(args.out, body)
@@ -103,7 +98,7 @@ def _render(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     config = build_config(args)
-    result = deploy.plan(config, args.region, args.endpoint_url)
+    result = deploy.plan(config, _aws(args))
     print(result.summary())
     if args.out:
         Path(args.out).write_text(result.template_body + "\n")
@@ -113,9 +108,9 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     config = build_config(args)
-    result = deploy.plan(config, args.region, args.endpoint_url)
+    result = deploy.plan(config, _aws(args))
     print(result.summary())
-    outputs = deploy.apply(config, args.region, args.endpoint_url, plan=result)
+    outputs = deploy.apply(config, _aws(args), plan=result)
     text = json.dumps(
         {"outputs": outputs, "worker_environment": worker_environment(outputs)},
         indent=2,
@@ -127,16 +122,15 @@ def _apply(args: argparse.Namespace) -> int:
 
 def _destroy(args: argparse.Namespace) -> int:
     config = StackConfig(names=_names(args))
-    deleted = deploy.destroy(config, args.region, args.endpoint_url)
+    deleted = deploy.destroy(config, _aws(args))
     print(f"stack {config.names.stack_name}: {'deleted' if deleted else 'not found'}")
     return 0
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    parser.add_argument("--region", help="default: AWS_DEFAULT_REGION, else us-east-1")
     parser.add_argument(
         "--endpoint-url",
-        default=os.environ.get("AWS_ENDPOINT_URL") or None,
         help="AWS endpoint override (default: AWS_ENDPOINT_URL; the moto server)",
     )
     parser.add_argument("--prefix", help=f"resource-name prefix (default {NAMES.prefix})")

@@ -56,7 +56,6 @@ def _run(handler: Any) -> Any:
 
 
 def _corrections(settings: Settings) -> Corrections:
-    from facefleet.common.aws import client
     from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, connect
     from facefleet.worker.grouping.corrections import Corrections
     from facefleet.worker.grouping.service import cluster_params
@@ -70,7 +69,7 @@ def _corrections(settings: Settings) -> Corrections:
     )
     return Corrections(
         store,
-        s3=client("s3", settings.aws_region, settings.aws_endpoint_url),
+        s3=settings.aws.client("s3"),
         bucket=settings.face_group_bucket_name,
         params=cluster_params(settings),
     )

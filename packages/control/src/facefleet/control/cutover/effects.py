@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names, Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.control import router
 from facefleet.control.cutover.machine import CutoverState
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
 METRICS_SERVICE = "cutover"
 
@@ -23,8 +26,8 @@ def state_parameter(names: Names) -> str:
     return router.parameter(names, "state")
 
 
-def load_state(names: Names, region: str, endpoint_url: str | None = None) -> CutoverState:
-    ssm = client("ssm", region, endpoint_url)
+def load_state(names: Names, aws: AwsTarget) -> CutoverState:
+    ssm = aws.client("ssm")
     try:
         raw = ssm.get_parameter(Name=state_parameter(names))["Parameter"]["Value"]
     except ssm.exceptions.ParameterNotFound:
@@ -32,28 +35,24 @@ def load_state(names: Names, region: str, endpoint_url: str | None = None) -> Cu
     return CutoverState(**json.loads(raw))
 
 
-def save_state(
-    names: Names, state: CutoverState, region: str, endpoint_url: str | None = None
-) -> None:
-    client("ssm", region, endpoint_url).put_parameter(
+def save_state(names: Names, state: CutoverState, aws: AwsTarget) -> None:
+    aws.client("ssm").put_parameter(
         Name=state_parameter(names),
         Value=json.dumps(asdict(state)),
         Type="String",
         Overwrite=True,
     )
-    router.write_weight(names, state.weight, state.stage, region, endpoint_url)
+    router.write_weight(names, state.weight, state.stage, aws)
 
 
-def return_to_ecs(
-    names: Names, region: str, endpoint_url: str | None = None, *, idle_polls: int = 2
-) -> int:
+def return_to_ecs(names: Names, aws: AwsTarget, *, idle_polls: int = 2) -> int:
     """Move the messages waiting in the Batch queue to the ECS queue; return how many.
 
     Sent before deleted: a crash in between duplicates a message, never loses one (the workers'
     writes are idempotent per image). Messages a Batch job holds in flight are not waiting;
     they finish on Batch, or return to the Batch queue and a second rollback moves them.
     """
-    sqs = client("sqs", region, endpoint_url)
+    sqs = aws.client("sqs")
     batch_url = sqs.get_queue_url(QueueName=names.indexing_queue)["QueueUrl"]
     ecs_url = sqs.get_queue_url(QueueName=names.ecs_indexing_queue)["QueueUrl"]
     moved, empty = 0, 0
@@ -69,9 +68,12 @@ def return_to_ecs(
             empty += 1
             continue
         empty = 0
-        entries = []
+        entries: list[SendMessageBatchRequestEntryTypeDef] = []
         for i, message in enumerate(messages):
-            entry: dict[str, Any] = {"Id": str(i), "MessageBody": message["Body"]}
+            entry: SendMessageBatchRequestEntryTypeDef = {
+                "Id": str(i),
+                "MessageBody": message["Body"],
+            }
             if message.get("MessageAttributes"):
                 entry["MessageAttributes"] = message["MessageAttributes"]
             entries.append(entry)
@@ -89,11 +91,9 @@ def return_to_ecs(
     return moved
 
 
-def alert(
-    names: Names, subject: str, message: str, region: str, endpoint_url: str | None = None
-) -> bool:
+def alert(names: Names, subject: str, message: str, aws: AwsTarget) -> bool:
     """Publish to the stack's alerts topic; False (logged) when the topic does not exist."""
-    sns = client("sns", region, endpoint_url)
+    sns = aws.client("sns")
     suffix = f":{names.alerts_topic}"
     for page in sns.get_paginator("list_topics").paginate():
         for topic in page.get("Topics", []):
@@ -104,37 +104,29 @@ def alert(
     return False
 
 
-def release_ecs(
-    cluster: str | None, service: str | None, region: str, endpoint_url: str | None = None
-) -> bool:
+def release_ecs(cluster: str | None, service: str | None, aws: AwsTarget) -> bool:
     """Scale the ECS service to zero (only ever called after the final soak at 100 %)."""
     if not cluster or not service:
         return False
-    client("ecs", region, endpoint_url).update_service(
-        cluster=cluster, service=service, desiredCount=0
-    )
+    aws.client("ecs").update_service(cluster=cluster, service=service, desiredCount=0)
     return True
 
 
-def emit_weight(names: Names, weight: int, region: str, endpoint_url: str | None) -> None:
+def emit_weight(names: Names, weight: int, aws: AwsTarget) -> None:
     settings = Settings.from_env()
     MetricsEmitter(
         settings.metrics_namespace,
         {"Service": METRICS_SERVICE},
-        cloudwatch_region=region if settings.metrics_to_cloudwatch else None,
-        endpoint_url=endpoint_url,
+        cloudwatch=aws if settings.metrics_to_cloudwatch else None,
     ).emit({Metric.CUTOVER_WEIGHT: weight}, prefix=names.prefix)
 
 
-def rollback_effects(
-    names: Names, state: CutoverState, region: str, endpoint_url: str | None
-) -> int:
-    moved = return_to_ecs(names, region, endpoint_url)
+def rollback_effects(names: Names, state: CutoverState, aws: AwsTarget) -> int:
+    moved = return_to_ecs(names, aws)
     alert(
         names,
         f"FaceFleet cutover rolled back to 0 % ({names.prefix})",
         f"{state.reason}\n{moved} waiting message(s) returned to the ECS queue.",
-        region,
-        endpoint_url,
+        aws,
     )
     return moved

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
 from facefleet.control import observe, router
@@ -61,20 +61,19 @@ def _p95(
     return float(max(maxima)) if maxima else None
 
 
-def dead_letter_count(names: Names, region: str, endpoint_url: str | None = None) -> int:
-    sqs = client("sqs", region, endpoint_url)
+def dead_letter_count(names: Names, aws: AwsTarget) -> int:
+    sqs = aws.client("sqs")
     try:
         url = sqs.get_queue_url(QueueName=names.dead_letter_queue(names.indexing_queue))["QueueUrl"]
     except sqs.exceptions.QueueDoesNotExist:
         return 0
-    return observe.queue_depth(url, region, endpoint_url).visible
+    return observe.queue_depth(url, aws).visible
 
 
 def read_health(
     names: Names,
     state: CutoverState,
-    region: str,
-    endpoint_url: str | None = None,
+    aws: AwsTarget,
     *,
     now_s: float,
     baseline_p95_ms: float | None = None,
@@ -85,7 +84,7 @@ def read_health(
     finished jobs the dispatch flow's JobsSubmitted. New dead letters: the DLQ's depth now minus
     at stage entry (read from SQS directly; exact, and moto publishes no AWS/SQS metrics).
     """
-    cloudwatch = client("cloudwatch", region, endpoint_url)
+    cloudwatch = aws.client("cloudwatch")
     end = dt.datetime.fromtimestamp(now_s, dt.UTC) + dt.timedelta(minutes=1)
     start = max(
         dt.datetime.fromtimestamp(state.entered_at_s, dt.UTC),
@@ -113,11 +112,9 @@ def read_health(
         finished_jobs=int(submitted),
         failed_jobs=int(failed),
         p95_ms=p95,
-        baseline_p95_ms=baseline_p95_ms or read_baseline(names, region, endpoint_url),
-        dead_letters=max(
-            0, dead_letter_count(names, region, endpoint_url) - state.dead_letters_at_entry
-        ),
-        oldest_age_s=observe.oldest_message_age(names.indexing_queue, region, endpoint_url),
+        baseline_p95_ms=baseline_p95_ms or read_baseline(names, aws),
+        dead_letters=max(0, dead_letter_count(names, aws) - state.dead_letters_at_entry),
+        oldest_age_s=observe.oldest_message_age(names.indexing_queue, aws),
         spot_interruptions=int(spot),
     )
 
@@ -126,9 +123,9 @@ def baseline_parameter(names: Names) -> str:
     return router.parameter(names, "ecs-baseline-p95-ms")
 
 
-def read_baseline(names: Names, region: str, endpoint_url: str | None = None) -> float | None:
+def read_baseline(names: Names, aws: AwsTarget) -> float | None:
     """The ECS service's measured p95 per image (ms), which an operator records in SSM."""
-    ssm = client("ssm", region, endpoint_url)
+    ssm = aws.client("ssm")
     try:
         return float(ssm.get_parameter(Name=baseline_parameter(names))["Parameter"]["Value"])
     except ssm.exceptions.ParameterNotFound:

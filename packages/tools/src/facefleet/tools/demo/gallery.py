@@ -11,10 +11,14 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.messages import DetectionRequest
 from facefleet.common.s3keys import image_key
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -85,9 +89,9 @@ def lfw_bulk(faces_dir: Path, count: int, user_id: str = "bulk-user") -> list[Ph
     return photos
 
 
-def upload(photos: Iterable[Photo], bucket: str, region: str, endpoint_url: str | None) -> int:
+def upload(photos: Iterable[Photo], bucket: str, aws: AwsTarget) -> int:
     """Put each photo at its canonical key (an overwrite on a rerun: same key, same bytes)."""
-    s3 = client("s3", region, endpoint_url)
+    s3 = aws.client("s3")
     count = 0
     for photo in photos:
         s3.put_object(Bucket=bucket, Key=photo.key, Body=photo.path.read_bytes())
@@ -100,11 +104,9 @@ def requests(photos: Iterable[Photo], bucket: str) -> Iterator[DetectionRequest]
         yield DetectionRequest(photo.user_id, photo.image_id, bucket, photo.key)
 
 
-def send(
-    requests: Iterable[DetectionRequest], queue_url: str, region: str, endpoint_url: str | None
-) -> int:
+def send(requests: Iterable[DetectionRequest], queue_url: str, aws: AwsTarget) -> int:
     """Send indexing messages in batches of ten (the SQS maximum)."""
-    sqs = client("sqs", region, endpoint_url)
+    sqs = aws.client("sqs")
     batch: list[DetectionRequest] = []
     sent = 0
 
@@ -112,7 +114,9 @@ def send(
         nonlocal sent
         if not batch:
             return
-        entries = [{"Id": str(i), "MessageBody": r.to_body()} for i, r in enumerate(batch)]
+        entries: list[SendMessageBatchRequestEntryTypeDef] = [
+            {"Id": str(i), "MessageBody": r.to_body()} for i, r in enumerate(batch)
+        ]
         response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
         if response.get("Failed"):
             raise RuntimeError(f"SQS refused messages: {response['Failed']}")

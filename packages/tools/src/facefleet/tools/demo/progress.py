@@ -9,7 +9,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.common.documents import ImageStatus
 from facefleet.control.observe import QueueUrls, queue_depth
@@ -56,8 +56,7 @@ def read_progress(
     users: Iterable[str],
     images_expected: int,
     urls: QueueUrls,
-    region: str,
-    endpoint_url: str | None,
+    aws: AwsTarget,
     jobs_active: int,
 ) -> Progress:
     scope = {"user_id": {"$in": sorted(set(users))}}
@@ -66,7 +65,7 @@ def read_progress(
         return gallery["images"].count_documents({**scope, "status": str(status)})
 
     def queued(url: str) -> int:
-        depth = queue_depth(url, region, endpoint_url)
+        depth = queue_depth(url, aws)
         return depth.visible + depth.in_flight
 
     return Progress(
@@ -82,12 +81,10 @@ def read_progress(
     )
 
 
-def publish_queue_depth(
-    progress: Progress, names: Names, region: str, endpoint_url: str | None
-) -> None:
+def publish_queue_depth(progress: Progress, names: Names, aws: AwsTarget) -> None:
     """Stand in for the AWS/SQS metrics AWS publishes by itself and moto does not, so the
     dashboard's queue-depth panel has the demo's backlog to draw."""
-    client("cloudwatch", region, endpoint_url).put_metric_data(
+    aws.client("cloudwatch").put_metric_data(
         Namespace="AWS/SQS",
         MetricData=[
             {

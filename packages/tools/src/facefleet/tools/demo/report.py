@@ -8,7 +8,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.documents import FaceDoc, ImageDoc, ImageStatus, PersonDoc
 from facefleet.common.repository import GalleryRepository, PeopleRepository
 
@@ -39,9 +39,9 @@ def collect(gallery: GalleryRepository, people: PeopleRepository) -> list[UserRe
 class AssetCopier:
     """Copies S3 objects into the report folder once each and returns their relative paths."""
 
-    def __init__(self, out_dir: Path, region: str, endpoint_url: str | None) -> None:
+    def __init__(self, out_dir: Path, aws: AwsTarget) -> None:
         self.out_dir = out_dir
-        self.s3 = client("s3", region, endpoint_url)
+        self.s3 = aws.client("s3")
         self.copied: dict[tuple[str, str], str] = {}
 
     def get(self, bucket: str, key: str) -> str:
@@ -109,15 +109,14 @@ def write_report(
     reports: list[UserReport],
     out_dir: Path,
     crop_bucket: str,
-    region: str,
-    endpoint_url: str | None,
+    aws: AwsTarget,
     summary: str = "",
     dashboard_png: str | None = None,
 ) -> Path:
     """Write out_dir/index.html with its assets; return the HTML path. `dashboard_png`: a
     rendering of the CloudWatch dashboard, relative to out_dir, shown above the people."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    assets = AssetCopier(out_dir, region, endpoint_url)
+    assets = AssetCopier(out_dir, aws)
     body = "".join(_user_html(r, assets, crop_bucket) for r in reports)
     if dashboard_png:
         body = (

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.common.documents import ImageStatus
 from facefleet.common.repository import (
@@ -88,45 +89,39 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoSu
     _check_inputs(options)
     with _stack(options, say) as state:
         local.apply_environment(state.environment())
-        region = os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-        endpoint_url = state.moto_url
-        worker_env = _provision(options, region, endpoint_url, say)
+        aws = AwsTarget.from_env(endpoint_url=state.moto_url)
+        worker_env = _provision(options, aws, say)
         photos = demo_gallery(options.faces_dir, users=options.users)
         gallery_db = connect(os.environ["GALLERY_IMAGES_MONGO_URI"], GALLERY_DEFAULT_DB)
         huemn_db = connect(os.environ["HUEMN_MONGO_URI"], HUEMN_DEFAULT_DB)
         gallery = GalleryRepository(gallery_db)
         users = sorted({p.user_id for p in photos})
         say(f"uploading {len(photos)} photos of {len(users)} users to {worker_env['BUCKET_NAME']}")
-        upload(photos, worker_env["BUCKET_NAME"], region, endpoint_url)
+        upload(photos, worker_env["BUCKET_NAME"], aws)
         todo = _not_indexed(photos, gallery)
         urls = QueueUrls(worker_env["QUEUE_URL"], worker_env["GROUP_FACE_QUEUE_URL"])
         started = time.monotonic()
         started_at = datetime.now(UTC)
-        sent = send(requests(todo, worker_env["BUCKET_NAME"]), urls.indexing, region, endpoint_url)
+        sent = send(requests(todo, worker_env["BUCKET_NAME"]), urls.indexing, aws)
         say(f"sent {sent} indexing messages ({len(photos) - sent} photos already indexed)")
         executor = LocalExecutor(Path(state.state_dir) / "batch")
 
         def progress() -> Progress:
             jobs = sum(1 for child in executor.children() if child.active)
-            current = read_progress(
-                gallery_db, huemn_db, users, len(photos), urls, region, endpoint_url, jobs
-            )
-            publish_queue_depth(current, Names(), region, endpoint_url)
+            current = read_progress(gallery_db, huemn_db, users, len(photos), urls, aws, jobs)
+            publish_queue_depth(current, Names(), aws)
             return current
 
         with _served_flows(options, state, executor):
             finished = _watch(progress, options, say)
             seconds = time.monotonic() - started
             finished = _wait_for_zero_jobs(progress, say) or finished
-        dashboard = _dashboard_png(
-            options.out_dir / "dashboard.png", started_at, region, endpoint_url, say
-        )
+        dashboard = _dashboard_png(options.out_dir / "dashboard.png", started_at, aws, say)
         report = write_report(
             collect(gallery, PeopleRepository(huemn_db)),
             options.out_dir,
             worker_env["FACE_GROUP_BUCKET_NAME"],
-            region,
-            endpoint_url,
+            aws,
             summary=f"{finished.line()}; {seconds:.0f} s",
             dashboard_png=dashboard.name,
         )
@@ -164,9 +159,7 @@ def _stack(options: DemoOptions, say: Callable[[str], None]) -> Iterator[local.S
             local.down(options.state_dir)
 
 
-def _provision(
-    options: DemoOptions, region: str, endpoint_url: str, say: Callable[[str], None]
-) -> dict[str, str]:
+def _provision(options: DemoOptions, aws: AwsTarget, say: Callable[[str], None]) -> dict[str, str]:
     from facefleet.flows.provisioning import provision
     from facefleet.infra.stack_config import worker_environment
 
@@ -180,8 +173,8 @@ def _provision(
     result = provision(
         local=True,
         config={"worker_settings": worker_settings},
-        region=region,
-        endpoint_url=endpoint_url,
+        region=aws.region,
+        endpoint_url=aws.endpoint_url,
     )
     return worker_environment(result["outputs"])
 
@@ -302,15 +295,13 @@ def _wait_for_zero_jobs(
     return None
 
 
-def _dashboard_png(
-    path: Path, since: datetime, region: str, endpoint_url: str, say: Callable[[str], None]
-) -> Path:
+def _dashboard_png(path: Path, since: datetime, aws: AwsTarget, say: Callable[[str], None]) -> Path:
     from facefleet.dashboards.dashboard import build_dashboard
     from facefleet.dashboards.render import render_dashboard
 
     end = datetime.now(UTC) + timedelta(minutes=1)
     start = min(since - timedelta(minutes=2), end - timedelta(minutes=15))
-    dashboard = build_dashboard(Names(), region)
-    result = render_dashboard(dashboard, path, region, endpoint_url, start=start, end=end)
+    dashboard = build_dashboard(Names(), aws.region)
+    result = render_dashboard(dashboard, path, aws, start=start, end=end)
     say(f"dashboard: {result.path} ({result.panels} panels)")
     return result.path

@@ -144,11 +144,9 @@ def _prices(args: argparse.Namespace, trace: traces.Trace) -> PriceTable:
     if args.on_demand_per_h is not None:
         table = replace(table, on_demand_per_h=args.on_demand_per_h)
     if args.spot_history_days:
-        from facefleet.common.aws import client
-
         settings = Settings.from_env()
         start, end = history_window(trace, args.spot_history_days, datetime.now(UTC))
-        ec2 = client("ec2", settings.aws_region, settings.aws_endpoint_url)
+        ec2 = settings.aws.client("ec2")
         table = replace(table, spot=spot_history(ec2, NAMES.instance_type, start, end))
     return table
 

@@ -27,7 +27,6 @@ import cv2
 import numpy as np
 from botocore.exceptions import ClientError
 
-from facefleet.common.aws import client
 from facefleet.common.config import Settings, load_service_settings
 from facefleet.common.documents import FaceDoc, ImageDoc, ImageStatus, face_doc_id
 from facefleet.common.logs import configure_logging
@@ -162,7 +161,6 @@ class DetectionService:
         cls, settings: Settings, analyzer: FaceAnalyzer | None = None
     ) -> DetectionService:
         assert settings.gallery_images_mongo_uri is not None
-        region, endpoint = settings.aws_region, settings.aws_endpoint_url
         if analyzer is None:
             analyzer = FaceAnalyzer.from_pack(
                 resolve_pack_dir(settings),
@@ -177,15 +175,14 @@ class DetectionService:
         metrics = MetricsEmitter(
             settings.metrics_namespace,
             {"Service": "detection"},
-            cloudwatch_region=region if settings.metrics_to_cloudwatch else None,
-            endpoint_url=endpoint,
+            cloudwatch=settings.aws if settings.metrics_to_cloudwatch else None,
         )
         return cls(
             settings,
             analyzer,
             repository,
-            s3=client("s3", region, endpoint),
-            sqs=client("sqs", region, endpoint),
+            s3=settings.aws.client("s3"),
+            sqs=settings.aws.client("sqs"),
             metrics=metrics,
         )
 
