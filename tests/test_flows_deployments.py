@@ -76,3 +76,21 @@ def test_spot_savings_flow_prices_an_idle_hour_at_zero(env) -> None:
     assert result["hour_start"] == hour.isoformat()
     assert result["instance_hours"] == {} and result["savings_usd"] == 0
     assert result["cost_per_1000_images_usd"] is None
+
+
+def test_prefect_yaml_is_generated_from_the_deployments() -> None:
+    import yaml
+
+    from facefleet.flows.deployments import REPOSITORY_ROOT, prefect_yaml, specs
+
+    committed = (REPOSITORY_ROOT / "prefect.yaml").read_text()
+    assert committed == prefect_yaml(), (
+        "prefect.yaml is stale: facefleet flows yaml --out prefect.yaml"
+    )
+    document = yaml.safe_load(committed)
+    assert [d["name"] for d in document["deployments"]] == [s.name for s in specs()]
+    for entry in document["deployments"]:
+        path, function = entry["entrypoint"].split(":")
+        assert (REPOSITORY_ROOT / path).is_file() and function in (
+            REPOSITORY_ROOT / path
+        ).read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
@@ -38,7 +39,8 @@ def _print(result: Any) -> None:
 
 def register(subparsers: Any) -> None:
     flows = subparsers.add_parser("flows", help="serve the Prefect deployments")
-    flows.add_argument("action", choices=("serve", "list"))
+    flows.add_argument("action", choices=("serve", "list", "yaml"))
+    flows.add_argument("--out", default=None, help="yaml: write prefect.yaml here (else stdout)")
     flows.add_argument("--mode", choices=("local", "aws"), default="local")
     flows.add_argument("--dispatch-interval", type=int, default=60, help="seconds")
     flows.add_argument("--cutover-interval", type=int, default=10, help="minutes")
@@ -88,8 +90,16 @@ def register(subparsers: Any) -> None:
 
 
 def run_flows(args: argparse.Namespace) -> int:
-    from facefleet.flows.deployments import build, serve_all
+    from facefleet.flows.deployments import build, prefect_yaml, serve_all
 
+    if args.action == "yaml":
+        text = prefect_yaml()
+        if args.out:
+            Path(args.out).write_text(text)
+            print(f"wrote {args.out}")
+        else:
+            print(text, end="")
+        return 0
     deployments = build(
         _names(args),
         mode=args.mode,
