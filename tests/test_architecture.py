@@ -91,3 +91,63 @@ def test_control_core_is_common_and_boto3_only() -> None:
         "dnspython",
         "numpy",
     }, sorted(names)
+
+
+MEMBERS = {
+    "common": ROOT / "packages/common",
+    "control": ROOT / "packages/control",
+    "worker": ROOT / "packages/worker",
+    "infra": ROOT / "packages/infra",
+    "localstack": ROOT / "packages/localstack",
+    "flows": ROOT / "packages/flows",
+    "tools": ROOT / "packages/tools",
+    "dashboards": ROOT / "dashboards",
+}
+
+
+def _declared(member: str) -> set[str]:
+    """The facefleet packages `member`'s pyproject depends on, extras included."""
+    import tomllib
+
+    project = tomllib.loads((MEMBERS[member] / "pyproject.toml").read_text())["project"]
+    requirements = list(project.get("dependencies", []))
+    for extra in project.get("optional-dependencies", {}).values():
+        requirements += extra
+    names = {re.split(r"[\s\[<>=;]", r, maxsplit=1)[0] for r in requirements}
+    return {n.removeprefix("facefleet-") for n in names if n.startswith("facefleet-")}
+
+
+def _imported(member: str) -> set[str]:
+    import ast
+
+    found: set[str] = set()
+    for path in (MEMBERS[member] / "src").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules = [node.module]
+            else:
+                continue
+            found |= {m.split(".")[1] for m in modules if m.startswith("facefleet.")}
+    return found - {member}
+
+
+@pytest.mark.parametrize("member", sorted(MEMBERS))
+def test_every_facefleet_import_is_a_declared_dependency(member: str) -> None:
+    assert _imported(member) <= _declared(member), sorted(_imported(member) - _declared(member))
+
+
+def test_cli_subcommand_modules_come_from_declared_packages() -> None:
+    from facefleet.tools.cli import COMMAND_MODULES
+
+    packages = {m.split(".")[1] for m in COMMAND_MODULES}
+    assert packages <= _declared("tools") | {"tools"}, sorted(packages)
+
+
+def test_lambda_handler_is_a_real_import_of_a_declared_package() -> None:
+    from facefleet.control import lambda_dispatch
+    from facefleet.infra import lambda_package
+
+    assert lambda_dispatch.__name__ == lambda_package.HANDLER_MODULE
+    assert "control" in _declared("infra")
