@@ -236,12 +236,7 @@ def prefect_yaml() -> str:
     body = yaml.safe_dump(document, sort_keys=False, width=100)
     commented = yaml.safe_dump(production, sort_keys=False, width=96)
     production_block = "".join(f"# {line}\n" for line in commented.splitlines())
-    return (
-        PREFECT_YAML_HEADER
-        + body
-        + PRODUCTION_HEADER
-        + production_block
-    )
+    return PREFECT_YAML_HEADER + body + PRODUCTION_HEADER + production_block
 
 
 def serve_all(deployments: list[RunnerDeployment], limit: int | None = None) -> None:
