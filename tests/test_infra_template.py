@@ -368,3 +368,29 @@ def test_worker_settings_reach_the_job_definitions_and_unknown_names_are_refused
     assert env["MODEL_DIR"].endswith("/models/buffalo_l")
     with pytest.raises(StackConfigError, match="MODEL_DIRECTORY"):
         template.render(StackConfig(worker_settings={"MODEL_DIRECTORY": "/x"}))
+
+
+def test_stack_config_from_env_precedence() -> None:
+    from facefleet.common.aws import AwsTarget
+
+    aws = AwsTarget()
+    environ = {"GALLERY_IMAGES_MONGO_URI": "mongodb://env/g", "HUEMN_MONGO_URI": "mongodb://env/h"}
+    from_env = StackConfig.from_env(NAMES, aws, environ=environ)
+    assert (from_env.gallery_mongo_uri, from_env.huemn_mongo_uri) == (
+        "mongodb://env/g",
+        "mongodb://env/h",
+    )
+    overridden = StackConfig.from_env(
+        NAMES,
+        aws,
+        overrides={
+            "gallery_mongo_uri": "mongodb://flag/g",
+            "huemn_mongo_secret_arn": "arn:aws:secretsmanager:us-east-1:1:secret:h",
+            "subnet_ids": ["subnet-1"],
+        },
+        environ=environ,
+    )
+    assert overridden.gallery_mongo_uri == "mongodb://flag/g"  # an explicit value wins
+    assert overridden.huemn_mongo_uri is None  # an existing secret: the env URI is not used
+    assert overridden.subnet_ids == ("subnet-1",)
+    assert StackConfig.from_env(NAMES, aws, environ={}).gallery_mongo_uri is None
