@@ -8,7 +8,7 @@ EXTRA ?= cpu
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test lint typecheck unit browser bench bench-detect bench-group evaluate simulate clean
+.PHONY: venv demo test lint typecheck unit browser bench bench-detect bench-group evaluate simulate prefect-yaml clean
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -23,9 +23,10 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check packages dashboards tests benchmarks run_*.py
 	$(BIN)/ruff format --check packages dashboards tests benchmarks run_*.py
+	$(BIN)/lint-imports
 
 typecheck: venv
-	$(BIN)/mypy packages/common/src packages/worker/src packages/infra/src packages/flows/src dashboards/src
+	$(BIN)/mypy packages/common/src packages/control/src packages/worker/src packages/infra/src packages/localstack/src packages/flows/src packages/tools/src dashboards/src
 
 unit: venv
 	$(BIN)/pytest -q
@@ -51,6 +52,10 @@ evaluate: venv
 
 simulate: venv
 	$(BIN)/facefleet simulate --days 7 --seed 7 --plot out/simulation.png
+
+# prefect.yaml is generated from packages/flows/src/facefleet/flows/deployments.py.
+prefect-yaml: venv
+	$(BIN)/facefleet flows yaml --out prefect.yaml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis out .facefleet

@@ -31,8 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEFLEET_SHARED", ROOT.parent / "shared")).resolve()
 
-from facefleet.common.aws import client  # noqa: E402
-from facefleet.infra import local  # noqa: E402
+from facefleet.common.aws import AwsTarget  # noqa: E402
+from facefleet.localstack import servers as local  # noqa: E402
 from facefleet.worker.detection.analyzer import FaceAnalyzer  # noqa: E402
 from facefleet.worker.detection.imaging import decode_image  # noqa: E402
 from facefleet.worker.detection.service import run_pipeline  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> int:
         args.models, rec_batch_size=args.rec_batch or None, keep_crops=False
     )
     with tempfile.TemporaryDirectory() as state, local.running(state, ("moto",)) as stack:
-        s3 = client("s3", local.LOCAL_AWS_ENV["AWS_DEFAULT_REGION"], stack.moto_url)
+        s3 = AwsTarget(local.LOCAL_AWS_ENV["AWS_DEFAULT_REGION"], stack.moto_url).client("s3")
         bucket = "bench-detect"
         s3.create_bucket(Bucket=bucket)
         keys = []

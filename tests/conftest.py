@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
-from facefleet.infra import local
+from facefleet.localstack import servers as local
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEFLEET_SHARED", ROOT.parent / "shared")).resolve()
@@ -69,6 +70,10 @@ class ServerEnv:
     @property
     def region(self) -> str:
         return local.LOCAL_AWS_ENV["AWS_DEFAULT_REGION"]
+
+    @property
+    def aws(self) -> AwsTarget:
+        return AwsTarget(self.region, self.endpoint_url)
 
     @property
     def gallery_uri(self) -> str:

@@ -21,15 +21,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facefleet.common.aws import client
 from facefleet.common.config import Names
 from facefleet.common.documents import ImageStatus
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, connect
-from facefleet.flows.demo.gallery import Photo, requests, send, upload
 from facefleet.flows.dispatch import dispatch
-from facefleet.flows.local_batch import FINAL, ChildStatus, LocalExecutor
-from facefleet.infra import local
 from facefleet.infra.stack_config import worker_environment
+from facefleet.localstack import servers as local
+from facefleet.localstack.batch import FINAL, ChildStatus, LocalExecutor
+from facefleet.tools.demo.gallery import Photo, requests, send, upload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,11 +83,11 @@ class E2EStack:
 
     @property
     def sqs(self) -> Any:
-        return client("sqs", self.env.region, self.env.endpoint_url)
+        return self.env.aws.client("sqs")
 
     @property
     def s3(self) -> Any:
-        return client("s3", self.env.region, self.env.endpoint_url)
+        return self.env.aws.client("s3")
 
     @property
     def indexing_url(self) -> str:
@@ -136,7 +135,7 @@ class E2EStack:
     def localize_jobs(self, models_dir: Path, **overrides: str) -> None:
         """A new revision of each job definition with the local environment: the model pack
         folder, the MongoDB URIs (secrets in production), fast idle exit, `overrides`."""
-        batch = client("batch", self.env.region, self.env.endpoint_url)
+        batch = self.env.aws.client("batch")
         local = {
             **worker_environment(self.outputs),
             "AWS_ENDPOINT_URL": self.env.endpoint_url,
@@ -166,9 +165,9 @@ class E2EStack:
     def send_photos(self, photos: list[Photo]) -> int:
         """Upload the photos to the gallery bucket and put one detection request each on the
         indexing queue (the demo's path)."""
-        upload(photos, self.bucket, self.env.region, self.env.endpoint_url)
+        upload(photos, self.bucket, self.env.aws)
         to_send = requests(photos, self.bucket)
-        return send(to_send, self.indexing_url, self.env.region, self.env.endpoint_url)
+        return send(to_send, self.indexing_url, self.env.aws)
 
     # -- dispatch ----------------------------------------------------------------------------
     def tick(self, policy: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import RETRYABLE_EXIT_CODE, Names
 
 ROLE_POLICY = json.dumps(
@@ -29,17 +29,16 @@ ROLE_POLICY = json.dumps(
 
 def create_batch(
     names: Names,
-    region: str,
-    endpoint_url: str,
+    aws: AwsTarget,
     command: tuple[str, ...] | None = None,
     environment: dict[str, str] | None = None,
 ) -> None:
     """Compute environments, job queues and job definitions named by `names`."""
-    iam = client("iam", region, endpoint_url)
+    iam = aws.client("iam")
     role = iam.create_role(RoleName=f"{names.prefix}-batch", AssumeRolePolicyDocument=ROLE_POLICY)[
         "Role"
     ]["Arn"]
-    batch = client("batch", region, endpoint_url)
+    batch = aws.client("batch")
     for env in names.compute_environments:
         batch.create_compute_environment(
             computeEnvironmentName=env.name, type="UNMANAGED", state="ENABLED", serviceRole=role
@@ -79,9 +78,9 @@ def create_batch(
         )
 
 
-def create_queues(names: Names, region: str, endpoint_url: str) -> dict[str, str]:
+def create_queues(names: Names, aws: AwsTarget) -> dict[str, str]:
     """Indexing, GroupFace and ECS queues with their dead-letter queues; name -> URL."""
-    sqs = client("sqs", region, endpoint_url)
+    sqs = aws.client("sqs")
     urls = {}
     for name in (names.indexing_queue, names.group_face_queue, names.ecs_indexing_queue):
         dlq = sqs.create_queue(QueueName=names.dead_letter_queue(name))["QueueUrl"]
@@ -98,9 +97,9 @@ def create_queues(names: Names, region: str, endpoint_url: str) -> dict[str, str
     return urls
 
 
-def fill(queue_url: str, count: int, region: str, endpoint_url: str) -> None:
+def fill(queue_url: str, count: int, aws: AwsTarget) -> None:
     """Put `count` small messages on a queue (batches of 10)."""
-    sqs = client("sqs", region, endpoint_url)
+    sqs = aws.client("sqs")
     for start in range(0, count, 10):
         sqs.send_message_batch(
             QueueUrl=queue_url,
@@ -111,9 +110,9 @@ def fill(queue_url: str, count: int, region: str, endpoint_url: str) -> None:
         )
 
 
-def batch_jobs(names: Names, region: str, endpoint_url: str) -> list[dict[str, Any]]:
+def batch_jobs(names: Names, aws: AwsTarget) -> list[dict[str, Any]]:
     """Every job moto holds on the stack's queues (array parents only), with array sizes."""
-    batch = client("batch", region, endpoint_url)
+    batch = aws.client("batch")
     jobs = []
     for queue in names.job_queues:
         for status in (

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from facefleet.common.aws import client
 from facefleet.common.config import Settings
 from facefleet.common.documents import FaceDoc, ImageDoc, ImageStatus
-from facefleet.common.messages import GroupingRequest, image_key
+from facefleet.common.messages import GroupingRequest
 from facefleet.common.metrics import MetricsEmitter
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, connect
+from facefleet.common.s3keys import image_key
 from facefleet.worker.consumer import Consumer, ConsumerConfig, Handler
 from facefleet.worker.grouping.service import GroupingService, build_service
 from facefleet.worker.grouping.store import GroupingStore
@@ -67,7 +67,7 @@ class Gallery:
         size: float = 112.0,
         centres: np.ndarray | None = None,
     ) -> list[FaceDoc]:
-        s3 = client("s3", self.env.region, self.env.endpoint_url)
+        s3 = self.env.aws.client("s3")
         faces = []
         for index, identity in enumerate(identities):
             crop = f"crops/{self.user_id}/{image_id}/{self.model_id}/{index}.jpg"
@@ -145,8 +145,7 @@ class Setup:
             shutdown_deadline_seconds=5.0,
             backoff_initial_seconds=0.2,
             backoff_max_seconds=0.5,
-            region=self.env.region,
-            endpoint_url=self.env.endpoint_url,
+            aws=self.env.aws,
         )
         values.update(overrides)
         return Consumer(ConsumerConfig(**values), handler).run()

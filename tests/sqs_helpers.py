@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facefleet.common.aws import client
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,7 +23,7 @@ class TestQueue:
 def create_queue(
     env: Any, name: str, max_receive_count: int = 2, visibility_timeout: int = 30
 ) -> TestQueue:
-    sqs = client("sqs", env.region, env.endpoint_url)
+    sqs = env.aws.client("sqs")
     dlq_url = sqs.create_queue(QueueName=env.names.dead_letter_queue(name))["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
@@ -43,18 +41,18 @@ def create_queue(
 
 
 def create_bucket(env: Any, name: str) -> str:
-    client("s3", env.region, env.endpoint_url).create_bucket(Bucket=name)
+    env.aws.client("s3").create_bucket(Bucket=name)
     return name
 
 
 def send(env: Any, queue_url: str, body: str) -> str:
-    sqs = client("sqs", env.region, env.endpoint_url)
+    sqs = env.aws.client("sqs")
     return str(sqs.send_message(QueueUrl=queue_url, MessageBody=body)["MessageId"])
 
 
 def counts(env: Any, queue_url: str) -> tuple[int, int]:
     """(visible, in flight) messages of a queue."""
-    sqs = client("sqs", env.region, env.endpoint_url)
+    sqs = env.aws.client("sqs")
     attributes = sqs.get_queue_attributes(
         QueueUrl=queue_url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
@@ -66,7 +64,7 @@ def counts(env: Any, queue_url: str) -> tuple[int, int]:
 
 
 def receive_all(env: Any, queue_url: str, wait: int = 1, visibility: int = 30) -> list[dict]:
-    sqs = client("sqs", env.region, env.endpoint_url)
+    sqs = env.aws.client("sqs")
     messages: list[dict] = []
     while True:
         batch = sqs.receive_message(

@@ -16,10 +16,10 @@ from facefleet.common.messages import (
     GroupingRequest,
     MalformedMessage,
     image_id_from_key,
-    image_key,
     parse_detection_message,
     parse_grouping_message,
 )
+from facefleet.common.s3keys import image_key
 
 identifiers = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._@:-]{0,40}\Z")
 buckets = st.from_regex(r"\A[a-z0-9][a-z0-9.-]{2,40}\Z")
@@ -166,3 +166,15 @@ def test_arbitrary_objects_never_crash_the_parser(data: dict[str, Any]) -> None:
     for parse in (parse_detection_message, parse_grouping_message):
         with contextlib.suppress(MalformedMessage):
             parse(json.dumps(data))
+
+
+def test_every_key_layout_comes_from_s3keys() -> None:
+    from facefleet.common import s3keys
+    from facefleet.worker.detection import service
+    from facefleet.worker.grouping import store
+
+    assert service.crop_key is s3keys.crop_key
+    assert store.cover_key is s3keys.cover_key
+    assert s3keys.image_key("u1", "img1.jpg") == "users/u1/img1.jpg"
+    assert s3keys.crop_key("u1", "img1", "f1") == "faces/u1/img1/f1.jpg"
+    assert s3keys.cover_key("u1", 7, s3keys.crop_key("u1", "img1", "f1")) == "people/u1/000007.jpg"

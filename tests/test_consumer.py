@@ -33,8 +33,7 @@ def config(env, queue_url: str, **overrides) -> ConsumerConfig:
         shutdown_deadline_seconds=5.0,
         backoff_initial_seconds=0.1,
         backoff_max_seconds=0.4,
-        region=env.region,
-        endpoint_url=env.endpoint_url,
+        aws=env.aws,
     )
     values.update(overrides)
     return ConsumerConfig(**values)
@@ -151,6 +150,7 @@ CHILD = """
 import sys, time
 from facefleet.common.logs import configure_logging
 from facefleet.worker.consumer import ConsumerConfig, Outcome, serve
+from facefleet.common.aws import AwsTarget
 configure_logging("test-consumer")
 def handle(batch):
     print("HANDLING", flush=True)
@@ -158,7 +158,7 @@ def handle(batch):
     return {m.message_id: Outcome.DONE for m in batch}
 cfg = ConsumerConfig(queue_url=sys.argv[1], visibility_timeout=60, poll_wait_seconds=1,
                      idle_exit_seconds=60, shutdown_deadline_seconds=4,
-                     region=sys.argv[3], endpoint_url=sys.argv[4])
+                     aws=AwsTarget(sys.argv[3], sys.argv[4]))
 sys.exit(serve(cfg, handle, service="test"))
 """
 

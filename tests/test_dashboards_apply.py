@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from facefleet.common.aws import client
 from facefleet.dashboards.alarms import AlarmThresholds, build_alarms
 from facefleet.dashboards.apply import (
     DashboardsError,
@@ -15,19 +14,17 @@ from facefleet.dashboards.apply import (
     remove_dashboards,
 )
 from facefleet.dashboards.dashboard import build_dashboard, put_dashboard_input
-from facefleet.flows.cli import main
+from facefleet.tools.cli import main
 
 
 @pytest.fixture
 def topic_arn(env) -> str:
     # The infra stack creates the alerts topic; here the test plays that part.
-    return client("sns", env.region, env.endpoint_url).create_topic(Name=env.names.alerts_topic)[
-        "TopicArn"
-    ]
+    return env.aws.client("sns").create_topic(Name=env.names.alerts_topic)["TopicArn"]
 
 
 def _alarms(env) -> dict[str, dict]:
-    cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
+    cloudwatch = env.aws.client("cloudwatch")
     wanted = [a.name for a in build_alarms(env.names)]
     return {
         a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNames=wanted)["MetricAlarms"]
@@ -35,13 +32,13 @@ def _alarms(env) -> dict[str, dict]:
 
 
 def _dashboards(env) -> list[str]:
-    cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
+    cloudwatch = env.aws.client("cloudwatch")
     entries = cloudwatch.list_dashboards(DashboardNamePrefix=env.names.prefix)
     return [d["DashboardName"] for d in entries["DashboardEntries"]]
 
 
 def test_dashboard_json_is_accepted_and_round_trips(env):
-    cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
+    cloudwatch = env.aws.client("cloudwatch")
     request = put_dashboard_input(build_dashboard(env.names, env.region))
     response = cloudwatch.put_dashboard(**request)
     assert response.get("DashboardValidationMessages", []) == []
@@ -50,9 +47,7 @@ def test_dashboard_json_is_accepted_and_round_trips(env):
 
 
 def test_apply_creates_every_alarm_with_its_action_then_remove_deletes_them(env, topic_arn):
-    applied = apply_dashboards(
-        env.names, env.region, env.endpoint_url, topic_arn, AlarmThresholds(queue_depth=500)
-    )
+    applied = apply_dashboards(env.names, env.aws, topic_arn, AlarmThresholds(queue_depth=500))
     definitions = build_alarms(env.names)
     assert applied == [a.name for a in definitions] + [env.names.dashboard]
     alarms = _alarms(env)
@@ -65,30 +60,30 @@ def test_apply_creates_every_alarm_with_its_action_then_remove_deletes_them(env,
     stuck = alarms[f"{env.names.indexing_queue}-stuck"]
     assert [m["Id"] for m in stuck["Metrics"]] == ["visible", "progress", "stuck"]
     body = json.loads(
-        client("cloudwatch", env.region, env.endpoint_url).get_dashboard(
-            DashboardName=env.names.dashboard
-        )["DashboardBody"]
+        env.aws.client("cloudwatch").get_dashboard(DashboardName=env.names.dashboard)[
+            "DashboardBody"
+        ]
     )
     alarm_widget = next(w for w in body["widgets"] if w["type"] == "alarm")
     assert sorted(alarm_widget["properties"]["alarms"]) == sorted(
         a["AlarmArn"] for a in alarms.values()
     )
 
-    removed = remove_dashboards(env.names, env.region, env.endpoint_url)
+    removed = remove_dashboards(env.names, env.aws)
     assert sorted(removed) == sorted(applied)
     assert _alarms(env) == {}
     assert env.names.dashboard not in _dashboards(env)
-    assert remove_dashboards(env.names, env.region, env.endpoint_url) == []
+    assert remove_dashboards(env.names, env.aws) == []
 
 
 def test_apply_twice_is_idempotent(env, topic_arn):
-    first = apply_dashboards(env.names, env.region, env.endpoint_url, topic_arn)
+    first = apply_dashboards(env.names, env.aws, topic_arn)
     before = {
         name: {k: v for k, v in a.items() if "Timestamp" not in k}
         for name, a in _alarms(env).items()
     }
     # Second apply finds the topic by name, as the provisioning flow may.
-    second = apply_dashboards(env.names, env.region, env.endpoint_url)
+    second = apply_dashboards(env.names, env.aws)
     after = {
         name: {k: v for k, v in a.items() if "Timestamp" not in k}
         for name, a in _alarms(env).items()
@@ -100,7 +95,7 @@ def test_apply_twice_is_idempotent(env, topic_arn):
 
 def test_apply_without_the_alerts_topic_names_it(env):
     with pytest.raises(DashboardsError, match=env.names.alerts_topic):
-        apply_dashboards(env.names, env.region, env.endpoint_url)
+        apply_dashboards(env.names, env.aws)
 
 
 def test_awscli_export_files_are_the_requests(env, topic_arn, tmp_path):
@@ -110,7 +105,7 @@ def test_awscli_export_files_are_the_requests(env, topic_arn, tmp_path):
     assert puts[-1].startswith(
         f"aws cloudwatch put-dashboard --region {env.region} --cli-input-json file://"
     )
-    cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
+    cloudwatch = env.aws.client("cloudwatch")
     # Send each file as the awscli would: the file's JSON is the request's parameters.
     for command in puts:
         document = json.loads((tmp_path / command.rsplit("/", 1)[-1].strip("'")).read_text())

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facefleet.common.aws import client
 from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
 from facefleet.dashboards.dashboard import build_dashboard
 from facefleet.dashboards.render import fetch_widget, render_dashboard
-from facefleet.flows.cli import main
+from facefleet.tools.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -50,7 +49,7 @@ def names(env) -> Names:
 
 
 def _put(env, names: Names, metric: Metric, service: str, values: list[float]) -> None:
-    cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
+    cloudwatch = env.aws.client("cloudwatch")
     cloudwatch.put_metric_data(
         Namespace=names.metrics_namespace,
         MetricData=[
@@ -70,7 +69,7 @@ def test_render_writes_a_png_with_one_panel_per_metric_widget(env, names, tmp_pa
     _put(env, names, Metric.PROCESSING_TIME, "detection", [float(v) for v in range(100, 300, 10)])
     _put(env, names, Metric.CUTOVER_WEIGHT, "cutover", [25.0])
     dashboard = build_dashboard(names, env.region)
-    result = render_dashboard(dashboard, tmp_path / "dash.png", env.region, env.endpoint_url)
+    result = render_dashboard(dashboard, tmp_path / "dash.png", env.aws)
     (width, height), text = png_text(result.path)
     assert result.path.stat().st_size > 10_000
     assert width > 1000 and height > 500
@@ -82,7 +81,7 @@ def test_widget_series_come_from_the_server_and_math_is_evaluated(env, names):
     _put(env, names, Metric.IMAGES_PROCESSED, "detection", [1.0] * 6)
     _put(env, names, Metric.IMAGES_FAILED, "detection", [1.0, 1.0])
     graphs = {g.title: g for g in build_dashboard(names, env.region).graphs()}
-    cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
+    cloudwatch = env.aws.client("cloudwatch")
     end = datetime.now(UTC) + timedelta(minutes=1)
     _, values, _ = fetch_widget(
         cloudwatch,

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facefleet.common.aws import client
 from facefleet.common.metrics import Metric
 from facefleet.dashboards.savings import (
     HOUR,
@@ -159,18 +158,18 @@ def test_zero_hours_cost_zero(history, moment, instances):
 
 
 def test_on_demand_falls_back_to_the_configured_table(env):
-    prices_, source = on_demand_prices(env.region, env.endpoint_url, [G4])
+    prices_, source = on_demand_prices(env.aws, [G4])
     assert (prices_, source) == ({G4: ON_DEMAND_FALLBACK_USD[G4]}, "fallback")
     table = SavingsConfig(on_demand_fallback_usd={G4: 1.0}, use_pricing_api=False)
-    assert on_demand_prices(env.region, env.endpoint_url, [G4], table)[0] == {G4: 1.0}
+    assert on_demand_prices(env.aws, [G4], table)[0] == {G4: 1.0}
     with pytest.raises(SavingsError, match=r"x9\.huge"):
-        on_demand_prices(env.region, env.endpoint_url, ["x9.huge"], table)
+        on_demand_prices(env.aws, ["x9.huge"], table)
 
 
 def test_savings_job_publishes_the_metrics(env):
     # A namespace of its own: metrics cannot be deleted, and other tests put ImagesProcessed.
     names = dataclasses.replace(env.names, metrics_namespace=f"FaceFleet-{env.namespace}")
-    cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
+    cloudwatch = env.aws.client("cloudwatch")
     dimensions = [{"Name": "Service", "Value": "detection"}]
     cloudwatch.put_metric_data(
         Namespace=names.metrics_namespace,
@@ -178,7 +177,7 @@ def test_savings_job_publishes_the_metrics(env):
     )
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     usage = [Usage(G4, hour - HOUR, hour + 2 * HOUR, 2)]  # two instances all hour
-    result = run_savings_job(names, env.region, env.endpoint_url, hour, usages=usage)
+    result = run_savings_job(names, env.aws, hour, usages=usage)
     assert result.instance_hours == {G4: pytest.approx(2.0)}
     assert result.on_demand_source == "fallback"
     assert result.on_demand_cost_usd == pytest.approx(2 * ON_DEMAND_FALLBACK_USD[G4])
@@ -210,8 +209,8 @@ def test_savings_job_publishes_the_metrics(env):
 
 def test_batch_usage_reads_job_times_and_vcpus(env):
     names = env.names
-    iam = client("iam", env.region, env.endpoint_url)
-    batch = client("batch", env.region, env.endpoint_url)
+    iam = env.aws.client("iam")
+    batch = env.aws.client("batch")
     role = iam.create_role(RoleName=f"{names.prefix}-batch", AssumeRolePolicyDocument="{}")
     environment, queue = names.primary_environment.name, names.primary_queue.name
     batch.create_compute_environment(
@@ -244,15 +243,15 @@ def test_batch_usage_reads_job_times_and_vcpus(env):
         assert time.monotonic() < deadline, "moto Batch job did not finish"
         time.sleep(0.2)
     now = datetime.now(UTC)
-    found = batch_usage(names, env.region, env.endpoint_url, now - HOUR, now + HOUR)
+    found = batch_usage(names, env.aws, now - HOUR, now + HOUR)
     assert len(found) == 1
     assert found[0].instance_type == names.primary_environment.instance_types[0]
     assert found[0].instances == 2 / names.instance_vcpus
-    assert batch_usage(names, env.region, env.endpoint_url, now - 3 * HOUR, now - 2 * HOUR) == []
+    assert batch_usage(names, env.aws, now - 3 * HOUR, now - 2 * HOUR) == []
 
 
 def test_cli_savings_and_runbook(env, capsys, tmp_path):
-    from facefleet.flows.cli import main
+    from facefleet.tools.cli import main
 
     # No job queues in this namespace yet: zero usage, zero cost, nothing overstated.
     assert main(["dashboards", "savings", "--prefix", env.names.prefix, "--no-publish"]) == 0

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.flows.demo.run import DemoOptions, DemoSummary, run_demo
-from facefleet.infra import local
+from facefleet.localstack import servers as local
+from facefleet.tools.demo.run import DemoOptions, DemoSummary, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 PEOPLE = ("deepface_p01", "deepface_p02", "fr_obama")

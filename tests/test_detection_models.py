@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.common.aws import client
 from facefleet.common.config import Settings
 from facefleet.worker.models import (
     PROVIDER_PREFERENCE,
@@ -18,7 +17,7 @@ from facefleet.worker.models import (
 
 
 def test_pack_synced_from_the_model_bucket(env, models_dir: Path, tmp_path: Path) -> None:
-    s3 = client("s3", env.region, env.endpoint_url)
+    s3 = env.aws.client("s3")
     bucket = env.names.model_bucket
     s3.create_bucket(Bucket=bucket)
     for path in models_dir.glob("*.onnx"):

@@ -14,11 +14,11 @@ import pytest
 from botocore.config import Config
 from PIL import Image
 
-from facefleet.common.aws import client
 from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
 from facefleet.common.documents import ImageStatus
-from facefleet.common.messages import DetectionRequest, image_key
+from facefleet.common.messages import DetectionRequest
 from facefleet.common.repository import GALLERY_DEFAULT_DB, GalleryRepository, connect
+from facefleet.common.s3keys import image_key
 from facefleet.worker.consumer import Consumer, ConsumerConfig, Outcome, ReceivedMessage
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService
@@ -44,8 +44,8 @@ class Stack:
         self.group_queue = create_queue(env, names.group_face_queue)
         self.bucket = create_bucket(env, f"{names.prefix}-gallery")
         self.face_bucket = create_bucket(env, f"{names.prefix}-faces")
-        self.s3 = client("s3", env.region, env.endpoint_url)
-        self.sqs = client("sqs", env.region, env.endpoint_url)
+        self.s3 = env.aws.client("s3")
+        self.sqs = env.aws.client("sqs")
         self.repository = GalleryRepository(connect(env.gallery_uri, GALLERY_DEFAULT_DB))
 
     def environment(self, **extra: str) -> dict[str, str]:
@@ -95,7 +95,7 @@ def test_six_faces_stored_once_even_when_redelivered(env, analyzer, faces_dir: P
     stack.send(request.to_body())
     namespace = f"{env.names.prefix}-metrics"
     assert stack.drain(analyzer, METRICS_TO_CLOUDWATCH="true", METRICS_NAMESPACE=namespace) == 0
-    cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
+    cloudwatch = env.aws.client("cloudwatch")
     names = {m["MetricName"] for m in cloudwatch.list_metrics(Namespace=namespace)["Metrics"]}
     assert {"ImagesProcessed", "FacesDetected", "ProcessingTimeMs"} <= names
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from facefleet.flows.demo.gallery import lfw_bulk
-from facefleet.flows.policy import ActiveJob, DispatchInputs, PolicyParams, QueueDepth, decide
+from facefleet.control.policy import ActiveJob, DispatchInputs, PolicyParams, QueueDepth, decide
+from facefleet.tools.demo.gallery import lfw_bulk
 from tests.e2e_support import ROOT, E2EStack, provision_stack
 from tests.flows_support import prefect_harness
 

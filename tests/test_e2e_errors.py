@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from facefleet.common.documents import ImageStatus
-from facefleet.common.messages import DetectionRequest, image_key
-from facefleet.flows.demo.gallery import lfw_bulk
-from facefleet.infra import local
+from facefleet.common.messages import DetectionRequest
+from facefleet.common.s3keys import image_key
+from facefleet.localstack import servers as local
+from facefleet.tools.demo.gallery import lfw_bulk
 from tests.e2e_support import (
     ROOT,
     E2EStack,

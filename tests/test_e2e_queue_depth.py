@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.common.aws import client
 from facefleet.common.config import Names
+from facefleet.control.policy import PolicyParams
 from facefleet.flows.dispatch import dispatch
-from facefleet.flows.local_batch import LocalExecutor
-from facefleet.flows.policy import PolicyParams
+from facefleet.localstack.batch import LocalExecutor
 from tests.e2e_support import fill_backlog, queue_counts
 from tests.flows_support import batch_jobs, create_batch, create_queues, prefect_harness
 
@@ -68,7 +67,7 @@ def tick(env, executor: LocalExecutor, **policy: float):
 
 
 def recorded(env) -> list[tuple[str, str, int | None]]:
-    jobs = batch_jobs(env.names, env.region, env.endpoint_url)
+    jobs = batch_jobs(env.names, env.aws)
     return sorted((j["definition"], j["queue"], j["array_size"]) for j in jobs)
 
 
@@ -83,18 +82,16 @@ def recorded(env) -> list[tuple[str, str, int | None]]:
 )
 def test_backlog_gets_exactly_the_policys_jobs(env, executor, backlog: int) -> None:
     names = env.names
-    create_batch(names, env.region, env.endpoint_url, command=SLEEP)
-    urls = create_queues(names, env.region, env.endpoint_url)
-    sqs = client("sqs", env.region, env.endpoint_url)
+    create_batch(names, env.aws, command=SLEEP)
+    urls = create_queues(names, env.aws)
+    sqs = env.aws.client("sqs")
     indexing = urls[names.indexing_queue]
     arn = sqs.get_queue_attributes(QueueUrl=indexing, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
     ]
     try:
         if backlog:
-            seconds = fill_backlog(
-                lambda: client("sqs", env.region, env.endpoint_url), arn, backlog
-            )
+            seconds = fill_backlog(lambda: env.aws.client("sqs"), arn, backlog)
             print(f"{backlog} messages on the indexing queue in {seconds:.1f} s")
         assert queue_counts(sqs, indexing) == (backlog, 0)
 

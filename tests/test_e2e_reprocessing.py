@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.flows.demo.gallery import Photo, lfw_bulk
-from facefleet.flows.local_batch import ChildStatus
+from facefleet.localstack.batch import ChildStatus
+from facefleet.tools.demo.gallery import Photo, lfw_bulk
 from tests.e2e_support import ROOT, E2EStack, provision_stack, queue_counts, wait_until
 from tests.flows_support import prefect_harness
 

@@ -12,7 +12,7 @@ import pytest
 
 from facefleet.common.documents import ImageStatus
 from facefleet.common.repository import GalleryRepository
-from facefleet.flows.demo.gallery import Photo
+from facefleet.tools.demo.gallery import Photo
 from tests.e2e_support import ROOT, E2EStack, provision_stack
 from tests.flows_support import prefect_harness
 

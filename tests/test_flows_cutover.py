@@ -9,10 +9,11 @@ import uuid
 
 import pytest
 
-from facefleet.common.aws import client
-from facefleet.common.messages import DetectionRequest, image_key
-from facefleet.flows import cutover as cut
-from facefleet.flows.router import Router, bucket, goes_to_batch, read_weight
+from facefleet.common.messages import DetectionRequest
+from facefleet.common.s3keys import image_key
+from facefleet.control.cutover import machine as cut
+from facefleet.control.router import Router, bucket, goes_to_batch, read_weight
+from facefleet.flows import cutover as cutover_flows
 from tests.flows_support import create_queues, prefect_harness
 
 GATES = cut.Gates(soak_s={w: 100.0 for w in cut.STAGES})
@@ -102,26 +103,26 @@ def message(n: int) -> str:
 
 
 def test_cutover_flow_on_injected_metrics(env, harness) -> None:
-    names, region, endpoint = env.names, env.region, env.endpoint_url
-    urls = create_queues(names, region, endpoint)
-    topic = client("sns", region, endpoint).create_topic(Name=names.alerts_topic)["TopicArn"]
-    sink = client("sqs", region, endpoint).create_queue(QueueName=f"{names.prefix}-alerts-sink")
-    client("sns", region, endpoint).subscribe(
+    names, aws = env.names, env.aws
+    urls = create_queues(names, aws)
+    topic = aws.client("sns").create_topic(Name=names.alerts_topic)["TopicArn"]
+    sink = aws.client("sqs").create_queue(QueueName=f"{names.prefix}-alerts-sink")
+    aws.client("sns").subscribe(
         TopicArn=topic,
         Protocol="sqs",
-        Endpoint=f"arn:aws:sqs:{region}:123456789012:{names.prefix}-alerts-sink",
+        Endpoint=f"arn:aws:sqs:{aws.region}:123456789012:{names.prefix}-alerts-sink",
     )
     params = {
         "names": {"prefix": names.prefix, "grouping_prefix": names.grouping_prefix},
-        "region": region,
-        "endpoint_url": endpoint,
+        "region": aws.region,
+        "endpoint_url": aws.endpoint_url,
         "gates": {"soak_s": {str(w): 0 for w in cut.STAGES}},
     }
-    assert cut.cutover(**params)["weight"] == 10  # started
-    assert read_weight(names, region, endpoint) == 10
+    assert cutover_flows.cutover(**params)["weight"] == 10  # started
+    assert read_weight(names, aws) == 10
     # No Batch job has run yet: no evidence, hold.
-    assert cut.cutover(**params)["action"] == "hold"
-    cloudwatch = client("cloudwatch", region, endpoint)
+    assert cutover_flows.cutover(**params)["action"] == "hold"
+    cloudwatch = aws.client("cloudwatch")
     cloudwatch.put_metric_data(
         Namespace=names.metrics_namespace,
         MetricData=[
@@ -132,11 +133,11 @@ def test_cutover_flow_on_injected_metrics(env, harness) -> None:
             }
         ],
     )
-    promoted = cut.cutover(**params)
+    promoted = cutover_flows.cutover(**params)
     assert (promoted["action"], promoted["weight"]) == ("promote", 25)
 
     # The router now sends about a quarter of the images to Batch.
-    router = Router(names, region, endpoint, cache_s=0)
+    router = Router(names, aws, cache_s=0)
     routed = [router.forward(message(n)) for n in range(40)]
     on_batch = routed.count(urls[names.indexing_queue])
     assert 0 < on_batch < 40 and routed.count(urls[names.ecs_indexing_queue]) == 40 - on_batch
@@ -153,14 +154,14 @@ def test_cutover_flow_on_injected_metrics(env, harness) -> None:
             }
         ],
     )
-    rolled = cut.cutover(**params)
+    rolled = cutover_flows.cutover(**params)
     assert (rolled["action"], rolled["weight"], rolled["returned_to_ecs"]) == (
         "rollback",
         0,
         on_batch,
     )
-    assert read_weight(names, region, endpoint) == 0
-    sqs = client("sqs", region, endpoint)
+    assert read_weight(names, aws) == 0
+    sqs = aws.client("sqs")
     depth = sqs.get_queue_attributes(
         QueueUrl=urls[names.ecs_indexing_queue], AttributeNames=["ApproximateNumberOfMessages"]
     )
@@ -168,9 +169,9 @@ def test_cutover_flow_on_injected_metrics(env, harness) -> None:
     alerts = sqs.receive_message(QueueUrl=sink["QueueUrl"], WaitTimeSeconds=1)["Messages"]
     assert "rolled back" in json.loads(alerts[0]["Body"])["Subject"]
     # Stays at 0 until resumed; pause holds the weight.
-    assert cut.cutover(**params)["weight"] == 0
+    assert cutover_flows.cutover(**params)["weight"] == 0
     common = {k: params[k] for k in ("names", "region", "endpoint_url")}
-    assert cut.resume_flow(**common)["status"] == cut.RUNNING
-    assert cut.pause_flow(**common)["status"] == cut.PAUSED
-    assert cut.cutover(**params)["action"] == "hold"
-    assert cut.rollback_flow(reason="drill", **common)["weight"] == 0
+    assert cutover_flows.resume_flow(**common)["status"] == cut.RUNNING
+    assert cutover_flows.pause_flow(**common)["status"] == cut.PAUSED
+    assert cutover_flows.cutover(**params)["action"] == "hold"
+    assert cutover_flows.rollback_flow(reason="drill", **common)["weight"] == 0

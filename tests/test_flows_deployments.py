@@ -7,8 +7,8 @@ import datetime as dt
 
 import pytest
 
-from facefleet.flows.cli import build_parser
 from facefleet.flows.deployments import build
+from facefleet.tools.cli import build_parser
 
 
 def test_deployment_names_and_schedules() -> None:
@@ -67,7 +67,7 @@ def test_spot_savings_flow_prices_an_idle_hour_at_zero(env) -> None:
     from tests.flows_support import create_batch, prefect_harness
 
     prefect_harness()
-    create_batch(env.names, env.region, env.endpoint_url)
+    create_batch(env.names, env.aws)
     hour = dt.datetime(2026, 1, 5, 10, tzinfo=dt.UTC)
     names = {"prefix": env.names.prefix, "metrics_namespace": f"FaceFleet-{env.namespace}"}
     result = spot_savings(
@@ -84,9 +84,8 @@ def test_reprovisioning_the_local_stack_applies_job_definition_changes(
     """moto cannot update a Batch job definition through CloudFormation: a re-provision once
     reported UPDATE_COMPLETE and kept the old definitions. And `source stack.env` then gives the
     stack's worker environment (FACE_GROUP_BUCKET_NAME and the rest)."""
-    from facefleet.common.aws import client
     from facefleet.flows.provisioning import provision
-    from facefleet.infra import local
+    from facefleet.localstack import servers as local
     from tests.flows_support import prefect_harness
 
     prefect_harness()
@@ -103,7 +102,7 @@ def test_reprovisioning_the_local_stack_applies_job_definition_changes(
     for variable in ("QUEUE_URL", "GROUP_FACE_QUEUE_URL", "BUCKET_NAME", "FACE_GROUP_BUCKET_NAME"):
         assert f"export {variable}=" in stack_env
 
-    batch = client("batch", env.region, env.endpoint_url)
+    batch = env.aws.client("batch")
 
     def latest_environment() -> dict[str, str]:
         found = batch.describe_job_definitions(
@@ -117,3 +116,21 @@ def test_reprovisioning_the_local_stack_applies_job_definition_changes(
     second = provision(**common, config={"worker_settings": settings}, with_dashboards=False)
     assert second["plan"]["changes"] and second["outputs"] == first["outputs"]
     assert latest_environment()["DETECTION_THRESHOLD"] == "0.61"
+
+
+def test_prefect_yaml_is_generated_from_the_deployments() -> None:
+    import yaml
+
+    from facefleet.flows.deployments import REPOSITORY_ROOT, prefect_yaml, specs
+
+    committed = (REPOSITORY_ROOT / "prefect.yaml").read_text()
+    assert committed == prefect_yaml(), (
+        "prefect.yaml is stale: facefleet flows yaml --out prefect.yaml"
+    )
+    document = yaml.safe_load(committed)
+    assert [d["name"] for d in document["deployments"]] == [s.name for s in specs()]
+    for entry in document["deployments"]:
+        path, function = entry["entrypoint"].split(":")
+        assert (REPOSITORY_ROOT / path).is_file() and function in (
+            REPOSITORY_ROOT / path
+        ).read_text()

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.common.aws import client
 from facefleet.common.config import Names
-from facefleet.flows import observe
+from facefleet.control import observe
+from facefleet.control.lambda_dispatch import handler
+from facefleet.control.policy import PolicyParams, decide
 from facefleet.flows.dispatch import artifact_key, dispatch
-from facefleet.flows.lambda_dispatch import handler
-from facefleet.flows.local_batch import LocalExecutor
-from facefleet.flows.policy import PolicyParams, decide
+from facefleet.localstack.batch import LocalExecutor
 from tests.flows_support import (
     SLEEP,
     batch_jobs,
@@ -35,8 +34,8 @@ def harness() -> None:
 
 @pytest.fixture
 def stack(env):  # type: ignore[no-untyped-def]
-    create_batch(env.names, env.region, env.endpoint_url)
-    return create_queues(env.names, env.region, env.endpoint_url)
+    create_batch(env.names, env.aws)
+    return create_queues(env.names, env.aws)
 
 
 def names_param(names: Names) -> dict[str, object]:
@@ -71,23 +70,23 @@ def run(env, names: Names | None = None, **kwargs):  # type: ignore[no-untyped-d
 def test_empty_queues_submit_nothing(env, stack) -> None:
     result = run(env)
     assert result["submissions"] == []
-    assert batch_jobs(env.names, env.region, env.endpoint_url) == []
+    assert batch_jobs(env.names, env.aws) == []
 
 
 def test_small_backlog_one_job_on_primary_and_grouping(env, stack, monkeypatch) -> None:
     names = env.names
-    fill(stack[names.indexing_queue], 5, env.region, env.endpoint_url)
-    fill(stack[names.group_face_queue], 3, env.region, env.endpoint_url)
+    fill(stack[names.indexing_queue], 5, env.aws)
+    fill(stack[names.group_face_queue], 3, env.aws)
     monkeypatch.setenv("METRICS_TO_CLOUDWATCH", "true")
     result = run(env)
-    jobs = sorted(batch_jobs(names, env.region, env.endpoint_url), key=lambda j: j["definition"])
+    jobs = sorted(batch_jobs(names, env.aws), key=lambda j: j["definition"])
     assert [(j["definition"], j["queue"], j["array_size"]) for j in jobs] == [
         (names.grouping_job.name, names.primary_queue.name, None),
         (names.detection_job.name, names.primary_queue.name, None),
     ]
     assert result["jobs"] == 2 and len(result["job_ids"]) == 2
     # The metric reached CloudWatch with the dashboards' dimension.
-    cloudwatch = client("cloudwatch", env.region, env.endpoint_url)
+    cloudwatch = env.aws.client("cloudwatch")
     end = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
     points = cloudwatch.get_metric_statistics(
         Namespace=names.metrics_namespace,
@@ -101,14 +100,14 @@ def test_small_backlog_one_job_on_primary_and_grouping(env, stack, monkeypatch) 
     assert sum(p["Sum"] for p in points) >= 2
     # A second tick inside the cool-down submits nothing more.
     assert run(env)["submissions"] == []
-    assert len(batch_jobs(names, env.region, env.endpoint_url)) == 2
+    assert len(batch_jobs(names, env.aws)) == 2
 
 
 def test_large_backlog_array_on_secondary(env, stack) -> None:
     names = env.names
-    fill(stack[names.indexing_queue], 50, env.region, env.endpoint_url)
+    fill(stack[names.indexing_queue], 50, env.aws)
     result = run(env)
-    jobs = batch_jobs(names, env.region, env.endpoint_url)
+    jobs = batch_jobs(names, env.aws)
     # min(50 // 10, 10) = 5 children, and ceil(50 / 10) = 5 are needed.
     assert [(j["queue"], j["array_size"]) for j in jobs] == [(names.secondary_queue.name, 5)]
     assert result["jobs"] == 5
@@ -135,9 +134,9 @@ def executor(tmp_path: Path) -> Iterator[LocalExecutor]:
 
 def test_backlog_already_covered_by_running_local_jobs(env, executor) -> None:
     names = env.names
-    create_batch(names, env.region, env.endpoint_url, command=SLEEP)
-    urls = create_queues(names, env.region, env.endpoint_url)
-    fill(urls[names.indexing_queue], 8, env.region, env.endpoint_url)
+    create_batch(names, env.aws, command=SLEEP)
+    urls = create_queues(names, env.aws)
+    fill(urls[names.indexing_queue], 8, env.aws)
     no_cooldown = {"cooldown_s": 0}
     first = run(env, mode="local", policy=no_cooldown, local_batch_dir=str(executor.state_dir))
     assert first["jobs"] == 1
@@ -146,7 +145,7 @@ def test_backlog_already_covered_by_running_local_jobs(env, executor) -> None:
     second = run(env, mode="local", policy=no_cooldown, local_batch_dir=str(executor.state_dir))
     assert second["submissions"] == []
     assert "covered" in second["reasons"][0]
-    assert len(batch_jobs(names, env.region, env.endpoint_url)) == 1
+    assert len(batch_jobs(names, env.aws)) == 1
 
 
 def test_vcpu_cap_is_never_exceeded(env, executor) -> None:
@@ -157,9 +156,9 @@ def test_vcpu_cap_is_never_exceeded(env, executor) -> None:
         primary_max_vcpus=4,
         secondary_max_vcpus=8,
     )
-    create_batch(names, env.region, env.endpoint_url, command=SLEEP)
-    urls = create_queues(names, env.region, env.endpoint_url)
-    fill(urls[names.indexing_queue], 50, env.region, env.endpoint_url)
+    create_batch(names, env.aws, command=SLEEP)
+    urls = create_queues(names, env.aws)
+    fill(urls[names.indexing_queue], 50, env.aws)
     ticks = [
         run(
             env,
@@ -172,7 +171,7 @@ def test_vcpu_cap_is_never_exceeded(env, executor) -> None:
     ]
     assert [t["jobs"] for t in ticks] == [2, 1, 0]
     assert "vCPU limit" in ticks[2]["reasons"][0]
-    jobs = batch_jobs(names, env.region, env.endpoint_url)
+    jobs = batch_jobs(names, env.aws)
     assert sorted((j["queue"], j["array_size"] or 1) for j in jobs) == [
         (names.primary_queue.name, 1),
         (names.secondary_queue.name, 2),
@@ -182,11 +181,9 @@ def test_vcpu_cap_is_never_exceeded(env, executor) -> None:
 
 def test_lambda_decides_like_the_flow(env, stack, monkeypatch) -> None:
     names = env.names
-    fill(stack[names.indexing_queue], 25, env.region, env.endpoint_url)
-    fill(stack[names.group_face_queue], 1, env.region, env.endpoint_url)
-    expected = decide(
-        observe.observe(names, env.region, env.endpoint_url, now_s=0.0), SCALED_PARAMS, names
-    )
+    fill(stack[names.indexing_queue], 25, env.aws)
+    fill(stack[names.group_face_queue], 1, env.aws)
+    expected = decide(observe.observe(names, env.aws, now_s=0.0), SCALED_PARAMS, names)
     assert expected.jobs == 3  # an array of 2 and one grouping job
     monkeypatch.setenv("FACEFLEET_PREFIX", names.prefix)
     for key, value in SCALED.items():
@@ -194,10 +191,8 @@ def test_lambda_decides_like_the_flow(env, stack, monkeypatch) -> None:
     monkeypatch.setenv("FACEFLEET_GROUPING_PREFIX", names.grouping_prefix)
     from_lambda = handler({}, None)
     # Forget the Lambda's cool-down; its jobs are SUCCEEDED in moto, so the state is the same.
-    client("ssm", env.region, env.endpoint_url).delete_parameter(
-        Name=observe.state_parameter(names)
-    )
+    env.aws.client("ssm").delete_parameter(Name=observe.state_parameter(names))
     from_flow = run(env)
     assert from_lambda["submissions"] == from_flow["submissions"]
     assert from_lambda["submissions"] == [asdict(s) for s in expected.submissions]
-    assert len(batch_jobs(names, env.region, env.endpoint_url)) == 2 * len(expected.submissions)
+    assert len(batch_jobs(names, env.aws)) == 2 * len(expected.submissions)

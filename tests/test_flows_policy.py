@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from facefleet.common.config import Names
-from facefleet.flows.policy import (
+from facefleet.control.policy import (
     DETECTION,
     GROUPING,
     ActiveJob,

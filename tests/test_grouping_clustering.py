@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from facefleet.tools.quality.scores import score
 from facefleet.worker.grouping.clustering import (
     STRONG,
     UNASSIGNED,
@@ -28,7 +29,6 @@ from facefleet.worker.grouping.clustering import (
     reject_face,
 )
 from facefleet.worker.grouping.index import FaceIndex, IndexParams
-from facefleet.worker.grouping.metrics import score
 from facefleet.worker.grouping.recluster import agreement, carry_names, recluster
 
 PARAMS = ClusterParams()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.worker.grouping.evaluate import main, select_photos
+from facefleet.tools.quality.evaluate import main, select_photos
 
 
 def test_select_photos_takes_people_and_distractors(faces_dir: Path) -> None:

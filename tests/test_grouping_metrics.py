@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from facefleet.worker.grouping.metrics import (
+from facefleet.tools.quality.scores import (
     ari,
     bcubed_scores,
     pairwise_scores,

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from facefleet.common.aws import client
 from facefleet.common.documents import encode_time
 from facefleet.common.messages import GroupingRequest
 from facefleet.common.metrics import MetricsEmitter
@@ -65,7 +64,7 @@ def test_requests_become_people_with_covers_and_metrics(setup: Setup) -> None:
     owner = assert_one_person_per_identity(g)
     assert len(owner) == 4
     stored = people(setup.env, "alice")
-    s3 = client("s3", setup.env.region, setup.env.endpoint_url)
+    s3 = setup.env.aws.client("s3")
     for person in stored.values():
         assert person["cover"] in person["members"]
         assert person["cover_key"].startswith("people/alice/")

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facefleet.flows.cli import build_parser
+from facefleet.tools.cli import build_parser
 from facefleet.worker.grouping.corrections import Corrections
 from tests.grouping_service_helpers import (
     Gallery,
@@ -40,7 +40,7 @@ def grouped(setup: Setup, identities: int = 3, photos: int = 3) -> tuple[Gallery
 def run(capsys, *argv: str) -> str:
     """`facefleet people ARGV`, with only this command registered: the other commands' imports
     (Prefect) would cost more than the whole test."""
-    args = build_parser(("facefleet.worker.grouping.people_cli",)).parse_args(["people", *argv])
+    args = build_parser(("facefleet.tools.people_cli",)).parse_args(["people", *argv])
     code = args.func(args)
     out = capsys.readouterr().out
     assert code == 0, out
@@ -143,7 +143,7 @@ def test_people_list_needs_no_crop_bucket(setup, capsys, monkeypatch) -> None:
     monkeypatch.delenv("FACE_GROUP_BUCKET_NAME", raising=False)
     listed = json.loads(run(capsys, "list", "alice", "--json"))
     assert len(listed) == 2 and all(p["faces"] == 2 for p in listed)
-    args = build_parser(("facefleet.worker.grouping.people_cli",)).parse_args(
+    args = build_parser(("facefleet.tools.people_cli",)).parse_args(
         ["people", "name", "alice", "1", "Ann"]
     )
     assert args.func(args) == 2

@@ -16,20 +16,19 @@ from typing import Any
 
 import pytest
 
-from facefleet.common.aws import client
 from facefleet.common.config import RETRYABLE_EXIT_CODE
-from facefleet.flows import cli
 from facefleet.infra import deploy, lambda_package
 from facefleet.infra.stack_config import StackConfig, local_stack_config, worker_environment
+from facefleet.tools import cli
 from tests.conftest import ServerEnv
 
 
 def local_config(env: ServerEnv, **overrides: Any) -> StackConfig:
-    return local_stack_config(env.names, env.region, env.endpoint_url, **overrides)
+    return local_stack_config(env.names, env.aws, **overrides)
 
 
 def aws(env: ServerEnv, service: str) -> Any:
-    return client(service, env.region, env.endpoint_url)
+    return env.aws.client(service)
 
 
 def inline_policy(env: ServerEnv, role_arn: str) -> dict[str, Any]:
@@ -48,7 +47,7 @@ def inline_policy(env: ServerEnv, role_arn: str) -> dict[str, Any]:
 def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
     config = local_config(env, max_receive_count=3)
     names = config.names
-    plan = deploy.plan(config, env.region, env.endpoint_url)
+    plan = deploy.plan(config, env.aws)
     assert plan.change_set_type == "CREATE"
     assert {c.logical_id for c in plan.changes} >= {
         "IndexingQueue",
@@ -56,7 +55,7 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
         "PrimaryComputeEnvironment",
         "DetectionJobDefinition",
     }
-    outputs = deploy.apply(config, env.region, env.endpoint_url, plan=plan)
+    outputs = deploy.apply(config, env.aws, plan=plan)
 
     # SQS: both queues with DLQ + redrive, visibility 1800, SSE.
     sqs = aws(env, "sqs")
@@ -197,40 +196,40 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
     assert worker["MODEL_BUCKET"] == names.model_bucket
 
     # Applying the same config again changes nothing, and is not an error.
-    again = deploy.plan(config, env.region, env.endpoint_url)
+    again = deploy.plan(config, env.aws)
     assert again.no_changes and again.summary().endswith("no changes")
-    assert deploy.apply(config, env.region, env.endpoint_url) == outputs
+    assert deploy.apply(config, env.aws) == outputs
 
 
 def test_update_is_a_change_set_of_just_what_changed(env: ServerEnv) -> None:
     config = local_config(env)
-    deploy.apply(config, env.region, env.endpoint_url)
+    deploy.apply(config, env.aws)
     changed = dataclasses.replace(config, queue_visibility_timeout_s=900)
-    plan = deploy.plan(changed, env.region, env.endpoint_url)
+    plan = deploy.plan(changed, env.aws)
     assert plan.change_set_type == "UPDATE"
     assert {(c.action, c.logical_id) for c in plan.changes} == {
         ("Modify", "IndexingQueue"),
         ("Modify", "GroupFaceQueue"),
     }
     assert "Modify" in plan.summary()
-    deploy.apply(changed, env.region, env.endpoint_url, plan=plan)
+    deploy.apply(changed, env.aws, plan=plan)
     sqs = aws(env, "sqs")
     url = sqs.get_queue_url(QueueName=config.names.indexing_queue)["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])
     assert attributes["Attributes"]["VisibilityTimeout"] == "900"
-    assert deploy.plan(changed, env.region, env.endpoint_url).no_changes
+    assert deploy.plan(changed, env.aws).no_changes
     # MongoDB URIs left unset on an existing stack keep the deployed secret values.
     unchanged = dataclasses.replace(changed, gallery_mongo_uri=None, huemn_mongo_uri=None)
-    assert deploy.plan(unchanged, env.region, env.endpoint_url).no_changes
+    assert deploy.plan(unchanged, env.aws).no_changes
 
 
 def test_fallback_dispatcher_deploys_lambda_and_schedule(env: ServerEnv) -> None:
     config = local_config(env, fallback_dispatcher=True)
-    outputs = deploy.apply(config, env.region, env.endpoint_url)
+    outputs = deploy.apply(config, env.aws)
     names = config.names
     function = aws(env, "lambda").get_function(FunctionName=names.dispatch_function)
     settings = function["Configuration"]
-    assert settings["Handler"] == "facefleet.flows.lambda_dispatch.handler"
+    assert settings["Handler"] == "facefleet.control.lambda_dispatch.handler"
     assert settings["Environment"]["Variables"]["FACEFLEET_PREFIX"] == names.prefix
     assert outputs["DispatchFunctionName"] == names.dispatch_function
     rule = aws(env, "events").describe_rule(Name=names.dispatch_schedule_rule)
@@ -238,32 +237,32 @@ def test_fallback_dispatcher_deploys_lambda_and_schedule(env: ServerEnv) -> None
     assert rule["State"] == "ENABLED"
     targets = aws(env, "events").list_targets_by_rule(Rule=names.dispatch_schedule_rule)
     assert targets["Targets"][0]["Arn"] == settings["FunctionArn"]
-    bucket = deploy.artifact_bucket_name(config, env.region, env.endpoint_url)
+    bucket = deploy.artifact_bucket_name(config, env.aws)
     key = lambda_package.build().key
     assert aws(env, "s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
-    assert deploy.plan(config, env.region, env.endpoint_url).no_changes
+    assert deploy.plan(config, env.aws).no_changes
 
 
 def test_failed_create_is_rolled_back(env: ServerEnv) -> None:
     config = local_config(env, subnet_ids=("subnet-00000000deadbeef0",))
     with pytest.raises(deploy.DeployError, match="subnet"):
-        deploy.apply(config, env.region, env.endpoint_url)
+        deploy.apply(config, env.aws)
     cloudformation = aws(env, "cloudformation")
     with pytest.raises(cloudformation.exceptions.ClientError, match="does not exist"):
         cloudformation.describe_stacks(StackName=config.names.stack_name)
     # The next attempt with a good config starts clean.
     good = local_config(env)
-    assert deploy.apply(good, env.region, env.endpoint_url)["IndexingQueueUrl"]
+    assert deploy.apply(good, env.aws)["IndexingQueueUrl"]
 
 
 def test_destroy_removes_the_stack(env: ServerEnv) -> None:
     config = local_config(env)
-    deploy.apply(config, env.region, env.endpoint_url)
-    assert deploy.destroy(config, env.region, env.endpoint_url) is True
+    deploy.apply(config, env.aws)
+    assert deploy.destroy(config, env.aws) is True
     sqs = aws(env, "sqs")
     with pytest.raises(sqs.exceptions.ClientError):
         sqs.get_queue_url(QueueName=config.names.indexing_queue)
-    assert deploy.destroy(config, env.region, env.endpoint_url) is False
+    assert deploy.destroy(config, env.aws) is False
 
 
 def test_cli_apply_local_writes_outputs(

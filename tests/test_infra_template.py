@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from facefleet.common.config import NAMES, RETRYABLE_EXIT_CODE, Names
-from facefleet.flows.policy import DispatchInputs, PolicyParams, QueueDepth, decide
+from facefleet.control.policy import DispatchInputs, PolicyParams, QueueDepth, decide
 from facefleet.infra import deploy, lambda_package, template
 from facefleet.infra.stack_config import QueueRef, StackConfig, StackConfigError
 
@@ -303,7 +303,7 @@ def test_queues_model_bucket_repository_and_alerts() -> None:
 def test_fallback_dispatcher_resources() -> None:
     rendered = template.render(FULL)
     function = rendered["Resources"]["DispatchFunction"]["Properties"]
-    assert function["Handler"] == "facefleet.flows.lambda_dispatch.handler"
+    assert function["Handler"] == "facefleet.control.lambda_dispatch.handler"
     assert function["Environment"]["Variables"]["FACEFLEET_PREFIX"] == NAMES.prefix
     assert function["Code"]["S3Key"] == lambda_package.build().key
     schedule = rendered["Resources"]["DispatchSchedule"]["Properties"]
@@ -317,14 +317,16 @@ def test_lambda_package_holds_the_handler_and_only_facefleet_code() -> None:
     assert package.sha256 == lambda_package.build().sha256  # reproducible
     names = set(zipfile.ZipFile(BytesIO(package.data)).namelist())
     assert {
-        "facefleet/flows/lambda_dispatch.py",
-        "facefleet/flows/policy.py",
-        "facefleet/flows/observe.py",
+        "facefleet/control/lambda_dispatch.py",
+        "facefleet/control/policy.py",
+        "facefleet/control/observe.py",
         "facefleet/common/config.py",
         "facefleet/common/aws.py",
     } <= names
     assert not any(n.startswith("facefleet/worker") for n in names)
-    assert "facefleet/flows/cli.py" not in names
+    assert "facefleet/tools/cli.py" not in names
+    # The Lambda zip is control + common only.
+    assert all(n.startswith(("facefleet/control/", "facefleet/common/")) for n in names)
 
 
 def test_invalid_configs_name_the_field() -> None:
@@ -366,3 +368,29 @@ def test_worker_settings_reach_the_job_definitions_and_unknown_names_are_refused
     assert env["MODEL_DIR"].endswith("/models/buffalo_l")
     with pytest.raises(StackConfigError, match="MODEL_DIRECTORY"):
         template.render(StackConfig(worker_settings={"MODEL_DIRECTORY": "/x"}))
+
+
+def test_stack_config_from_env_precedence() -> None:
+    from facefleet.common.aws import AwsTarget
+
+    aws = AwsTarget()
+    environ = {"GALLERY_IMAGES_MONGO_URI": "mongodb://env/g", "HUEMN_MONGO_URI": "mongodb://env/h"}
+    from_env = StackConfig.from_env(NAMES, aws, environ=environ)
+    assert (from_env.gallery_mongo_uri, from_env.huemn_mongo_uri) == (
+        "mongodb://env/g",
+        "mongodb://env/h",
+    )
+    overridden = StackConfig.from_env(
+        NAMES,
+        aws,
+        overrides={
+            "gallery_mongo_uri": "mongodb://flag/g",
+            "huemn_mongo_secret_arn": "arn:aws:secretsmanager:us-east-1:1:secret:h",
+            "subnet_ids": ["subnet-1"],
+        },
+        environ=environ,
+    )
+    assert overridden.gallery_mongo_uri == "mongodb://flag/g"  # an explicit value wins
+    assert overridden.huemn_mongo_uri is None  # an existing secret: the env URI is not used
+    assert overridden.subnet_ids == ("subnet-1",)
+    assert StackConfig.from_env(NAMES, aws, environ={}).gallery_mongo_uri is None

@@ -10,18 +10,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from facefleet.flows import policy as dispatch
-from facefleet.flows.policy import PolicyParams
-from facefleet.flows.simulate.compare import batch_metrics, compare, ecs_metrics
-from facefleet.flows.simulate.model import (
+from facefleet.control import policy as dispatch
+from facefleet.control.policy import PolicyParams
+from facefleet.control.pricing import PriceTable, SpotSeries
+from facefleet.tools.simulate.compare import batch_metrics, compare, ecs_metrics
+from facefleet.tools.simulate.model import (
     ModelParams,
     RunResult,
     simulate_batch,
     simulate_ecs,
     weighted_percentile,
 )
-from facefleet.flows.simulate.pricing import PriceTable, SpotSeries
-from facefleet.flows.simulate.trace import Trace
+from facefleet.tools.simulate.trace import Trace
 
 SPOT = 0.2104
 ON_DEMAND = 0.526

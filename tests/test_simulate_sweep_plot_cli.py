@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facefleet.flows.cli import main
-from facefleet.flows.policy import PolicyParams
-from facefleet.flows.simulate.compare import Metrics, compare
-from facefleet.flows.simulate.model import ModelParams
-from facefleet.flows.simulate.plot import plot
-from facefleet.flows.simulate.sweep import SweepPoint, format_sweep, frontier, recommend, sweep
-from facefleet.flows.simulate.trace import generate
+from facefleet.control.policy import PolicyParams
+from facefleet.tools.cli import main
+from facefleet.tools.simulate.compare import Metrics, compare
+from facefleet.tools.simulate.model import ModelParams
+from facefleet.tools.simulate.plot import plot
+from facefleet.tools.simulate.sweep import SweepPoint, format_sweep, frontier, recommend, sweep
+from facefleet.tools.simulate.trace import generate
 
 FAST = ModelParams(images_per_s=4.0, batch_size=10, seed=1)
 

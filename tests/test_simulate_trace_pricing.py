@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facefleet.common.aws import client
-from facefleet.flows.simulate.cli import history_window
-from facefleet.flows.simulate.pricing import PriceTable, SpotSeries, spot_history
-from facefleet.flows.simulate.trace import (
+from facefleet.control.pricing import PriceTable, SpotSeries, spot_history
+from facefleet.tools.simulate.cli import history_window
+from facefleet.tools.simulate.trace import (
     DAY_S,
     HOUR_S,
     Trace,
@@ -132,7 +131,7 @@ def test_spot_history_averages_zones_step_by_step():
 
 
 def test_spot_history_through_the_ec2_api(env):
-    ec2 = client("ec2", env.region, env.endpoint_url)
+    ec2 = env.aws.client("ec2")
     start = datetime(2024, 5, 1, tzinfo=UTC)
     series = spot_history(ec2, "g4dn.xlarge", start, datetime(2024, 5, 8, tzinfo=UTC))
     # moto answers with canned prices: the path works end to end and yields a usable series.
@@ -155,7 +154,7 @@ def test_history_window_uses_the_traces_own_period_when_ec2_has_it():
 
 
 def test_cli_reads_spot_history_from_ec2(env, capsys):
-    from facefleet.flows.cli import main
+    from facefleet.tools.cli import main
 
     assert main(["simulate", "--days", "0.25", "--spot-history-days", "2"]) == 0
     assert "Batch Spot saves" in capsys.readouterr().out

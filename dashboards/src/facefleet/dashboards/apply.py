@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.dashboards.alarms import AlarmThresholds, build_alarms
 from facefleet.dashboards.dashboard import build_dashboard, put_dashboard_input
@@ -31,22 +31,21 @@ def _tags(names: Names) -> dict[str, str]:
     return {STACK_TAG: names.stack_name}
 
 
-def find_topic_arn(names: Names, region: str, endpoint_url: str | None = None) -> str:
+def find_topic_arn(names: Names, aws: AwsTarget) -> str:
     """The ARN of the alerts topic the infra stack created (`Names.alerts_topic`)."""
-    sns = client("sns", region, endpoint_url)
+    sns = aws.client("sns")
     for page in sns.get_paginator("list_topics").paginate():
         for topic in page["Topics"]:
             if topic["TopicArn"].rsplit(":", 1)[-1] == names.alerts_topic:
                 return str(topic["TopicArn"])
     raise DashboardsError(
-        f"SNS topic {names.alerts_topic!r} not found in {region}: deploy the infra stack first"
+        f"SNS topic {names.alerts_topic!r} not found in {aws.region}: deploy the infra stack first"
     )
 
 
 def apply_dashboards(
     names: Names,
-    region: str,
-    endpoint_url: str | None = None,
+    aws: AwsTarget,
     topic_arn: str | None = None,
     thresholds: AlarmThresholds | None = None,
 ) -> list[str]:
@@ -54,19 +53,19 @@ def apply_dashboards(
 
     `topic_arn` None: look the alerts topic up by name.
     """
-    topic = topic_arn or find_topic_arn(names, region, endpoint_url)
-    cloudwatch = client("cloudwatch", region, endpoint_url)
+    topic = topic_arn or find_topic_arn(names, aws)
+    cloudwatch = aws.client("cloudwatch")
     alarms = build_alarms(names, thresholds)
     for alarm in alarms:
-        log.info("putting alarm %s (actions -> %s) in %s", alarm.name, topic, region)
+        log.info("putting alarm %s (actions -> %s) in %s", alarm.name, topic, aws.region)
         cloudwatch.put_metric_alarm(**alarm.put_metric_alarm_input(topic, _tags(names)))
     described = cloudwatch.describe_alarms(AlarmNames=[a.name for a in alarms])["MetricAlarms"]
     arns = {a["AlarmName"]: a["AlarmArn"] for a in described}
     missing = [a.name for a in alarms if a.name not in arns]
     if missing:
         raise DashboardsError(f"alarms not found after PutMetricAlarm: {missing}")
-    dashboard = build_dashboard(names, region, thresholds, [arns[a.name] for a in alarms])
-    log.info("putting dashboard %s in %s", dashboard.name, region)
+    dashboard = build_dashboard(names, aws.region, thresholds, [arns[a.name] for a in alarms])
+    log.info("putting dashboard %s in %s", dashboard.name, aws.region)
     response = cloudwatch.put_dashboard(**put_dashboard_input(dashboard))
     problems = response.get("DashboardValidationMessages") or []
     if problems:
@@ -74,20 +73,20 @@ def apply_dashboards(
     return [a.name for a in alarms] + [dashboard.name]
 
 
-def remove_dashboards(names: Names, region: str, endpoint_url: str | None = None) -> list[str]:
+def remove_dashboards(names: Names, aws: AwsTarget) -> list[str]:
     """Delete the alarms and the dashboard this module defines; return the names that existed."""
-    cloudwatch = client("cloudwatch", region, endpoint_url)
+    cloudwatch = aws.client("cloudwatch")
     wanted = [a.name for a in build_alarms(names)]
     existing = {
         a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNames=wanted)["MetricAlarms"]
     }
     removed = [name for name in wanted if name in existing]
     if removed:
-        log.info("deleting alarms %s in %s", removed, region)
+        log.info("deleting alarms %s in %s", removed, aws.region)
         cloudwatch.delete_alarms(AlarmNames=removed)
     dashboards = cloudwatch.list_dashboards(DashboardNamePrefix=names.dashboard)
     if any(d["DashboardName"] == names.dashboard for d in dashboards["DashboardEntries"]):
-        log.info("deleting dashboard %s in %s", names.dashboard, region)
+        log.info("deleting dashboard %s in %s", names.dashboard, aws.region)
         cloudwatch.delete_dashboards(DashboardNames=[names.dashboard])
         removed.append(names.dashboard)
     return removed
@@ -126,7 +125,7 @@ def export_cli(
     account = topic_arn.split(":")[4]
     arns = [f"arn:aws:cloudwatch:{region}:{account}:alarm:{a.name}" for a in alarms]
     dashboard = build_dashboard(names, region, thresholds, arns)
-    source = write("dashboard.json", put_dashboard_input(dashboard))
+    source = write("dashboard.json", dict(put_dashboard_input(dashboard)))
     commands.append(f"aws cloudwatch put-dashboard --region {region} --cli-input-json {source}")
     commands.append(
         f"# remove: aws cloudwatch delete-alarms --region {region} --alarm-names "

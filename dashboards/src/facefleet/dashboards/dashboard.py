@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
@@ -31,6 +31,9 @@ from facefleet.dashboards.widgets import (
     TextWidget,
     Widget,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudwatch.type_defs import PutDashboardInputTypeDef
 
 CUTOVER_STAGES = (10, 25, 50, 75, 100)
 
@@ -228,6 +231,6 @@ def body_json(dashboard: Dashboard) -> str:
     return json.dumps(dashboard.body(), separators=(",", ":"))
 
 
-def put_dashboard_input(dashboard: Dashboard) -> dict[str, str]:
+def put_dashboard_input(dashboard: Dashboard) -> PutDashboardInputTypeDef:
     """The PutDashboard request (also the `aws cloudwatch put-dashboard --cli-input-json` file)."""
     return {"DashboardName": dashboard.name, "DashboardBody": body_json(dashboard)}

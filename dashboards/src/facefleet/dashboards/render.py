@@ -25,7 +25,7 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import numpy as np
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.dashboards.widgets import (
     GRID_WIDTH,
     Dashboard,
@@ -243,8 +243,7 @@ def weighted_percentile(points: list[tuple[float, float]], q: float) -> float:
 def render_dashboard(
     dashboard: Dashboard,
     path: Path,
-    region: str,
-    endpoint_url: str | None = None,
+    aws: AwsTarget,
     *,
     start: datetime | None = None,
     end: datetime | None = None,
@@ -253,8 +252,8 @@ def render_dashboard(
     """Draw every metric widget of `dashboard` from the metrics of the last 3 hours (default)."""
     end = end or datetime.now(UTC) + timedelta(minutes=1)
     start = start or end - timedelta(hours=3)
-    exact = endpoint_url is None if exact_percentiles is None else exact_percentiles
-    cloudwatch = client("cloudwatch", region, endpoint_url)
+    exact = aws.endpoint_url is None if exact_percentiles is None else exact_percentiles
+    cloudwatch = aws.client("cloudwatch")
     placed = [w for w in dashboard.body()["widgets"] if w["type"] == "metric"]
     graphs = dashboard.graphs()
     top = min(w["y"] for w in placed)

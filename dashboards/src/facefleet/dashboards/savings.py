@@ -6,49 +6,36 @@ an hour that spans a price change is priced piecewise. Where a usage's zone is u
 highest zone price at each moment is used, so the saving is never overstated.
 
 The adapters around it read the hour's Batch jobs (start/stop times; a job holding 4 of an
-instance's 4 vCPUs is one instance), EC2 DescribeSpotPriceHistory, and the Pricing API (with a
-configured fallback table: the moto server does not serve Pricing, and Pricing lives in few
-regions). Job time is a lower bound on instance time (it misses boot and scale-down idle), so the
-published saving is conservative in the same direction as the cost.
+instance's 4 vCPUs is one instance) and, through `facefleet.control.pricing` (the one pricing
+module), EC2 DescribeSpotPriceHistory and the Pricing API (with the configured on-demand table as
+fallback: the moto server does not serve Pricing, and Pricing lives in few regions). Job time
+is a lower bound on instance time (it misses boot and scale-down idle), so the published
+saving is conservative in the same direction as the cost.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.control import pricing
+from facefleet.control.pricing import SpotPrice
 from facefleet.dashboards.widgets import DETECTION, SAVINGS, emitter_dimensions
 
 log = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
 
-# us-east-1 Linux on-demand USD/hour, used when the Pricing API cannot be reached.
-ON_DEMAND_FALLBACK_USD: Mapping[str, float] = {
-    "g4dn.xlarge": 0.526,
-    "g4dn.2xlarge": 0.752,
-    "g4dn.4xlarge": 1.204,
-    "g4dn.8xlarge": 2.176,
-    "g4dn.12xlarge": 3.912,
-    "g5.xlarge": 1.006,
-    "g5.2xlarge": 1.212,
-    "g6.xlarge": 0.8048,
-}
-
-
-class SavingsError(ValueError):
-    """Pricing input is missing or malformed; the message names the instance type or record."""
+# The configured on-demand table and the price errors are the pricing module's.
+ON_DEMAND_FALLBACK_USD: Mapping[str, float] = pricing.ON_DEMAND_PER_H
+SavingsError = pricing.PricingError
 
 
 @dataclass(frozen=True)
@@ -66,20 +53,6 @@ class Usage:
             raise SavingsError(f"usage of {self.instance_type} ends before it starts: {self}")
         if self.instances < 0:
             raise SavingsError(f"usage of {self.instance_type} has negative instances: {self}")
-
-
-@dataclass(frozen=True)
-class SpotPrice:
-    """A Spot price that holds from `timestamp` until the next record of its type and zone."""
-
-    instance_type: str
-    availability_zone: str
-    timestamp: datetime
-    usd_per_hour: float
-
-    def __post_init__(self) -> None:
-        if self.usd_per_hour < 0:
-            raise SavingsError(f"negative Spot price for {self.instance_type}: {self}")
 
 
 @dataclass(frozen=True)
@@ -227,9 +200,9 @@ class SavingsConfig:
     on_demand_fallback_usd: Mapping[str, float] = field(
         default_factory=lambda: dict(ON_DEMAND_FALLBACK_USD)
     )
-    product_description: str = "Linux/UNIX"
+    product_description: str = pricing.LINUX
     # The Pricing API is served from us-east-1 (and a few others), whatever the stack's region.
-    pricing_region: str = "us-east-1"
+    pricing_region: str = pricing.PRICING_REGION
     use_pricing_api: bool = True
 
 
@@ -239,14 +212,13 @@ def _ms(value: int | None) -> datetime | None:
 
 def batch_usage(
     names: Names,
-    region: str,
-    endpoint_url: str | None,
+    aws: AwsTarget,
     start: datetime,
     end: datetime,
     now: datetime | None = None,
 ) -> list[Usage]:
     """Instance usage of the job queues' jobs overlapping [start, end), from Batch's job times."""
-    batch = client("batch", region, endpoint_url)
+    batch = aws.client("batch")
     environments = {env.name: env for env in names.compute_environments}
     now = now or datetime.now(UTC)
     usages: list[Usage] = []
@@ -287,87 +259,35 @@ def _job_vcpus(job: Mapping[str, Any]) -> float:
 
 
 def spot_price_history(
-    region: str,
-    endpoint_url: str | None,
+    aws: AwsTarget,
     instance_types: Sequence[str],
     start: datetime,
     end: datetime,
-    product_description: str = "Linux/UNIX",
+    product_description: str = pricing.LINUX,
 ) -> list[SpotPrice]:
-    ec2 = client("ec2", region, endpoint_url)
-    pages = ec2.get_paginator("describe_spot_price_history").paginate(
-        InstanceTypes=list(instance_types),
-        ProductDescriptions=[product_description],
-        StartTime=start,
-        EndTime=end,
-    )
-    return [
-        SpotPrice(r["InstanceType"], r["AvailabilityZone"], r["Timestamp"], float(r["SpotPrice"]))
-        for page in pages
-        for r in page["SpotPriceHistory"]
-    ]
-
-
-def _pricing_client(config: SavingsConfig, endpoint_url: str | None) -> Any:
-    # Not the shared client: its 8 adaptive retries would spend a minute on a Pricing endpoint
-    # that is not there (the moto server answers 500), and the fallback table is good enough.
-    return boto3.session.Session().client(
-        "pricing",
-        region_name=config.pricing_region,
-        endpoint_url=endpoint_url,
-        config=Config(
-            retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=10
-        ),
+    return pricing.read_spot_prices(
+        aws.client("ec2"), instance_types, start, end, product_description
     )
 
 
 def on_demand_prices(
-    region: str,
-    endpoint_url: str | None,
+    aws: AwsTarget,
     instance_types: Sequence[str],
     config: SavingsConfig | None = None,
 ) -> tuple[dict[str, float], str]:
     """On-demand USD/hour per instance type, and where they came from ("pricing-api"/"fallback")."""
     config = config or SavingsConfig()
-    if config.use_pricing_api:
-        try:
-            pricing = _pricing_client(config, endpoint_url)
-            prices = {t: _pricing_api_price(pricing, region, t) for t in instance_types}
-            return prices, "pricing-api"
-        except Exception as error:
-            log.warning("Pricing API unavailable (%s); using the configured on-demand table", error)
-    missing = [t for t in instance_types if t not in config.on_demand_fallback_usd]
-    if missing:
-        raise SavingsError(f"no fallback on-demand price for instance types {missing}")
-    return {t: float(config.on_demand_fallback_usd[t]) for t in instance_types}, "fallback"
-
-
-def _pricing_api_price(pricing: Any, region: str, instance_type: str) -> float:
-    filters = {
-        "instanceType": instance_type,
-        "regionCode": region,
-        "operatingSystem": "Linux",
-        "tenancy": "Shared",
-        "preInstalledSw": "NA",
-        "capacitystatus": "Used",
-    }
-    response = pricing.get_products(
-        ServiceCode="AmazonEC2",
-        MaxResults=1,
-        Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()],
+    return pricing.on_demand_prices(
+        aws,
+        instance_types,
+        fallback=config.on_demand_fallback_usd,
+        use_pricing_api=config.use_pricing_api,
+        pricing_region=config.pricing_region,
     )
-    for product in response["PriceList"]:
-        document = json.loads(product) if isinstance(product, str) else product
-        for term in document["terms"]["OnDemand"].values():
-            for dimension in term["priceDimensions"].values():
-                return float(dimension["pricePerUnit"]["USD"])
-    raise SavingsError(f"the Pricing API has no on-demand Linux price for {instance_type}")
 
 
-def images_processed(
-    names: Names, region: str, endpoint_url: str | None, start: datetime, end: datetime
-) -> float:
-    cloudwatch = client("cloudwatch", region, endpoint_url)
+def images_processed(names: Names, aws: AwsTarget, start: datetime, end: datetime) -> float:
+    cloudwatch = aws.client("cloudwatch")
     response = cloudwatch.get_metric_statistics(
         Namespace=names.metrics_namespace,
         MetricName=str(Metric.IMAGES_PROCESSED),
@@ -387,8 +307,7 @@ def previous_hour(now: datetime | None = None) -> datetime:
 
 def run_savings_job(
     names: Names,
-    region: str,
-    endpoint_url: str | None = None,
+    aws: AwsTarget,
     hour_start: datetime | None = None,
     config: SavingsConfig | None = None,
     *,
@@ -402,7 +321,7 @@ def run_savings_job(
     start = hour_start or previous_hour()
     end = start + HOUR
     if usages is None:
-        usages = batch_usage(names, region, endpoint_url, start, end)
+        usages = batch_usage(names, aws, start, end)
     types = sorted({u.instance_type for u in usages})
     history: list[SpotPrice] = []
     prices: dict[str, float] = {}
@@ -410,10 +329,10 @@ def run_savings_job(
     if types:
         # A day back, so the price in effect at the hour's start is in the history.
         history = spot_price_history(
-            region, endpoint_url, types, start - timedelta(days=1), end, config.product_description
+            aws, types, start - timedelta(days=1), end, config.product_description
         )
-        prices, source = on_demand_prices(region, endpoint_url, types, config)
-    images = images_processed(names, region, endpoint_url, start, end)
+        prices, source = on_demand_prices(aws, types, config)
+    images = images_processed(names, aws, start, end)
     result = hourly_savings(usages, history, prices, start, images, source)
     log.info(
         "hour %s: %s instance-hours, Spot $%.4f vs on-demand $%.4f (%s): saving $%.4f",
@@ -428,8 +347,7 @@ def run_savings_job(
         emitter = MetricsEmitter(
             names.metrics_namespace,
             emitter_dimensions(SAVINGS),
-            cloudwatch_region=region,
-            endpoint_url=endpoint_url,
+            cloudwatch=aws,
         )
         emitter.emit(result.metrics(), hour=start.isoformat(), on_demand_source=source)
     return result

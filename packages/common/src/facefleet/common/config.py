@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from facefleet.common.aws import DEFAULT_REGION, AwsTarget
+
 T = TypeVar("T")
 
 
@@ -54,6 +56,12 @@ class JobDefinitionSpec:
 # Exit code a worker uses when it stopped early (SIGTERM / Spot notice) with work released back to
 # the queue: the job definitions' retry strategy retries on it, and on "Host EC2*" status reasons.
 RETRYABLE_EXIT_CODE = 75
+
+# The worker image's layout: the code's working directory and the model packs' root (one folder
+# per pack, MODEL_DIR = MODEL_ROOT/MODEL_PACK). The local Batch executor mounts the local packs
+# at the same root, as a volume would be.
+CONTAINER_WORKDIR = "/opt/facefleet"
+MODEL_ROOT = f"{CONTAINER_WORKDIR}/models"
 
 
 @dataclass(frozen=True)
@@ -242,7 +250,7 @@ SERVICE_TYPES = ("detection", "grouping")
 class Settings:
     """Per-process settings. Build with `Settings.from_env()`; never read os.environ elsewhere."""
 
-    aws_region: str = _env("AWS_DEFAULT_REGION", _text, "us-east-1")
+    aws_region: str = _env("AWS_DEFAULT_REGION", _text, DEFAULT_REGION)
     service_type: str = _env(
         "SERVICE_TYPE",
         _text,
@@ -319,6 +327,11 @@ class Settings:
     batch_job_array_index: int | None = _env("AWS_BATCH_JOB_ARRAY_INDEX", _int)
     batch_job_attempt: int | None = _env("AWS_BATCH_JOB_ATTEMPT", _int)
     batch_job_id: str | None = _env("AWS_BATCH_JOB_ID", _text)
+
+    @property
+    def aws(self) -> AwsTarget:
+        """The AWS target every client of this process uses."""
+        return AwsTarget(self.aws_region, self.aws_endpoint_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -8,20 +8,20 @@ the dead-letter queue instead of crashing.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
+# The key layout (and the ids allowed in keys) is `s3keys`; re-exported for existing callers.
+from facefleet.common.s3keys import ID_PATTERN as _ID_PATTERN
+from facefleet.common.s3keys import USER_KEY_PREFIX as USER_KEY_PREFIX
+from facefleet.common.s3keys import image_id_from_key as image_id_from_key
+from facefleet.common.s3keys import image_key as image_key
+from facefleet.common.s3keys import user_key_prefix as user_key_prefix
+
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
-
-# Gallery keys are laid out per user: "<user prefix>/<user id>/...". The user id in a request
-# must own the key, so one user's message can never index another user's photo.
-USER_KEY_PREFIX = "users"
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
 
 # Bounds checked before a body is parsed: SQS's classic message limit (every FaceFleet request
 # and S3 notification is far smaller), and a JSON nesting depth no request comes near (deeper
@@ -60,28 +60,6 @@ class GroupingRequest:
             "version": self.version,
         }
         return json.dumps(body, sort_keys=True)
-
-
-def user_key_prefix(user_id: str) -> str:
-    return f"{USER_KEY_PREFIX}/{user_id}/"
-
-
-def image_key(user_id: str, image_id: str) -> str:
-    """The canonical gallery key of an image: its id is its file name in its owner's prefix
-    (extension included), so `image_id_from_key(user_id, image_key(user_id, i)) == i` and a
-    FaceFleet request and the S3 notification of the same upload name the same image."""
-    return f"{user_key_prefix(user_id)}{image_id}"
-
-
-def image_id_from_key(user_id: str, key: str) -> str:
-    """The image id a key names, unique per object key and stable across reprocessing: the file
-    name itself, extension included (`plain.jpg` and `plain.png` are two photos), when it is a
-    plain identifier directly in the user's prefix; else a digest of the whole relative key
-    (uploads keep their own names: spaces, unicode, nested folders)."""
-    relative = key[len(user_key_prefix(user_id)) :]
-    if "/" not in relative and _ID_PATTERN.match(relative):
-        return relative
-    return "k" + hashlib.sha1(relative.encode()).hexdigest()[:24]
 
 
 def _json_depth(text: str) -> int:

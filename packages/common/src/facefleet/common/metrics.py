@@ -16,9 +16,13 @@ import sys
 import time
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudwatch.literals import StandardUnitType
+    from mypy_boto3_cloudwatch.type_defs import DimensionTypeDef, MetricDatumTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ class Metric(StrEnum):
     COST_PER_1000_IMAGES = "CostPer1000ImagesUSD"
 
 
-UNITS: dict[Metric, str] = {
+UNITS: dict[Metric, StandardUnitType] = {
     Metric.PROCESSING_TIME: "Milliseconds",
     Metric.GROUPING_TIME: "Milliseconds",
     Metric.CUTOVER_WEIGHT: "Percent",
@@ -52,7 +56,7 @@ UNITS: dict[Metric, str] = {
 }
 
 
-def unit_of(metric: Metric) -> str:
+def unit_of(metric: Metric) -> StandardUnitType:
     return UNITS.get(metric, "Count")
 
 
@@ -65,15 +69,13 @@ class MetricsEmitter:
         dimensions: Mapping[str, str],
         *,
         stream: IO[str] | None = None,
-        cloudwatch_region: str | None = None,
-        endpoint_url: str | None = None,
+        cloudwatch: AwsTarget | None = None,
     ) -> None:
         self.namespace = namespace
         self.dimensions = dict(dimensions)
         self.stream = stream
-        self.cloudwatch = (
-            client("cloudwatch", cloudwatch_region, endpoint_url) if cloudwatch_region else None
-        )
+        # PutMetricData too when a target is given; EMF on the stream alone otherwise.
+        self.cloudwatch = cloudwatch.client("cloudwatch") if cloudwatch else None
 
     def emit(self, values: Mapping[Metric, float], **properties: Any) -> None:
         """Record one observation of each metric, with free-form properties for log search."""
@@ -100,8 +102,10 @@ class MetricsEmitter:
 
     def _put(self, values: Mapping[Metric, float]) -> None:
         assert self.cloudwatch is not None
-        dimensions = [{"Name": k, "Value": v} for k, v in sorted(self.dimensions.items())]
-        data = [
+        dimensions: list[DimensionTypeDef] = [
+            {"Name": k, "Value": v} for k, v in sorted(self.dimensions.items())
+        ]
+        data: list[MetricDatumTypeDef] = [
             {"MetricName": str(m), "Dimensions": dimensions, "Value": float(v), "Unit": unit_of(m)}
             for m, v in values.items()
         ]

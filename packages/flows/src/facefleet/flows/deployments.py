@@ -14,17 +14,23 @@ Deployment names (what `prefect deployment run` takes):
 environment (source the local stack's `stack.env` first). Local Batch jobs are started in their
 own sessions, so they outlive the dispatch run that started them.
 
-Production uses a work pool instead (see `prefect.yaml` at the repository root): `prefect deploy
---all` registers the same flows on an ECS push pool (`facefleet-ecs`, type `ecs:push`; flow runs
-as Fargate tasks with a task role that may call Batch, SQS, SSM, CloudWatch and SNS) with
+Production uses a work pool instead: `prefect.yaml` at the repository root is generated from
+`specs` here (`facefleet flows yaml --out prefect.yaml`; a test checks the committed file is
+current), so the deployments are written once. `prefect deploy` registers the same flows on a
+process pool locally, or on an ECS push pool (`facefleet-ecs`, type `ecs:push`; flow runs as
+Fargate tasks with a task role that may call Batch, SQS, SSM, CloudWatch and SNS) with
 `mode: aws`, so Batch runs the jobs and nothing runs locally.
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
-from prefect import serve
+import yaml
+from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 
@@ -41,6 +47,71 @@ ONE_AT_A_TIME = ConcurrencyLimitConfig(
 )
 
 
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment, as both `build` (for `serve`) and `prefect_yaml` (for a pool) render it."""
+
+    flow: Flow[..., Any]
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    interval_s: int | None = None
+    cron: str | None = None
+    one_at_a_time: bool = False
+    description: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+def specs(
+    names: dict[str, Any] | None = None,
+    *,
+    mode: str = "local",
+    dispatch_interval_s: int = DISPATCH_INTERVAL_S,
+    cutover_interval_min: int = CUTOVER_INTERVAL_MIN,
+    local_batch_dir: str | None = None,
+    cutover_schedule: bool = True,
+) -> list[DeploymentSpec]:
+    """The deployments for one stack (`names`: `Names` fields; None: the defaults)."""
+    common = {"names": names} if names else {}
+    dispatch_params: dict[str, Any] = {**common, "mode": mode}
+    if local_batch_dir:
+        dispatch_params["local_batch_dir"] = local_batch_dir
+    tags = ("facefleet", mode)
+    return [
+        DeploymentSpec(
+            dispatch,
+            name=mode,
+            interval_s=dispatch_interval_s,
+            parameters=dispatch_params,
+            tags=tags,
+            description="Queue depth -> Batch jobs (policy.decide) every minute.",
+            one_at_a_time=True,
+        ),
+        DeploymentSpec(
+            cutover,
+            name="scheduled",
+            interval_s=cutover_interval_min * 60 if cutover_schedule else None,
+            parameters=common,
+            tags=tags,
+            description="Evaluate the cutover stage against its health gates and apply it.",
+            one_at_a_time=True,
+        ),
+        DeploymentSpec(rollback_flow, name="manual", parameters=common, tags=tags),
+        DeploymentSpec(pause_flow, name="manual", parameters=common, tags=tags),
+        DeploymentSpec(resume_flow, name="manual", parameters=common, tags=tags),
+        DeploymentSpec(
+            provision, name=mode, parameters={**common, "local": mode == "local"}, tags=tags
+        ),
+        DeploymentSpec(
+            spot_savings,
+            name="hourly",
+            cron=SAVINGS_CRON,
+            parameters=common,
+            tags=tags,
+            description="The previous hour's Spot saving and $/1000 images, as metrics.",
+        ),
+    ]
+
+
 def build(
     names: dict[str, Any] | None = None,
     *,
@@ -51,44 +122,121 @@ def build(
     cutover_schedule: bool = True,
 ) -> list[RunnerDeployment]:
     """The deployments for one stack (`names`: `Names` fields; None: the defaults)."""
-    common = {"names": names} if names else {}
-    dispatch_params: dict[str, Any] = {**common, "mode": mode}
-    if local_batch_dir:
-        dispatch_params["local_batch_dir"] = local_batch_dir
-    tags = ["facefleet", mode]
-    deployments = [
-        dispatch.to_deployment(
-            name=mode,
-            interval=dispatch_interval_s,
-            parameters=dispatch_params,
-            tags=tags,
-            description="Queue depth -> Batch jobs (policy.decide) every minute.",
-            concurrency_limit=ONE_AT_A_TIME,
-        ),
-        cutover.to_deployment(
-            name="scheduled",
-            interval=cutover_interval_min * 60 if cutover_schedule else None,
-            parameters=common,
-            tags=tags,
-            description="Evaluate the cutover stage against its health gates and apply it.",
-            concurrency_limit=ONE_AT_A_TIME,
-        ),
-        rollback_flow.to_deployment(name="manual", parameters=common, tags=tags),
-        pause_flow.to_deployment(name="manual", parameters=common, tags=tags),
-        resume_flow.to_deployment(name="manual", parameters=common, tags=tags),
-        provision.to_deployment(
-            name=mode, parameters={**common, "local": mode == "local"}, tags=tags
-        ),
-        spot_savings.to_deployment(
-            name="hourly",
-            cron=SAVINGS_CRON,
-            parameters=common,
-            tags=tags,
-            description="The previous hour's Spot saving and $/1000 images, as metrics.",
-        ),
-    ]
+    deployments = []
+    for spec in specs(
+        names,
+        mode=mode,
+        dispatch_interval_s=dispatch_interval_s,
+        cutover_interval_min=cutover_interval_min,
+        local_batch_dir=local_batch_dir,
+        cutover_schedule=cutover_schedule,
+    ):
+        options: dict[str, Any] = {}
+        if spec.interval_s is not None:
+            options["interval"] = spec.interval_s
+        if spec.cron is not None:
+            options["cron"] = spec.cron
+        if spec.description is not None:
+            options["description"] = spec.description
+        if spec.one_at_a_time:
+            options["concurrency_limit"] = ONE_AT_A_TIME
+        deployments.append(
+            spec.flow.to_deployment(
+                name=spec.name, parameters=spec.parameters, tags=list(spec.tags), **options
+            )
+        )
     # Called outside an event loop, `to_deployment` returns the deployment, not a coroutine.
     return [cast(RunnerDeployment, deployment) for deployment in deployments]
+
+
+# ---- prefect.yaml ------------------------------------------------------------------------
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[5]
+LOCAL_POOL = "facefleet-local"
+PRODUCTION_POOL = "facefleet-ecs"
+# The production block (commented out in prefect.yaml): flow name -> deployment name.
+PRODUCTION = {"dispatch": "production", "cutover": "production-cutover"}
+
+PREFECT_YAML_HEADER = """\
+# GENERATED from packages/flows/src/facefleet/flows/deployments.py (`specs`): do not edit.
+# Regenerate with `facefleet flows yaml --out prefect.yaml` (tests/test_flows_deployments.py
+# checks this file is current).
+#
+# FaceFleet Prefect deployments for a work pool (`prefect deploy --all` from the repository root).
+#
+# Local (embedded stack), process work pool:
+#   source .facefleet/local/stack.env
+#   prefect work-pool create facefleet-local --type process
+#   prefect deploy --name local --name scheduled --name manual --name hourly
+#   prefect worker start --pool facefleet-local          # runs them as local subprocesses
+#   prefect deployment run 'dispatch/local'
+# (`facefleet flows serve` registers the same names without a pool or worker.)
+#
+# Production: an ECS push work pool (`prefect work-pool create facefleet-ecs --type ecs:push
+# --provision-infra`), flow runs as Fargate tasks from the FaceFleet image, with a task role
+# allowed batch:SubmitJob/ListJobs/DescribeJobs/DescribeJobDefinitions, sqs:GetQueue*,
+# sqs:ReceiveMessage/SendMessage/DeleteMessage (cutover rollback), ssm:GetParameter/PutParameter
+# on /facefleet/*, cloudwatch:GetMetricStatistics/PutMetricData, sns:Publish, cloudformation:*
+# on the stack (provision). `mode: aws`: Batch runs the jobs; nothing runs on the flow's host.
+# A Prefect worker on any host with those permissions (`--type process`) works the same way.
+#
+# No pull steps: `prefect deploy` records the directory it ran from (the repository root) as the
+# flow runs' working directory, where run_detection_service.py and the packages live.
+
+"""
+
+
+PRODUCTION_HEADER = """
+# --- production: uncomment (under `deployments:`) on an account with the ECS push pool,
+#     then `prefect deploy --name production --name production-cutover` ----------------------
+"""
+
+
+def entrypoint(flow: Flow[..., Any], root: Path = REPOSITORY_ROOT) -> str:
+    """`path/to/module.py:function`, relative to the repository root."""
+    source = Path(inspect.getfile(flow.fn)).resolve()
+    return f"{source.relative_to(root).as_posix()}:{flow.fn.__name__}"
+
+
+def _yaml_entry(spec: DeploymentSpec, name: str, work_pool: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name, "entrypoint": entrypoint(spec.flow)}
+    if spec.description:
+        entry["description"] = spec.description
+    if spec.parameters:
+        entry["parameters"] = spec.parameters
+    if spec.tags:
+        entry["tags"] = list(spec.tags)
+    if spec.interval_s is not None:
+        entry["schedules"] = [{"interval": spec.interval_s}]
+    if spec.cron is not None:
+        entry["schedules"] = [{"cron": spec.cron}]
+    if spec.one_at_a_time:
+        entry["concurrency_limit"] = {
+            "limit": ONE_AT_A_TIME.limit,
+            "collision_strategy": str(ONE_AT_A_TIME.collision_strategy.value),
+        }
+    entry["work_pool"] = work_pool
+    return entry
+
+
+def prefect_yaml() -> str:
+    """The text of the repository's prefect.yaml: the local deployments on a process pool, and
+    the production ones (`mode: aws`, ECS push pool) as a commented-out block."""
+    local = [_yaml_entry(s, s.name, {"name": LOCAL_POOL}) for s in specs(mode="local")]
+    production = [
+        _yaml_entry(
+            s,
+            PRODUCTION[s.flow.name],
+            {"name": PRODUCTION_POOL, "job_variables": {"image": "<FaceFleet image URI>"}},
+        )
+        for s in specs(mode="aws")
+        if s.flow.name in PRODUCTION and s.name in ("aws", "scheduled")
+    ]
+    document = {"name": "facefleet", "prefect-version": "3.0.0", "deployments": local}
+    body = yaml.safe_dump(document, sort_keys=False, width=100)
+    commented = yaml.safe_dump(production, sort_keys=False, width=96)
+    production_block = "".join(f"# {line}\n" for line in commented.splitlines())
+    return PREFECT_YAML_HEADER + body + PRODUCTION_HEADER + production_block
 
 
 def serve_all(deployments: list[RunnerDeployment], limit: int | None = None) -> None:

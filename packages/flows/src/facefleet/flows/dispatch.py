@@ -19,19 +19,18 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect_aws import AwsCredentials
 from prefect_aws.batch import batch_submit
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names, Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
-from facefleet.flows import observe
-from facefleet.flows.local_batch import JobSpec, LocalExecutor
-from facefleet.flows.policy import (
+from facefleet.control import observe
+from facefleet.control.policy import (
     Decision,
     DispatchInputs,
     PolicyParams,
@@ -40,6 +39,9 @@ from facefleet.flows.policy import (
     job_request,
 )
 
+if TYPE_CHECKING:
+    from facefleet.localstack.batch import LocalExecutor
+
 Mode = Literal["local", "aws"]
 METRICS_SERVICE = "dispatch"  # the Service dimension the dashboards chart dispatch under
 
@@ -47,10 +49,6 @@ METRICS_SERVICE = "dispatch"  # the Service dimension the dashboards chart dispa
 def names_from(values: Mapping[str, Any] | None) -> Names:
     """`Names` from flow parameters (a deployment passes plain JSON)."""
     return Names(**dict(values or {}))
-
-
-def _region(region: str | None) -> str:
-    return region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 @contextlib.contextmanager
@@ -71,13 +69,21 @@ def aws_endpoint(endpoint_url: str | None) -> Iterator[None]:
             os.environ["AWS_ENDPOINT_URL"] = previous
 
 
+def local_executor(state_dir: str | None) -> LocalExecutor:
+    """`mode: local` only: the embedded stack's Batch executor (the flows package's `local`
+    extra), imported here so a production install of the flows needs no local stack."""
+    from facefleet.localstack.batch import LocalExecutor
+
+    return LocalExecutor(state_dir)
+
+
 def job_runtime(
-    names: Names, submission: Submission, region: str, endpoint_url: str | None
+    names: Names, submission: Submission, aws: AwsTarget
 ) -> tuple[tuple[str, ...], dict[str, str], int]:
     """Command, environment and attempts of the job definition as the stack registered it
     (latest active revision), falling back to the `Names` spec when it is not registered."""
     spec = names.grouping_job if submission.kind == "grouping" else names.detection_job
-    batch = client("batch", region, endpoint_url)
+    batch = aws.client("batch")
     found = batch.describe_job_definitions(
         jobDefinitionName=submission.job_definition, status="ACTIVE"
     ).get("jobDefinitions", [])
@@ -140,16 +146,14 @@ def dispatch(
     logger = get_run_logger()
     the_names = names_from(names)
     params = PolicyParams(**dict(policy or {}))
-    region = _region(region)
-    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    executor = LocalExecutor(local_batch_dir) if mode == "local" else None
+    aws = AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
+    executor = local_executor(local_batch_dir) if mode == "local" else None
 
     now = time.time()
-    state = observe.load_state(the_names, region, endpoint_url)
+    state = observe.load_state(the_names, aws)
     inputs = observe.observe(
         the_names,
-        region,
-        endpoint_url,
+        aws,
         now_s=now,
         state=state,
         extra_active=executor.active_jobs() if executor else (),
@@ -163,9 +167,9 @@ def dispatch(
         observe.describe_inputs(inputs),
     )
 
-    credentials = AwsCredentials(region_name=region)
+    credentials = AwsCredentials(region_name=aws.region)
     job_ids: list[str] = []
-    with aws_endpoint(endpoint_url):
+    with aws_endpoint(aws.endpoint_url):
         for sequence, submission in enumerate(decision.submissions):
             request = job_request(submission, now, sequence)
             extra = {k: v for k, v in request.items() if k not in _POSITIONAL}
@@ -178,9 +182,9 @@ def dispatch(
             )
             job_ids.append(job_id)
             if executor is not None:
-                command, environment, attempts = job_runtime(
-                    the_names, submission, region, endpoint_url
-                )
+                from facefleet.localstack.batch import JobSpec
+
+                command, environment, attempts = job_runtime(the_names, submission, aws)
                 pids = executor.start(
                     JobSpec(
                         job_id=job_id,
@@ -199,8 +203,7 @@ def dispatch(
     observe.save_state(
         the_names,
         state.after(now, inputs.indexing.visible, submitted=bool(decision.submissions)),
-        region,
-        endpoint_url,
+        aws,
     )
     create_markdown_artifact(
         key=artifact_key(the_names),
@@ -211,8 +214,7 @@ def dispatch(
     MetricsEmitter(
         settings.metrics_namespace,
         {"Service": METRICS_SERVICE},
-        cloudwatch_region=region if settings.metrics_to_cloudwatch else None,
-        endpoint_url=endpoint_url,
+        cloudwatch=aws if settings.metrics_to_cloudwatch else None,
     ).emit(
         {Metric.JOBS_SUBMITTED: decision.jobs, Metric.DISPATCH_BACKLOG: inputs.indexing.visible},
         prefix=the_names.prefix,

@@ -10,7 +10,6 @@ state (`facefleet.infra.deploy.apply`), so the previous stack stays in service.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -20,68 +19,45 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
-
-
-def _config_values(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    values = dict(overrides or {})
-    for key in ("subnet_ids", "security_group_ids"):
-        if key in values:
-            values[key] = tuple(values[key])
-    return values
+from facefleet.dashboards.apply import apply_dashboards
+from facefleet.infra import deploy
+from facefleet.infra.stack_config import StackConfig
 
 
 @task
 def render(
     names: Names,
-    region: str,
-    endpoint_url: str | None,
+    aws: AwsTarget,
     local: bool,
     overrides: Mapping[str, Any] | None,
-) -> Any:
-    from facefleet.infra.stack_config import StackConfig, local_stack_config
-
-    values = _config_values(overrides)
-    if local:
-        mongo = {
-            key: os.environ[env]
-            for key, env in (
-                ("gallery_mongo_uri", "GALLERY_IMAGES_MONGO_URI"),
-                ("huemn_mongo_uri", "HUEMN_MONGO_URI"),
-            )
-            if os.environ.get(env) and key not in values
-        }
-        return local_stack_config(names, region, endpoint_url, **mongo, **values)
-    return StackConfig(names=names, **values)
-
-
-def _deploy() -> Any:
-    """The infra stack's deploy module (`plan/apply/destroy(config, region, endpoint_url)`)."""
-    return importlib.import_module("facefleet.infra.deploy")
+) -> StackConfig:
+    return StackConfig.from_env(names, aws, local=local, overrides=overrides)
 
 
 @task
-def validate(config: Any) -> None:
+def validate(config: StackConfig) -> None:
     config.validate()
 
 
 @task
-def plan(config: Any, region: str, endpoint_url: str | None) -> Any:
-    return _deploy().plan(config, region, endpoint_url)
+def plan(config: StackConfig, aws: AwsTarget) -> deploy.Plan:
+    return deploy.plan(config, aws)
 
 
 @task
-def apply(config: Any, region: str, endpoint_url: str | None, changes: Any) -> dict[str, str]:
+def apply(config: StackConfig, aws: AwsTarget, changes: deploy.Plan) -> dict[str, str]:
     """Execute exactly the change set that `plan` showed (no second, unreviewed one)."""
-    return dict(_deploy().apply(config, region, endpoint_url, plan=changes))
+    return dict(deploy.apply(config, aws, plan=changes))
 
 
 def record_local_environment(outputs: Mapping[str, str]) -> str | None:
     """On the embedded stack started by `facefleet local up` (its stack.env names its state
     folder), add the stack's worker environment to stack.env, so a shell that sources it has
     QUEUE_URL, BUCKET_NAME, FACE_GROUP_BUCKET_NAME, ... for `facefleet people` and workers."""
-    from facefleet.infra import local
     from facefleet.infra.stack_config import worker_environment
+    from facefleet.localstack import servers as local
 
     state_dir = os.environ.get(local.STATE_DIR_ENV)
     if not state_dir or not local.record_worker_environment(state_dir, worker_environment(outputs)):
@@ -90,10 +66,8 @@ def record_local_environment(outputs: Mapping[str, str]) -> str | None:
 
 
 @task
-def dashboards(names: Names, region: str, endpoint_url: str | None) -> list[str]:
-    from facefleet.dashboards.apply import apply_dashboards
-
-    return apply_dashboards(names, region, endpoint_url)
+def dashboards(names: Names, aws: AwsTarget) -> list[str]:
+    return apply_dashboards(names, aws)
 
 
 @flow(name="provision", log_prints=True)
@@ -111,13 +85,12 @@ def provision(
     production `StackConfig` fields (vpc_id, subnet_ids, existing queues, ...)."""
     logger = get_run_logger()
     the_names = Names(**dict(names or {}))
-    region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    stack_config = render(the_names, region, endpoint_url, local, config)
+    aws = AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
+    stack_config = render(the_names, aws, local, config)
     validate(stack_config)
-    changes: Any = plan(stack_config, region, endpoint_url)
+    changes = plan(stack_config, aws)
     logger.info("plan: %s", changes.summary())
-    outputs = apply(stack_config, region, endpoint_url, changes)
+    outputs = apply(stack_config, aws, changes)
     logger.info("stack %s deployed; outputs %s", the_names.stack_name, outputs)
     if local:
         recorded = record_local_environment(outputs)
@@ -125,13 +98,13 @@ def provision(
             logger.info("worker environment added to %s", recorded)
     applied: list[str] = []
     if with_dashboards:
-        applied = dashboards(the_names, region, endpoint_url)
+        applied = dashboards(the_names, aws)
         logger.info("dashboards and alarms applied: %s", applied)
     rows = "\n".join(f"| {key} | {value} |" for key, value in sorted(outputs.items()))
     create_markdown_artifact(
         key="provision-" + "".join(c if c.isalnum() else "-" for c in the_names.stack_name.lower()),
         markdown=(
-            f"## Stack {the_names.stack_name} in {region}\n\n```\n{changes.summary()}\n```\n\n"
+            f"## Stack {the_names.stack_name} in {aws.region}\n\n```\n{changes.summary()}\n```\n\n"
             f"| output | value |\n|---|---|\n{rows}\n\nDashboards/alarms: {len(applied)}"
         ),
     )

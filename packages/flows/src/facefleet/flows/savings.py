@@ -4,13 +4,13 @@ metrics the dashboard's savings panels chart (see facefleet.dashboards.savings).
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
 
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.dashboards.savings import run_savings_job
 
@@ -26,10 +26,9 @@ def spot_savings(
 ) -> dict[str, Any]:
     """One hour's saving (`hour`: ISO start; default the previous full hour), published."""
     the_names = Names(**dict(names or {}))
-    region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    aws = AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
     start = datetime.fromisoformat(hour) if hour else None
-    saving = run_savings_job(the_names, region, endpoint_url, start)
+    saving = run_savings_job(the_names, aws, start)
     get_run_logger().info(
         "hour %s: Spot $%.4f vs on-demand $%.4f, saving $%.4f",
         saving.hour_start.isoformat(),

@@ -1,15 +1,15 @@
 """Deploy the FaceFleet stack with CloudFormation change sets: plan, apply, destroy.
 
-Three calls, each taking a `StackConfig`, a region and an optional endpoint URL (the moto server
-locally; None on AWS):
+Three calls, each taking a `StackConfig` and an `AwsTarget` (with the moto server's endpoint
+locally; none on AWS):
 
     from facefleet.infra import deploy
     from facefleet.infra.stack_config import local_stack_config
 
-    config = local_stack_config(names, region, endpoint_url)
-    p = deploy.plan(config, region, endpoint_url)    # render, cfn-lint, change set; prints it
-    outputs = deploy.apply(config, region, endpoint_url, plan=p)   # {"IndexingQueueUrl": ...}
-    deploy.destroy(config, region, endpoint_url)
+    config = local_stack_config(names, aws)
+    p = deploy.plan(config, aws)    # render, cfn-lint, change set; prints it
+    outputs = deploy.apply(config, aws, plan=p)   # {"IndexingQueueUrl": ...}
+    deploy.destroy(config, aws)
 
 - `plan` renders the template, fails on any cfn-lint error, uploads the dispatcher zip when the
   fallback dispatcher is on, and creates a change set. When nothing differs from the deployed
@@ -28,22 +28,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.infra import lambda_package, template
 from facefleet.infra.stack_config import StackConfig, StackConfigError
 
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation.client import CloudFormationClient
+    from mypy_boto3_cloudformation.literals import CapabilityType, ChangeSetTypeType
+    from mypy_boto3_cloudformation.type_defs import ParameterTypeDef
+
 log = logging.getLogger(__name__)
 
-CAPABILITIES = ["CAPABILITY_IAM"]
+CAPABILITIES: list[CapabilityType] = ["CAPABILITY_IAM"]
 MAX_TEMPLATE_BODY = 51_200
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 GONE_STATES = {"REVIEW_IN_PROGRESS", "ROLLBACK_COMPLETE", "ROLLBACK_FAILED"}
@@ -127,12 +130,12 @@ def _stack(cloudformation: Any, stack_name: str) -> dict[str, Any] | None:
 
 
 def _wait(
-    describe: Callable[[], dict[str, Any] | None],
+    describe: Callable[[], Mapping[str, Any] | None],
     status_key: str,
     what: str,
     timeout_s: float,
     poll_s: float = 2.0,
-) -> dict[str, Any] | None:
+) -> Mapping[str, Any] | None:
     deadline = time.monotonic() + timeout_s
     while True:
         current = describe()
@@ -143,28 +146,28 @@ def _wait(
         time.sleep(poll_s)
 
 
-def _account_id(region: str, endpoint_url: str | None) -> str:
-    return str(client("sts", region, endpoint_url).get_caller_identity()["Account"])
+def _account_id(aws: AwsTarget) -> str:
+    return str(aws.client("sts").get_caller_identity()["Account"])
 
 
-def artifact_bucket_name(config: StackConfig, region: str, endpoint_url: str | None) -> str:
+def artifact_bucket_name(config: StackConfig, aws: AwsTarget) -> str:
     if config.artifact_bucket:
         return config.artifact_bucket
-    return f"{config.names.prefix}-artifacts-{_account_id(region, endpoint_url)}-{region}"
+    return f"{config.names.prefix}-artifacts-{_account_id(aws)}-{aws.region}"
 
 
-def upload_dispatcher(config: StackConfig, region: str, endpoint_url: str | None) -> str:
+def upload_dispatcher(config: StackConfig, aws: AwsTarget) -> str:
     """Put the dispatcher zip at its content-addressed key (created once; the bucket too)."""
     package = lambda_package.build()
-    bucket = artifact_bucket_name(config, region, endpoint_url)
-    s3 = client("s3", region, endpoint_url)
+    bucket = artifact_bucket_name(config, aws)
+    s3 = aws.client("s3")
     try:
         s3.head_bucket(Bucket=bucket)
     except ClientError:
         log.info("creating artifact bucket", extra={"bucket": bucket})
         kwargs: dict[str, Any] = {"Bucket": bucket}
-        if region != "us-east-1":
-            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        if aws.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
         s3.create_bucket(**kwargs)
         s3.put_public_access_block(
             Bucket=bucket,
@@ -183,9 +186,9 @@ def upload_dispatcher(config: StackConfig, region: str, endpoint_url: str | None
     return f"s3://{bucket}/{package.key}"
 
 
-def _parameters(config: StackConfig, existing: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _parameters(config: StackConfig, existing: dict[str, Any] | None) -> list[ParameterTypeDef]:
     deployed = {p["ParameterKey"] for p in (existing or {}).get("Parameters", [])}
-    parameters: list[dict[str, Any]] = []
+    parameters: list[ParameterTypeDef] = []
     for key, value in template.parameter_values(config).items():
         if value is not None:
             parameters.append({"ParameterKey": key, "ParameterValue": value})
@@ -224,17 +227,16 @@ def _describe_changes(cloudformation: Any, change_set_id: str) -> tuple[Change, 
 
 def plan(
     config: StackConfig,
-    region: str = "us-east-1",
-    endpoint_url: str | None = None,
+    aws: AwsTarget,
     *,
     timeout_s: float = 300.0,
 ) -> Plan:
     """Render, cfn-lint and create a change set for `config`'s stack; log its summary."""
     config.validate(deploying=True)
-    body, warnings = render_checked(config, region)
+    body, warnings = render_checked(config, aws.region)
     if config.fallback_dispatcher:
-        upload_dispatcher(config, region, endpoint_url)
-    cloudformation = client("cloudformation", region, endpoint_url)
+        upload_dispatcher(config, aws)
+    cloudformation = aws.client("cloudformation")
     stack_name = config.names.stack_name
     existing = _stack(cloudformation, stack_name)
     if (
@@ -248,7 +250,7 @@ def plan(
         log.info("deleting stack left by a failed create", extra={"stack": stack_name})
         _delete(cloudformation, stack_name, timeout_s)
         existing = None
-    change_set_type = "UPDATE" if existing else "CREATE"
+    change_set_type: ChangeSetTypeType = "UPDATE" if existing else "CREATE"
     name = f"facefleet-{int(time.time() * 1000)}"
     log.info("creating change set", extra={"stack": stack_name, "type": change_set_type})
     response = cloudformation.create_change_set(
@@ -309,25 +311,23 @@ def _failure_events(cloudformation: Any, stack_id: str, since: float) -> list[st
 
 def apply(
     config: StackConfig,
-    region: str = "us-east-1",
-    endpoint_url: str | None = None,
+    aws: AwsTarget,
     *,
     plan: Plan | None = None,
     timeout_s: float = 3600.0,
 ) -> dict[str, str]:
     """Execute `plan` (or a fresh one), wait for the stack, return its outputs."""
-    current = plan if plan is not None else globals()["plan"](config, region, endpoint_url)
-    cloudformation = client("cloudformation", region, endpoint_url)
+    current = plan if plan is not None else globals()["plan"](config, aws)
+    cloudformation = aws.client("cloudformation")
     if current.no_changes:
-        return outputs(config, region, endpoint_url)
+        return outputs(config, aws)
     started = time.time()
     log.info(
         "executing change set", extra={"stack": current.stack_name, "changes": len(current.changes)}
     )
+    assert current.change_set_id is not None  # a plan with changes has its change set
     try:
-        _single_attempt_client(region, endpoint_url).execute_change_set(
-            ChangeSetName=current.change_set_id
-        )
+        _single_attempt_client(aws).execute_change_set(ChangeSetName=current.change_set_id)
     except (ClientError, BotoCoreError, ResponseParserError) as error:
         # moto applies synchronously and reports a failing resource here (as a JSON body that
         # botocore cannot parse as XML); AWS reports it through the stack status below.
@@ -349,7 +349,7 @@ def apply(
             + ("; rolled back. Failures:\n  " + "\n  ".join(reasons) if reasons else "")
         )
     _refresh_outputs(cloudformation, current)
-    return outputs(config, region, endpoint_url)
+    return outputs(config, aws)
 
 
 def _refresh_outputs(cloudformation: Any, current: Plan) -> None:
@@ -376,17 +376,11 @@ def _refresh_outputs(cloudformation: Any, current: Plan) -> None:
             raise
 
 
-def _single_attempt_client(region: str, endpoint_url: str | None) -> Any:
+def _single_attempt_client(aws: AwsTarget) -> CloudFormationClient:
     # Executing a change set is not retried blindly: a retry after a half-applied attempt would
     # report the wrong error (and moto's errors look like parse failures, which botocore
     # retries).
-    session = boto3.session.Session()
-    return session.client(
-        "cloudformation",
-        region_name=region,
-        endpoint_url=endpoint_url,
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=300),
-    )
+    return aws.client("cloudformation", retries="single")
 
 
 def _roll_back_failed_create(cloudformation: Any, current: Plan, timeout_s: float) -> None:
@@ -410,11 +404,9 @@ def _delete(cloudformation: Any, stack_name: str, timeout_s: float) -> None:
         raise DeployError(f"deleting {stack_name} ended {stack['StackStatus']}")
 
 
-def outputs(
-    config: StackConfig, region: str = "us-east-1", endpoint_url: str | None = None
-) -> dict[str, str]:
+def outputs(config: StackConfig, aws: AwsTarget) -> dict[str, str]:
     """The deployed stack's outputs (OutputKey -> OutputValue)."""
-    cloudformation = client("cloudformation", region, endpoint_url)
+    cloudformation = aws.client("cloudformation")
     stack = _stack(cloudformation, config.names.stack_name)
     if stack is None:
         raise DeployError(f"stack {config.names.stack_name} does not exist")
@@ -423,13 +415,12 @@ def outputs(
 
 def destroy(
     config: StackConfig,
-    region: str = "us-east-1",
-    endpoint_url: str | None = None,
+    aws: AwsTarget,
     *,
     timeout_s: float = 3600.0,
 ) -> bool:
     """Delete the stack and wait; False when there was none."""
-    cloudformation = client("cloudformation", region, endpoint_url)
+    cloudformation = aws.client("cloudformation")
     stack_name = config.names.stack_name
     if _stack(cloudformation, stack_name) is None:
         return False

@@ -20,8 +20,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-HANDLER_MODULE = "facefleet.flows.lambda_dispatch"
-HANDLER = f"{HANDLER_MODULE}.handler"
+from facefleet.control import lambda_dispatch
+
+# A real import (facefleet-control is a declared dependency), not a module name in a string.
+HANDLER_MODULE = lambda_dispatch.__name__
+HANDLER = f"{HANDLER_MODULE}.{lambda_dispatch.handler.__name__}"
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore"})
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -49,11 +52,32 @@ def _source(module: str) -> Path:
     return Path(spec.origin)
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except the bodies of `if TYPE_CHECKING:` (typing-only imports, e.g. the
+    boto3-stubs client types, are never imported at run time)."""
+    nodes: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
 def _imports(path: Path, module: str) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -63,7 +87,7 @@ def _imports(path: Path, module: str) -> set[str]:
             else:
                 target = node.module or ""
             found.add(target)
-            # `from facefleet.flows import observe` imports a module, not a name.
+            # `from facefleet.control import observe` imports a module, not a name.
             for alias in node.names:
                 found.add(f"{target}.{alias.name}")
     return found

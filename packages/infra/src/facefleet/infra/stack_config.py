@@ -4,24 +4,34 @@ Names, sizes and priorities come from `Names` (never spelled here); the rest is 
 account: network placement, the production queues and buckets that already exist, the image tag,
 the MongoDB URIs (stored in Secrets Manager, never in job definitions), and switches.
 
-`local_stack_config(names, ...)` gives values for the embedded moto stack; `worker_environment`
-maps the stack's outputs onto the workers' environment-variable contract (`Settings`).
+`StackConfig.from_env` is the one way a command or flow builds a config from its inputs and the
+environment; `local_stack_config(names, aws)` gives values for the embedded moto stack;
+`worker_environment` maps the stack's outputs onto the workers' environment-variable contract
+(`Settings`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import ENV_NAMES, NAMES, Names
 
 QUEUE_ARN = re.compile(
     r"^arn:(?P<partition>[\w-]+):sqs:(?P<region>[\w-]+):(?P<account>\d{12}):(?P<name>[\w.-]+)$"
 )
 QUEUE_URL = re.compile(r"^https?://(?P<host>[^/]+)/(?P<account>\d{12})/(?P<name>[\w.-]+)/?$")
+
+
+# StackConfig field -> the environment variable it is read from (`StackConfig.from_env`).
+MONGO_URI_ENV: Mapping[str, str] = {
+    "gallery_mongo_uri": "GALLERY_IMAGES_MONGO_URI",
+    "huemn_mongo_uri": "HUEMN_MONGO_URI",
+}
 
 
 class StackConfigError(ValueError):
@@ -116,6 +126,37 @@ class StackConfig:
     def model_bucket_name(self) -> str:
         return self.model_bucket or self.names.model_bucket
 
+    @classmethod
+    def from_env(
+        cls,
+        names: Names,
+        aws: AwsTarget,
+        *,
+        local: bool = False,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> StackConfig:
+        """The config for `names` from explicit `overrides` (StackConfig fields; lists become
+        tuples) and the environment, for the embedded stack when `local`.
+
+        Precedence: an override wins; else the MongoDB URIs come from GALLERY_IMAGES_MONGO_URI /
+        HUEMN_MONGO_URI (never flags or parameters: they hold credentials), unless the override
+        names an existing secret (`*_mongo_secret_arn`) for that database. Unset everywhere, a
+        deployed stack's secret keeps its value; a local stack gets the local MongoDB's URI.
+        """
+        source = os.environ if environ is None else environ
+        values = dict(overrides or {})
+        for key in ("subnet_ids", "security_group_ids"):
+            if key in values and not isinstance(values[key], tuple):
+                values[key] = tuple(values[key])
+        for field_name, variable in MONGO_URI_ENV.items():
+            secret = field_name.replace("_uri", "_secret_arn")
+            if field_name not in values and not values.get(secret) and source.get(variable):
+                values[field_name] = source[variable]
+        if local:
+            return local_stack_config(names, aws, **values)
+        return cls(names=names, **values)
+
     def validate(self, *, deploying: bool = False) -> None:
         """Raise StackConfigError naming each bad field. The network is only a parameter
         value, so rendering does not need it; deploying does."""
@@ -153,8 +194,7 @@ LOCAL_MODEL_PACK = "facefleet-dev"
 
 def local_stack_config(
     names: Names,
-    region: str = "us-east-1",
-    endpoint_url: str | None = None,
+    aws: AwsTarget,
     *,
     gallery_mongo_uri: str = "mongodb://127.0.0.1:27017/gallery_images",
     huemn_mongo_uri: str = "mongodb://127.0.0.1:27017/huemn",
@@ -169,7 +209,7 @@ def local_stack_config(
     if names.prefix != NAMES.prefix and names.ecr_repository == NAMES.ecr_repository:
         # Repository names are account-wide: a second local stack gets its own.
         names = replace(names, ecr_repository=names.prefix)
-    ec2 = client("ec2", region, endpoint_url)
+    ec2 = aws.client("ec2")
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     vpc_id = vpcs[0]["VpcId"] if vpcs else ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
     subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
@@ -192,13 +232,13 @@ def local_stack_config(
     }
     values.update(overrides)
     config = StackConfig(**values)
-    s3 = client("s3", region, endpoint_url)
+    s3 = aws.client("s3")
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     for bucket in (config.gallery_bucket, config.face_group_bucket):
         if bucket not in existing:
             kwargs: dict[str, Any] = {"Bucket": bucket}
-            if region != "us-east-1":
-                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            if aws.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
             s3.create_bucket(**kwargs)
     return config
 

@@ -66,7 +66,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import (
     ClientError,
@@ -77,9 +77,12 @@ from botocore.exceptions import (
 )
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
 
-from facefleet.common.aws import client
+from facefleet.common.aws import AwsTarget
 from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +162,7 @@ class ConsumerConfig:
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
     max_outage_seconds: float = 900.0
-    region: str = "us-east-1"
-    endpoint_url: str | None = None
+    aws: AwsTarget = field(default_factory=AwsTarget)
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -177,8 +179,7 @@ class ConsumerConfig:
             poll_wait_seconds=settings.poll_wait_seconds,
             idle_exit_seconds=settings.idle_exit_seconds,
             shutdown_deadline_seconds=settings.shutdown_deadline_seconds,
-            region=settings.aws_region,
-            endpoint_url=settings.aws_endpoint_url,
+            aws=settings.aws,
         )
 
 
@@ -233,7 +234,7 @@ class Consumer:
     ) -> None:
         self.config = config
         self.handler = handler
-        self.sqs = sqs or client("sqs", config.region, config.endpoint_url)
+        self.sqs = sqs or config.aws.client("sqs")
         self.metrics = metrics
         self._stop = threading.Event()
         self._stop_at: float | None = None
@@ -423,7 +424,7 @@ class Consumer:
 
     def change_visibility(self, messages: Sequence[ReceivedMessage], timeout: int) -> None:
         for chunk in _chunks(messages):
-            entries = [
+            entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
                 {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": timeout}
                 for i, m in enumerate(chunk)
             ]

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from facefleet.common.aws import client
 from facefleet.common.config import Settings
 
 log = logging.getLogger(__name__)
@@ -226,5 +225,5 @@ def resolve_pack_dir(settings: Settings) -> Path:
         if settings.model_dir
         else Path(tempfile.gettempdir()) / "facefleet-models" / settings.model_pack
     )
-    s3 = client("s3", settings.aws_region, settings.aws_endpoint_url)
+    s3 = settings.aws.client("s3")
     return sync_pack(settings.model_bucket, settings.model_pack, target, s3)

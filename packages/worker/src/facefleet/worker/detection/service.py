@@ -28,7 +28,6 @@ import cv2
 import numpy as np
 from botocore.exceptions import ClientError
 
-from facefleet.common.aws import client
 from facefleet.common.config import Settings, load_service_settings
 from facefleet.common.documents import FaceDoc, ImageDoc, ImageStatus, face_doc_id
 from facefleet.common.logs import configure_logging
@@ -40,6 +39,7 @@ from facefleet.common.messages import (
 )
 from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.common.repository import GALLERY_DEFAULT_DB, GalleryRepository, connect
+from facefleet.common.s3keys import crop_key
 from facefleet.worker.consumer import (
     ConsumerConfig,
     Outcome,
@@ -63,11 +63,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound", "AccessDenied", "403"})
 CROP_JPEG_QUALITY = 92
-
-
-def crop_key(user_id: str, image_id: str, face_id: str) -> str:
-    """Where a face's aligned crop lives in FACE_GROUP_BUCKET_NAME (stable: reruns overwrite)."""
-    return f"faces/{user_id}/{image_id}/{face_id}.jpg"
 
 
 @dataclass
@@ -173,7 +168,6 @@ class DetectionService:
         cls, settings: Settings, analyzer: FaceAnalyzer | None = None
     ) -> DetectionService:
         assert settings.gallery_images_mongo_uri is not None
-        region, endpoint = settings.aws_region, settings.aws_endpoint_url
         if analyzer is None:
             analyzer = FaceAnalyzer.from_pack(
                 resolve_pack_dir(settings),
@@ -188,15 +182,14 @@ class DetectionService:
         metrics = MetricsEmitter(
             settings.metrics_namespace,
             {"Service": "detection"},
-            cloudwatch_region=region if settings.metrics_to_cloudwatch else None,
-            endpoint_url=endpoint,
+            cloudwatch=settings.aws if settings.metrics_to_cloudwatch else None,
         )
         return cls(
             settings,
             analyzer,
             repository,
-            s3=client("s3", region, endpoint),
-            sqs=client("sqs", region, endpoint),
+            s3=settings.aws.client("s3"),
+            sqs=settings.aws.client("sqs"),
             metrics=metrics,
         )
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from facefleet.worker.grouping.agreement import ari
 from facefleet.worker.grouping.clustering import (
     ClusterParams,
     FaceInput,
@@ -34,7 +35,6 @@ from facefleet.worker.grouping.clustering import (
     partition,
 )
 from facefleet.worker.grouping.index import FaceIndex, IndexParams
-from facefleet.worker.grouping.metrics import ari
 
 
 def canonical_order(faces: Sequence[FaceInput], params: ClusterParams) -> list[FaceInput]:

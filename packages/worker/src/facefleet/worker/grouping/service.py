@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from facefleet.common.aws import client
 from facefleet.common.config import Settings, load_service_settings
 from facefleet.common.documents import FaceDoc
 from facefleet.common.logs import configure_logging
@@ -265,7 +264,7 @@ def build_service(settings: Settings, metrics: MetricsEmitter | None = None) -> 
         log.warning("could not ensure indexes", extra={"error": repr(error)})
     return GroupingService(
         store,
-        s3=client("s3", settings.aws_region, settings.aws_endpoint_url),
+        s3=settings.aws.client("s3"),
         bucket=settings.face_group_bucket_name,
         params=cluster_params(settings),
         metrics=metrics,
@@ -281,8 +280,7 @@ def main() -> int:
     metrics = MetricsEmitter(
         settings.metrics_namespace,
         {"Service": "grouping"},
-        cloudwatch_region=settings.aws_region if settings.metrics_to_cloudwatch else None,
-        endpoint_url=settings.aws_endpoint_url,
+        cloudwatch=settings.aws if settings.metrics_to_cloudwatch else None,
     )
     service = build_service(settings, metrics)
     config = ConsumerConfig.from_settings(settings, settings.group_face_queue_url)

@@ -37,6 +37,7 @@ from pymongo.database import Database
 
 from facefleet.common.documents import FaceDoc, PersonDoc, encode_time, now
 from facefleet.common.repository import Document, GalleryRepository, PeopleRepository, upsert
+from facefleet.common.s3keys import cover_key
 from facefleet.worker.grouping.clustering import (
     IGNORED,
     STRONG,
@@ -51,14 +52,6 @@ from facefleet.worker.grouping.clustering import (
 from facefleet.worker.grouping.index import FaceIndex
 
 log = logging.getLogger(__name__)
-
-PEOPLE_PREFIX = "people"
-
-
-def cover_key(user_id: str, person_id: int, crop_key: str) -> str:
-    """Where a person's cover crop is copied: one stable key per person, overwritten on change."""
-    extension = crop_key.rsplit(".", 1)[-1] if "." in crop_key.rsplit("/", 1)[-1] else "jpg"
-    return f"{PEOPLE_PREFIX}/{user_id}/{person_id:06d}.{extension}"
 
 
 def face_input(face: FaceDoc) -> FaceInput:

@@ -1,0 +1,220 @@
+"""What the dispatch policy needs to know, read from AWS: thin boto3 adapters, no Prefect.
+
+- Queue depth from SQS attributes: visible and in-flight messages.
+- Age of the oldest message: SQS has no such queue attribute; CloudWatch publishes
+  `AWS/SQS ApproximateAgeOfOldestMessage` per queue, read here as the latest Maximum. The moto
+  server publishes no AWS/SQS metrics, so locally the age falls back to how long the queue has
+  been continuously non-empty as seen by the dispatcher (`backlog_since_s`): an upper bound, not
+  a measurement, and 0 when the dispatcher has not seen a backlog yet.
+- Active jobs per job queue from ListJobs in SUBMITTED/PENDING/RUNNABLE/STARTING/RUNNING; an
+  array parent counts its children that are still active (DescribeJobs' statusSummary), and any
+  children ListJobs returns as separate rows (moto does) are folded into their parent.
+- The dispatch state (last submission time, backlog start) in SSM Parameter Store, so the flow
+  and the fallback Lambda share one cool-down.
+
+Imported by the Lambda handler: boto3, facefleet.common and facefleet.control.policy only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from facefleet.common.aws import AwsTarget
+from facefleet.common.config import Names
+from facefleet.control.policy import (
+    ACTIVE_STATES,
+    DETECTION,
+    GROUPING,
+    ActiveJob,
+    DispatchInputs,
+    QueueDepth,
+)
+
+log = logging.getLogger(__name__)
+
+AGE_METRIC = "ApproximateAgeOfOldestMessage"
+
+
+@dataclass(frozen=True)
+class QueueUrls:
+    indexing: str
+    group_face: str
+
+
+def queue_urls(names: Names, aws: AwsTarget) -> QueueUrls:
+    """The URLs of the indexing and GroupFace queues named by `names`."""
+    sqs = aws.client("sqs")
+    return QueueUrls(
+        indexing=sqs.get_queue_url(QueueName=names.indexing_queue)["QueueUrl"],
+        group_face=sqs.get_queue_url(QueueName=names.group_face_queue)["QueueUrl"],
+    )
+
+
+def oldest_message_age(queue_name: str, aws: AwsTarget, window_s: int = 600) -> float | None:
+    """The latest `ApproximateAgeOfOldestMessage` CloudWatch holds for a queue; None if none."""
+    cloudwatch = aws.client("cloudwatch")
+    end = dt.datetime.now(dt.UTC)
+    response = cloudwatch.get_metric_statistics(
+        Namespace="AWS/SQS",
+        MetricName=AGE_METRIC,
+        Dimensions=[{"Name": "QueueName", "Value": queue_name}],
+        StartTime=end - dt.timedelta(seconds=window_s),
+        EndTime=end,
+        Period=60,
+        Statistics=["Maximum"],
+    )
+    points = sorted(response.get("Datapoints", []), key=lambda p: p["Timestamp"])
+    return float(points[-1]["Maximum"]) if points else None
+
+
+def queue_depth(
+    queue_url: str,
+    aws: AwsTarget,
+    *,
+    now_s: float | None = None,
+    backlog_since_s: float | None = None,
+) -> QueueDepth:
+    """Visible and in-flight messages, and the age of the oldest (see the module docstring)."""
+    sqs = aws.client("sqs")
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    visible = int(attributes.get("ApproximateNumberOfMessages", 0))
+    in_flight = int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
+    age = oldest_message_age(queue_url.rstrip("/").rsplit("/", 1)[-1], aws)
+    if age is None:
+        age = 0.0
+        if visible > 0 and backlog_since_s is not None and now_s is not None:
+            age = max(0.0, now_s - backlog_since_s)
+    return QueueDepth(visible=visible, in_flight=in_flight, oldest_age_s=age)
+
+
+def _kind_of(job_definition: str, names: Names) -> str:
+    """detection or grouping, from a job definition name or ARN (".../name:revision")."""
+    name = job_definition.rsplit("/", 1)[-1].split(":", 1)[0]
+    return GROUPING if name == names.grouping_job.name else DETECTION
+
+
+def _active_children(batch: Any, parent_id: str) -> int:
+    jobs = batch.describe_jobs(jobs=[parent_id]).get("jobs", [])
+    if not jobs:
+        return 0
+    summary = jobs[0].get("arrayProperties", {}).get("statusSummary", {})
+    return sum(int(summary.get(state, 0)) for state in ACTIVE_STATES)
+
+
+def batch_active_jobs(names: Names, aws: AwsTarget) -> tuple[ActiveJob, ...]:
+    """Active jobs on the stack's job queues, with array children counted."""
+    batch = aws.client("batch")
+    active: list[ActiveJob] = []
+    for queue in names.job_queues:
+        parents: dict[str, tuple[str, int]] = {}  # array parent id -> (kind, active children)
+        loose_children: dict[str, tuple[str, int]] = {}
+        singles: list[str] = []
+        for status in ACTIVE_STATES:
+            paginator = batch.get_paginator("list_jobs")
+            for page in paginator.paginate(jobQueue=queue.name, jobStatus=status):
+                for summary in page.get("jobSummaryList", []):
+                    kind = _kind_of(summary.get("jobDefinition", ""), names)
+                    job_id = summary["jobId"]
+                    array = summary.get("arrayProperties") or {}
+                    if ":" in job_id:  # an array child listed on its own
+                        parent = job_id.split(":", 1)[0]
+                        count = loose_children.get(parent, (kind, 0))[1]
+                        loose_children[parent] = (kind, count + 1)
+                    elif "size" in array and "index" not in array:
+                        parents[job_id] = (kind, _active_children(batch, job_id))
+                    else:
+                        singles.append(kind)
+        for kind in singles:
+            active.append(ActiveJob(kind, queue.name))
+        for parent, (kind, count) in parents.items():
+            count = max(count, loose_children.pop(parent, (kind, 0))[1])
+            if count:
+                active.append(ActiveJob(kind, queue.name, count))
+        for kind, count in loose_children.values():
+            active.append(ActiveJob(kind, queue.name, count))
+    return tuple(active)
+
+
+@dataclass(frozen=True)
+class DispatchState:
+    """What the dispatcher remembers between ticks (one SSM parameter, JSON)."""
+
+    last_submission_s: float | None = None
+    backlog_since_s: float | None = None
+
+    def after(self, now_s: float, backlog: int, submitted: bool) -> DispatchState:
+        since = self.backlog_since_s if self.backlog_since_s is not None else now_s
+        return DispatchState(
+            last_submission_s=now_s if submitted else self.last_submission_s,
+            backlog_since_s=since if backlog > 0 else None,
+        )
+
+
+def state_parameter(names: Names) -> str:
+    return f"{names.dispatch_parameter_prefix}/state"
+
+
+def load_state(names: Names, aws: AwsTarget) -> DispatchState:
+    ssm = aws.client("ssm")
+    try:
+        raw = ssm.get_parameter(Name=state_parameter(names))["Parameter"]["Value"]
+    except ssm.exceptions.ParameterNotFound:
+        return DispatchState()
+    data: Mapping[str, Any] = json.loads(raw)
+    return DispatchState(
+        last_submission_s=data.get("last_submission_s"),
+        backlog_since_s=data.get("backlog_since_s"),
+    )
+
+
+def save_state(names: Names, state: DispatchState, aws: AwsTarget) -> None:
+    aws.client("ssm").put_parameter(
+        Name=state_parameter(names),
+        Value=json.dumps(asdict(state)),
+        Type="String",
+        Overwrite=True,
+    )
+
+
+def observe(
+    names: Names,
+    aws: AwsTarget,
+    *,
+    now_s: float,
+    state: DispatchState = DispatchState(),
+    urls: QueueUrls | None = None,
+    extra_active: Iterable[ActiveJob] = (),
+) -> DispatchInputs:
+    """Everything `policy.decide` needs, read now. `extra_active`: jobs only a local executor
+    knows are running (moto marks Batch jobs SUCCEEDED at once)."""
+    urls = urls or queue_urls(names, aws)
+    # The remembered backlog start belongs to the indexing queue (the one dispatch scales for).
+    indexing = queue_depth(urls.indexing, aws, now_s=now_s, backlog_since_s=state.backlog_since_s)
+    group_face = queue_depth(urls.group_face, aws)
+    active = batch_active_jobs(names, aws) + tuple(extra_active)
+    return DispatchInputs(
+        indexing=indexing,
+        group_face=group_face,
+        active=active,
+        now_s=now_s,
+        last_submission_s=state.last_submission_s,
+    )
+
+
+def describe_inputs(inputs: DispatchInputs) -> dict[str, Any]:
+    """The inputs as plain data, for logs and artifacts."""
+    return {
+        "indexing": asdict(inputs.indexing),
+        "group_face": asdict(inputs.group_face),
+        "active": [asdict(job) for job in inputs.active],
+        "now_s": inputs.now_s,
+        "last_submission_s": inputs.last_submission_s,
+    }

@@ -1,0 +1,248 @@
+"""Prices, in one place: the configured tables, the Spot price history and on-demand prices.
+
+- `ON_DEMAND_PER_H` / `SPOT_PER_H`: the configured tables (us-east-1 list prices; the Spot figure
+  an assumption), used by the simulator and as the savings job's fallback;
+- `read_spot_prices`: the one Spot-price-history reader (EC2 `describe_spot_price_history`), as
+  records per instance type and zone; `spot_history` turns them into the simulator's series;
+- `on_demand_prices`: on-demand $/h from the Pricing API, or the configured table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from facefleet.common.aws import AwsTarget
+
+log = logging.getLogger(__name__)
+
+HOUR_S = 3_600.0
+
+# us-east-1 Linux on-demand list prices, $/hour (g4dn.xlarge: 4 vCPU, 1 T4). The savings job
+# prefers the Pricing API's figure and falls back to these.
+ON_DEMAND_PER_H: Mapping[str, float] = {
+    "g4dn.xlarge": 0.526,
+    "g4dn.2xlarge": 0.752,
+    "g4dn.4xlarge": 1.204,
+    "g4dn.8xlarge": 2.176,
+    "g4dn.12xlarge": 3.912,
+    "g5.xlarge": 1.006,
+    "g5.2xlarge": 1.212,
+    "g6.xlarge": 0.8048,
+}
+# Assumed Spot price, $/hour: 60 % below on-demand, within the range g4dn.xlarge Spot has traded
+# at in us-east-1. An assumption; read the real series with `spot_history`.
+SPOT_PER_H: dict[str, float] = {"g4dn.xlarge": 0.2104}
+# EC2 bills Linux instances per second with a one-minute minimum.
+MINIMUM_BILLED_S = 60.0
+# The Pricing API is served from us-east-1 (and a few others), whatever the stack's region.
+PRICING_REGION = "us-east-1"
+LINUX = "Linux/UNIX"
+
+
+class PricingError(ValueError):
+    """Pricing input is missing or malformed; the message names the instance type or record."""
+
+
+@dataclass(frozen=True)
+class SpotPrice:
+    """A Spot price that holds from `timestamp` until the next record of its type and zone."""
+
+    instance_type: str
+    availability_zone: str
+    timestamp: datetime
+    usd_per_hour: float
+
+    def __post_init__(self) -> None:
+        if self.usd_per_hour < 0:
+            raise PricingError(f"negative Spot price for {self.instance_type}: {self}")
+
+
+def read_spot_prices(
+    ec2: Any,
+    instance_types: Sequence[str],
+    start: datetime,
+    end: datetime,
+    product: str = LINUX,
+) -> list[SpotPrice]:
+    """Every Spot price record for `instance_types` between `start` and `end` (all zones)."""
+    log.info("reading %s Spot price history for %s, %s to %s", product, instance_types, start, end)
+    pages = ec2.get_paginator("describe_spot_price_history").paginate(
+        InstanceTypes=list(instance_types),
+        ProductDescriptions=[product],
+        StartTime=start,
+        EndTime=end,
+    )
+    records = []
+    for page in pages:
+        for item in page.get("SpotPriceHistory", []):
+            stamp = item["Timestamp"]
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=UTC)
+            records.append(
+                SpotPrice(
+                    item["InstanceType"] if "InstanceType" in item else instance_types[0],
+                    str(item.get("AvailabilityZone", "")),
+                    stamp,
+                    float(item["SpotPrice"]),
+                )
+            )
+    return records
+
+
+@dataclass(frozen=True)
+class SpotSeries:
+    """A step function of $/hour: `prices[i]` holds from `times_s[i]` (offset from trace start)."""
+
+    times_s: tuple[float, ...] = (0.0,)
+    prices: tuple[float, ...] = (SPOT_PER_H["g4dn.xlarge"],)
+
+    def __post_init__(self) -> None:
+        if not self.times_s or len(self.times_s) != len(self.prices):
+            raise ValueError("a Spot series needs as many prices as times, at least one")
+        if list(self.times_s) != sorted(self.times_s):
+            raise ValueError("Spot series times must be sorted")
+        if any(p < 0 for p in self.prices):
+            raise ValueError("Spot prices must not be negative")
+
+    @classmethod
+    def constant(cls, per_h: float) -> SpotSeries:
+        return cls((0.0,), (per_h,))
+
+    def _cumulative(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        times = np.array(self.times_s, dtype=np.float64)
+        # Before the first change the first price holds.
+        times[0] = min(times[0], 0.0)
+        prices = np.array(self.prices, dtype=np.float64) / HOUR_S
+        cum = np.concatenate(([0.0], np.cumsum(np.diff(times) * prices[:-1])))
+        return times, prices, cum
+
+    def integral(self, t: NDArray[np.float64] | float) -> NDArray[np.float64]:
+        """Dollars one instance costs from the series start to offset `t` (vectorised)."""
+        times, prices, cum = self._cumulative()
+        tt = np.asarray(t, dtype=np.float64)
+        i = np.clip(np.searchsorted(times, tt, side="right") - 1, 0, len(times) - 1)
+        return np.asarray(cum[i] + (tt - times[i]) * prices[i], dtype=np.float64)
+
+    def cost(self, start_s: float, end_s: float) -> float:
+        """Dollars for one instance running from `start_s` to `end_s`."""
+        return float(self.integral(end_s) - self.integral(start_s))
+
+    def mean_per_h(self, start_s: float, end_s: float) -> float:
+        if end_s <= start_s:
+            return self.prices[0]
+        return self.cost(start_s, end_s) / (end_s - start_s) * HOUR_S
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    instance_type: str = "g4dn.xlarge"
+    on_demand_per_h: float = ON_DEMAND_PER_H["g4dn.xlarge"]
+    spot: SpotSeries = field(default_factory=SpotSeries)
+
+    @classmethod
+    def for_instance(cls, instance_type: str, spot_per_h: float | None = None) -> PriceTable:
+        if instance_type not in ON_DEMAND_PER_H or (
+            spot_per_h is None and instance_type not in SPOT_PER_H
+        ):
+            raise PricingError(
+                f"no on-demand and Spot price configured for {instance_type!r}; "
+                f"known: {', '.join(t for t in ON_DEMAND_PER_H if t in SPOT_PER_H)}"
+            )
+        spot = SPOT_PER_H[instance_type] if spot_per_h is None else spot_per_h
+        return cls(instance_type, ON_DEMAND_PER_H[instance_type], SpotSeries.constant(spot))
+
+
+def spot_history(
+    ec2: Any,
+    instance_type: str,
+    start: datetime,
+    end: datetime,
+    product: str = LINUX,
+) -> SpotSeries:
+    """The Spot price series for `instance_type` between `start` and `end`, offsets from `start`.
+
+    Prices differ per availability zone and the capacity-optimized allocation may use any of them,
+    so each step is the mean over the zones' latest prices at that moment.
+
+    >>> from facefleet.common.aws import AwsTarget
+    >>> series = spot_history(AwsTarget("us-east-1").client("ec2"), "g4dn.xlarge",
+    ...                       datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 8, tzinfo=UTC))
+    """
+    points = sorted(
+        ((r.timestamp - start).total_seconds(), r.availability_zone, r.usd_per_hour)
+        for r in read_spot_prices(ec2, [instance_type], start, end, product)
+    )
+    if not points:
+        raise PricingError(f"no {product} Spot price history for {instance_type} in that period")
+    latest: dict[str, float] = {}
+    times: list[float] = []
+    prices: list[float] = []
+    for offset, zone, price in points:
+        latest[zone] = price
+        mean = sum(latest.values()) / len(latest)
+        step = max(0.0, offset)
+        if times and times[-1] == step:
+            prices[-1] = mean
+        else:
+            times.append(step)
+            prices.append(mean)
+    return SpotSeries(tuple(times), tuple(prices))
+
+
+DEFAULT_PRICES = PriceTable()
+
+
+def _pricing_api_price(pricing: Any, region: str, instance_type: str) -> float:
+    filters = {
+        "instanceType": instance_type,
+        "regionCode": region,
+        "operatingSystem": "Linux",
+        "tenancy": "Shared",
+        "preInstalledSw": "NA",
+        "capacitystatus": "Used",
+    }
+    response = pricing.get_products(
+        ServiceCode="AmazonEC2",
+        MaxResults=1,
+        Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()],
+    )
+    for product in response["PriceList"]:
+        document = json.loads(product) if isinstance(product, str) else product
+        for term in document["terms"]["OnDemand"].values():
+            for dimension in term["priceDimensions"].values():
+                return float(dimension["pricePerUnit"]["USD"])
+    raise PricingError(f"the Pricing API has no on-demand Linux price for {instance_type}")
+
+
+def on_demand_prices(
+    aws: AwsTarget,
+    instance_types: Iterable[str],
+    *,
+    fallback: Mapping[str, float] = ON_DEMAND_PER_H,
+    use_pricing_api: bool = True,
+    pricing_region: str = PRICING_REGION,
+) -> tuple[dict[str, float], str]:
+    """On-demand USD/hour per instance type in `aws.region`, and where they came from
+    ("pricing-api" or "fallback": the configured table)."""
+    types = list(instance_types)
+    if use_pricing_api:
+        try:
+            # Few attempts: the moto server answers Pricing with 500s, and the table is good
+            # enough; the default 8 adaptive retries would spend a minute finding that out.
+            pricing = aws.in_region(pricing_region).client("pricing", retries="quick")
+            prices = {t: _pricing_api_price(pricing, aws.region, t) for t in types}
+            return prices, "pricing-api"
+        except Exception as error:
+            log.warning("Pricing API unavailable (%s); using the configured on-demand table", error)
+    missing = [t for t in types if t not in fallback]
+    if missing:
+        raise PricingError(f"no fallback on-demand price for instance types {missing}")
+    return {t: float(fallback[t]) for t in types}, "fallback"

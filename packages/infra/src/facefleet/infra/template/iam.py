@@ -1,0 +1,135 @@
+"""The IAM roles: Batch service, instance, job execution and the two job roles (least privilege)."""
+
+from __future__ import annotations
+
+from facefleet.infra.stack_config import StackConfig
+from facefleet.infra.template.base import (
+    DETECTION_JOB_ROLE,
+    EXECUTION_ROLE,
+    GROUP_FACE_QUEUE,
+    GROUPING_JOB_ROLE,
+    INDEXING_QUEUE,
+    Json,
+    arn,
+    assume_role,
+    policy_document,
+    ref,
+    s3_arn,
+    statement,
+    sub,
+    tag_list,
+)
+from facefleet.infra.template.queues import Queues
+from facefleet.infra.template.storage import secret_arns
+
+
+def _logs_statement(log_group: str) -> Json:
+    return statement(
+        ["logs:CreateLogStream", "logs:PutLogEvents"],
+        [arn("logs", f"log-group:{log_group}:*")],
+    )
+
+
+def metrics_statement(namespace: str) -> Json:
+    # PutMetricData has no resource-level permission; the namespace condition is the scope.
+    return statement(
+        ["cloudwatch:PutMetricData"],
+        ["*"],
+        Condition={"StringEquals": {"cloudwatch:namespace": namespace}},
+    )
+
+
+CONSUME = [
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+    "sqs:GetQueueUrl",
+]
+
+
+def _job_policies(config: StackConfig, queues: Queues) -> dict[str, list[Json]]:
+    names = config.names
+    face_groups = config.face_group_bucket
+    models = config.model_bucket_name
+    detection = [
+        statement(CONSUME, [queues.arn(INDEXING_QUEUE)]),
+        statement(["sqs:SendMessage", "sqs:GetQueueUrl"], [queues.arn(GROUP_FACE_QUEUE)]),
+        statement(["s3:GetObject"], [s3_arn(config.gallery_bucket, "/*")]),
+        statement(["s3:PutObject"], [s3_arn(face_groups, "/*")]),
+        statement(["s3:ListBucket"], [s3_arn(models)]),
+        statement(["s3:GetObject"], [s3_arn(models, "/*")]),
+        _logs_statement(names.log_group),
+        metrics_statement(names.metrics_namespace),
+    ]
+    grouping = [
+        statement(CONSUME, [queues.arn(GROUP_FACE_QUEUE)]),
+        # Crops written by detection are read, and copied to their person's key.
+        statement(["s3:GetObject", "s3:PutObject"], [s3_arn(face_groups, "/*")]),
+        _logs_statement(names.log_group),
+        metrics_statement(names.metrics_namespace),
+    ]
+    return {DETECTION_JOB_ROLE: detection, GROUPING_JOB_ROLE: grouping}
+
+
+def iam_resources(config: StackConfig, queues: Queues) -> Json:
+    managed = "arn:${AWS::Partition}:iam::aws:policy/service-role/"
+    resources: Json = {
+        "BatchServiceRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "AssumeRolePolicyDocument": assume_role("batch.amazonaws.com"),
+                "ManagedPolicyArns": [sub(managed + "AWSBatchServiceRole")],
+                "Tags": tag_list(config),
+            },
+        },
+        "InstanceRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "AssumeRolePolicyDocument": assume_role("ec2.amazonaws.com"),
+                # ECS agent, image pulls from ECR and the awslogs driver run with this role.
+                "ManagedPolicyArns": [sub(managed + "AmazonEC2ContainerServiceforEC2Role")],
+                "Tags": tag_list(config),
+            },
+        },
+        "InstanceProfile": {
+            "Type": "AWS::IAM::InstanceProfile",
+            "Properties": {"Roles": [ref("InstanceRole")]},
+        },
+        EXECUTION_ROLE: {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "AssumeRolePolicyDocument": assume_role("ecs-tasks.amazonaws.com"),
+                "Policies": [
+                    {
+                        "PolicyName": "read-mongodb-secrets",
+                        "PolicyDocument": policy_document(
+                            [
+                                statement(
+                                    ["secretsmanager:GetSecretValue"],
+                                    list(secret_arns(config).values()),
+                                ),
+                                _logs_statement(config.names.log_group),
+                            ]
+                        ),
+                    }
+                ],
+                "Tags": tag_list(config),
+            },
+        },
+    }
+    for role, statements in _job_policies(config, queues).items():
+        resources[role] = {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "AssumeRolePolicyDocument": assume_role("ecs-tasks.amazonaws.com"),
+                "Policies": [
+                    {
+                        "PolicyName": "facefleet-worker",
+                        "PolicyDocument": policy_document(statements),
+                    }
+                ],
+                "Tags": tag_list(config),
+            },
+        }
+    return resources

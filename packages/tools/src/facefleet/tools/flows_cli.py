@@ -1,0 +1,201 @@
+"""`facefleet flows serve`, `facefleet dispatch --once`, `facefleet cutover ...`,
+`facefleet provision` and `facefleet jobs`: the flows from the command line.
+
+Every command reads the AWS endpoint and credentials from the environment (on the embedded stack:
+`source .facefleet/local/stack.env`). `--prefix` selects the stack's `Names`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from facefleet.common.aws import AwsTarget
+from facefleet.common.config import Names
+
+
+def _names(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.prefix is None:
+        return None
+    defaults = Names()
+    grouping = args.grouping_prefix or (
+        defaults.grouping_prefix if args.prefix == defaults.prefix else f"{args.prefix}-grouping"
+    )
+    return {"prefix": args.prefix, "grouping_prefix": grouping}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prefix", default=None, help="Names prefix (default face-recognition)")
+    parser.add_argument("--grouping-prefix", default=None)
+    parser.add_argument("--region", default=None)
+
+
+def _print(result: Any) -> None:
+    print(json.dumps(result, indent=2, default=str))
+
+
+def register(subparsers: Any) -> None:
+    flows = subparsers.add_parser("flows", help="serve the Prefect deployments")
+    flows.add_argument("action", choices=("serve", "list", "yaml"))
+    flows.add_argument("--out", default=None, help="yaml: write prefect.yaml here (else stdout)")
+    flows.add_argument("--mode", choices=("local", "aws"), default="local")
+    flows.add_argument("--dispatch-interval", type=int, default=60, help="seconds")
+    flows.add_argument("--cutover-interval", type=int, default=10, help="minutes")
+    flows.add_argument(
+        "--no-cutover-schedule",
+        action="store_true",
+        help="register the cutover deployment without its schedule",
+    )
+    flows.add_argument("--local-batch-dir", default=None)
+    _common(flows)
+    flows.set_defaults(func=run_flows)
+
+    dispatch = subparsers.add_parser("dispatch", help="run one dispatch tick")
+    dispatch.add_argument("--once", action="store_true", help="one tick (the default)")
+    dispatch.add_argument("--mode", choices=("local", "aws"), default="local")
+    dispatch.add_argument(
+        "--lambda",
+        dest="use_lambda",
+        action="store_true",
+        help="run the fallback Lambda handler in-process instead of the flow",
+    )
+    dispatch.add_argument("--local-batch-dir", default=None)
+    _common(dispatch)
+    dispatch.set_defaults(func=run_dispatch)
+
+    cutover = subparsers.add_parser("cutover", help="gradual ECS -> Batch cutover")
+    cutover.add_argument("action", choices=("status", "step", "rollback", "pause", "resume"))
+    cutover.add_argument("--reason", default=None)
+    _common(cutover)
+    cutover.set_defaults(func=run_cutover)
+
+    provision = subparsers.add_parser("provision", help="deploy the stack and its dashboards")
+    provision.add_argument(
+        "--production",
+        action="store_true",
+        help="not the embedded stack: --config gives the StackConfig fields",
+    )
+    provision.add_argument("--config", default=None, help="JSON file of StackConfig fields")
+    provision.add_argument("--no-dashboards", action="store_true")
+    _common(provision)
+    provision.set_defaults(func=run_provision)
+
+    jobs = subparsers.add_parser("jobs", help="local executor jobs (embedded stack)")
+    jobs.add_argument("action", choices=("list", "stop"), nargs="?", default="list")
+    jobs.add_argument("--local-batch-dir", default=None)
+    jobs.set_defaults(func=run_jobs)
+
+
+def run_flows(args: argparse.Namespace) -> int:
+    from facefleet.flows.deployments import build, prefect_yaml, serve_all
+
+    if args.action == "yaml":
+        text = prefect_yaml()
+        if args.out:
+            Path(args.out).write_text(text)
+            print(f"wrote {args.out}")
+        else:
+            print(text, end="")
+        return 0
+    deployments = build(
+        _names(args),
+        mode=args.mode,
+        dispatch_interval_s=args.dispatch_interval,
+        cutover_interval_min=args.cutover_interval,
+        local_batch_dir=args.local_batch_dir,
+        cutover_schedule=not args.no_cutover_schedule,
+    )
+    if args.action == "list":
+        for deployment in deployments:
+            print(f"{deployment.flow_name}/{deployment.name}")
+        return 0
+    serve_all(deployments)
+    return 0
+
+
+def run_dispatch(args: argparse.Namespace) -> int:
+    if args.use_lambda:
+        from facefleet.control.lambda_dispatch import handler
+
+        if args.prefix:
+            os.environ["FACEFLEET_PREFIX"] = args.prefix
+        _print(handler({"names": _names(args)} if args.prefix else {}, None))
+        return 0
+    from facefleet.flows.dispatch import dispatch
+
+    _print(
+        dispatch(
+            names=_names(args),
+            mode=args.mode,
+            region=args.region,
+            local_batch_dir=args.local_batch_dir,
+        )
+    )
+    return 0
+
+
+def run_cutover(args: argparse.Namespace) -> int:
+    from facefleet.control.cutover import effects
+    from facefleet.flows import cutover
+
+    names = _names(args)
+    if args.action == "status":
+        the_names = Names(**(names or {}))
+        state = effects.load_state(the_names, AwsTarget.from_env(region=args.region))
+        _print(
+            {
+                "stage": state.stage,
+                "weight": state.weight,
+                "status": state.status,
+                "entered_at_s": state.entered_at_s,
+                "reason": state.reason,
+            }
+        )
+        return 0
+    common = {"names": names, "region": args.region}
+    if args.action == "step":
+        _print(cutover.cutover(**common))
+    elif args.action == "rollback":
+        _print(cutover.rollback_flow(reason=args.reason or "manual rollback", **common))
+    elif args.action == "pause":
+        _print(cutover.pause_flow(reason=args.reason or "paused by operator", **common))
+    else:
+        _print(cutover.resume_flow(**common))
+    return 0
+
+
+def run_provision(args: argparse.Namespace) -> int:
+    from facefleet.flows.provisioning import provision
+
+    config = None
+    if args.config:
+        with open(args.config) as handle:
+            config = json.load(handle)
+    _print(
+        provision(
+            names=_names(args),
+            local=not args.production,
+            config=config,
+            with_dashboards=not args.no_dashboards,
+            region=args.region,
+        )
+    )
+    return 0
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    from facefleet.localstack.batch import LocalExecutor
+
+    executor = LocalExecutor(args.local_batch_dir)
+    if args.action == "stop":
+        executor.terminate()
+    for child in executor.children():
+        index = "" if child.index is None else f"[{child.index}]"
+        print(
+            f"{child.job_id}{index:6} {child.kind:9} {child.status:9} attempt {child.attempt}"
+            f"  exit {list(child.exit_codes)}  log {child.log}"
+        )
+    return 0

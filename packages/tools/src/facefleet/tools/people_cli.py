@@ -1,0 +1,190 @@
+"""`facefleet people ...`: inspect and correct a user's people, re-cluster, change model.
+
+    facefleet people list USER                 people, names, face counts, covers
+    facefleet people name USER PERSON NAME     (--clear to remove the name)
+    facefleet people merge USER KEEP ABSORB    ABSORB is the same person as KEEP
+    facefleet people move USER FACE PERSON     PERSON may be `new`
+    facefleet people reject USER FACE PERSON   "not this person"
+    facefleet people recluster USER [--apply]  full re-cluster, compared with the incremental one
+    facefleet people migrate USER (--model-dir DIR | --model-id ID)
+
+Reads GALLERY_IMAGES_MONGO_URI, HUEMN_MONGO_URI and FACE_GROUP_BUCKET_NAME like the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from facefleet.common.config import ConfigError, Settings
+from facefleet.common.repository import LeaseHeld
+
+if TYPE_CHECKING:  # imported when a command runs: `facefleet --help` stays free of FAISS
+    from facefleet.worker.grouping.corrections import Corrections, Embedder
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("people", help="inspect and correct grouped people")
+    commands = parser.add_subparsers(dest="people_command", required=True)
+    for name, handler, arguments in _COMMANDS:
+        sub = commands.add_parser(name, help=handler.__doc__)
+        sub.add_argument("user_id")
+        for flags, options in arguments:
+            sub.add_argument(*flags, **options)
+        sub.set_defaults(func=_run(handler))
+
+
+def _run(handler: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from facefleet.worker.grouping.corrections import NoGroupingState
+
+        try:
+            settings = Settings.from_env()
+            needed = ["gallery_images_mongo_uri", "huemn_mongo_uri"]
+            if handler not in READ_ONLY:  # covers are rewritten in the crop bucket
+                needed.append("face_group_bucket_name")
+            settings.require(*needed)
+            print(handler(_corrections(settings), args))
+        except (ConfigError, NoGroupingState, KeyError, ValueError, LeaseHeld) as error:
+            print(f"error: {error}")
+            return 2
+        return 0
+
+    return run
+
+
+def _corrections(settings: Settings) -> Corrections:
+    from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, connect
+    from facefleet.worker.grouping.corrections import Corrections
+    from facefleet.worker.grouping.service import cluster_params
+    from facefleet.worker.grouping.store import GroupingStore
+
+    assert settings.gallery_images_mongo_uri and settings.huemn_mongo_uri
+    store = GroupingStore(
+        connect(settings.gallery_images_mongo_uri, GALLERY_DEFAULT_DB),
+        connect(settings.huemn_mongo_uri, HUEMN_DEFAULT_DB),
+    )
+    return Corrections(
+        store,
+        s3=settings.aws.client("s3"),
+        bucket=settings.face_group_bucket_name or "",  # read-only commands write no cover
+        params=cluster_params(settings),
+    )
+
+
+def list_people(corrections: Corrections, args: argparse.Namespace) -> str:
+    """List a user's people."""
+    people = corrections.store.people.people_of_user(args.user_id)
+    if args.json:
+        return json.dumps(
+            [
+                {
+                    "person_id": p.person_id,
+                    "name": p.name,
+                    "faces": p.face_count,
+                    "model_id": p.model_id,
+                    "cover_key": p.cover_key,
+                    **({"members": p.member_face_ids} if args.faces else {}),
+                }
+                for p in people
+            ],
+            indent=2,
+        )
+    lines = [f"{'person':>8}  {'faces':>5}  {'name':<24} cover"]
+    for p in people:
+        lines.append(f"{p.person_id:>8}  {p.face_count:>5}  {p.name or '-':<24} {p.cover_key}")
+        if args.faces:
+            lines.extend(f"{'':>17}{face_id}" for face_id in p.member_face_ids)
+    return "\n".join(lines)
+
+
+def name(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Name a person (or --clear its name)."""
+    label = None if args.clear else " ".join(args.name).strip()
+    if label == "":
+        raise ValueError("give a name, or --clear")
+    person = corrections.name(args.user_id, args.person_id, label)
+    return f"person {person}: {label or '(no name)'}"
+
+
+def merge(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Merge ABSORB into KEEP (the same person)."""
+    kept = corrections.merge(args.user_id, args.keep, args.absorb)
+    return f"person {args.absorb} merged into person {kept}"
+
+
+def move(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Move a face into a person (`new`: a person of its own)."""
+    target = None if args.person == "new" else int(args.person)
+    person = corrections.move(args.user_id, args.face_id, target)
+    return f"face {args.face_id} is now in person {person}"
+
+
+def reject(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Say a face is not a person."""
+    corrections.reject(args.user_id, args.face_id, args.person_id)
+    return f"face {args.face_id} is not person {args.person_id}"
+
+
+def recluster_user(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Full re-cluster, compared with the incremental result (--apply to keep it)."""
+    report = corrections.recluster(args.user_id, apply=args.apply)
+    return "\n".join(f"{key}: {value}" for key, value in asdict(report).items())
+
+
+def migrate(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Move a user to a new model: re-embed, re-cluster, carry named people."""
+    embedder: Embedder | None = None
+    model_id = args.model_id
+    if args.model_dir:
+        from facefleet.worker.detection.analyzer import FaceAnalyzer  # loads ONNX Runtime
+
+        analyzer = FaceAnalyzer.from_pack(Path(args.model_dir))
+        embedder, model_id = analyzer.embed, analyzer.model_id
+    if not model_id:
+        raise ValueError("give --model-dir (re-embed) or --model-id (faces already detected)")
+    report = corrections.migrate(args.user_id, model_id, embedder)
+    return "\n".join(f"{key}: {value}" for key, value in asdict(report).items())
+
+
+_COMMANDS: list[tuple[str, Any, list[tuple[tuple[str, ...], dict[str, Any]]]]] = [
+    (
+        "list",
+        list_people,
+        [
+            (("--faces",), {"action": "store_true", "help": "member face ids"}),
+            (("--json",), {"action": "store_true"}),
+        ],
+    ),
+    (
+        "name",
+        name,
+        [
+            (("person_id",), {"type": int}),
+            (("name",), {"nargs": "*"}),
+            (("--clear",), {"action": "store_true"}),
+        ],
+    ),
+    ("merge", merge, [(("keep",), {"type": int}), (("absorb",), {"type": int})]),
+    ("move", move, [(("face_id",), {}), (("person",), {"help": "a person id, or `new`"})]),
+    ("reject", reject, [(("face_id",), {}), (("person_id",), {"type": int})]),
+    (
+        "recluster",
+        recluster_user,
+        [(("--apply",), {"action": "store_true", "help": "replace the stored state"})],
+    ),
+    (
+        "migrate",
+        migrate,
+        [
+            (("--model-dir",), {"help": "the new model pack: re-embed crops"}),
+            (("--model-id",), {"help": "faces already detected with this model"}),
+        ],
+    ),
+]
+
+# Commands that only read: they need the two databases, not the crop bucket.
+READ_ONLY = frozenset({list_people})

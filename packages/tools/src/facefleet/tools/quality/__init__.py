@@ -1,0 +1,1 @@
+"""The grouping quality lab: scores, baselines, LFW evaluation (`facefleet evaluate PATH`)."""

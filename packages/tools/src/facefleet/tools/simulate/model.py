@@ -1,0 +1,574 @@
+"""A discrete-event model of detection on AWS Batch Spot, driven by the real dispatch policy.
+
+What is modelled, and what is assumed (every figure is a `ModelParams` field):
+- The indexing queue (SQS) as a FIFO of lots (a trace row's images). Workers receive up to
+  `batch_size` messages at a time, hold them in flight while they work, and delete them when the
+  faces are stored; a long poll hands a new message to an idle worker at once.
+- Every `tick_s` the dispatch flow calls `facefleet.control.policy.decide` itself (not a copy) with
+  the simulated queue depth, the jobs active per job queue and the time of the last submission;
+  the policy owns the cool-down, the array sizing and the vCPU headroom.
+- A job needs one g4dn.xlarge (4 vCPU, 1 GPU). Batch launches an instance per RUNNABLE job up to
+  the compute environment's vCPU cap (16 -> 4 instances, 256 -> 64); a cold start (Spot request,
+  boot, ECS agent, image pull, model load) takes uniform(`cold_start_s`), a job placed on an idle
+  instance Batch has not yet scaled in starts in `warm_start_s`. Jobs beyond the cap wait RUNNABLE.
+- A running job processes `images_per_s`. The detection benchmark (`make bench-detect`) cannot
+  run on a T4 here, so the default is an assumption: a T4 runs SCRFD-10GF at 640 px and ArcFace
+  R50 in roughly 10-20 ms per image, so the GPU is not the limit; the 4 vCPUs fetching from S3
+  and decoding 3-12 MP gallery JPEGs are (about 0.2-0.5 s per image per core), so we take
+  4 images/s per job. On the 2-core CPU here the dev pack alone (SCRFD-2.5GF) measures about
+  50 ms per 640 px image plus 3-6 ms per face (shared/models/MODELS.md), before decoding.
+- A job exits after `idle_exit_s` without messages (the consumer's IDLE_EXIT_SECONDS: scale to
+  zero); Batch terminates an idle instance after `scale_down_s`. Instances are billed from launch
+  to termination.
+- Spot interruptions arrive per instance at `interruptions_per_hour` (exponential). The worker's
+  SIGTERM drain releases its in-flight messages (visible again after `return_delay_s`; 0 = on the
+  notice, MESSAGE_VISIBILITY_TIMEOUT if the host vanished) and exits RETRYABLE_EXIT_CODE; the job
+  definition's retry strategy puts the job back to RUNNABLE until `attempts` are used up.
+- The grouping queue is not modelled (the GroupFace backlog is reported as empty).
+
+The current setup (`simulate_ecs`) is the same queue served by N always-on on-demand workers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from facefleet.common.config import NAMES, Names, Settings
+from facefleet.control import policy as dispatch
+from facefleet.control.policy import (
+    DETECTION,
+    ActiveJob,
+    DispatchInputs,
+    PolicyParams,
+    QueueDepth,
+)
+from facefleet.tools.simulate.trace import DAY_S, Trace
+
+_DEFAULTS = Settings()
+
+# Images per second one detection job sustains on a g4dn.xlarge: an assumption, see above.
+DEFAULT_IMAGES_PER_S = 4.0
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    images_per_s: float = DEFAULT_IMAGES_PER_S
+    batch_size: int = _DEFAULTS.batch_size
+    tick_s: float = 60.0
+    cold_start_s: tuple[float, float] = (180.0, 360.0)
+    warm_start_s: float = 30.0
+    idle_exit_s: float = _DEFAULTS.idle_exit_seconds
+    scale_down_s: float = 300.0
+    interruptions_per_hour: float = 0.01
+    return_delay_s: float = 0.0
+    attempts: int | None = None  # None: the detection job definition's retry attempts
+    seed: int = 0
+    record_timeline: bool = True
+    # Give up when the backlog is still not drained this long after the trace ends.
+    max_overrun_s: float = 30 * DAY_S
+
+    def __post_init__(self) -> None:
+        if self.images_per_s <= 0:
+            raise ValueError("images_per_s must be positive")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.tick_s <= 0:
+            raise ValueError("tick_s must be positive")
+        low, high = self.cold_start_s
+        if not 0 <= low <= high:
+            raise ValueError("cold_start_s must be (low, high) with 0 <= low <= high")
+        if min(self.warm_start_s, self.idle_exit_s, self.scale_down_s, self.return_delay_s) < 0:
+            raise ValueError("start, idle, scale-down and return delays must not be negative")
+        if self.interruptions_per_hour < 0:
+            raise ValueError("interruptions_per_hour must not be negative")
+        if self.attempts is not None and self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What happened: completions per lot, instance lifetimes, and the backlog over time."""
+
+    setup: str
+    trace: Trace
+    done_lot: NDArray[np.int64]  # trace row each completion belongs to
+    done_count: NDArray[np.int64]  # images in that completion
+    done_s: NDArray[np.float64]  # when the faces were stored
+    instance_start_s: NDArray[np.float64]
+    instance_end_s: NDArray[np.float64]
+    end_s: float
+    peak_backlog: int
+    timeline_s: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    timeline_backlog: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    timeline_instances: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    jobs_submitted: int = 0
+    submissions: int = 0
+    interruptions: int = 0
+    retries: int = 0
+    failed_jobs: int = 0
+
+    @property
+    def images(self) -> int:
+        return int(self.done_count.sum())
+
+    @property
+    def latencies_s(self) -> NDArray[np.float64]:
+        """Upload to faces stored, one entry per completion (weight with `done_count`)."""
+        return np.asarray(self.done_s - self.trace.offsets_s[self.done_lot], dtype=np.float64)
+
+    @property
+    def instance_seconds(self) -> float:
+        return float(np.sum(self.instance_end_s - self.instance_start_s))
+
+
+# Event kinds, in the order they are handled when they fall on the same instant: arrivals first,
+# so a dispatch tick at the same moment sees them.
+_ARRIVAL, _RETURN, _INTERRUPT, _BATCH_DONE, _READY, _IDLE, _SCALE_IN, _TICK = range(8)
+
+_RUNNABLE, _STARTING, _RUNNING, _SUCCEEDED, _FAILED = range(5)
+
+
+class _Instance:
+    __slots__ = ("ended", "environment", "epoch", "job", "launched")
+
+    def __init__(self, environment: _Environment, launched: float) -> None:
+        self.environment = environment
+        self.launched = launched
+        self.ended: float | None = None
+        self.job: _Job | None = None
+        self.epoch = 0
+
+
+class _Job:
+    __slots__ = (
+        "attempt",
+        "batch",
+        "batch_n",
+        "environment",
+        "epoch",
+        "id",
+        "instance",
+        "queue",
+        "state",
+    )
+
+    def __init__(self, job_id: int, queue: str, environment: _Environment) -> None:
+        self.id = job_id
+        self.queue = queue
+        self.environment = environment
+        self.attempt = 1
+        self.state = _RUNNABLE
+        self.instance: _Instance | None = None
+        self.batch: list[list[int]] | None = None
+        self.batch_n = 0
+        self.epoch = 0
+
+
+class _Environment:
+    __slots__ = ("alive", "cap", "idle", "name", "waiting")
+
+    def __init__(self, name: str, cap: int) -> None:
+        self.name = name
+        self.cap = cap
+        self.alive: set[_Instance] = set()
+        self.idle: list[_Instance] = []
+        self.waiting: deque[_Job] = deque()
+
+
+class _Engine:
+    def __init__(
+        self,
+        trace: Trace,
+        model: ModelParams,
+        policy: PolicyParams,
+        names: Names,
+        always_on: int = 0,
+    ) -> None:
+        self.trace = trace
+        self.model = model
+        self.policy = policy
+        self.names = names
+        self.always_on = always_on
+        self.attempts = model.attempts or names.detection_job.attempts
+        self.rng = np.random.default_rng(model.seed)
+        self.seconds_per_image = 1.0 / model.images_per_s
+        self.events: list[tuple[float, int, int, object, int]] = []
+        self.seq = 0
+        self.now = 0.0
+        # The indexing queue: FIFO of [trace row, images left]; returned messages go to the front.
+        self.queue: deque[list[int]] = deque()
+        self.visible = 0
+        self.in_flight = 0
+        self.pending_arrivals = len(trace.counts)
+        self.idle_jobs: dict[int, _Job] = {}
+        self.active: dict[str, int] = {}
+        self.last_submission: float | None = None
+        self.environments: dict[str, _Environment] = {}
+        instance_jobs = names.instance_vcpus // names.detection_job.vcpus
+        if instance_jobs != 1:
+            raise ValueError("the model places exactly one job per instance (GPU)")
+        for queue in names.job_queues:
+            spec = next(
+                e for e in names.compute_environments if e.name == queue.compute_environment
+            )
+            self.environments[queue.name] = _Environment(
+                spec.name, spec.max_vcpus // names.instance_vcpus
+            )
+        self.instances: list[_Instance] = []
+        self.n_alive = 0
+        self.jobs = 0
+        self.submissions = 0
+        self.interruptions = 0
+        self.retries = 0
+        self.failed = 0
+        self.done_lot: list[int] = []
+        self.done_count: list[int] = []
+        self.done_s: list[float] = []
+        self.peak_backlog = 0
+        self.timeline_s: list[float] = []
+        self.timeline_backlog: list[int] = []
+        self.timeline_instances: list[int] = []
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def _at(self, time: float, kind: int, obj: object = None, epoch: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (time, kind, self.seq, obj, epoch))
+
+    # -- the queue ------------------------------------------------------------------------------
+
+    def _take(self, job: _Job) -> None:
+        """Give `job` a batch from the head of the queue and schedule its completion."""
+        pieces: list[list[int]] = []
+        want = self.model.batch_size
+        n = 0
+        queue = self.queue
+        while n < want and queue:
+            head = queue[0]
+            k = min(head[1], want - n)
+            pieces.append([head[0], k])
+            n += k
+            if k == head[1]:
+                queue.popleft()
+            else:
+                head[1] -= k
+        self.visible -= n
+        self.in_flight += n
+        job.batch = pieces
+        job.batch_n = n
+        job.epoch += 1
+        self._at(self.now + n * self.seconds_per_image, _BATCH_DONE, job, job.epoch)
+
+    def _feed(self) -> None:
+        # SQS hands a message to whichever long poll it picks: a random idle worker. (Handing it
+        # to the longest idle one would keep a whole fleet alive on a trickle of uploads.)
+        while self.visible > 0 and self.idle_jobs:
+            if len(self.idle_jobs) == 1:
+                job_id = next(iter(self.idle_jobs))
+            else:
+                job_id = list(self.idle_jobs)[int(self.rng.integers(len(self.idle_jobs)))]
+            self._take(self.idle_jobs.pop(job_id))
+
+    def _go_idle(self, job: _Job) -> None:
+        self.idle_jobs[job.id] = job
+        job.epoch += 1
+        if not self.always_on:
+            self._at(self.now + self.model.idle_exit_s, _IDLE, job, job.epoch)
+
+    def _work_or_idle(self, job: _Job) -> None:
+        if self.visible > 0:
+            self._take(job)
+        else:
+            self._go_idle(job)
+
+    def _return(self, pieces: list[list[int]]) -> None:
+        for lot, k in reversed(pieces):
+            self.queue.appendleft([lot, k])
+            self.visible += k
+            self.in_flight -= k
+        self._feed()
+
+    # -- instances and jobs ---------------------------------------------------------------------
+
+    def _launch(self, environment: _Environment) -> _Instance:
+        instance = _Instance(environment, self.now)
+        environment.alive.add(instance)
+        self.instances.append(instance)
+        self.n_alive += 1
+        rate = self.model.interruptions_per_hour
+        if rate > 0 and not self.always_on:
+            self._at(self.now + self.rng.exponential(3600.0 / rate), _INTERRUPT, instance)
+        return instance
+
+    def _assign(self, job: _Job, instance: _Instance, delay: float) -> None:
+        instance.job = job
+        instance.epoch += 1  # cancels a pending scale-in
+        job.instance = instance
+        job.state = _STARTING
+        job.epoch += 1
+        self._at(self.now + delay, _READY, job, job.epoch)
+
+    def _cold_start(self) -> float:
+        low, high = self.model.cold_start_s
+        return low if high == low else float(self.rng.uniform(low, high))
+
+    def _place(self, job: _Job) -> None:
+        """A RUNNABLE job: onto an idle instance, a new one within the cap, or wait."""
+        environment = job.environment
+        if environment.idle:
+            self._assign(job, environment.idle.pop(), self.model.warm_start_s)
+        elif len(environment.alive) < environment.cap:
+            self._assign(job, self._launch(environment), self._cold_start())
+        else:
+            job.state = _RUNNABLE
+            environment.waiting.append(job)
+
+    def _release(self, instance: _Instance) -> None:
+        instance.job = None
+        environment = instance.environment
+        if environment.waiting:
+            self._assign(environment.waiting.popleft(), instance, self.model.warm_start_s)
+            return
+        environment.idle.append(instance)
+        instance.epoch += 1
+        self._at(self.now + self.model.scale_down_s, _SCALE_IN, instance, instance.epoch)
+
+    def _terminate(self, instance: _Instance) -> None:
+        instance.ended = self.now
+        environment = instance.environment
+        environment.alive.discard(instance)
+        if instance in environment.idle:
+            environment.idle.remove(instance)
+        self.n_alive -= 1
+        while environment.waiting and len(environment.alive) < environment.cap:
+            self._assign(
+                environment.waiting.popleft(), self._launch(environment), self._cold_start()
+            )
+
+    def _finish(self, job: _Job, state: int) -> None:
+        job.state = state
+        self.active[job.queue] -= 1
+        self.idle_jobs.pop(job.id, None)
+
+    def _submit(self, queue: str, count: int) -> None:
+        environment = self.environments[queue]
+        for _ in range(count):
+            self.jobs += 1
+            self.active[queue] = self.active.get(queue, 0) + 1
+            self._place(_Job(self.jobs, queue, environment))
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _on_batch_done(self, job: _Job) -> None:
+        t = self.now
+        assert job.batch is not None
+        for lot, k in job.batch:
+            self.done_lot.append(lot)
+            self.done_count.append(k)
+            self.done_s.append(t)
+        self.in_flight -= job.batch_n
+        job.batch = None
+        job.batch_n = 0
+        self._work_or_idle(job)
+
+    def _on_interrupt(self, instance: _Instance) -> None:
+        if instance.ended is not None:
+            return
+        self.interruptions += 1
+        job = instance.job
+        self._terminate(instance)
+        if job is None:
+            return
+        job.epoch += 1
+        job.instance = None
+        self.idle_jobs.pop(job.id, None)
+        if job.batch is not None:
+            pieces, job.batch, job.batch_n = job.batch, None, 0
+            if self.model.return_delay_s > 0:
+                self._at(self.now + self.model.return_delay_s, _RETURN, pieces)
+            else:
+                self._return(pieces)
+        if job.attempt >= self.attempts:
+            self.failed += 1
+            self._finish(job, _FAILED)
+            return
+        job.attempt += 1
+        self.retries += 1
+        self._place(job)
+
+    def _on_tick(self) -> None:
+        if (
+            self.pending_arrivals == 0
+            and self.visible == 0
+            and self.in_flight == 0
+            and not any(self.active.values())
+        ):
+            return  # drained: stop dispatching
+        if self.now > self.trace.duration_s + self.model.max_overrun_s:
+            raise RuntimeError(
+                f"backlog of {self.visible + self.in_flight} images not drained "
+                f"{self.model.max_overrun_s:.0f} s after the trace ended"
+            )
+        oldest = self.now - float(self.trace.offsets_s[self.queue[0][0]]) if self.queue else 0.0
+        inputs = DispatchInputs(
+            indexing=QueueDepth(self.visible, self.in_flight, oldest),
+            group_face=QueueDepth(0),
+            active=tuple(
+                ActiveJob(DETECTION, queue, count) for queue, count in self.active.items() if count
+            ),
+            now_s=self.now,
+            last_submission_s=self.last_submission,
+        )
+        # Looked up on each tick: the simulator always runs the policy as it is now.
+        decision = dispatch.decide(inputs, self.policy, self.names)
+        for submission in decision.submissions:
+            if submission.kind != DETECTION:
+                continue
+            if submission.job_queue not in self.environments:
+                raise ValueError(f"policy submitted to unknown job queue {submission.job_queue!r}")
+            self._submit(submission.job_queue, submission.jobs)
+            self.submissions += 1
+        if decision.submissions:
+            self.last_submission = self.now
+        self._at(self.now + self.model.tick_s, _TICK)
+
+    def run(self, setup: str) -> RunResult:
+        trace = self.trace
+        for lot in range(len(trace.counts)):
+            self._at(float(trace.offsets_s[lot]), _ARRIVAL, lot)
+        if self.always_on:
+            environment = _Environment("ecs", self.always_on)
+            self.active["ecs"] = 0
+            for job_id in range(self.always_on):
+                job = _Job(-1 - job_id, "ecs", environment)
+                self.active["ecs"] += 1
+                self._assign(job, self._launch(environment), 0.0)
+        else:
+            self._at(0.0, _TICK)
+        record = self.model.record_timeline
+        last = (-1, -1)
+        counts = trace.counts
+        while self.events:
+            time, kind, _, obj, epoch = heapq.heappop(self.events)
+            self.now = time
+            if kind == _ARRIVAL:
+                assert isinstance(obj, int)
+                self.pending_arrivals -= 1
+                count = int(counts[obj])
+                if count:
+                    self.queue.append([obj, count])
+                    self.visible += count
+                    self._feed()
+            elif kind == _BATCH_DONE:
+                assert isinstance(obj, _Job)
+                if epoch == obj.epoch:
+                    self._on_batch_done(obj)
+            elif kind == _TICK:
+                self._on_tick()
+            elif kind == _READY:
+                assert isinstance(obj, _Job)
+                if epoch == obj.epoch:
+                    obj.state = _RUNNING
+                    self._work_or_idle(obj)
+            elif kind == _IDLE:
+                assert isinstance(obj, _Job)
+                if epoch == obj.epoch and obj.instance is not None:
+                    instance = obj.instance
+                    obj.instance = None
+                    self._finish(obj, _SUCCEEDED)
+                    self._release(instance)
+            elif kind == _SCALE_IN:
+                assert isinstance(obj, _Instance)
+                if epoch == obj.epoch and obj.job is None and obj.ended is None:
+                    self._terminate(obj)
+            elif kind == _INTERRUPT:
+                assert isinstance(obj, _Instance)
+                self._on_interrupt(obj)
+            elif kind == _RETURN:
+                assert isinstance(obj, list)
+                self._return(obj)
+            backlog = self.visible + self.in_flight
+            if backlog > self.peak_backlog:
+                self.peak_backlog = backlog
+            if record and (backlog, self.n_alive) != last:
+                last = (backlog, self.n_alive)
+                self.timeline_s.append(time)
+                self.timeline_backlog.append(backlog)
+                self.timeline_instances.append(self.n_alive)
+        # Stale events (an interruption drawn for an instance long gone) may run the clock on;
+        # the run ends with the last completion or instance.
+        end = max(
+            [float(trace.offsets_s[-1]) if len(trace.offsets_s) else 0.0]
+            + self.done_s[-1:]
+            + [i.ended for i in self.instances if i.ended is not None]
+        )
+        if self.always_on:
+            end = max(end, trace.duration_s)
+            for instance in self.instances:
+                instance.ended = end
+            if record:
+                self.timeline_s.append(end)
+                self.timeline_backlog.append(0)
+                self.timeline_instances.append(self.always_on)
+        if self.visible or self.in_flight:
+            raise RuntimeError(f"{self.visible + self.in_flight} images left unprocessed")
+        return RunResult(
+            setup=setup,
+            trace=trace,
+            done_lot=np.array(self.done_lot, dtype=np.int64),
+            done_count=np.array(self.done_count, dtype=np.int64),
+            done_s=np.array(self.done_s, dtype=np.float64),
+            instance_start_s=np.array([i.launched for i in self.instances], dtype=np.float64),
+            instance_end_s=np.array(
+                [end if i.ended is None else i.ended for i in self.instances], dtype=np.float64
+            ),
+            end_s=end,
+            peak_backlog=self.peak_backlog,
+            timeline_s=np.array(self.timeline_s, dtype=np.float64),
+            timeline_backlog=np.array(self.timeline_backlog, dtype=np.int64),
+            timeline_instances=np.array(self.timeline_instances, dtype=np.int64),
+            jobs_submitted=self.jobs,
+            submissions=self.submissions,
+            interruptions=self.interruptions,
+            retries=self.retries,
+            failed_jobs=self.failed,
+        )
+
+
+DEFAULT_MODEL = ModelParams()
+DEFAULT_POLICY = PolicyParams()
+
+
+def simulate_batch(
+    trace: Trace,
+    model: ModelParams = DEFAULT_MODEL,
+    policy: PolicyParams = DEFAULT_POLICY,
+    names: Names = NAMES,
+) -> RunResult:
+    """Replay `trace` through the dispatch policy, Batch and Spot; run until the queue drains."""
+    return _Engine(trace, model, policy, names).run("Batch Spot")
+
+
+def simulate_ecs(trace: Trace, tasks: int, model: ModelParams = DEFAULT_MODEL) -> RunResult:
+    """Replay `trace` through `tasks` always-on workers (the current ECS service, on demand)."""
+    if tasks < 1:
+        raise ValueError("the ECS service needs at least one task")
+    return _Engine(trace, model, DEFAULT_POLICY, NAMES, always_on=tasks).run(
+        f"ECS on demand x{tasks}"
+    )
+
+
+def weighted_percentile(values: NDArray[np.float64], weights: NDArray[np.int64], q: float) -> float:
+    """The smallest value with at least `q` percent of the weight at or below it."""
+    if len(values) == 0 or weights.sum() == 0:
+        return math.nan
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    index = int(np.searchsorted(cum, q / 100.0 * cum[-1], side="left"))
+    return float(values[order][min(index, len(order) - 1)])
