@@ -111,11 +111,21 @@ def test_reprovisioning_the_local_stack_applies_job_definition_changes(
         latest = max(found, key=lambda d: d["revision"])
         return {e["name"]: e["value"] for e in latest["containerProperties"]["environment"]}
 
+    def revisions() -> int:
+        found = batch.describe_job_definitions(
+            jobDefinitionName=env.names.detection_job.name, status="ACTIVE"
+        )["jobDefinitions"]
+        return len(found)
+
     assert latest_environment()["MODEL_DIR"].endswith("/facefleet-dev")
+    created = revisions()  # CloudFormation's, and one with what moto's CloudFormation dropped
+    provision(**common, with_dashboards=False)
+    assert revisions() == created  # an unchanged definition gets no new revision
     settings = {"MODEL_PACK": "facefleet-dev", "DETECTION_THRESHOLD": "0.61"}
     second = provision(**common, config={"worker_settings": settings}, with_dashboards=False)
     assert second["plan"]["changes"] and second["outputs"] == first["outputs"]
     assert latest_environment()["DETECTION_THRESHOLD"] == "0.61"
+    assert revisions() == created + 1
 
 
 def test_prefect_yaml_is_generated_from_the_deployments() -> None:

@@ -66,6 +66,18 @@ def record_local_environment(outputs: Mapping[str, str]) -> str | None:
 
 
 @task
+def emulator_job_definitions(
+    config: StackConfig, aws: AwsTarget, outputs: Mapping[str, str]
+) -> list[str]:
+    """moto's CloudFormation keeps a changed Batch job definition's old revision; register the
+    template's, as AWS would (`facefleet.localstack.jobdefs`)."""
+    from facefleet.infra.template import render as render_template
+    from facefleet.localstack.jobdefs import apply_job_definitions
+
+    return apply_job_definitions(aws.client("batch"), render_template(config), outputs)
+
+
+@task
 def dashboards(names: Names, aws: AwsTarget) -> list[str]:
     return apply_dashboards(names, aws)
 
@@ -93,6 +105,9 @@ def provision(
     outputs = apply(stack_config, aws, changes)
     logger.info("stack %s deployed; outputs %s", the_names.stack_name, outputs)
     if local:
+        revised = emulator_job_definitions(stack_config, aws, outputs)
+        if revised:
+            logger.info("emulator: registered the template's revision of %s", revised)
         recorded = record_local_environment(outputs)
         if recorded:
             logger.info("worker environment added to %s", recorded)
