@@ -133,7 +133,7 @@ def apply_job_definitions(
         batch.register_job_definition(
             jobDefinitionName=name,
             type=latest.get("type", "container"),
-            containerProperties=container,  # type: ignore[arg-type]
+            containerProperties=container,
             **top_wanted,
             **extra,
         )
