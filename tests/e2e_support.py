@@ -454,3 +454,17 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def localized_stack(
+    env: Any, tmp_path: Path, models_dir: Path, monkeypatch: Any, **overrides: str
+) -> Iterator[E2EStack]:
+    """The body of an e2e test's `stack` fixture: a provisioned stack whose jobs run here with
+    `overrides`, every local job stopped afterwards."""
+    monkeypatch.setenv("FACEFLEET_WORKDIR", str(ROOT))
+    provisioned = provision_stack(env, tmp_path / "batch")
+    provisioned.localize_jobs(models_dir, **overrides)
+    try:
+        yield provisioned
+    finally:
+        provisioned.close()

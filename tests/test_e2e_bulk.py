@@ -22,7 +22,7 @@ import pytest
 
 from facefleet.control.policy import ActiveJob, DispatchInputs, PolicyParams, QueueDepth, decide
 from facefleet.tools.demo.gallery import lfw_bulk
-from tests.e2e_support import ROOT, E2EStack, provision_stack
+from tests.e2e_support import E2EStack, localized_stack
 from tests.flows_support import prefect_harness
 
 USER = "e2e-bulk"
@@ -46,14 +46,10 @@ def harness() -> None:
 
 @pytest.fixture
 def stack(env, tmp_path: Path, models_dir: Path, monkeypatch) -> Iterator[E2EStack]:
-    monkeypatch.setenv("FACEFLEET_WORKDIR", str(ROOT))
-    provisioned = provision_stack(env, tmp_path / "batch")
     # Several workers share two cores here: one inference thread each, not one per core each.
-    provisioned.localize_jobs(models_dir, FACEFLEET_ORT_THREADS="1", BATCH_SIZE="10")
-    try:
-        yield provisioned
-    finally:
-        provisioned.close()
+    yield from localized_stack(
+        env, tmp_path, models_dir, monkeypatch, FACEFLEET_ORT_THREADS="1", BATCH_SIZE="10"
+    )
 
 
 def inputs_of(tick: dict[str, Any]) -> DispatchInputs:

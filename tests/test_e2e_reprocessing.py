@@ -17,7 +17,7 @@ import pytest
 
 from facefleet.localstack.batch import ChildStatus
 from facefleet.tools.demo.gallery import Photo, lfw_bulk
-from tests.e2e_support import ROOT, E2EStack, provision_stack, queue_counts, wait_until
+from tests.e2e_support import E2EStack, localized_stack, queue_counts, wait_until
 from tests.flows_support import prefect_harness
 
 USER = "e2e-reprocess"
@@ -32,19 +32,16 @@ def harness() -> None:
 
 @pytest.fixture
 def stack(env, tmp_path: Path, models_dir: Path, monkeypatch) -> Iterator[E2EStack]:
-    monkeypatch.setenv("FACEFLEET_WORKDIR", str(ROOT))
-    provisioned = provision_stack(env, tmp_path / "batch")
-    provisioned.localize_jobs(
+    yield from localized_stack(
+        env,
+        tmp_path,
         models_dir,
+        monkeypatch,
         BATCH_SIZE="3",
         MESSAGE_VISIBILITY_TIMEOUT=str(VISIBILITY_S),
         SHUTDOWN_DEADLINE_SECONDS="2",
         IDLE_EXIT_SECONDS="4",
     )
-    try:
-        yield provisioned
-    finally:
-        provisioned.close()
 
 
 def s3_notifications(stack: E2EStack, photos: list[Photo]) -> int:

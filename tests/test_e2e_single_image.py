@@ -13,7 +13,7 @@ import pytest
 from facefleet.common.documents import ImageStatus
 from facefleet.common.repository import GalleryRepository
 from facefleet.tools.demo.gallery import Photo
-from tests.e2e_support import ROOT, E2EStack, provision_stack
+from tests.e2e_support import E2EStack, localized_stack
 from tests.flows_support import prefect_harness
 
 USER = "e2e-single"
@@ -27,13 +27,7 @@ def harness() -> None:
 
 @pytest.fixture
 def stack(env, tmp_path: Path, models_dir: Path, monkeypatch) -> Iterator[E2EStack]:
-    monkeypatch.setenv("FACEFLEET_WORKDIR", str(ROOT))
-    provisioned = provision_stack(env, tmp_path / "batch")
-    provisioned.localize_jobs(models_dir)
-    try:
-        yield provisioned
-    finally:
-        provisioned.close()
+    yield from localized_stack(env, tmp_path, models_dir, monkeypatch)
 
 
 def test_one_photo_through_detection_and_grouping(stack: E2EStack, faces_dir: Path) -> None:
