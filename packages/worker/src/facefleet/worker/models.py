@@ -137,6 +137,9 @@ def _provider_options(
     return options
 
 
+_ELEMENTWISE = frozenset({"Sigmoid", "Relu", "Exp", "Identity"})  # unary, shape-keeping
+
+
 def with_batch_axis(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """The SCRFD graph with a free batch axis and batch-major (N, anchors, k) outputs, or None when
     the graph is not of the shape this rewrite knows.
@@ -151,6 +154,8 @@ def with_batch_axis(model: onnx.ModelProto) -> onnx.ModelProto | None:
     constants = {node.output[0]: node for node in graph.graph.node if node.op_type == "Constant"}
     for output in graph.graph.output:
         reshape = producers.get(output.name)
+        while reshape is not None and reshape.op_type in _ELEMENTWISE:  # e.g. score Sigmoid
+            reshape = producers.get(reshape.input[0])
         if reshape is None or reshape.op_type != "Reshape":
             return None
         transpose = producers.get(reshape.input[0])
@@ -319,10 +324,11 @@ def load_pack(
                 rewritten = with_batch_axis(onnx.load(str(file)))
                 if rewritten is not None:
                     source, det_batched = rewritten.SerializeToString(), True
+            # Square canvases from det_size / 2 (the padded second pass) to det_size.
             high = DET_BATCH_SIZES.get(chosen[0], 1) if det_batched else 1
-            square = f"3x{det_size}x{det_size}"
+            square, half = f"3x{det_size}x{det_size}", f"3x{det_size // 2}x{det_size // 2}"
             session = _open(
-                probe, source, chosen, (f"1x{square}", f"{high}x{square}", f"{high}x{square}")
+                probe, source, chosen, (f"1x{half}", f"{high}x{square}", f"{high}x{square}")
             )
             # One session per process: every detection canvas size runs on the dynamic graph
             # (insightface would otherwise build a static-shape session per size).

@@ -256,7 +256,7 @@ class FaceAnalyzer:
         key = (height, width, stride)
         centres = self._anchor_cache.get(key)
         if centres is None:
-            grid = np.stack(np.mgrid[:height, :width][::-1], axis=-1).astype(np.float32)
+            grid = np.stack(list(np.mgrid[:height, :width][::-1]), axis=-1).astype(np.float32)
             centres = (grid * stride).reshape((-1, 2))
             if self._anchors_per_cell > 1:
                 centres = np.stack([centres] * self._anchors_per_cell, axis=1).reshape((-1, 2))
