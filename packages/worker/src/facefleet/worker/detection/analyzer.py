@@ -314,7 +314,7 @@ class FaceAnalyzer:
         return candidates[keep], points[keep]
 
     def _detect_group(
-        self, images: Sequence[np.ndarray], det_size: int, square: bool
+        self, images: Sequence[np.ndarray], det_size: int, square: bool, wide: bool = False
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """One detector call over `images` (one canvas size for all of them)."""
         canvases = [
@@ -326,17 +326,21 @@ class FaceAnalyzer:
         blob = np.empty((len(images), 3, height, width), dtype=np.float32)
         for slot, image, canvas in zip(blob, images, canvases, strict=True):
             self._fill(slot, image, canvas)
-        outputs = self._session.run(self._output_names, {self._input_name: blob})
+        session = self.pack.wide_detector if wide and self.pack.wide_detector else self._session
+        outputs = session.run(self._output_names, {self._input_name: blob})
         return [
             self._decode(outputs, i, canvas, self.det_threshold)
             for i, canvas in enumerate(canvases)
         ]
 
     def _detect_images(
-        self, images: Sequence[np.ndarray], det_size: int
+        self, images: Sequence[np.ndarray], det_size: int, wide: bool = False
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         if not self.batched:
-            return [self._detect_group([image], det_size, square=False)[0] for image in images]
+            return [
+                self._detect_group([image], det_size, square=False, wide=wide)[0]
+                for image in images
+            ]
         found: list[tuple[np.ndarray, np.ndarray]] = []
         for start in range(0, len(images), self.det_batch_size):
             found += self._detect_group(
@@ -352,16 +356,19 @@ class FaceAnalyzer:
         pad = max(16, int(self.pad_ratio * max(height, width)))
         return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0), pad
 
-    def detect_many(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def detect_many(
+        self, images: Sequence[np.ndarray], *, wide: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per image: boxes (N, 5: x1, y1, x2, y2, score) and landmarks (N, 5, 2); a padded
-        second pass (half the canvas side) for the images where the first finds nothing."""
-        found = self._detect_images(images, self.det_size)
+        second pass (half the canvas side) for the images where the first finds nothing.
+        `wide`: on every core (the last image of a batch, when the other streams are idle)."""
+        found = self._detect_images(images, self.det_size, wide)
         empty = [i for i, (boxes, _) in enumerate(found) if not len(boxes)]
         if not empty or self.pad_ratio <= 0:
             return found
         padded = [self._padded(images[i]) for i in empty]
         second_size = max(DET_STRIDE * 4, self.det_size // 2)
-        again = self._detect_images([p for p, _ in padded], second_size)
+        again = self._detect_images([p for p, _ in padded], second_size, wide)
         for i, (_, pad), (boxes, points) in zip(empty, padded, again, strict=True):
             if not len(boxes):
                 found[i] = (boxes, points)
@@ -404,12 +411,14 @@ class FaceAnalyzer:
             )
         return faces
 
-    def locate_many(self, images: Sequence[np.ndarray]) -> list[list[LocatedFace]]:
+    def locate_many(
+        self, images: Sequence[np.ndarray], *, wide: bool = False
+    ) -> list[list[LocatedFace]]:
         """Detect, align and score the faces of BGR uint8 images (per image, largest score
         first); one detector call per `det_batch_size` images when batched."""
         for image in images:
             _check_image(image)
-        found = self.detect_many(images)
+        found = self.detect_many(images, wide=wide)
         return [
             self._faces(image, boxes, points)
             for image, (boxes, points) in zip(images, found, strict=True)

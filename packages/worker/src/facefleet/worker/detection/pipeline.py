@@ -123,11 +123,13 @@ class _Batch:
             return False
         return True
 
-    def _detect(self, positions: list[int]) -> None:
+    def _detect(self, positions: list[int], wide: bool = False) -> None:
         images = [self.decoded[p] for p in positions]
         started = time.perf_counter()
         try:
-            found = self.analyzer.locate_many([image.pixels for image in images if image])
+            found = self.analyzer.locate_many(
+                [image.pixels for image in images if image], wide=wide
+            )
         except Exception as error:
             for position in positions:
                 self.errors[position], self.decoded[position] = error, None
@@ -136,8 +138,8 @@ class _Batch:
             self.located[position] = faces
             self.clocks[position].record("detect", started)
 
-    def _analyze(self, position: int) -> None:
-        self._detect([position])
+    def _analyze(self, position: int, last: bool) -> None:
+        self._detect([position], wide=last)
         if self.located[position]:
             started = time.perf_counter()
             self.faces[position] = self.analyzer.embed_located([self.located[position]])[0]
@@ -149,11 +151,13 @@ class _Batch:
         recogniser: 2.3-5 ms per face at batch 1 to 16, within the noise) and leaves no serial
         recognition phase at the end of the batch with a core idle."""
         pool = self.analyzer.pool
-        jobs = [
-            pool.submit(self._analyze, position)
-            for future in as_completed(fetches)
-            if self._take(future, position := fetches[future])
-        ]
+        jobs = []
+        for count, future in enumerate(as_completed(fetches), start=1):
+            position = fetches[future]
+            if self._take(future, position):
+                # The last image of the batch runs its detector on every core: there is nothing
+                # left for the other streams to do once they finish what they hold.
+                jobs.append(pool.submit(self._analyze, position, count == len(fetches)))
         for job in jobs:
             job.result()
 
