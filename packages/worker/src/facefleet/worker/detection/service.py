@@ -1,10 +1,11 @@
 """The detection service: the indexing-queue handler on the shared consumer loop, and `main()`.
 
 Per message batch (`pipeline.run_pipeline`): MAX_FACE_WORKERS threads download and decode every
-image while the inference streams detect and embed the images already decoded (on a GPU: detection
-in batches, then one recognition pass over all faces of the batch). Results are stored idempotently (deterministic face
-ids, the image turns DONE only after its faces), crops go to FACE_GROUP_BUCKET_NAME, then one
-`GroupingRequest` per user of the batch goes to GROUP_FACE_QUEUE_URL. Only then is a message DONE.
+image while the inference streams detect and embed the images already decoded (on a GPU:
+detection in batches, then one recognition pass over all faces of the batch). Results are stored
+idempotently (deterministic face ids, the image turns DONE only after its faces), crops go to
+FACE_GROUP_BUCKET_NAME, then one `GroupingRequest` per user of the batch goes to
+GROUP_FACE_QUEUE_URL. Only then is a message DONE.
 
 Bad input never blocks the queue:
 - malformed body                     -> MALFORMED: redelivered until maxReceiveCount, then the DLQ;
