@@ -348,9 +348,6 @@ class FaceAnalyzer:
             )
         return found
 
-    def _detect_once(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._detect_images([image], self.det_size)[0]
-
     def _padded(self, image: np.ndarray) -> tuple[np.ndarray, int]:
         height, width = image.shape[:2]
         pad = max(16, int(self.pad_ratio * max(height, width)))
@@ -384,13 +381,6 @@ class FaceAnalyzer:
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (N, 5: x1, y1, x2, y2, score) and landmarks (N, 5, 2) of one image."""
         return self.detect_many([image])[0]
-
-    def align(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The aligned crop and the landmarks in crop coordinates."""
-        [matrix] = similarity_transforms(landmarks[None], self._template)
-        crop = cv2.warpAffine(image, matrix, (self.crop_size, self.crop_size), borderValue=0.0)
-        aligned = landmarks @ matrix[:, :2].T + matrix[:, 2]
-        return crop, aligned
 
     def _faces(self, image: np.ndarray, boxes: np.ndarray, points: np.ndarray) -> list[LocatedFace]:
         if not len(boxes):
