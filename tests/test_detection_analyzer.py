@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 
 from facefleet.worker.detection.analyzer import FaceAnalyzer, detection_canvas
-from facefleet.worker.models import ModelPackError, load_pack
+from facefleet.worker.detection.imaging import DecodedImage, decode_image
+from facefleet.worker.detection.pipeline import StageClock, run_pipeline
+from facefleet.worker.models import ModelPackError, load_pack, with_batch_axis
 
 SHARED = Path(os.environ.get("FACEFLEET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PAIRS = 50  # per kind: enough for a 98 % bar, small enough to run in seconds
 
 
@@ -130,3 +137,67 @@ def test_detection_canvas_keeps_the_scale_and_the_stride() -> None:
     assert detection_canvas(1280, 886, 640) == (640, 448)
     assert detection_canvas(250, 250, 640) == (640, 640)
     assert detection_canvas(500, 1200, 640) == (288, 640)
+
+
+def test_gallery_face_counts_are_unchanged(analyzer: FaceAnalyzer, faces_dir: Path) -> None:
+    """The worker's path (reduced decode, then `run_pipeline`) finds on every gallery photo the
+    faces the code found before the issue-18 speed work: counts measured with that code, one per
+    photo, in tests/fixtures/gallery_face_counts.json."""
+    expected = json.loads((FIXTURES / "gallery_face_counts.json").read_text())
+    gallery = faces_dir / "gallery"
+    names = sorted(str(p.relative_to(gallery)) for p in gallery.glob("*/*"))
+    assert names == sorted(expected)
+
+    def fetch(name: str, clock: StageClock) -> DecodedImage:
+        return decode_image((gallery / name).read_bytes(), max_side=2 * analyzer.det_size)
+
+    with ThreadPoolExecutor(4) as executor:
+        results = run_pipeline(analyzer, names, fetch, executor)
+    assert all(r.error is None for r in results)
+    found = {name: len(r.faces) for name, r in zip(names, results, strict=True)}
+    assert found == expected
+
+
+def test_the_batch_axis_keeps_each_image_apart(models_dir: Path, faces_dir: Path) -> None:
+    """The GPU path on the CPU: the detector given a batch axis, images padded to one square canvas
+    per call, find per image what the same canvas finds one image at a time."""
+    original = onnx.load(str(models_dir / "det_2.5g_bnkps.onnx"))
+    rewritten = with_batch_axis(original)
+    assert rewritten is not None
+    probe = np.random.default_rng(0).standard_normal((2, 3, 320, 256)).astype(np.float32)
+    plain = ort.InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"])
+    batched = ort.InferenceSession(
+        rewritten.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    for image in range(2):
+        alone = plain.run(None, {"input.1": probe[image : image + 1]})
+        together = batched.run(None, {"input.1": probe})
+        for a, b in zip(alone, together, strict=True):
+            np.testing.assert_allclose(b[image], a, rtol=1e-4, atol=1e-4)
+
+    pack = load_pack(models_dir, batch_detector=True)
+    assert pack.det_batched
+    batching = FaceAnalyzer(pack, det_batch_size=3)
+    one_by_one = FaceAnalyzer(pack, det_batch_size=1)
+    assert batching.batched and not one_by_one.batched
+    paths = [faces_dir / "groups" / "group_six.jpg"]
+    paths += sorted((faces_dir / "gallery").glob("*/*.jpg"))[:4]
+    images = [read(p) for p in paths]
+    together = batching.locate_many(images)
+    for image, faces in zip(images, together, strict=True):
+        [alone] = one_by_one._detect_group([image], 640, square=True)
+        assert len(faces) == len(alone[0])
+        boxes = np.array([f.bbox for f in faces]).reshape(-1, 4)
+        np.testing.assert_allclose(boxes, alone[0][:, :4], atol=0.05)
+    assert len(together[0]) == 6
+
+    def fetch(path: Path, clock: StageClock) -> DecodedImage:
+        return decode_image(path.read_bytes(), max_side=1280)
+
+    with ThreadPoolExecutor(2) as executor:
+        results = run_pipeline(batching, paths, fetch, executor)
+    assert [len(r.faces) for r in results] == [
+        len(f)
+        for f in batching.locate_many([r.decoded.pixels for r in results if r.decoded is not None])
+    ]
+    assert all(r.faces and r.faces[0].embedding.shape == (128,) for r in results)

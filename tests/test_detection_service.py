@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import boto3
@@ -334,3 +335,24 @@ def test_sigkill_mid_batch_loses_no_image(env, tmp_path: Path, faces_dir: Path, 
         assert image is not None and image.status == ImageStatus.DONE, image_id
     assert counts(env, stack.queue.url) == (0, 0)
     assert receive_all(env, stack.queue.dlq_url, 0) == []
+
+
+def test_stage_timings_add_up_to_at_most_the_elapsed_total(env, analyzer, faces_dir: Path) -> None:
+    """One owner for an image's timings (issue 13): download and decode are counted once, every
+    stage is an interval of the image's own life, and `total` (the PROCESSING_TIME metric) is its
+    elapsed wall time, so the stages add up to no more than the total and the total to no more
+    than the run."""
+    stack = Stack(env)
+    image_ids = _enqueue_gallery(stack, faces_dir, 5)
+    started = time.perf_counter()
+    assert stack.drain(analyzer, BATCH_SIZE="5", IDLE_EXIT_SECONDS="1") == 0
+    run_ms = (time.perf_counter() - started) * 1000
+    for image_id in image_ids:
+        image = stack.repository.get_image(USER, image_id)
+        assert image is not None and image.status == ImageStatus.DONE, image_id
+        timings = dict(image.timings_ms)
+        total = timings.pop("total")
+        assert set(timings) == {"download", "decode", "detect", "embed", "store"}, timings
+        assert all(ms >= 0 for ms in timings.values()), timings
+        assert sum(timings.values()) <= total + 0.05, (timings, total)  # rounding to 0.01 ms
+        assert total <= run_ms, (total, run_ms)

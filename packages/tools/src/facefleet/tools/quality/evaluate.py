@@ -306,7 +306,7 @@ def detect_condition(
         built = [b for _, b in zip(range(chunk), built_iter, strict=False)]
         if not built:
             break
-        located = [analyzer.locate(b.image) for b in built]
+        located = analyzer.locate_parallel([b.image for b in built])  # one per stream
         for b, faces in zip(built, located, strict=True):
             boxes = [f.bbox for f in faces]
             taken: set[int] = set()

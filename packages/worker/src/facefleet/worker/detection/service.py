@@ -1,10 +1,11 @@
 """The detection service: the indexing-queue handler on the shared consumer loop, and `main()`.
 
-Per message batch: MAX_FACE_WORKERS threads download and decode every image while the handler
-thread runs detection on the images already decoded (as they complete); recognition then runs
-once, batched over all faces of the batch. Results are stored idempotently (deterministic face
-ids, the image turns DONE only after its faces), crops go to FACE_GROUP_BUCKET_NAME, then one
-`GroupingRequest` per user of the batch goes to GROUP_FACE_QUEUE_URL. Only then is a message DONE.
+Per message batch (`pipeline.run_pipeline`): MAX_FACE_WORKERS threads download and decode every
+image while the inference streams detect and embed the images already decoded (on a GPU:
+detection in batches, then one recognition pass over all faces of the batch). Results are stored
+idempotently (deterministic face ids, the image turns DONE only after its faces), crops go to
+FACE_GROUP_BUCKET_NAME, then one `GroupingRequest` per user of the batch goes to
+GROUP_FACE_QUEUE_URL. Only then is a message DONE.
 
 Bad input never blocks the queue:
 - malformed body                     -> MALFORMED: redelivered until maxReceiveCount, then the DLQ;
@@ -19,10 +20,10 @@ import logging
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import cv2
 import numpy as np
@@ -56,11 +57,12 @@ from facefleet.worker.detection.imaging import (
     decode_image,
     describe_error,
 )
+from facefleet.worker.detection.pipeline import PipelineResult, StageClock, run_pipeline
 from facefleet.worker.models import resolve_pack_dir
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+__all__ = ["DetectionService", "PipelineResult", "crop_key", "main", "run_pipeline"]
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound", "AccessDenied", "403"})
 CROP_JPEG_QUALITY = 92
 
@@ -71,71 +73,13 @@ class ImageWork:
 
     request: DetectionRequest
     message_id: str
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    clock: StageClock | None = None  # set by the pipeline, the one owner of the image's timings
     decoded: DecodedImage | None = None
     located: list[LocatedFace] = field(default_factory=list)
     faces: list[DetectedFace] = field(default_factory=list)
     failure: ImageError | None = None
     outage: BaseException | None = None
     error: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class PipelineResult:
-    """`run_pipeline` output: per item, its decoded image (or the error), and its faces."""
-
-    decoded: DecodedImage | None
-    faces: list[DetectedFace]
-    error: BaseException | None
-    timings_ms: dict[str, float]
-
-
-def run_pipeline(
-    analyzer: FaceAnalyzer,
-    items: Iterable[T],
-    fetch: Callable[[T], DecodedImage],
-    executor: ThreadPoolExecutor,
-) -> list[PipelineResult]:
-    """Fetch+decode every item on the executor, detect each as soon as it is ready (this thread),
-    then one batched recognition pass. The worker and the benchmark share this path."""
-    work = list(items)
-    futures: dict[Future[tuple[DecodedImage, float]], int] = {
-        executor.submit(_timed, fetch, item): position for position, item in enumerate(work)
-    }
-    decoded: list[DecodedImage | None] = [None] * len(work)
-    located: list[list[LocatedFace]] = [[] for _ in work]
-    errors: list[BaseException | None] = [None] * len(work)
-    timings: list[dict[str, float]] = [{} for _ in work]
-    for future in as_completed(futures):
-        position = futures[future]
-        try:
-            image, fetch_ms = future.result()
-        except Exception as error:
-            errors[position] = error
-            continue
-        started = time.perf_counter()
-        try:
-            located[position] = analyzer.locate(image.pixels)
-        except Exception as error:
-            errors[position] = error
-            continue
-        decoded[position] = image
-        timings[position].update(
-            fetch_decode=fetch_ms, detect=(time.perf_counter() - started) * 1000
-        )
-    started = time.perf_counter()
-    faces = analyzer.embed_located(located)
-    embed_ms = (time.perf_counter() - started) * 1000
-    total_faces = max(1, sum(len(f) for f in located))
-    for position, image_faces in enumerate(located):
-        timings[position]["embed"] = embed_ms * len(image_faces) / total_faces
-    return [PipelineResult(decoded[i], faces[i], errors[i], timings[i]) for i in range(len(work))]
-
-
-def _timed(fetch: Callable[[T], DecodedImage], item: T) -> tuple[DecodedImage, float]:
-    started = time.perf_counter()
-    image = fetch(item)
-    return image, (time.perf_counter() - started) * 1000
 
 
 class DetectionService:
@@ -218,7 +162,7 @@ class DetectionService:
 
         results = run_pipeline(self.analyzer, works, self._fetch, self.executor)
         for work, result in zip(works, results, strict=True):
-            work.timings_ms.update(result.timings_ms)
+            work.clock = result.clock
             work.decoded, work.faces = result.decoded, result.faces
             problem = result.error
             if isinstance(problem, ImageError):
@@ -244,7 +188,7 @@ class DetectionService:
                     outcomes[work.message_id] = _worse(outcomes[work.message_id], Outcome.RETRY)
         return outcomes
 
-    def _fetch(self, work: ImageWork) -> DecodedImage:
+    def _fetch(self, work: ImageWork, clock: StageClock) -> DecodedImage:
         request = work.request
         started = time.perf_counter()
         try:
@@ -267,7 +211,7 @@ class DetectionService:
             data = body.read()
         finally:
             body.close()
-        work.timings_ms["download"] = (time.perf_counter() - started) * 1000
+        clock.record("download", started)
         started = time.perf_counter()
         decoded = decode_image(
             data,
@@ -275,7 +219,7 @@ class DetectionService:
             max_bytes=self.settings.max_image_bytes,
             max_side=2 * self.settings.detection_size,
         )
-        work.timings_ms["decode"] = (time.perf_counter() - started) * 1000
+        clock.record("decode", started)
         return decoded
 
     def _image_doc(self, work: ImageWork) -> ImageDoc:
@@ -290,7 +234,7 @@ class DetectionService:
             model_id=self.analyzer.model_id,
             width=decoded.width if decoded else None,
             height=decoded.height if decoded else None,
-            timings_ms={k: round(v, 2) for k, v in work.timings_ms.items()},
+            timings_ms=work.clock.timings_ms() if work.clock else {},
         )
 
     def _store(self, work: ImageWork) -> Outcome:
@@ -316,8 +260,10 @@ class DetectionService:
                 return self._fail(image, work.failure, context)
             faces = self._face_docs(work)
             self._upload_crops(faces, work)
-            image.timings_ms["store"] = round((time.perf_counter() - started) * 1000, 2)
-            image.timings_ms["total"] = round(sum(image.timings_ms.values()), 2)
+            if work.clock is not None:
+                # The total is the image's elapsed wall time, not a sum of its stages.
+                work.clock.record("store", started)
+                image.timings_ms = work.clock.timings_ms()
             self.repository.save_result(image, faces)
         except Exception as error:
             if is_outage(error):
