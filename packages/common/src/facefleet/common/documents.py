@@ -100,6 +100,9 @@ class FaceDoc:
     embedding: np.ndarray
     crop_key: str | None = None
     created_at: datetime = field(default_factory=now)
+    # The recogniser's raw embedding norm before L2 normalisation (None: detected before it was
+    # stored); grouping's trust signal, with size and detection score.
+    embedding_norm: float | None = None
 
     @property
     def doc_id(self) -> str:
@@ -124,6 +127,7 @@ class FaceDoc:
             "embedding_dim": int(self.embedding.shape[0]),
             "crop_key": self.crop_key,
             "created_at": self.created_at,
+            "embedding_norm": None if self.embedding_norm is None else float(self.embedding_norm),
         }
 
     @classmethod
@@ -140,6 +144,9 @@ class FaceDoc:
             embedding=decode_embedding(bytes(data["embedding"])),
             crop_key=data.get("crop_key"),
             created_at=data.get("created_at", now()),
+            embedding_norm=(
+                None if data.get("embedding_norm") is None else float(data["embedding_norm"])
+            ),
         )
 
 

@@ -47,6 +47,8 @@ class DetectedFace:
     quality: float
     embedding: np.ndarray  # (D,) float32, unit norm
     crop: np.ndarray | None = None  # aligned BGR crop, recogniser input size (112x112)
+    # The recogniser's raw (pre-normalisation) norm: low for faces it cannot read (a trust signal).
+    embedding_norm: float = 0.0
 
 
 @dataclass
@@ -59,7 +61,9 @@ class LocatedFace:
     quality: float
     crop: np.ndarray
 
-    def with_embedding(self, embedding: np.ndarray, keep_crop: bool = True) -> DetectedFace:
+    def with_embedding(
+        self, embedding: np.ndarray, keep_crop: bool = True, norm: float = 0.0
+    ) -> DetectedFace:
         return DetectedFace(
             self.bbox,
             self.landmarks,
@@ -67,6 +71,7 @@ class LocatedFace:
             self.quality,
             embedding,
             self.crop if keep_crop else None,
+            norm,
         )
 
 
@@ -195,8 +200,12 @@ class FaceAnalyzer:
     # -- recognition --------------------------------------------------------------------------
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """(N, D) L2-normalised float32 embeddings of aligned crops, in recogniser batches."""
+        return self.embed_with_norms(crops)[0]
+
+    def embed_with_norms(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """`embed`, plus each embedding's raw norm before normalisation, (N,) float32."""
         if not crops:
-            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+            return np.zeros((0, self.embedding_dim), dtype=np.float32), np.zeros(0, np.float32)
         parts = [
             np.asarray(
                 self.pack.recogniser.get_feat(list(crops[i : i + self.rec_batch_size])),
@@ -206,18 +215,20 @@ class FaceAnalyzer:
         ]
         vectors = np.concatenate(parts)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+        return vectors / np.maximum(norms, 1e-12), norms[:, 0]
 
     def embed_located(self, located: Sequence[Sequence[LocatedFace]]) -> list[list[DetectedFace]]:
         """One batched recognition pass over the faces of many images."""
         crops = [face.crop for faces in located for face in faces]
-        vectors = self.embed(crops)
+        vectors, norms = self.embed_with_norms(crops)
         result: list[list[DetectedFace]] = []
         position = 0
         for faces in located:
             result.append(
                 [
-                    face.with_embedding(vectors[position + i], self.keep_crops)
+                    face.with_embedding(
+                        vectors[position + i], self.keep_crops, float(norms[position + i])
+                    )
                     for i, face in enumerate(faces)
                 ]
             )

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from facefleet.common.documents import FaceDoc
-from facefleet.common.repository import LeaseHeld, upsert
+from facefleet.common.repository import upsert
 from facefleet.worker.grouping import clustering
 from facefleet.worker.grouping.clustering import (
     UNASSIGNED,
@@ -42,6 +42,7 @@ from facefleet.worker.grouping.store import (
     face_input,
     load_session,
     save_changes,
+    user_lease,
 )
 
 log = logging.getLogger(__name__)
@@ -104,22 +105,17 @@ class Corrections:
     @contextmanager
     def _locked(self, user_id: str) -> Iterator[UserSession]:
         """The user's freshly loaded state, under the user's lease (waiting out a batch)."""
-        deadline = time.monotonic() + self.lease_wait_seconds
-        while True:
-            try:
-                self.store.people.acquire_lease(user_id, self.owner, self.lease_ttl)
-                break
-            except LeaseHeld:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.5)
-        try:
+        with user_lease(
+            self.store,
+            user_id,
+            self.owner,
+            self.lease_ttl,
+            wait_seconds=self.lease_wait_seconds,
+        ):
             session = load_session(self.store, user_id, self.params)
             if session.model_id is None:
                 raise NoGroupingState(f"user {user_id!r} has no grouping state yet")
             yield session
-        finally:
-            self.store.people.release_lease(user_id, self.owner)
 
     def _save(
         self,
@@ -272,7 +268,6 @@ class Corrections:
         _renumber(state, mapping, old.next_person_id)
         state.merged_into = dict(old.merged_into)
         _replay_constraints(old, state, face_map)
-        by_id = {f.doc_id: f for f in faces}
         fresh = UserSession(
             session.user_id,
             model_id or session.model_id,
@@ -280,7 +275,6 @@ class Corrections:
             index=index,
             covers=dict(session.covers),
         )
-        fresh.record_added(by_id, state.face_ids)
         fresh.stale_people = set(old.people) - set(state.people)
         everything = ClusterUpdate(
             assignments=dict.fromkeys(state.face_ids), changed=set(state.people)
@@ -345,7 +339,7 @@ def _renumber(state: UserClusterState, mapping: Mapping[int, int], first_free: i
             final[person] = next_id
             next_id += 1
     state.people = {final[p]: record for p, record in state.people.items()}
-    state.person_of = [p if p == UNASSIGNED else final[p] for p in state.person_of]
+    state.person_of[:] = [p if p == UNASSIGNED else final[p] for p in state.person_of]
     state.next_person_id = next_id
 
 

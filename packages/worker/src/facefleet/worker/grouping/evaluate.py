@@ -88,6 +88,7 @@ class ConditionData:
     photo_ids: list[str]
     truth: list[str]
     missed: int
+    norm: np.ndarray  # the recogniser's raw embedding norms
 
     def faces(self) -> list[FaceInput]:
         return [
@@ -98,6 +99,7 @@ class ConditionData:
                 float(self.quality[i]),
                 float(self.size_px[i]),
                 float(self.det_score[i]),
+                float(self.norm[i]),
             )
             for i in range(len(self.truth))
         ]
@@ -114,6 +116,7 @@ def select_photos(
     distractors: int | None = None,
     max_photos: int | None = None,
     seed: int = 0,
+    exclude: frozenset[str] = frozenset(),
 ) -> list[Photo]:
     """People with >= min_photos photos (a seeded sample of max_people) plus one-photo people.
 
@@ -122,7 +125,11 @@ def select_photos(
     """
     if not root.is_dir():
         raise FileNotFoundError(f"no photo folder at {root}")
-    people = {d.name: sorted(d.glob("*.jpg")) for d in sorted(root.iterdir()) if d.is_dir()}
+    people = {
+        d.name: sorted(d.glob("*.jpg"))
+        for d in sorted(root.iterdir())
+        if d.is_dir() and d.name not in exclude
+    }
     rng = np.random.default_rng(seed)
     multi = [name for name, files in people.items() if len(files) >= max(min_photos, 2)]
     single = [name for name, files in people.items() if len(files) == 1]
@@ -298,7 +305,7 @@ def detect_condition(
     from facefleet.worker.detection.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_pack(pack, keep_crops=False)
-    vectors, quality, size, det, photo_ids, truth = [], [], [], [], [], []
+    vectors, quality, size, det, photo_ids, truth, norm = [], [], [], [], [], [], []
     missed = 0
     built_iter = BUILDERS[name](photos, seed)
     started, done = time.monotonic(), 0
@@ -325,6 +332,7 @@ def detect_condition(
                 quality.append(face.quality)
                 size.append(min(face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1]))
                 det.append(face.det_score)
+                norm.append(face.embedding_norm)
                 photo_ids.append(b.photo_id)
                 truth.append(placed.identity)
         done += len(built)
@@ -342,12 +350,13 @@ def detect_condition(
         photo_ids,
         truth,
         missed,
+        np.asarray(norm, dtype=np.float32),
     )
 
 
 def _cache_key(name: str, photos: Sequence[Photo], pack: Path, seed: int) -> str:
     digest = hashlib.sha1()
-    digest.update(f"{name}\0{seed}\0{pack.resolve()}\0".encode())
+    digest.update(f"v2\0{name}\0{seed}\0{pack.resolve()}\0".encode())
     for photo in photos:
         digest.update(f"{photo.identity}/{photo.path.name}\0".encode())
     return digest.hexdigest()[:16]
@@ -368,6 +377,7 @@ def load_condition(
                 meta["photo_ids"],
                 meta["truth"],
                 meta["missed"],
+                saved["norm"],
             )
     data = detect_condition(name, photos, pack, seed)
     if path is not None:
@@ -379,6 +389,7 @@ def load_condition(
             quality=data.quality,
             size_px=data.size_px,
             det_score=data.det_score,
+            norm=data.norm,
             meta=np.asarray(meta),
         )
     return data

@@ -41,6 +41,7 @@ from facefleet.worker.grouping.store import (
     face_input,
     load_session,
     save_changes,
+    user_lease,
 )
 
 log = logging.getLogger(__name__)
@@ -148,14 +149,12 @@ class GroupingService:
     def group_user(self, user_id: str, requests: Sequence[GroupingRequest]) -> UserResult:
         """Place the faces of `requests` for one user under the user's lease."""
         started = time.monotonic()
-        self.store.people.acquire_lease(user_id, self.owner, self.lease_ttl)
-        try:
-            result = self._group_locked(user_id, requests)
-        except BaseException:
-            self.sessions.pop(user_id, None)  # a half-applied state must never be reused
-            raise
-        finally:
-            self._release(user_id)
+        with user_lease(self.store, user_id, self.owner, self.lease_ttl):
+            try:
+                result = self._group_locked(user_id, requests)
+            except BaseException:
+                self.sessions.pop(user_id, None)  # a half-applied state must never be reused
+                raise
         elapsed_ms = (time.monotonic() - started) * 1000
         log.info(
             "grouped user",
@@ -179,12 +178,6 @@ class GroupingService:
             )
         return result
 
-    def _release(self, user_id: str) -> None:
-        try:
-            self.store.people.release_lease(user_id, self.owner)
-        except Exception as error:  # the lease expires on its own; the work is already durable
-            log.warning("lease release failed", extra={"user_id": user_id, "error": repr(error)})
-
     def _group_locked(self, user_id: str, requests: Sequence[GroupingRequest]) -> UserResult:
         image_ids = list(dict.fromkeys(i for r in requests for i in r.image_ids))
         faces = _arrival_order(self.store.gallery.faces_of_images(user_id, image_ids), image_ids)
@@ -207,9 +200,7 @@ class GroupingService:
 
     def add(self, session: UserSession, faces: Sequence[FaceDoc]) -> ClusterUpdate:
         index = session.ensure_index(int(faces[0].embedding.shape[0]))
-        update = add_faces(session.state, [face_input(f) for f in faces], index, self.params)
-        session.record_added({f.doc_id: f for f in faces}, update.added)
-        return update
+        return add_faces(session.state, [face_input(f) for f in faces], index, self.params)
 
     def session(self, user_id: str, model_hint: str | None) -> UserSession:
         """The user's session: the cached one if still valid, else rebuilt from MongoDB."""
