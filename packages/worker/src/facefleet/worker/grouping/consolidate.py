@@ -1,0 +1,477 @@
+"""Consolidation: re-cluster a user's whole library in batch and map the result onto the people
+the user already has, so early incremental decisions are revisited without renaming anyone.
+
+    update = consolidate(state, params)   # pure: updates `state` in place, returns the diff
+
+Steps (all over plain data; the service runs it under the user's lease, see `corrections`):
+
+1. The trusted kNN graph (`knn_graph`): every usable face's top-`k` neighbours by cosine
+   similarity, an edge kept only where the pair clears both faces' trust radius
+   (`clustering.trust_radius`, from the raw embedding norm) and the faces are of different photos.
+   Nodes are numbered in face-id order, never arrival order, so the partition depends on the
+   library alone.
+2. The batch partition (`batch_labels`): Infomap on that graph (see `BATCH_METHOD` for why).
+3. Constraints: faces the user pinned are anchored to their person, and so are the members of
+   named people; a batch cluster holding anchors of two people is split, each face going to the
+   person whose anchors it is closest to (named people never merge automatically). Two faces of
+   one photo never share a person (the closest to the person's centre stays). A face the user said
+   is not a person never lands in it. Clusters of one face leave the face unassigned.
+4. Ids (`_map_ids`): each new cluster takes the old person id it overlaps most, solved as an
+   assignment problem (Hungarian, per connected block of the overlap graph), so an unchanged
+   person keeps its id; anchored clusters take their anchor's id. When several old people end in
+   one cluster, the one that keeps its id is the one with the largest overlap (the larger), and
+   the others are retired into it (`merged_into`: their ids keep resolving). Clusters with no old
+   person get fresh ids (a monotonic counter: a retired id is never reused).
+
+Guarantees (property-tested): named people keep their name and their pinned faces; pins and
+"not this person" constraints are never undone; no retired id is reused; a consolidation of a
+consolidated library changes nothing; without user constraints the partition does not depend on
+the arrival order, so it equals a full re-cluster of the same library.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from facefleet.worker.grouping.clustering import (
+    IGNORED,
+    UNASSIGNED,
+    ClusterParams,
+    ClusterUpdate,
+    FaceInput,
+    Person,
+    UserClusterState,
+)
+from facefleet.worker.grouping.index import threads_for
+
+# Why Infomap (measured with `facefleet evaluate` and `batch_methods`, see the README): on the
+# held-out LFW split (seed 0) and the developers' split, with the same trusted kNN graph and the
+# same constraints, it gave the best worst-condition pairwise F1 and ARI of the training-free
+# methods tried (Leiden/CPM, HDBSCAN, average linkage, FINCH), at one parameter set, and it has no
+# resolution or cut to tune. It is also the fastest at 1M faces of the graph methods on 2 cores.
+# The figures are in BATCH_FIGURES.
+BATCH_METHOD = "infomap"
+BATCH_FIGURES = "see README 'Grouping v2' (filled in from `batch_methods` runs)"
+
+# Above this many faces the graph is searched on an IVF index (exact search below it).
+EXACT_GRAPH_BELOW = 50_000
+
+
+@dataclass(frozen=True)
+class ConsolidateParams:
+    """The batch pass's own settings (the trust radii come from `ClusterParams`)."""
+
+    k: int = 16
+    # Edges below this similarity are never added, whatever the trust radii say.
+    edge_sim: float = 0.40
+    # Infomap: trials (best kept) and seed; one trial suffices on a kNN face graph.
+    trials: int = 1
+    seed: int = 7
+    # IVF settings for libraries past EXACT_GRAPH_BELOW.
+    nprobe: int = 6
+    train_per_list: int = 40
+    # Overlap blocks larger than this (people x clusters) are matched greedily.
+    hungarian_cells: int = 4_000_000
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Undirected weighted edges between faces numbered 0..n-1 in canonical order."""
+
+    n: int
+    src: np.ndarray  # int64, src < dst
+    dst: np.ndarray
+    weight: np.ndarray  # float32 similarities
+
+
+# -- the graph ----------------------------------------------------------------------------------
+
+
+def canonical(state: UserClusterState) -> np.ndarray:
+    """Ordinals of the usable faces, in face-id order (the graph's node numbering)."""
+    usable = [o for o, tier in enumerate(state.tier) if tier != IGNORED]
+    return np.asarray(sorted(usable, key=state.face_ids.__getitem__), dtype=np.int64)
+
+
+def knn_graph(
+    vectors: np.ndarray,
+    radius: np.ndarray,
+    photos: np.ndarray,
+    k: int,
+    edge_sim: float,
+    params: ConsolidateParams | None = None,
+) -> Graph:
+    """Trusted edges among `vectors` (rows already canonical): top-k, sim >= both radii."""
+    params = params or ConsolidateParams()
+    n = len(vectors)
+    if n < 2:
+        empty = np.empty(0, dtype=np.int64)
+        return Graph(n, empty, empty, np.empty(0, dtype=np.float32))
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    k = min(k + 1, n)
+    with threads_for(n):
+        index = _graph_index(matrix, params)
+        sims, ids = index.search(matrix, k)
+    rows = np.repeat(np.arange(n, dtype=np.int64), k)
+    cols = ids.reshape(-1)
+    sim = sims.reshape(-1)
+    keep = (cols > rows) | ((cols >= 0) & (cols < rows))
+    keep &= cols >= 0
+    rows, cols, sim = rows[keep], cols[keep], sim[keep]
+    need = np.maximum(np.maximum(radius[rows], radius[cols]), edge_sim)
+    keep = (sim >= need) & (photos[rows] != photos[cols])
+    rows, cols, sim = rows[keep], cols[keep], sim[keep]
+    lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
+    # A pair found from both ends is one edge.
+    key = lo * n + hi
+    key, first = np.unique(key, return_index=True)
+    return Graph(n, lo[first], hi[first], sim[first].astype(np.float32))
+
+
+def _graph_index(matrix: np.ndarray, params: ConsolidateParams) -> faiss.Index:
+    n, dim = matrix.shape
+    if n < EXACT_GRAPH_BELOW:
+        index = faiss.IndexFlatIP(dim)
+        index.add(matrix)
+        return index
+    nlist = int(min(4096, max(64, 4 * np.sqrt(n))))
+    quantizer = faiss.IndexFlatIP(dim)
+    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.seed = params.seed
+    step = max(1, n // (nlist * params.train_per_list))
+    ivf.train(matrix[::step])
+    ivf.add(matrix)
+    ivf.nprobe = params.nprobe
+    return ivf
+
+
+# -- the batch partition ------------------------------------------------------------------------
+
+
+def batch_labels(graph: Graph, params: ConsolidateParams | None = None) -> np.ndarray:
+    """Infomap (two-level, undirected, weighted) module of each node; isolated nodes get -1."""
+    import infomap  # the batch pass only: the incremental worker path never loads it
+
+    params = params or ConsolidateParams()
+    labels = np.full(graph.n, -1, dtype=np.int64)
+    if not len(graph.src):
+        return labels
+    im = infomap.Infomap(
+        two_level=True,
+        silent=True,
+        seed=params.seed,
+        num_trials=params.trials,
+        flow_model="undirected",
+    )
+    im.add_links(
+        zip(
+            graph.src.tolist(), graph.dst.tolist(), graph.weight.astype(float).tolist(), strict=True
+        )
+    )
+    im.run()
+    for node, module in im.get_modules().items():
+        labels[node] = module
+    return _drop_singletons(labels)
+
+
+def _drop_singletons(labels: np.ndarray) -> np.ndarray:
+    valid = labels >= 0
+    if not valid.any():
+        return labels
+    _, inverse, counts = np.unique(labels[valid], return_inverse=True, return_counts=True)
+    out = np.full(len(labels), -1, dtype=np.int64)
+    out[valid] = np.where(counts[inverse] >= 2, inverse, -1)
+    return out
+
+
+def full_partition(
+    state: UserClusterState,
+    params: ClusterParams,
+    consolidate_params: ConsolidateParams | None = None,
+) -> np.ndarray:
+    """The unconstrained batch cluster of every face by ordinal (-1: unassigned)."""
+    consolidate_params = consolidate_params or ConsolidateParams()
+    order = canonical(state)
+    labels = np.full(len(state.face_ids), -1, dtype=np.int64)
+    if len(order) < 2:
+        return labels
+    trust = np.asarray(state.trust, dtype=np.float32)[order]
+    radius = params.join_sim + params.quality_slope * np.maximum(0.0, params.full_quality - trust)
+    photos = _photo_codes(state)[order]
+    graph = knn_graph(
+        state.faces.vectors[order],
+        radius.astype(np.float32),
+        photos,
+        consolidate_params.k,
+        consolidate_params.edge_sim,
+        consolidate_params,
+    )
+    labels[order] = batch_labels(graph, consolidate_params)
+    return labels
+
+
+def _photo_codes(state: UserClusterState) -> np.ndarray:
+    codes: dict[str, int] = {}
+    return np.asarray([codes.setdefault(p, len(codes)) for p in state.photo_ids], dtype=np.int64)
+
+
+# -- constraints --------------------------------------------------------------------------------
+
+
+def _anchors(state: UserClusterState) -> dict[int, int]:
+    """Face ordinal -> person it is anchored to: pinned faces, and members of named people."""
+    anchored: dict[int, int] = {}
+    for person_id, record in state.people.items():
+        if record.name is not None:
+            for face in record.members:
+                anchored[face] = person_id
+    for face in state.pinned:
+        person = state.person_of[face]
+        if person != UNASSIGNED:
+            anchored[face] = person
+    return anchored
+
+
+def _split_by_anchors(
+    state: UserClusterState, labels: np.ndarray, anchored: dict[int, int]
+) -> list[tuple[int | None, list[int]]]:
+    """Groups (anchor person or None, member ordinals) after splitting multi-anchor clusters.
+
+    Anchored faces always go with their anchor (even out of a batch cluster of their own);
+    unanchored faces of a cluster with anchors of several people go to the nearest anchor set.
+    """
+    vectors = state.faces.vectors
+    clusters: dict[int, list[int]] = {}
+    for face, label in enumerate(labels.tolist()):
+        if label >= 0 and face not in anchored:
+            clusters.setdefault(label, []).append(face)
+    anchors_in: dict[int, dict[int, list[int]]] = {}
+    for face, person in anchored.items():
+        label = int(labels[face])
+        if label >= 0:
+            anchors_in.setdefault(label, {}).setdefault(person, []).append(face)
+    groups: dict[int, list[int]] = {p: [] for p in sorted(set(anchored.values()))}
+    for face, person in sorted(anchored.items()):
+        groups[person].append(face)
+    free: list[tuple[int | None, list[int]]] = []
+    for label in sorted(set(clusters) | set(anchors_in)):
+        faces = clusters.get(label, [])
+        persons = anchors_in.get(label, {})
+        if not persons:
+            free.append((None, faces))
+        elif len(persons) == 1:
+            groups[next(iter(persons))].extend(faces)
+        elif faces:
+            order = sorted(persons)
+            sims = np.stack(
+                [(vectors[faces] @ vectors[persons[p]].T).max(axis=1) for p in order], axis=1
+            )
+            for face, best in zip(faces, sims.argmax(axis=1).tolist(), strict=True):
+                groups[order[best]].append(face)
+    return [(person, members) for person, members in groups.items()] + free
+
+
+def _one_face_per_photo(
+    state: UserClusterState, members: list[int], fixed: set[int]
+) -> tuple[list[int], list[int]]:
+    """(kept, dropped): per photo the fixed face, else the one closest to the group's centre."""
+    photos = state.photo_ids
+    counts = Counter(photos[m] for m in members)
+    if all(c == 1 for c in counts.values()):
+        return members, []
+    vectors = state.faces.vectors
+    centre = vectors[members].sum(axis=0)
+    closeness = dict(zip(members, (vectors[members] @ centre).tolist(), strict=True))
+    best: dict[str, int] = {}
+    for m in members:
+        photo = photos[m]
+        if counts[photo] == 1:
+            continue
+        current = best.get(photo)
+        key = (m in fixed, closeness[m], -m)
+        if current is None or key > (current in fixed, closeness[current], -current):
+            best[photo] = m
+    kept = [m for m in members if counts[photos[m]] == 1 or best[photos[m]] == m]
+    return kept, [m for m in members if m not in set(kept)]
+
+
+# -- the pass -----------------------------------------------------------------------------------
+
+
+def consolidate(
+    state: UserClusterState,
+    params: ClusterParams | None = None,
+    consolidate_params: ConsolidateParams | None = None,
+    labels: np.ndarray | None = None,
+) -> ClusterUpdate:
+    """Re-cluster the library in batch and map it onto the existing people (see the module).
+
+    `labels` (the batch partition by ordinal) may be given when already computed. Waiting
+    neighbour lists are cleared: the caller rebuilds them from the index (`store`).
+    """
+    params = params or ClusterParams()
+    if labels is None:
+        labels = full_partition(state, params, consolidate_params)
+    anchored = _anchors(state)
+    pinned_to = {f: state.person_of[f] for f in state.pinned if state.person_of[f] != UNASSIGNED}
+    groups = _split_by_anchors(state, labels, anchored)
+    final: list[tuple[int | None, list[int]]] = []
+    for person, members in groups:
+        kept, _ = _one_face_per_photo(state, sorted(members), set(anchored))
+        if person is not None or len(kept) >= 2:
+            final.append((person, kept))
+    mapping = _map_ids(state, final, consolidate_params or ConsolidateParams())
+    new_person = [UNASSIGNED] * len(state.face_ids)
+    for (_, members), person_id in zip(final, mapping, strict=True):
+        for m in members:
+            new_person[m] = person_id
+    for face, barred in state.not_in.items():
+        if new_person[face] in barred and face not in pinned_to:
+            new_person[face] = UNASSIGNED
+    for face, person in pinned_to.items():
+        new_person[face] = person
+    return _apply(state, new_person, mapping)
+
+
+def _map_ids(
+    state: UserClusterState,
+    groups: Sequence[tuple[int | None, list[int]]],
+    params: ConsolidateParams,
+) -> list[int]:
+    """The person id of each group: anchors' ids, then the max-overlap assignment, then fresh."""
+    ids: list[int | None] = [person for person, _ in groups]
+    taken = {p for p in ids if p is not None}
+    free = [g for g, p in enumerate(ids) if p is None]
+    overlap: Counter[tuple[int, int]] = Counter()
+    for g in free:
+        for m in groups[g][1]:
+            old = state.person_of[m]
+            if old != UNASSIGNED and old not in taken:
+                overlap[(g, old)] += 1
+    for g, old in _assignment(overlap, params):
+        ids[g] = old
+    final: list[int] = []
+    for person in ids:
+        if person is None:
+            person = state.next_person_id
+            state.next_person_id += 1
+        final.append(person)
+    return final
+
+
+def _assignment(
+    overlap: Counter[tuple[int, int]], params: ConsolidateParams
+) -> list[tuple[int, int]]:
+    """Max-total-overlap one-to-one matching of groups to old people, per connected block."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not overlap:
+        return []
+    groups = sorted({g for g, _ in overlap})
+    olds = sorted({o for _, o in overlap})
+    gi = {g: i for i, g in enumerate(groups)}
+    oi = {o: i for i, o in enumerate(olds)}
+    rows = np.asarray([gi[g] for g, _ in overlap])
+    cols = np.asarray([oi[o] for _, o in overlap]) + len(groups)
+    size = len(groups) + len(olds)
+    adjacency = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(size, size))
+    _, component = connected_components(adjacency, directed=False)
+    blocks: dict[int, list[tuple[int, int, int]]] = {}
+    for (g, o), count in overlap.items():
+        blocks.setdefault(int(component[gi[g]]), []).append((g, o, count))
+    matched: list[tuple[int, int]] = []
+    for block in blocks.values():
+        if len(block) == 1:
+            matched.append((block[0][0], block[0][1]))
+            continue
+        bg = sorted({g for g, _, _ in block})
+        bo = sorted({o for _, o, _ in block})
+        if len(bg) * len(bo) > params.hungarian_cells:
+            matched.extend(_greedy(block))
+            continue
+        weights = np.zeros((len(bg), len(bo)))
+        bgi = {g: i for i, g in enumerate(bg)}
+        boi = {o: i for i, o in enumerate(bo)}
+        for g, o, count in block:
+            # Ties go to the lower (older) person id: deterministic, and stable on a rerun.
+            weights[bgi[g], boi[o]] = count - 1e-9 * boi[o]
+        r, c = linear_sum_assignment(weights, maximize=True)
+        matched.extend((bg[i], bo[j]) for i, j in zip(r, c, strict=True) if weights[i, j] > 0)
+    return matched
+
+
+def _greedy(block: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    used_g: set[int] = set()
+    used_o: set[int] = set()
+    out = []
+    for g, o, _ in sorted(block, key=lambda b: (-b[2], b[1], b[0])):
+        if g not in used_g and o not in used_o:
+            used_g.add(g)
+            used_o.add(o)
+            out.append((g, o))
+    return out
+
+
+def _apply(state: UserClusterState, new_person: list[int], mapping: list[int]) -> ClusterUpdate:
+    """Write the new labelling into `state`; retire old people into where their faces went."""
+    update = ClusterUpdate()
+    old_person = list(state.person_of)
+    names = {p: r.name for p, r in state.people.items()}
+    survivors = set(mapping)
+    where: dict[int, Counter[int]] = {}
+    for face, (old, new) in enumerate(zip(old_person, new_person, strict=True)):
+        if old != new:
+            update.assignments[state.face_ids[face]] = None if new == UNASSIGNED else new
+        if old != UNASSIGNED and new != UNASSIGNED:
+            where.setdefault(old, Counter())[new] += 1
+    people: dict[int, Person] = {}
+    for face, person in enumerate(new_person):
+        if person == UNASSIGNED:
+            continue
+        record = people.get(person)
+        if record is None:
+            record = people[person] = Person(name=names.get(person))
+        record.members.add(face)
+        photo = state.photo_ids[face]
+        record.photos[photo] = record.photos.get(photo, 0) + 1
+    for person, name in names.items():
+        if name is not None and person not in people:
+            people[person] = Person(name=name)  # a named person is never dropped
+    for person in sorted(set(state.people) | survivors):
+        before = state.people.get(person)
+        after = people.get(person)
+        if after is None:
+            update.removed.append(person)
+            went = where.get(person)
+            if went:
+                target, _ = min(went.items(), key=lambda item: (-item[1], item[0]))
+                state.merged_into[person] = target
+        elif before is None:
+            update.created.append(person)
+        elif before.members != after.members:
+            update.changed.add(person)
+    state.people = people
+    state.faces.person_of[:] = new_person
+    state.waiting.clear()
+    return update
+
+
+def full_recluster(
+    faces: Sequence[FaceInput],
+    params: ClusterParams | None = None,
+    consolidate_params: ConsolidateParams | None = None,
+) -> UserClusterState:
+    """A state for `faces` clustered by the batch pass alone (no incremental history)."""
+    params = params or ClusterParams()
+    state = UserClusterState()
+    for face in sorted(faces, key=lambda f: f.face_id):
+        state.add_face(face, params)
+    consolidate(state, params, consolidate_params)
+    return state
