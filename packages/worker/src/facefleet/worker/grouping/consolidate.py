@@ -77,6 +77,10 @@ class ConsolidateParams:
     train_per_list: int = 40
     # Overlap blocks larger than this (people x clusters) are matched greedily.
     hungarian_cells: int = 4_000_000
+    # Triggers: a pass runs when the library grew by this share since the last one (so the
+    # passes cost a constant factor of the library, amortised), once it holds `min_faces`.
+    growth_share: float = 0.5
+    min_faces: int = 20
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,13 @@ from facefleet.worker.grouping.clustering import (
     ClusterUpdate,
     UserClusterState,
 )
+from facefleet.worker.grouping.consolidate import full_recluster
 from facefleet.worker.grouping.index import FaceIndex
 from facefleet.worker.grouping.service import worker_id
 from facefleet.worker.grouping.store import (
     GroupingStore,
     UserSession,
+    consolidate_session,
     face_input,
     load_session,
     save_changes,
@@ -64,6 +66,18 @@ class ReclusterReport:
     unassigned_full: int
     ari: float
     applied: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ConsolidationReport:
+    faces: int
+    people_before: int
+    people_after: int
+    faces_moved: int
+    people_created: int
+    people_retired: int
+    named_people: int
     seconds: float
 
 
@@ -171,6 +185,27 @@ class Corrections:
             self._save(session, update, faces=[face_id])
         self.store.log_correction(user_id, "reject", face_id=face_id, person_id=person_id)
 
+    def consolidate(self, user_id: str) -> ConsolidationReport:
+        """Run the consolidation pass now (`facefleet people consolidate`), under the lease."""
+        started = time.monotonic()
+        with self._locked(user_id) as session:
+            before = _assigned_people(session.state)
+            update = consolidate_session(session, self.params)
+            self._save(session, update)
+            state = session.state
+            report = ConsolidationReport(
+                faces=len(state.face_ids),
+                people_before=before,
+                people_after=_assigned_people(state),
+                faces_moved=len(update.assignments),
+                people_created=len(update.created),
+                people_retired=len(update.removed),
+                named_people=sum(1 for r in state.people.values() if r.name),
+                seconds=round(time.monotonic() - started, 3),
+            )
+        self.store.log_correction(user_id, "consolidate", moved=report.faces_moved)
+        return report
+
     # -- full re-cluster and model change -----------------------------------------------------
 
     def recluster(self, user_id: str, *, apply: bool = False) -> ReclusterReport:
@@ -201,8 +236,8 @@ class Corrections:
         self, user_id: str, new_model: str, embedder: Embedder | None = None
     ) -> MigrationReport:
         """Move the user to `new_model`: re-embed the stored crops with `embedder` (else use the
-        faces the detector already wrote under the new model), re-cluster, carry named people."""
-        from facefleet.worker.grouping.recluster import recluster  # scikit-learn: import late
+        faces the detector already wrote under the new model), cluster the library with the
+        consolidation pass (a model change is one of its triggers), carry named people."""
 
         with self._locked(user_id) as session:
             old_model = session.model_id
@@ -214,7 +249,10 @@ class Corrections:
             if not new_faces:
                 raise NoGroupingState(f"user {user_id!r} has no faces under model {new_model!r}")
             face_map = match_faces(old_faces, new_faces)
-            state, index = recluster([face_input(f) for f in new_faces], self.params)
+            state = full_recluster([face_input(f) for f in new_faces], self.params)
+            index = FaceIndex.build(
+                np.arange(len(state.face_ids), dtype=np.int64), state.faces.vectors
+            )
             old_names = {p: r.name for p, r in session.state.people.items() if r.name}
             carried = self._replace(session, state, index, new_faces, face_map, new_model)
             self.store.assignments.delete_many({"user_id": user_id, "model_id": old_model})
@@ -274,6 +312,7 @@ class Corrections:
             state=state,
             index=index,
             covers=dict(session.covers),
+            consolidated_faces=len(state.face_ids),
         )
         fresh.stale_people = set(old.people) - set(state.people)
         everything = ClusterUpdate(

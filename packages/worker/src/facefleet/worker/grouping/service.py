@@ -5,8 +5,10 @@ is grouped under the user's MongoDB lease (expiring, so a dead worker's lease la
 another worker holds it, that user's messages are RETRY (kept in flight, retried with backoff),
 never an error. Under the lease: load the user's state (a cached one only if the stored revision
 is the one this process wrote and the FAISS index holds exactly the state's faces), place the
-request's faces with the pure `add_faces` step, write back what changed (see `store`), then the
-messages are DONE and the consumer deletes them. Outage errors make a user's messages RETRY;
+request's faces with the pure `add_faces` step, write back what changed (see `store`); when the
+library has grown by `ConsolidateParams.growth_share` since the last consolidation pass, run the
+pass (`consolidate`) under the same lease and write its changes; then the messages are DONE
+and the consumer deletes them. Outage errors make a user's messages RETRY;
 any other error in one user's work makes that user's messages MALFORMED (dead-lettered after
 redelivery) without touching the other users of the batch.
 """
@@ -35,9 +37,12 @@ from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, LeaseHeld, connect
 from facefleet.worker.consumer import ConsumerConfig, Outcome, ReceivedMessage, is_outage, serve
 from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate, add_faces
+from facefleet.worker.grouping.consolidate import ConsolidateParams
 from facefleet.worker.grouping.store import (
     GroupingStore,
     UserSession,
+    consolidate_session,
+    consolidation_due,
     face_input,
     load_session,
     save_changes,
@@ -88,8 +93,10 @@ class GroupingService:
         metrics: MetricsEmitter | None = None,
         owner: str | None = None,
         lease_ttl: timedelta = timedelta(minutes=30),
+        consolidate_params: ConsolidateParams | None = None,
     ) -> None:
         self.store = store
+        self.consolidate_params = consolidate_params or ConsolidateParams()
         self.s3 = s3
         self.bucket = bucket
         self.params = params or ClusterParams()
@@ -196,6 +203,21 @@ class GroupingService:
             return UserResult(0, 0, len(faces))
         update = self.add(session, mine)
         save_changes(self.store, session, update, s3=self.s3, bucket=self.bucket)
+        if consolidation_due(session, self.consolidate_params):
+            # Under the same lease: the library grew enough that early decisions are revisited.
+            started = time.monotonic()
+            moved = consolidate_session(session, self.params, self.consolidate_params)
+            save_changes(self.store, session, moved, s3=self.s3, bucket=self.bucket)
+            log.info(
+                "consolidated user",
+                extra={
+                    "user_id": user_id,
+                    "faces": len(session.state.face_ids),
+                    "faces_moved": len(moved.assignments),
+                    "people_retired": len(moved.removed),
+                    "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+                },
+            )
         return UserResult(len(update.added), len(update.created), len(faces) - len(mine))
 
     def add(self, session: UserSession, faces: Sequence[FaceDoc]) -> ClusterUpdate:

@@ -56,6 +56,7 @@ from facefleet.worker.grouping.clustering import (
     Person,
     UserClusterState,
 )
+from facefleet.worker.grouping.consolidate import ConsolidateParams, consolidate
 from facefleet.worker.grouping.index import FaceIndex
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class UserSession:
     index: FaceIndex | None = None
     covers: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
     revision: str | None = None
+    # Library size at the last consolidation pass (growth past a share of it triggers the next).
+    consolidated_faces: int = 0
     # People whose stored document disagrees with the assignments (a write cut short).
     dirty_people: set[int] = field(default_factory=set)
     stale_people: set[int] = field(default_factory=set)
@@ -174,7 +177,12 @@ def load_session(
     over `model_id`, which only names the model of a user seen for the first time)."""
     doc = store.user_doc(user_id) or {}
     model = doc.get("model_id") or model_id
-    session = UserSession(user_id, model, revision=doc.get("revision"))
+    session = UserSession(
+        user_id,
+        model,
+        revision=doc.get("revision"),
+        consolidated_faces=int(doc.get("consolidated_faces", 0)),
+    )
     if model is None:
         return session
     gallery = {f.doc_id: f for f in store.gallery.faces_of_user(user_id, model)}
@@ -265,6 +273,32 @@ def _restore_waiting(session: UserSession, params: ClusterParams) -> None:
         state.waiting[face] = sorted(hits, key=lambda h: (-h[1], h[0]))[: params.k]
 
 
+def consolidate_session(
+    session: UserSession,
+    params: ClusterParams,
+    consolidate_params: ConsolidateParams | None = None,
+) -> ClusterUpdate:
+    """Run the consolidation pass on a loaded session (the caller holds the user's lease and
+    writes the update): the batch partition mapped onto the user's people, then the waiting
+    faces' neighbour lists rebuilt from the index, as the incremental step expects them."""
+    update = consolidate(session.state, params, consolidate_params)
+    if session.index is not None:
+        _restore_waiting(session, params)
+    session.consolidated_faces = len(session.state.face_ids)
+    return update
+
+
+def consolidation_due(
+    session: UserSession, consolidate_params: ConsolidateParams | None = None
+) -> bool:
+    """The library grew by `growth_share` since the last pass (and holds `min_faces`)."""
+    p = consolidate_params or ConsolidateParams()
+    faces = len(session.state.face_ids)
+    if faces < p.min_faces:
+        return False
+    return faces >= session.consolidated_faces * (1.0 + p.growth_share)
+
+
 # -- writing ------------------------------------------------------------------------------------
 
 
@@ -331,6 +365,7 @@ def _write_user(store: GroupingStore, session: UserSession) -> None:
                     "merged_into": sorted([a, b] for a, b in state.merged_into.items()),
                     "revision": session.revision,
                     "face_count": len(state.face_ids),
+                    "consolidated_faces": session.consolidated_faces,
                     "people_count": len(state.people),
                     "updated_at": now(),
                 }
