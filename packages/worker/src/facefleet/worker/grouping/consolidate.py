@@ -11,17 +11,19 @@ Steps (all over plain data; the service runs it under the user's lease, see `cor
    Nodes are numbered in face-id order, never arrival order, so the partition depends on the
    library alone.
 2. The batch partition (`batch_labels`): Infomap on that graph (see `BATCH_METHOD` for why).
-3. Constraints: faces the user pinned are anchored to their person, and so are the members of
-   named people; a batch cluster holding anchors of two people is split, each face going to the
-   person whose anchors it is closest to (named people never merge automatically). Two faces of
-   one photo never share a person (the closest to the person's centre stays). A face the user said
-   is not a person never lands in it. Clusters of one face leave the face unassigned.
-4. Ids (`_map_ids`): each new cluster takes the old person id it overlaps most, solved as an
-   assignment problem (Hungarian, per connected block of the overlap graph), so an unchanged
-   person keeps its id; anchored clusters take their anchor's id. When several old people end in
-   one cluster, the one that keeps its id is the one with the largest overlap (the larger), and
-   the others are retired into it (`merged_into`: their ids keep resolving). Clusters with no old
-   person get fresh ids (a monotonic counter: a retired id is never reused).
+3. Constraints: faces the user pinned, and the members of named people, are anchored: they stay
+   where they are (so named people never merge or lose faces automatically). Each batch
+   cluster's other faces form a group. Two faces of one photo never share a person (a fixed face
+   stays, else the closest to the person's centre). A face the user said is not a person never
+   lands in it. A group of one face leaves the face unassigned.
+4. Ids (`_assignment`): each group takes the old person id it overlaps most (its faces' current
+   people, plus the anchored faces in its batch cluster), solved as an assignment problem
+   (Hungarian, per connected block of the overlap graph), so an unchanged person keeps its id
+   and a group holding a named person's anchors joins that person. When several old people end
+   in one group, the one that keeps its id has the largest overlap (the larger, or the named one
+   through its anchors), and the others are retired into it (`merged_into`: their ids keep
+   resolving). Groups with no old person get fresh ids (a monotonic counter: a retired id is
+   never reused).
 
 Guarantees (property-tested): named people keep their name and their pinned faces; pins and
 "not this person" constraints are never undone; no retired id is reused; a consolidation of a
@@ -243,45 +245,6 @@ def _anchors(state: UserClusterState) -> dict[int, int]:
     return anchored
 
 
-def _split_by_anchors(
-    state: UserClusterState, labels: np.ndarray, anchored: dict[int, int]
-) -> list[tuple[int | None, list[int]]]:
-    """Groups (anchor person or None, member ordinals) after splitting multi-anchor clusters.
-
-    Anchored faces always go with their anchor (even out of a batch cluster of their own);
-    unanchored faces of a cluster with anchors of several people go to the nearest anchor set.
-    """
-    vectors = state.faces.vectors
-    clusters: dict[int, list[int]] = {}
-    for face, label in enumerate(labels.tolist()):
-        if label >= 0 and face not in anchored:
-            clusters.setdefault(label, []).append(face)
-    anchors_in: dict[int, dict[int, list[int]]] = {}
-    for face, person in anchored.items():
-        label = int(labels[face])
-        if label >= 0:
-            anchors_in.setdefault(label, {}).setdefault(person, []).append(face)
-    groups: dict[int, list[int]] = {p: [] for p in sorted(set(anchored.values()))}
-    for face, person in sorted(anchored.items()):
-        groups[person].append(face)
-    free: list[tuple[int | None, list[int]]] = []
-    for label in sorted(set(clusters) | set(anchors_in)):
-        faces = clusters.get(label, [])
-        persons = anchors_in.get(label, {})
-        if not persons:
-            free.append((None, faces))
-        elif len(persons) == 1:
-            groups[next(iter(persons))].extend(faces)
-        elif faces:
-            order = sorted(persons)
-            sims = np.stack(
-                [(vectors[faces] @ vectors[persons[p]].T).max(axis=1) for p in order], axis=1
-            )
-            for face, best in zip(faces, sims.argmax(axis=1).tolist(), strict=True):
-                groups[order[best]].append(face)
-    return [(person, members) for person, members in groups.items()] + free
-
-
 def _one_face_per_photo(
     state: UserClusterState, members: list[int], fixed: set[int]
 ) -> tuple[list[int], list[int]]:
@@ -321,53 +284,75 @@ def consolidate(
     neighbour lists are cleared: the caller rebuilds them from the index (`store`).
     """
     params = params or ClusterParams()
+    consolidate_params = consolidate_params or ConsolidateParams()
     if labels is None:
         labels = full_partition(state, params, consolidate_params)
     anchored = _anchors(state)
-    pinned_to = {f: state.person_of[f] for f in state.pinned if state.person_of[f] != UNASSIGNED}
-    groups = _split_by_anchors(state, labels, anchored)
-    final: list[tuple[int | None, list[int]]] = []
-    for person, members in groups:
-        kept, _ = _one_face_per_photo(state, sorted(members), set(anchored))
-        if person is not None or len(kept) >= 2:
-            final.append((person, kept))
-    mapping = _map_ids(state, final, consolidate_params or ConsolidateParams())
-    new_person = [UNASSIGNED] * len(state.face_ids)
-    for (_, members), person_id in zip(final, mapping, strict=True):
-        for m in members:
-            new_person[m] = person_id
-    for face, barred in state.not_in.items():
-        if new_person[face] in barred and face not in pinned_to:
-            new_person[face] = UNASSIGNED
-    for face, person in pinned_to.items():
-        new_person[face] = person
-    return _apply(state, new_person, mapping)
-
-
-def _map_ids(
-    state: UserClusterState,
-    groups: Sequence[tuple[int | None, list[int]]],
-    params: ConsolidateParams,
-) -> list[int]:
-    """The person id of each group: anchors' ids, then the max-overlap assignment, then fresh."""
-    ids: list[int | None] = [person for person, _ in groups]
-    taken = {p for p in ids if p is not None}
-    free = [g for g, p in enumerate(ids) if p is None]
+    # A batch cluster's free faces (not anchored) form one group; its anchored faces vote for
+    # their person when the group's id is chosen, so a group holding a named person's faces
+    # joins that person, and a stray pin does not hijack a cluster.
+    free: dict[int, list[int]] = {}
+    anchor_votes: dict[int, Counter[int]] = {}
+    for face, label in enumerate(labels.tolist()):
+        if label < 0:
+            continue
+        person = anchored.get(face)
+        if person is None:
+            free.setdefault(label, []).append(face)
+        else:
+            anchor_votes.setdefault(label, Counter())[person] += 1
+    groups = [(label, members) for label, members in sorted(free.items())]
     overlap: Counter[tuple[int, int]] = Counter()
-    for g in free:
-        for m in groups[g][1]:
+    for g, (label, members) in enumerate(groups):
+        for m in members:
             old = state.person_of[m]
-            if old != UNASSIGNED and old not in taken:
+            if old != UNASSIGNED:
                 overlap[(g, old)] += 1
-    for g, old in _assignment(overlap, params):
-        ids[g] = old
-    final: list[int] = []
-    for person in ids:
+        for person, votes in anchor_votes.get(label, Counter()).items():
+            overlap[(g, person)] += votes
+    mapped = dict(_assignment(overlap, consolidate_params))
+    new_person = [UNASSIGNED] * len(state.face_ids)
+    for face, person in anchored.items():
+        new_person[face] = person
+    for g, (label, members) in enumerate(groups):
+        person = mapped.get(g)
+        joins_anchors = person is not None and anchor_votes.get(label, Counter())[person] > 0
+        if len(members) < 2 and not joins_anchors:
+            continue  # a lone face is no person
         if person is None:
             person = state.next_person_id
             state.next_person_id += 1
-        final.append(person)
-    return final
+        for m in members:
+            new_person[m] = person
+    _one_per_photo(state, new_person, set(anchored))
+    pinned = {f for f in state.pinned if state.person_of[f] != UNASSIGNED}
+    for face, barred in state.not_in.items():
+        if new_person[face] in barred and face not in pinned:
+            new_person[face] = UNASSIGNED
+    _drop_lone_people(new_person, set(anchored.values()))
+    return _apply(state, new_person)
+
+
+def _one_per_photo(state: UserClusterState, new_person: list[int], fixed: set[int]) -> None:
+    """Unassign all but one face of a photo per person (a fixed face first, then the closest to
+    the person's centre); faces the user placed are never removed."""
+    by_person: dict[int, list[int]] = {}
+    for face, person in enumerate(new_person):
+        if person != UNASSIGNED:
+            by_person.setdefault(person, []).append(face)
+    for members in by_person.values():
+        _, dropped = _one_face_per_photo(state, members, fixed)
+        for face in dropped:
+            if face not in state.pinned:
+                new_person[face] = UNASSIGNED
+
+
+def _drop_lone_people(new_person: list[int], anchored_people: set[int]) -> None:
+    """An automatic person left with one face (after the photo rule) is no person."""
+    counts = Counter(p for p in new_person if p != UNASSIGNED)
+    for face, person in enumerate(new_person):
+        if person != UNASSIGNED and counts[person] < 2 and person not in anchored_people:
+            new_person[face] = UNASSIGNED
 
 
 def _assignment(
@@ -425,12 +410,12 @@ def _greedy(block: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _apply(state: UserClusterState, new_person: list[int], mapping: list[int]) -> ClusterUpdate:
+def _apply(state: UserClusterState, new_person: list[int]) -> ClusterUpdate:
     """Write the new labelling into `state`; retire old people into where their faces went."""
     update = ClusterUpdate()
     old_person = list(state.person_of)
     names = {p: r.name for p, r in state.people.items()}
-    survivors = set(mapping)
+    survivors = set(new_person) - {UNASSIGNED}
     where: dict[int, Counter[int]] = {}
     for face, (old, new) in enumerate(zip(old_person, new_person, strict=True)):
         if old != new:
