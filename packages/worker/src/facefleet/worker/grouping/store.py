@@ -281,7 +281,7 @@ def consolidate_session(
     """Run the consolidation pass on a loaded session (the caller holds the user's lease and
     writes the update): the batch partition mapped onto the user's people, then the waiting
     faces' neighbour lists rebuilt from the index, as the incremental step expects them."""
-    update = consolidate(session.state, params, consolidate_params)
+    update = consolidate(session.state, params, consolidate_params, index=session.index)
     if session.index is not None:
         _restore_waiting(session, params)
     session.consolidated_faces = len(session.state.face_ids)
