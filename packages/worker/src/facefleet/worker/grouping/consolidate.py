@@ -34,7 +34,7 @@ the arrival order, so it equals a full re-cluster of the same library.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -353,34 +353,50 @@ def consolidate(
         else:
             anchor_votes.setdefault(label, Counter())[person] += 1
     groups = [(label, members) for label, members in sorted(free.items())]
-    overlap: Counter[tuple[int, int]] = Counter()
+    overlap: dict[tuple[int, int], float] = {}
     for g, (label, members) in enumerate(groups):
-        for m in members:
-            old = state.person_of[m]
-            if old != UNASSIGNED:
-                overlap[(g, old)] += 1
-        for person, votes in anchor_votes.get(label, Counter()).items():
-            overlap[(g, person)] += votes
+        # A lone face can only join anchors; its current person must not sway the matching
+        # (it would give a different answer once the face has been unassigned: not idempotent).
+        if len(members) >= 2:
+            for m in members:
+                old = state.person_of[m]
+                if old != UNASSIGNED:
+                    overlap[(g, old)] = overlap.get((g, old), 0.0) + 1.0
+        for person, count in anchor_votes.get(label, Counter()).items():
+            # On a tie, the user's anchors win.
+            overlap[(g, person)] = overlap.get((g, person), 0.0) + count + 0.5
     mapped = dict(_assignment(overlap, consolidate_params))
+    pinned = {f for f in state.pinned if state.person_of[f] != UNASSIGNED}
     new_person = [UNASSIGNED] * len(state.face_ids)
     for face, person in anchored.items():
         new_person[face] = person
     for g, (label, members) in enumerate(groups):
         person = mapped.get(g)
-        joins_anchors = person is not None and anchor_votes.get(label, Counter())[person] > 0
-        if len(members) < 2 and not joins_anchors:
+        votes = anchor_votes.get(label, Counter())
+        if person is not None:
+            barred = [m for m in members if person in state.not_in.get(m, ()) and m not in pinned]
+            rest = [m for m in members if m not in set(barred)]
+            if len(rest) >= 2 or votes[person] > 0:
+                members = rest  # the user said these faces are not that person
+            else:
+                person = None  # what is left is no person: the group is a new one instead
+        if len(members) < 2 and (person is None or votes[person] == 0):
             continue  # a lone face is no person
-        if person is None:
-            person = state.next_person_id
-            state.next_person_id += 1
+        # New people get placeholder ids (below UNASSIGNED) until the rules below have run,
+        # so no id is spent on a group they dissolve.
+        target = person if person is not None else UNASSIGNED - 1 - g
         for m in members:
-            new_person[m] = person
+            new_person[m] = target
     _one_per_photo(state, new_person, set(anchored))
-    pinned = {f for f in state.pinned if state.person_of[f] != UNASSIGNED}
-    for face, barred in state.not_in.items():
-        if new_person[face] in barred and face not in pinned:
+    for face, barred_people in state.not_in.items():
+        if new_person[face] in barred_people and face not in pinned:
             new_person[face] = UNASSIGNED
     _drop_lone_people(new_person, set(anchored.values()))
+    fresh: dict[int, int] = {}
+    for placeholder in sorted({p for p in new_person if p < UNASSIGNED}, reverse=True):
+        fresh[placeholder] = state.next_person_id
+        state.next_person_id += 1
+    new_person = [fresh.get(p, p) for p in new_person]
     return _apply(state, new_person)
 
 
@@ -407,7 +423,7 @@ def _drop_lone_people(new_person: list[int], anchored_people: set[int]) -> None:
 
 
 def _assignment(
-    overlap: Counter[tuple[int, int]], params: ConsolidateParams
+    overlap: Mapping[tuple[int, int], float], params: ConsolidateParams
 ) -> list[tuple[int, int]]:
     """Max-total-overlap one-to-one matching of groups to old people, per connected block."""
     from scipy.optimize import linear_sum_assignment
@@ -425,7 +441,7 @@ def _assignment(
     size = len(groups) + len(olds)
     adjacency = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(size, size))
     _, component = connected_components(adjacency, directed=False)
-    blocks: dict[int, list[tuple[int, int, int]]] = {}
+    blocks: dict[int, list[tuple[int, int, float]]] = {}
     for (g, o), count in overlap.items():
         blocks.setdefault(int(component[gi[g]]), []).append((g, o, count))
     matched: list[tuple[int, int]] = []
@@ -449,7 +465,7 @@ def _assignment(
     return matched
 
 
-def _greedy(block: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+def _greedy(block: list[tuple[int, int, float]]) -> list[tuple[int, int]]:
     used_g: set[int] = set()
     used_o: set[int] = set()
     out = []
