@@ -3,7 +3,8 @@ times, and rule (a)'s cost.
 
 For each library size (default 10k, 100k, 1M faces; synthetic 512-d unit embeddings: identities
 on the sphere with a few to a few dozen faces each, plus noise faces) the user's library is built
-by a full re-cluster (the consolidation pass's batch clustering from scratch: timed), then `--new`
+by a full re-cluster (timed: the user's index built, then the consolidation pass's batch
+clustering from scratch), then `--new`
 more faces arrive in message-sized batches through `add_faces` (timed: faces/s), then the whole
 library is consolidated (timed: kNN graph, Infomap, constraints, mapping onto the existing
 people, waiting lists rebuilt). The baseline rule (a) (top-k search on a flat index, nearest
@@ -27,7 +28,6 @@ import numpy as np
 
 from facefleet.worker.grouping.clustering import ClusterParams, FaceInput, add_faces
 from facefleet.worker.grouping.consolidate import full_recluster
-from facefleet.worker.grouping.index import FaceIndex
 from facefleet.worker.grouping.store import UserSession, consolidate_session
 
 BATCH = 32  # faces per add_faces call: about one SQS message batch of detections
@@ -91,8 +91,7 @@ def bench_size(
     library, new = faces[:size], faces[size:]
     params = ClusterParams()
     started = time.perf_counter()
-    state = full_recluster(library, params)
-    index = FaceIndex.build(np.arange(len(library), dtype=np.int64), state.faces.vectors)
+    state, index = full_recluster(library, params)
     session = UserSession("bench", "synthetic", state=state, index=index)
     recluster_s = time.perf_counter() - started
     started = time.perf_counter()

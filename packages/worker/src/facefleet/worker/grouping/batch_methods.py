@@ -30,6 +30,7 @@ from facefleet.worker.grouping.consolidate import (
     batch_labels,
     canonical,
     knn_graph,
+    trust_radii,
 )
 
 METHODS = ("infomap", "leiden", "hdbscan", "average", "finch")
@@ -40,7 +41,7 @@ def graph_of(
 ) -> tuple[np.ndarray, Graph]:
     order = canonical(state)
     trust = np.asarray(state.trust, dtype=np.float32)[order]
-    radius = params.join_sim + params.quality_slope * np.maximum(0.0, params.full_quality - trust)
+    radius = trust_radii(trust, params, cparams)
     graph = knn_graph(
         state.faces.vectors[order],
         radius.astype(np.float32),

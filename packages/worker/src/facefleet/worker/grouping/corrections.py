@@ -249,10 +249,7 @@ class Corrections:
             if not new_faces:
                 raise NoGroupingState(f"user {user_id!r} has no faces under model {new_model!r}")
             face_map = match_faces(old_faces, new_faces)
-            state = full_recluster([face_input(f) for f in new_faces], self.params)
-            index = FaceIndex.build(
-                np.arange(len(state.face_ids), dtype=np.int64), state.faces.vectors
-            )
+            state, index = full_recluster([face_input(f) for f in new_faces], self.params)
             old_names = {p: r.name for p, r in session.state.people.items() if r.name}
             carried = self._replace(session, state, index, new_faces, face_map, new_model)
             self.store.assignments.delete_many({"user_id": user_id, "model_id": old_model})
