@@ -12,9 +12,10 @@ shape: `merge_people`, `move_face`, `reject_face` ("not this person"), `name_per
 How a face is placed (each new face, in arrival order; a batch behaves exactly as one at a time):
 
 1. Its neighbours are the existing faces within cosine similarity `link_sim` (top-`k` search),
-   kept only where the pair clears both faces' quality-gated trust radius (`trust_radius`:
-   `join_sim` for good faces, tightening by `quality_slope` per unit of quality below
-   `full_quality`), less `support_slack` for members that only back a join.
+   kept only where the pair clears both faces' trust radius (`trust_radius`: `join_sim` for
+   trusted faces, tightening by `quality_slope` per unit of trust below `full_quality`; trust is
+   the recogniser's raw embedding norm mapped to [0, 1], see `face_trust`), less
+   `support_slack` for members that only back a join.
 2. Join: the people of its trusted (strong-tier) assigned neighbours are candidates, minus any
    person that already holds a face of the same photo (cannot-link) or that the user said this
    face is not. The best-supported candidate is joined if its closest member is at least
@@ -25,7 +26,7 @@ How a face is placed (each new face, in arrival order; a batch behaves exactly a
    again only when a new face lands within `link_sim` of it (its list gains that face), and the
    re-examination cascades through faces that become assigned; nothing rescans all waiting faces.
 
-Tiers come from quality, face size and detection score: strong faces may seed and count as
+Tiers come from trust, face size and detection score: strong faces may seed and count as
 evidence, weak faces may only join (with the stricter `weak_join_sim`), and faces below the join
 floor are kept but never assigned automatically. Tiny, blurred faces give embeddings that sit
 close to each other whoever they show; letting them seed or vouch for others is what makes the

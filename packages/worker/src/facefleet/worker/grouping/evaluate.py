@@ -16,9 +16,15 @@ faces go through the project's detection code (`FaceAnalyzer`: SCRFD, alignment,
 ArcFace). Embeddings are cached per condition (--cache), so a rerun costs only the grouping.
 
 FaceFleet runs with one fixed parameter set (`ClusterParams()`) in a seeded arrival order, in
-message-sized batches; the baselines (rule (a) at defaults and tuned, DBSCAN tuned, Chinese
-whispers tuned: tuned per condition on the truth) run on the same embeddings. The last line is
-`RESULT ...` with the headline figures.
+message-sized batches (incremental), then its state is consolidated (`consolidate`). Baselines on
+the same embeddings: Immich's rule at its defaults (detection minScore 0.7: faces under it stay
+unassigned); rule (a), DBSCAN and Chinese whispers each tuned on the truth separately for BCubed
+F1, pairwise F1 and ARI (the oracle ceiling), and each tuned once on the developers' split
+(`--dev-seed`, none of the evaluated people) and run unchanged here; the all-singletons floor.
+Agreement: incremental vs a full batch re-cluster and two arrival orders, before and after
+consolidation; the ten largest people are named (one face pinned each) and consolidated to count
+named people renamed or lost. The last line is `RESULT ...` with the headline figures
+(FaceFleet's after consolidation; the best truth-tuned baseline per metric).
 """
 
 from __future__ import annotations
