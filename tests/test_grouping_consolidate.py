@@ -13,6 +13,7 @@ from facefleet.worker.grouping.clustering import (
     UNASSIGNED,
     UserClusterState,
     add_faces,
+    merge_people,
     move_face,
     name_person,
     partition,
@@ -39,6 +40,12 @@ def corrected(seed: int, state: UserClusterState) -> dict[str, object]:
     for person in rng.sample(live, min(len(live), 3)):
         name_person(state, person, f"name-{person}")
         names[person] = f"name-{person}"
+    together: list[set[str]] = []
+    unnamed = [p for p in live if p not in names]
+    if len(unnamed) >= 2:
+        keep, absorb = rng.sample(unnamed, 2)
+        merge_people(state, keep, absorb)
+        together.append({state.face_ids[m] for m in state.people[keep].members})
     faces = list(state.face_ids)
     for face_id in rng.sample(faces, min(len(faces), 4)):
         targets = sorted(p for p in state.people if p != state.person_of_face(face_id))
@@ -55,7 +62,9 @@ def corrected(seed: int, state: UserClusterState) -> dict[str, object]:
     for face_id in list(pins):
         if face_id in barred and pins[face_id] in barred[face_id]:
             del pins[face_id]
-    return {"names": names, "pins": pins, "barred": barred}
+    for group in together:  # a face moved or rejected since is no longer held to the merge
+        group -= set(pins) | set(barred)
+    return {"names": names, "pins": pins, "barred": barred, "together": together}
 
 
 def same_photo_apart(state: UserClusterState) -> None:
@@ -82,6 +91,8 @@ def test_named_people_pins_and_rejections_survive_consolidation(stream, seed) ->
         assert state.person_of_face(face_id) == person  # confirmed faces stay
     for face_id, people in must["barred"].items():  # type: ignore[attr-defined]
         assert state.person_of_face(face_id) not in people  # "not this person" holds
+    for group in must["together"]:  # type: ignore[attr-defined]
+        assert len({state.person_of_face(f) for f in group}) <= 1  # a user's merge holds
     for person in state.people:
         assert person not in retired_before  # a retired id is never reused
         assert person in ids_before or person >= counter  # new ids come from the counter

@@ -622,7 +622,8 @@ def merge_people(state: UserClusterState, keep: int, absorb: int) -> ClusterUpda
     """The user says `absorb` is `keep`: its faces move to `keep`, and its id is retired.
 
     The kept person keeps its name (or takes `absorb`'s when it has none). "Not this person"
-    constraints against `absorb` now bar `keep`.
+    constraints against `absorb` now bar `keep`. The merge confirms the faces of both: they are
+    pinned, so no later consolidation splits what the user joined.
     """
     update = ClusterUpdate()
     keep, absorb = _live(state, keep), _live(state, absorb)
@@ -639,6 +640,7 @@ def merge_people(state: UserClusterState, keep: int, absorb: int) -> ClusterUpda
         update.removed.append(absorb)
     update.changed.discard(absorb)
     state.merged_into[absorb] = keep
+    state.pinned.update(state.people[keep].members)
     for barred in state.not_in.values():
         if absorb in barred:
             barred.discard(absorb)

@@ -163,8 +163,9 @@ class Corrections:
         """`absorb` is the same person as `keep`; returns the person that holds both."""
         with self._locked(user_id) as session:
             update = clustering.merge_people(session.state, keep, absorb)
-            self._save(session, update)
             kept = session.state.resolve(keep)
+            # Both people's faces are now pinned (confirmed): write the kept ones too.
+            self._save(session, update, faces=clustering.members(session.state, kept))
         self.store.log_correction(user_id, "merge", keep=keep, absorb=absorb)
         return kept
 
