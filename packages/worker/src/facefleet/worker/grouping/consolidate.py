@@ -7,12 +7,13 @@ Steps (all over plain data; the service runs it under the user's lease, see `cor
 
 1. The trusted kNN graph (`knn_graph`): every usable face's top-`k` neighbours by cosine
    similarity, an edge kept only where the pair clears both faces' trust radius
-   (`clustering.trust_radius`, from the raw embedding norm) and the faces are of different photos.
-   Nodes are numbered in face-id order, never arrival order, so the partition depends on the
-   library alone.
+   (`clustering.trust_radius`, from the raw embedding norm, less `radius_slack`) and `edge_sim`,
+   and the faces are of different photos. Nodes are numbered in face-id order, never arrival
+   order, so the partition depends on the library alone (exactly below EXACT_GRAPH_BELOW faces;
+   above it the user's IVF index answers the searches, see `full_partition`).
 2. The batch partition (`batch_labels`): Infomap on that graph (see `BATCH_METHOD` for why).
-3. Constraints: faces the user pinned, and the members of named people, are anchored: they stay
-   where they are (so named people never merge or lose faces automatically). Each batch
+3. Constraints: faces the user pinned (moved, or confirmed by a merge), and the members of named
+   people, are anchored: they stay where they are (so named people never merge or lose faces automatically). Each batch
    cluster's other faces form a group. Two faces of one photo never share a person (a fixed face
    stays, else the closest to the person's centre). A face the user said is not a person never
    lands in it. A group of one face leaves the face unassigned.
