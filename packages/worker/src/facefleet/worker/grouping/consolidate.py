@@ -14,9 +14,9 @@ Steps (all over plain data; the service runs it under the user's lease, see `cor
 2. The batch partition (`batch_labels`): Infomap on that graph (see `BATCH_METHOD` for why).
 3. Constraints: faces the user pinned (moved, or confirmed by a merge), and the members of named
    people, are anchored: they stay where they are (so named people never merge or lose faces
-   automatically). Each batch cluster's other faces form a group. Two faces of one photo never share a person (a fixed face
-   stays, else the closest to the person's centre). A face the user said is not a person never
-   lands in it. A group of one face leaves the face unassigned.
+   automatically). Each batch cluster's other faces form a group. Two faces of one photo never
+   share a person (a fixed face stays, else the closest to the person's centre). A face the user
+   said is not a person never lands in it. A group of one face leaves the face unassigned.
 4. Ids (`_assignment`): each group takes the old person id it overlaps most (its faces' current
    people, plus the anchored faces in its batch cluster), solved as an assignment problem
    (Hungarian, per connected block of the overlap graph), so an unchanged person keeps its id
