@@ -47,8 +47,9 @@ class DetectedFace:
     quality: float
     embedding: np.ndarray  # (D,) float32, unit norm
     crop: np.ndarray | None = None  # aligned BGR crop, recogniser input size (112x112)
-    # The recogniser's raw (pre-normalisation) norm: low for faces it cannot read (a trust signal).
-    embedding_norm: float = 0.0
+    # The recogniser's raw (pre-normalisation) norm: low for faces it cannot read (a trust signal;
+    # None where it was not measured, so grouping falls back to the quality score).
+    embedding_norm: float | None = None
 
 
 @dataclass
@@ -62,7 +63,7 @@ class LocatedFace:
     crop: np.ndarray
 
     def with_embedding(
-        self, embedding: np.ndarray, keep_crop: bool = True, norm: float = 0.0
+        self, embedding: np.ndarray, keep_crop: bool = True, norm: float | None = None
     ) -> DetectedFace:
         return DetectedFace(
             self.bbox,
