@@ -54,5 +54,12 @@ def test_evaluate_small_subset(
     values = dict(re.findall(r"(\w+)=(\S+)", last))
     assert float(values["clean_bcubed_f1"]) >= 0.8  # clean LFW faces of 3 people group well
     assert values["same_photo_merges"] == "0"  # cannot-link holds on the composites
+    for key in ("clean_pairwise_f1", "clean_baseline_ari", "composite_ari"):
+        assert 0.0 <= float(values[key]) <= 1.0
+    # A consolidated state is what a batch re-cluster gives, whatever the arrival order.
+    assert float(values["consolidated_incremental_vs_full_ari"]) == 1.0
+    assert float(values["consolidated_order_ari"]) == 1.0
+    assert values["named_renamed"] == "0" and values["named_lost"] == "0"
+    assert "Immich defaults (minScore 0.7)" in out and "all singletons" in out
     assert "== clean: 11 faces" in out
     assert list(tmp_path.glob("clean-*.npz"))  # embeddings cached for reruns

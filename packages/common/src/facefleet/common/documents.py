@@ -132,6 +132,9 @@ class FaceDoc:
     embedding: np.ndarray
     crop_key: str | None = None
     created_at: datetime = field(default_factory=now)
+    # The recogniser's raw embedding norm before L2 normalisation (None: detected before it was
+    # stored); grouping's trust signal, with size and detection score.
+    embedding_norm: float | None = None
 
     @property
     def doc_id(self) -> str:
@@ -156,6 +159,7 @@ class FaceDoc:
             "embedding_dim": int(self.embedding.shape[0]),
             "crop_key": self.crop_key,
             "created_at": encode_time(self.created_at),
+            "embedding_norm": None if self.embedding_norm is None else float(self.embedding_norm),
         }
 
     @classmethod
@@ -172,6 +176,9 @@ class FaceDoc:
             embedding=decode_embedding(bytes(data["embedding"])),
             crop_key=data.get("crop_key"),
             created_at=decode_time(data["created_at"]) if "created_at" in data else now(),
+            embedding_norm=(
+                None if data.get("embedding_norm") is None else float(data["embedding_norm"])
+            ),
         )
 
 

@@ -6,6 +6,7 @@
     facefleet people move USER FACE PERSON     PERSON may be `new`
     facefleet people reject USER FACE PERSON   "not this person"
     facefleet people recluster USER [--apply]  full re-cluster, compared with the incremental one
+    facefleet people consolidate USER          the consolidation pass now (batch, ids kept)
     facefleet people migrate USER (--model-dir DIR | --model-id ID)
 
 Reads GALLERY_IMAGES_MONGO_URI, HUEMN_MONGO_URI and FACE_GROUP_BUCKET_NAME like the worker.
@@ -135,6 +136,12 @@ def recluster_user(corrections: Corrections, args: argparse.Namespace) -> str:
     return "\n".join(f"{key}: {value}" for key, value in asdict(report).items())
 
 
+def consolidate(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Consolidate now: re-cluster in batch, keep person ids, names and corrections."""
+    report = corrections.consolidate(args.user_id)
+    return "\n".join(f"{key}: {value}" for key, value in asdict(report).items())
+
+
 def migrate(corrections: Corrections, args: argparse.Namespace) -> str:
     """Move a user to a new model: re-embed, re-cluster, carry named people."""
     embedder: Embedder | None = None
@@ -176,6 +183,7 @@ _COMMANDS: list[tuple[str, Any, list[tuple[tuple[str, ...], dict[str, Any]]]]] =
         recluster_user,
         [(("--apply",), {"action": "store_true", "help": "replace the stored state"})],
     ),
+    ("consolidate", consolidate, []),
     (
         "migrate",
         migrate,

@@ -67,6 +67,9 @@ class DetectedFace:
     quality: float
     embedding: np.ndarray  # (D,) float32, unit norm
     crop: np.ndarray | None = None  # aligned BGR crop, recogniser input size (112x112)
+    # The recogniser's raw (pre-normalisation) norm: low for faces it cannot read (a trust signal;
+    # None where it was not measured, so grouping falls back to the quality score).
+    embedding_norm: float | None = None
 
 
 @dataclass
@@ -79,7 +82,9 @@ class LocatedFace:
     quality: float
     crop: np.ndarray
 
-    def with_embedding(self, embedding: np.ndarray, keep_crop: bool = True) -> DetectedFace:
+    def with_embedding(
+        self, embedding: np.ndarray, keep_crop: bool = True, norm: float | None = None
+    ) -> DetectedFace:
         return DetectedFace(
             self.bbox,
             self.landmarks,
@@ -87,6 +92,7 @@ class LocatedFace:
             self.quality,
             embedding,
             self.crop if keep_crop else None,
+            norm,
         )
 
 
@@ -425,10 +431,15 @@ class FaceAnalyzer:
         )
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, D) L2-normalised float32 embeddings of aligned crops, in recogniser batches; the
-        batches run on the inference streams at once (each stream is one core on the CPU)."""
+        """(N, D) L2-normalised float32 embeddings of aligned crops, in recogniser batches."""
+        return self.embed_with_norms(crops)[0]
+
+    def embed_with_norms(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """`embed`, plus each embedding's raw norm before normalisation, (N,) float32 (the
+        grouping's trust signal). The batches run on the inference streams at once (each stream
+        is one core on the CPU)."""
         if not crops:
-            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+            return np.zeros((0, self.embedding_dim), dtype=np.float32), np.zeros(0, np.float32)
         chunks = [
             crops[i : i + self.rec_batch_size] for i in range(0, len(crops), self.rec_batch_size)
         ]
@@ -438,18 +449,20 @@ class FaceAnalyzer:
             parts = list(self.pool.map(self._embed_chunk, chunks))
         vectors = np.concatenate(parts)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+        return vectors / np.maximum(norms, 1e-12), norms[:, 0]
 
     def embed_located(self, located: Sequence[Sequence[LocatedFace]]) -> list[list[DetectedFace]]:
         """One batched recognition pass over the faces of many images."""
         crops = [face.crop for faces in located for face in faces]
-        vectors = self.embed(crops)
+        vectors, norms = self.embed_with_norms(crops)
         result: list[list[DetectedFace]] = []
         position = 0
         for faces in located:
             result.append(
                 [
-                    face.with_embedding(vectors[position + i], self.keep_crops)
+                    face.with_embedding(
+                        vectors[position + i], self.keep_crops, float(norms[position + i])
+                    )
                     for i, face in enumerate(faces)
                 ]
             )

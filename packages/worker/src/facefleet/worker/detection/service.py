@@ -320,6 +320,7 @@ class DetectionService:
                     det_score=face.det_score,
                     quality=face.quality,
                     embedding=np.asarray(face.embedding, dtype=np.float32),
+                    embedding_norm=face.embedding_norm,
                     crop_key=crop_key(request.user_id, request.image_id, face_id)
                     if face.crop is not None
                     else None,

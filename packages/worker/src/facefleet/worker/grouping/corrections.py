@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from facefleet.common.documents import FaceDoc
-from facefleet.common.repository import LeaseHeld, upsert
+from facefleet.common.repository import upsert
 from facefleet.worker.grouping import clustering
 from facefleet.worker.grouping.clustering import (
     UNASSIGNED,
@@ -34,14 +34,17 @@ from facefleet.worker.grouping.clustering import (
     ClusterUpdate,
     UserClusterState,
 )
+from facefleet.worker.grouping.consolidate import full_recluster
 from facefleet.worker.grouping.index import FaceIndex
 from facefleet.worker.grouping.service import worker_id
 from facefleet.worker.grouping.store import (
     GroupingStore,
     UserSession,
+    consolidate_session,
     face_input,
     load_session,
     save_changes,
+    user_lease,
 )
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,18 @@ class ReclusterReport:
     unassigned_full: int
     ari: float
     applied: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ConsolidationReport:
+    faces: int
+    people_before: int
+    people_after: int
+    faces_moved: int
+    people_created: int
+    people_retired: int
+    named_people: int
     seconds: float
 
 
@@ -104,22 +119,17 @@ class Corrections:
     @contextmanager
     def _locked(self, user_id: str) -> Iterator[UserSession]:
         """The user's freshly loaded state, under the user's lease (waiting out a batch)."""
-        deadline = time.monotonic() + self.lease_wait_seconds
-        while True:
-            try:
-                self.store.people.acquire_lease(user_id, self.owner, self.lease_ttl)
-                break
-            except LeaseHeld:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.5)
-        try:
+        with user_lease(
+            self.store,
+            user_id,
+            self.owner,
+            self.lease_ttl,
+            wait_seconds=self.lease_wait_seconds,
+        ):
             session = load_session(self.store, user_id, self.params)
             if session.model_id is None:
                 raise NoGroupingState(f"user {user_id!r} has no grouping state yet")
             yield session
-        finally:
-            self.store.people.release_lease(user_id, self.owner)
 
     def _save(
         self,
@@ -153,8 +163,9 @@ class Corrections:
         """`absorb` is the same person as `keep`; returns the person that holds both."""
         with self._locked(user_id) as session:
             update = clustering.merge_people(session.state, keep, absorb)
-            self._save(session, update)
             kept = session.state.resolve(keep)
+            # Both people's faces are now pinned (confirmed): write the kept ones too.
+            self._save(session, update, faces=clustering.members(session.state, kept))
         self.store.log_correction(user_id, "merge", keep=keep, absorb=absorb)
         return kept
 
@@ -174,6 +185,27 @@ class Corrections:
             update = clustering.reject_face(session.state, face_id, person_id)
             self._save(session, update, faces=[face_id])
         self.store.log_correction(user_id, "reject", face_id=face_id, person_id=person_id)
+
+    def consolidate(self, user_id: str) -> ConsolidationReport:
+        """Run the consolidation pass now (`facefleet people consolidate`), under the lease."""
+        started = time.monotonic()
+        with self._locked(user_id) as session:
+            before = _assigned_people(session.state)
+            update = consolidate_session(session, self.params)
+            self._save(session, update)
+            state = session.state
+            report = ConsolidationReport(
+                faces=len(state.face_ids),
+                people_before=before,
+                people_after=_assigned_people(state),
+                faces_moved=len(update.assignments),
+                people_created=len(update.created),
+                people_retired=len(update.removed),
+                named_people=sum(1 for r in state.people.values() if r.name),
+                seconds=round(time.monotonic() - started, 3),
+            )
+        self.store.log_correction(user_id, "consolidate", moved=report.faces_moved)
+        return report
 
     # -- full re-cluster and model change -----------------------------------------------------
 
@@ -205,8 +237,8 @@ class Corrections:
         self, user_id: str, new_model: str, embedder: Embedder | None = None
     ) -> MigrationReport:
         """Move the user to `new_model`: re-embed the stored crops with `embedder` (else use the
-        faces the detector already wrote under the new model), re-cluster, carry named people."""
-        from facefleet.worker.grouping.recluster import recluster  # scikit-learn: import late
+        faces the detector already wrote under the new model), cluster the library with the
+        consolidation pass (a model change is one of its triggers), carry named people."""
 
         with self._locked(user_id) as session:
             old_model = session.model_id
@@ -218,7 +250,7 @@ class Corrections:
             if not new_faces:
                 raise NoGroupingState(f"user {user_id!r} has no faces under model {new_model!r}")
             face_map = match_faces(old_faces, new_faces)
-            state, index = recluster([face_input(f) for f in new_faces], self.params)
+            state, index = full_recluster([face_input(f) for f in new_faces], self.params)
             old_names = {p: r.name for p, r in session.state.people.items() if r.name}
             carried = self._replace(session, state, index, new_faces, face_map, new_model)
             self.store.assignments.delete_many({"user_id": user_id, "model_id": old_model})
@@ -272,15 +304,14 @@ class Corrections:
         _renumber(state, mapping, old.next_person_id)
         state.merged_into = dict(old.merged_into)
         _replay_constraints(old, state, face_map)
-        by_id = {f.doc_id: f for f in faces}
         fresh = UserSession(
             session.user_id,
             model_id or session.model_id,
             state=state,
             index=index,
             covers=dict(session.covers),
+            consolidated_faces=len(state.face_ids),
         )
-        fresh.record_added(by_id, state.face_ids)
         fresh.stale_people = set(old.people) - set(state.people)
         everything = ClusterUpdate(
             assignments=dict.fromkeys(state.face_ids), changed=set(state.people)
@@ -345,7 +376,7 @@ def _renumber(state: UserClusterState, mapping: Mapping[int, int], first_free: i
             final[person] = next_id
             next_id += 1
     state.people = {final[p]: record for p, record in state.people.items()}
-    state.person_of = [p if p == UNASSIGNED else final[p] for p in state.person_of]
+    state.person_of[:] = [p if p == UNASSIGNED else final[p] for p in state.person_of]
     state.next_person_id = next_id
 
 

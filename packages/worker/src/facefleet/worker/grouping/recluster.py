@@ -32,6 +32,7 @@ from facefleet.worker.grouping.clustering import (
     UserClusterState,
     add_faces,
     face_tier,
+    face_trust,
     partition,
 )
 from facefleet.worker.grouping.index import FaceIndex, IndexParams
@@ -39,8 +40,9 @@ from facefleet.worker.grouping.index import FaceIndex, IndexParams
 
 def canonical_order(faces: Sequence[FaceInput], params: ClusterParams) -> list[FaceInput]:
     def key(face: FaceInput) -> tuple[int, float, str]:
-        tier = face_tier(face.quality, face.size_px, face.det_score, params)
-        return (-tier, -face.quality, face.face_id)
+        trust = face_trust(face, params)
+        tier = face_tier(trust, face.size_px, face.det_score, params)
+        return (-tier, -trust, face.face_id)
 
     return sorted(faces, key=key)
 

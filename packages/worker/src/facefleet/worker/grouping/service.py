@@ -5,8 +5,10 @@ is grouped under the user's MongoDB lease (expiring, so a dead worker's lease la
 another worker holds it, that user's messages are RETRY (kept in flight, retried with backoff),
 never an error. Under the lease: load the user's state (a cached one only if the stored revision
 is the one this process wrote and the FAISS index holds exactly the state's faces), place the
-request's faces with the pure `add_faces` step, write back what changed (see `store`), then the
-messages are DONE and the consumer deletes them. Outage errors make a user's messages RETRY;
+request's faces with the pure `add_faces` step, write back what changed (see `store`); when the
+library has grown by `ConsolidateParams.growth_share` since the last consolidation pass, run the
+pass (`consolidate`) under the same lease and write its changes; then the messages are DONE
+and the consumer deletes them. Outage errors make a user's messages RETRY;
 any other error in one user's work makes that user's messages MALFORMED (dead-lettered after
 redelivery) without touching the other users of the batch.
 """
@@ -34,12 +36,16 @@ from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, LeaseHeld, connect
 from facefleet.worker.consumer import ConsumerConfig, Outcome, ReceivedMessage, is_outage, serve
 from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate, add_faces
+from facefleet.worker.grouping.consolidate import ConsolidateParams
 from facefleet.worker.grouping.store import (
     GroupingStore,
     UserSession,
+    consolidate_session,
+    consolidation_due,
     face_input,
     load_session,
     save_changes,
+    user_lease,
 )
 
 log = logging.getLogger(__name__)
@@ -86,8 +92,10 @@ class GroupingService:
         metrics: MetricsEmitter | None = None,
         owner: str | None = None,
         lease_ttl: timedelta = timedelta(minutes=30),
+        consolidate_params: ConsolidateParams | None = None,
     ) -> None:
         self.store = store
+        self.consolidate_params = consolidate_params or ConsolidateParams()
         self.s3 = s3
         self.bucket = bucket
         self.params = params or ClusterParams()
@@ -147,14 +155,12 @@ class GroupingService:
     def group_user(self, user_id: str, requests: Sequence[GroupingRequest]) -> UserResult:
         """Place the faces of `requests` for one user under the user's lease."""
         started = time.monotonic()
-        self.store.people.acquire_lease(user_id, self.owner, self.lease_ttl)
-        try:
-            result = self._group_locked(user_id, requests)
-        except BaseException:
-            self.sessions.pop(user_id, None)  # a half-applied state must never be reused
-            raise
-        finally:
-            self._release(user_id)
+        with user_lease(self.store, user_id, self.owner, self.lease_ttl):
+            try:
+                result = self._group_locked(user_id, requests)
+            except BaseException:
+                self.sessions.pop(user_id, None)  # a half-applied state must never be reused
+                raise
         elapsed_ms = (time.monotonic() - started) * 1000
         log.info(
             "grouped user",
@@ -178,12 +184,6 @@ class GroupingService:
             )
         return result
 
-    def _release(self, user_id: str) -> None:
-        try:
-            self.store.people.release_lease(user_id, self.owner)
-        except Exception as error:  # the lease expires on its own; the work is already durable
-            log.warning("lease release failed", extra={"user_id": user_id, "error": repr(error)})
-
     def _group_locked(self, user_id: str, requests: Sequence[GroupingRequest]) -> UserResult:
         image_ids = list(dict.fromkeys(i for r in requests for i in r.image_ids))
         faces = _arrival_order(self.store.gallery.faces_of_images(user_id, image_ids), image_ids)
@@ -202,13 +202,26 @@ class GroupingService:
             return UserResult(0, 0, len(faces))
         update = self.add(session, mine)
         save_changes(self.store, session, update, s3=self.s3, bucket=self.bucket)
+        if consolidation_due(session, self.consolidate_params):
+            # Under the same lease: the library grew enough that early decisions are revisited.
+            started = time.monotonic()
+            moved = consolidate_session(session, self.params, self.consolidate_params)
+            save_changes(self.store, session, moved, s3=self.s3, bucket=self.bucket)
+            log.info(
+                "consolidated user",
+                extra={
+                    "user_id": user_id,
+                    "faces": len(session.state.face_ids),
+                    "faces_moved": len(moved.assignments),
+                    "people_retired": len(moved.removed),
+                    "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+                },
+            )
         return UserResult(len(update.added), len(update.created), len(faces) - len(mine))
 
     def add(self, session: UserSession, faces: Sequence[FaceDoc]) -> ClusterUpdate:
         index = session.ensure_index(int(faces[0].embedding.shape[0]))
-        update = add_faces(session.state, [face_input(f) for f in faces], index, self.params)
-        session.record_added({f.doc_id: f for f in faces}, update.added)
-        return update
+        return add_faces(session.state, [face_input(f) for f in faces], index, self.params)
 
     def session(self, user_id: str, model_hint: str | None) -> UserSession:
         """The user's session: the cached one if still valid, else rebuilt from MongoDB."""

@@ -25,9 +25,12 @@ that disagree with the assignments and rewrites them.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -36,7 +39,13 @@ from pymongo import ASCENDING
 from pymongo.database import Database
 
 from facefleet.common.documents import FaceDoc, PersonDoc, encode_time, now
-from facefleet.common.repository import Document, GalleryRepository, PeopleRepository, upsert
+from facefleet.common.repository import (
+    Document,
+    GalleryRepository,
+    LeaseHeld,
+    PeopleRepository,
+    upsert,
+)
 from facefleet.common.s3keys import cover_key
 from facefleet.worker.grouping.clustering import (
     IGNORED,
@@ -47,8 +56,8 @@ from facefleet.worker.grouping.clustering import (
     FaceInput,
     Person,
     UserClusterState,
-    face_tier,
 )
+from facefleet.worker.grouping.consolidate import ConsolidateParams, consolidate
 from facefleet.worker.grouping.index import FaceIndex
 
 log = logging.getLogger(__name__)
@@ -62,44 +71,67 @@ def face_input(face: FaceDoc) -> FaceInput:
         quality=face.quality,
         size_px=face.width_px,
         det_score=face.det_score,
+        norm=face.embedding_norm,
+        crop_key=face.crop_key,
     )
 
 
 @dataclass
 class UserSession:
-    """One user's state for one model, with what the pure state does not hold: embeddings and
-    crop keys by ordinal (for centroids and covers), stored covers, arrival sequence numbers."""
+    """One user's state for one model, with what the pure state does not hold: the FAISS index,
+    stored covers and the revision this process last wrote (embeddings, crop keys and arrival
+    numbers are columns of the state's `FaceTable`)."""
 
     user_id: str
     model_id: str | None
     state: UserClusterState = field(default_factory=UserClusterState)
     index: FaceIndex | None = None
-    embeddings: list[np.ndarray] = field(default_factory=list)
-    crop_keys: list[str | None] = field(default_factory=list)
-    seq: list[int] = field(default_factory=list)
     covers: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
     revision: str | None = None
+    # Library size at the last consolidation pass (growth past a share of it triggers the next).
+    consolidated_faces: int = 0
     # People whose stored document disagrees with the assignments (a write cut short).
     dirty_people: set[int] = field(default_factory=set)
     stale_people: set[int] = field(default_factory=set)
-
-    @property
-    def next_seq(self) -> int:
-        return self.seq[-1] + 1 if self.seq else 0
 
     def ensure_index(self, dim: int) -> FaceIndex:
         if self.index is None:
             self.index = FaceIndex(dim)
         return self.index
 
-    def record_added(self, faces: Mapping[str, FaceDoc], added: Iterable[str]) -> None:
-        """Keep embeddings/crops/seq of faces `add_faces` just registered (same ordinals)."""
-        start = self.next_seq
-        for offset, face_id in enumerate(added):
-            face = faces[face_id]
-            self.embeddings.append(np.asarray(face.embedding, dtype=np.float32))
-            self.crop_keys.append(face.crop_key)
-            self.seq.append(start + offset)
+
+@contextmanager
+def user_lease(
+    store: GroupingStore,
+    user_id: str,
+    owner: str,
+    ttl: timedelta,
+    *,
+    wait_seconds: float = 0.0,
+    poll_seconds: float = 0.5,
+) -> Iterator[None]:
+    """Hold the user's grouping lease for the block: every writer of a user's state (the
+    grouping worker, corrections, consolidation) goes through here, so none interleave.
+
+    Waits up to `wait_seconds` for another holder (then raises `LeaseHeld`). A failed release is
+    logged, not raised: the lease expires on its own and the work is already durable.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            store.people.acquire_lease(user_id, owner, ttl)
+            break
+        except LeaseHeld:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(poll_seconds)
+    try:
+        yield
+    finally:
+        try:
+            store.people.release_lease(user_id, owner)
+        except Exception as error:
+            log.warning("lease release failed", extra={"user_id": user_id, "error": repr(error)})
 
 
 class GroupingStore:
@@ -138,7 +170,12 @@ def load_session(
     over `model_id`, which only names the model of a user seen for the first time)."""
     doc = store.user_doc(user_id) or {}
     model = doc.get("model_id") or model_id
-    session = UserSession(user_id, model, revision=doc.get("revision"))
+    session = UserSession(
+        user_id,
+        model,
+        revision=doc.get("revision"),
+        consolidated_faces=int(doc.get("consolidated_faces", 0)),
+    )
     if model is None:
         return session
     gallery = {f.doc_id: f for f in store.gallery.faces_of_user(user_id, model)}
@@ -161,8 +198,8 @@ def load_session(
             *(p + 1 for p in state.merged_into),
         ]
     )
-    if session.embeddings:
-        matrix = np.stack(session.embeddings)
+    if len(state.faces):
+        matrix = state.faces.vectors
         session.index = FaceIndex.build(np.arange(len(matrix), dtype=np.int64), matrix)
         _restore_waiting(session, params)
     return session
@@ -172,27 +209,17 @@ def _restore_face(
     session: UserSession, face: FaceDoc, row: Document, params: ClusterParams
 ) -> None:
     state = session.state
-    ordinal = len(state.face_ids)
-    state.ordinal_of[face.doc_id] = ordinal
-    state.face_ids.append(face.doc_id)
-    state.photo_ids.append(face.image_id)
-    state.quality.append(float(face.quality))
-    state.size_px.append(float(face.width_px))
-    state.det_score.append(float(face.det_score))
-    state.tier.append(face_tier(face.quality, face.width_px, face.det_score, params))
     person = row.get("person_id")
-    state.person_of.append(UNASSIGNED if person is None else int(person))
-    if person is not None:
-        record = state.people.setdefault(int(person), Person())
-        record.members.add(ordinal)
-        record.photos[face.image_id] = record.photos.get(face.image_id, 0) + 1
+    ordinal = state.add_face(
+        face_input(face),
+        params,
+        person=UNASSIGNED if person is None else int(person),
+        seq=int(row["seq"]),
+    )
     if row.get("pinned"):
         state.pinned.add(ordinal)
     if row.get("not_in"):
         state.not_in[ordinal] = {int(p) for p in row["not_in"]}
-    session.embeddings.append(np.asarray(face.embedding, dtype=np.float32))
-    session.crop_keys.append(face.crop_key)
-    session.seq.append(int(row["seq"]))
 
 
 def _restore_people(session: UserSession, docs: Mapping[int, PersonDoc]) -> None:
@@ -225,7 +252,7 @@ def _restore_waiting(session: UserSession, params: ClusterParams) -> None:
     ]
     if not waiting:
         return
-    sims, ids = index.search(np.stack([session.embeddings[f] for f in waiting]), params.k + 1)
+    sims, ids = index.search(state.faces.vectors[waiting], params.k + 1)
     for row, face in enumerate(waiting):
         hits = [
             (other, sim)
@@ -237,6 +264,32 @@ def _restore_waiting(session: UserSession, params: ClusterParams) -> None:
             and (other < face or state.tier[other] == STRONG)
         ]
         state.waiting[face] = sorted(hits, key=lambda h: (-h[1], h[0]))[: params.k]
+
+
+def consolidate_session(
+    session: UserSession,
+    params: ClusterParams,
+    consolidate_params: ConsolidateParams | None = None,
+) -> ClusterUpdate:
+    """Run the consolidation pass on a loaded session (the caller holds the user's lease and
+    writes the update): the batch partition mapped onto the user's people, then the waiting
+    faces' neighbour lists rebuilt from the index, as the incremental step expects them."""
+    update = consolidate(session.state, params, consolidate_params, index=session.index)
+    if session.index is not None:
+        _restore_waiting(session, params)
+    session.consolidated_faces = len(session.state.face_ids)
+    return update
+
+
+def consolidation_due(
+    session: UserSession, consolidate_params: ConsolidateParams | None = None
+) -> bool:
+    """The library grew by `growth_share` since the last pass (and holds `min_faces`)."""
+    p = consolidate_params or ConsolidateParams()
+    faces = len(session.state.face_ids)
+    if faces < p.min_faces:
+        return False
+    return faces >= session.consolidated_faces * (1.0 + p.growth_share)
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -280,7 +333,7 @@ def _write_assignments(store: GroupingStore, session: UserSession, face_ids: set
                     "_id": face_id,
                     "user_id": session.user_id,
                     "model_id": session.model_id,
-                    "seq": session.seq[ordinal],
+                    "seq": state.faces.seq[ordinal],
                     "image_id": state.photo_ids[ordinal],
                     "person_id": None if person == UNASSIGNED else person,
                     "pinned": ordinal in state.pinned,
@@ -305,6 +358,7 @@ def _write_user(store: GroupingStore, session: UserSession) -> None:
                     "merged_into": sorted([a, b] for a, b in state.merged_into.items()),
                     "revision": session.revision,
                     "face_count": len(state.face_ids),
+                    "consolidated_faces": session.consolidated_faces,
                     "people_count": len(state.people),
                     "updated_at": encode_time(now()),
                 }
@@ -320,7 +374,7 @@ def _person_doc(session: UserSession, person_id: int, s3: Any, bucket: str) -> P
     dim = session.index.dim if session.index is not None else 0
     centroid = np.zeros(dim, dtype=np.float32)
     if ordinals:
-        total = np.sum([session.embeddings[m] for m in ordinals], axis=0)
+        total = state.faces.vectors[ordinals].sum(axis=0)
         norm = float(np.linalg.norm(total))
         centroid = total / norm if norm > 0 else total
     cover_face, key = _cover(session, person_id, ordinals, s3, bucket)
@@ -349,7 +403,7 @@ def _cover(
     stored_face, stored_key = session.covers.get(person_id, (None, None))
     if stored_face == face_id and stored_key is not None:
         return face_id, stored_key
-    key = _copy_crop(session.user_id, person_id, session.crop_keys[best], s3, bucket)
+    key = _copy_crop(session.user_id, person_id, state.faces.crop_keys[best], s3, bucket)
     session.covers[person_id] = (face_id, key)
     return face_id, key
 
