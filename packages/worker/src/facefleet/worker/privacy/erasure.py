@@ -92,9 +92,12 @@ def erase_user(
         "huemn_people": people.people.delete_many(by_user).deleted_count,
         "huemn_corrections": store.corrections.delete_many(by_user).deleted_count,
         "huemn_grouping_users": store.users.delete_many({"_id": user_id}).deleted_count,
-        # Last: the lease (ours) goes with the user.
-        "huemn_leases": people.leases.delete_many({"_id": user_id}).deleted_count,
+        # Leases left by others (expired: ours was taken over them); ours goes last, uncounted.
+        "huemn_leases": people.leases.delete_many(
+            {"_id": user_id, "owner": {"$ne": owner}}
+        ).deleted_count,
     }
+    people.leases.delete_many({"_id": user_id})
     receipt = ErasureReceipt(
         receipt_id=uuid.uuid4().hex,
         user_id=user_id,
