@@ -236,7 +236,15 @@ def test_job_roles_reach_exactly_their_queues_buckets_and_secrets() -> None:
     assert "gallery-images/*" in detection["s3:GetObject"][0]
     assert "face-group-images/*" in detection["s3:PutObject"][0]
     assert not any("gallery-images" in r for r in grouping.get("s3:GetObject", []))
-    assert "s3:DeleteObject" not in detection and "s3:DeleteObject" not in grouping
+    # Forgetting faces (deleted photos, erased users) deletes only face-group objects: crops and
+    # covers, never a gallery photo.
+    for grants in (detection, grouping):
+        assert [r for r in grants["s3:DeleteObject"] if "face-group-images/*" in r] == grants[
+            "s3:DeleteObject"
+        ]
+        assert grants["s3:DeleteObject"]
+        assert not any("gallery-images" in r for r in grants["s3:DeleteObject"])
+        assert any("face-group-images" in r for r in grants["s3:ListBucket"])
     assert any(NAMES.log_group in r for r in detection["logs:PutLogEvents"])
     # Secrets are read by the execution role (the agent injects them), not by the job's code.
     execution = _role_grants(rendered, template.EXECUTION_ROLE)

@@ -16,7 +16,7 @@ both servers, sorts and compares the same, and keeps millisecond precision like 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -97,6 +97,10 @@ class ImageDoc:
     height: int | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     updated_at: datetime = field(default_factory=now)
+    # The create this document comes from (`messages.EventOrder`): a delete known to be older
+    # (a photo re-uploaded since) leaves the faces alone.
+    requested_at: int | None = None
+    sequencer: str | None = None
 
     @property
     def doc_id(self) -> str:
@@ -111,7 +115,9 @@ class ImageDoc:
 
     @classmethod
     def from_mongo(cls, data: dict[str, Any]) -> ImageDoc:
-        values = {k: v for k, v in data.items() if k != "_id"}
+        # Fields other writers add (erasure's `faces_erased_at`) are not part of the schema.
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
         values["status"] = ImageStatus(values["status"])
         values["updated_at"] = (
             decode_time(values["updated_at"]) if "updated_at" in values else now()

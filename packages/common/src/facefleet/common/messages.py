@@ -1,16 +1,25 @@
-"""Versioned SQS message schemas: detection and grouping requests.
+"""Versioned SQS message schemas: detection, deletion, grouping, forget and erasure requests.
 
-The indexing queue receives either FaceFleet's own detection request or an S3 ObjectCreated
-notification (a bucket can notify SQS directly); both parse to `DetectionRequest`s. Anything
-else raises `MalformedMessage`, which says what is wrong, so a consumer can leave the message for
-the dead-letter queue instead of crashing.
+The indexing queue receives FaceFleet's own detection and delete requests and the gallery
+bucket's S3 notifications (ObjectCreated and ObjectRemoved, configured on one queue so that one
+worker orders a photo's create against its delete): they parse to `DetectionRequest`s and
+`DeleteRequest`s. The GroupFace queue receives `GroupingRequest`s, `ForgetRequest`s (faces of
+deleted photos to take out of people) and `ErasureRequest`s (every face of a user). Requests carry
+ids, keys and times, never embeddings. Anything else raises `MalformedMessage`, which says what is
+wrong, so a consumer can leave the message for the dead-letter queue instead of crashing.
+
+Order: SQS does not keep it, so every create and delete carries its position, `EventOrder`:
+S3's per-key `sequencer` when S3 sent it, and a time (the request's `requested_at`, or the
+event's `eventTime`), both in epoch milliseconds. `happened_after` compares two positions.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from typing import Any
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
 from urllib.parse import unquote_plus
 
 # The key layout (and the ids allowed in keys) is `s3keys`; re-exported for existing callers.
@@ -34,6 +43,35 @@ class MalformedMessage(ValueError):
     """A message body that is not a valid request; the text says which field and why."""
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class EventOrder:
+    """Where a create or delete of one photo stands in that photo's history: S3's sequencer
+    (per object key, hexadecimal, later is greater) and/or a time in epoch milliseconds."""
+
+    at_ms: int | None = None
+    sequencer: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.at_ms is not None or self.sequencer is not None
+
+
+def happened_after(event: EventOrder, other: EventOrder) -> bool:
+    """True only when `event` is known to come strictly after `other`: by sequencer when both
+    have one (S3: right-pad the shorter with zeros, then compare), else by time. An event of
+    unknown position comes after nothing, so an unordered create never beats a delete."""
+    if event.sequencer and other.sequencer:
+        width = max(len(event.sequencer), len(other.sequencer))
+        return event.sequencer.upper().ljust(width, "0") > other.sequencer.upper().ljust(width, "0")
+    if event.at_ms is None or other.at_ms is None:
+        return event.known and not other.known
+    return event.at_ms > other.at_ms
+
+
 @dataclass(frozen=True)
 class DetectionRequest:
     user_id: str
@@ -41,9 +79,87 @@ class DetectionRequest:
     bucket: str
     key: str
     version: int = SCHEMA_VERSION
+    # When the photo was uploaded (sent): orders this create against a delete of the photo.
+    requested_at: int | None = field(default_factory=now_ms)
+    sequencer: str | None = None
+
+    @property
+    def order(self) -> EventOrder:
+        return EventOrder(self.requested_at, self.sequencer)
 
     def to_body(self) -> str:
         return json.dumps({"type": "detect", **asdict(self)}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class DeleteRequest:
+    """A photo was deleted: forget its faces. From the gallery (`requested_at` required) or
+    from an S3 ObjectRemoved notification (`sequencer` and the event time)."""
+
+    user_id: str
+    image_id: str
+    requested_at: int | None
+    sequencer: str | None = None
+    version: int = SCHEMA_VERSION
+
+    @property
+    def order(self) -> EventOrder:
+        return EventOrder(self.requested_at, self.sequencer)
+
+    def to_body(self) -> str:
+        body = {
+            "type": "delete",
+            "user_id": self.user_id,
+            "image_id": self.image_id,
+            "requested_at": self.requested_at,
+            "version": self.version,
+        }
+        return json.dumps(body, sort_keys=True)
+
+
+IndexingRequest = DetectionRequest | DeleteRequest
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    """Grouping: faces of these photos are gone; take them out of the user's people."""
+
+    user_id: str
+    image_ids: tuple[str, ...]
+    version: int = SCHEMA_VERSION
+
+    def to_body(self) -> str:
+        body = {
+            "type": "forget",
+            "user_id": self.user_id,
+            "image_ids": list(self.image_ids),
+            "version": self.version,
+        }
+        return json.dumps(body, sort_keys=True)
+
+
+ErasureReason = Literal["request", "opt_out"]
+ERASURE_REASONS = frozenset({"request", "opt_out"})
+
+
+@dataclass(frozen=True)
+class ErasureRequest:
+    """Erase every face of a user (the user asked, or turned face recognition off)."""
+
+    user_id: str
+    requested_at: int = field(default_factory=now_ms)
+    reason: ErasureReason = "request"
+    version: int = SCHEMA_VERSION
+
+    def to_body(self) -> str:
+        body = {
+            "type": "erase",
+            "user_id": self.user_id,
+            "requested_at": self.requested_at,
+            "reason": self.reason,
+            "version": self.version,
+        }
+        return json.dumps(body, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -60,6 +176,9 @@ class GroupingRequest:
             "version": self.version,
         }
         return json.dumps(body, sort_keys=True)
+
+
+GroupQueueRequest = GroupingRequest | ForgetRequest | ErasureRequest
 
 
 def _json_depth(text: str) -> int:
@@ -143,6 +262,15 @@ def _check_key(user_id: str, key: str) -> None:
         )
 
 
+def _optional_int(data: dict[str, Any], name: str) -> int | None:
+    if data.get(name) is None:
+        return None
+    value: int = _field(data, name, int)
+    if value < 0:
+        raise MalformedMessage(f"field {name!r} must not be negative, got {value}")
+    return value
+
+
 def _detection_from_request(data: dict[str, Any]) -> DetectionRequest:
     version = _version(data)
     user_id = _identifier(data, "user_id")
@@ -152,19 +280,45 @@ def _detection_from_request(data: dict[str, Any]) -> DetectionRequest:
     if not bucket:
         raise MalformedMessage("field 'bucket' is empty")
     _check_key(user_id, key)
-    return DetectionRequest(user_id, image_id, bucket, key, version)
+    # Bodies written before `requested_at` existed have no position: they never beat a delete.
+    requested_at = _optional_int(data, "requested_at")
+    return DetectionRequest(user_id, image_id, bucket, key, version, requested_at)
 
 
-def _detection_from_s3_record(record: Any, position: int) -> DetectionRequest:
+def _delete_from_request(data: dict[str, Any]) -> DeleteRequest:
+    version = _version(data)
+    user_id = _identifier(data, "user_id")
+    image_id = _identifier(data, "image_id")
+    requested_at: int = _field(data, "requested_at", int)
+    if requested_at < 0:
+        raise MalformedMessage(f"field 'requested_at' must not be negative, got {requested_at}")
+    return DeleteRequest(user_id, image_id, requested_at, None, version)
+
+
+def _event_time_ms(record: dict[str, Any]) -> int | None:
+    value = record.get("eventTime")
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def _from_s3_record(record: Any, position: int) -> IndexingRequest:
     where = f"Records[{position}]."
     if not isinstance(record, dict):
         raise MalformedMessage(f"{where[:-1]} must be an object")
     event = _field(record, "eventName", str, where)
-    if not event.startswith("ObjectCreated:"):
-        raise MalformedMessage(f"{where}eventName {event!r} is not an ObjectCreated event")
+    created = event.startswith("ObjectCreated:")
+    if not created and not event.startswith("ObjectRemoved:"):
+        raise MalformedMessage(
+            f"{where}eventName {event!r} is not an ObjectCreated or ObjectRemoved event"
+        )
     s3 = _field(record, "s3", dict, where)
     bucket = _field(_field(s3, "bucket", dict, where + "s3."), "name", str, where + "s3.bucket.")
-    raw_key = _field(_field(s3, "object", dict, where + "s3."), "key", str, where + "s3.object.")
+    s3_object = _field(s3, "object", dict, where + "s3.")
+    raw_key = _field(s3_object, "key", str, where + "s3.object.")
     key = unquote_plus(raw_key)  # S3 notifications URL-encode keys
     parts = key.split("/")
     if len(parts) < 3 or parts[0] != USER_KEY_PREFIX or not _ID_PATTERN.match(parts[1]):
@@ -173,14 +327,21 @@ def _detection_from_s3_record(record: Any, position: int) -> DetectionRequest:
         )
     user_id = parts[1]
     _check_key(user_id, key)
-    return DetectionRequest(user_id, image_id_from_key(user_id, key), bucket, key)
+    sequencer = s3_object.get("sequencer")
+    if sequencer is not None and (
+        not isinstance(sequencer, str) or not all(c in "0123456789abcdefABCDEF" for c in sequencer)
+    ):
+        raise MalformedMessage(f"{where}s3.object.sequencer is not hexadecimal: {sequencer!r}")
+    at_ms = _event_time_ms(record)
+    image_id = image_id_from_key(user_id, key)
+    if created:
+        return DetectionRequest(user_id, image_id, bucket, key, SCHEMA_VERSION, at_ms, sequencer)
+    return DeleteRequest(user_id, image_id, at_ms, sequencer)
 
 
-def parse_detection_message(body: str | bytes) -> list[DetectionRequest]:
-    """Parse an indexing-queue body: a FaceFleet request or an S3 ObjectCreated notification.
-
-    An S3 test event (sent once when notifications are configured) yields no requests.
-    """
+def parse_indexing_message(body: str | bytes) -> list[IndexingRequest]:
+    """Parse an indexing-queue body: a FaceFleet detect or delete request, or an S3
+    ObjectCreated / ObjectRemoved notification. An S3 test event yields no requests."""
     data = _load(body)
     if data.get("Event") == "s3:TestEvent":
         return []
@@ -188,10 +349,59 @@ def parse_detection_message(body: str | bytes) -> list[DetectionRequest]:
         records = data["Records"]
         if not isinstance(records, list) or not records:
             raise MalformedMessage("field 'Records' must be a non-empty list")
-        return [_detection_from_s3_record(record, i) for i, record in enumerate(records)]
-    if data.get("type") != "detect":
-        raise MalformedMessage(f"field 'type' must be 'detect', got {data.get('type')!r}")
+        return [_from_s3_record(record, i) for i, record in enumerate(records)]
+    kind = data.get("type")
+    if kind == "delete":
+        return [_delete_from_request(data)]
+    if kind != "detect":
+        raise MalformedMessage(f"field 'type' must be 'detect' or 'delete', got {kind!r}")
     return [_detection_from_request(data)]
+
+
+def parse_detection_message(body: str | bytes) -> list[DetectionRequest]:
+    """Parse a body that must hold only creates: a FaceFleet request or an S3 ObjectCreated
+    notification (callers that handle deletes use `parse_indexing_message`).
+
+    An S3 test event (sent once when notifications are configured) yields no requests.
+    """
+    data = _load(body)
+    if data.get("type") not in (None, "detect") and "Records" not in data:
+        raise MalformedMessage(f"field 'type' must be 'detect', got {data.get('type')!r}")
+    requests = parse_indexing_message(body)
+    for position, request in enumerate(requests):
+        if not isinstance(request, DetectionRequest):
+            raise MalformedMessage(f"Records[{position}].eventName is not an ObjectCreated event")
+    return requests  # type: ignore[return-value]
+
+
+def _image_ids(data: dict[str, Any]) -> tuple[str, ...]:
+    image_ids = _field(data, "image_ids", list)
+    for position, image_id in enumerate(image_ids):
+        if not isinstance(image_id, str) or not _ID_PATTERN.match(image_id):
+            raise MalformedMessage(f"image_ids[{position}] is not a valid identifier: {image_id!r}")
+    return tuple(image_ids)
+
+
+def parse_group_queue_message(body: str | bytes) -> GroupQueueRequest:
+    """Parse a GroupFace-queue body: a group, forget or erase request."""
+    data = _load(body)
+    kind = data.get("type")
+    if kind == "group":
+        return parse_grouping_message(body)
+    if kind == "forget":
+        version = _version(data)
+        return ForgetRequest(_identifier(data, "user_id"), _image_ids(data), version)
+    if kind == "erase":
+        version = _version(data)
+        user_id = _identifier(data, "user_id")
+        requested_at: int = _field(data, "requested_at", int)
+        reason = data.get("reason", "request")
+        if reason not in ERASURE_REASONS:
+            raise MalformedMessage(
+                f"field 'reason' must be one of {sorted(ERASURE_REASONS)}, got {reason!r}"
+            )
+        return ErasureRequest(user_id, requested_at, reason, version)
+    raise MalformedMessage(f"field 'type' must be 'group', 'forget' or 'erase', got {kind!r}")
 
 
 def parse_grouping_message(body: str | bytes) -> GroupingRequest:
@@ -201,8 +411,4 @@ def parse_grouping_message(body: str | bytes) -> GroupingRequest:
         raise MalformedMessage(f"field 'type' must be 'group', got {data.get('type')!r}")
     version = _version(data)
     user_id = _identifier(data, "user_id")
-    image_ids = _field(data, "image_ids", list)
-    for position, image_id in enumerate(image_ids):
-        if not isinstance(image_id, str) or not _ID_PATTERN.match(image_id):
-            raise MalformedMessage(f"image_ids[{position}] is not a valid identifier: {image_id!r}")
-    return GroupingRequest(user_id, tuple(image_ids), version)
+    return GroupingRequest(user_id, _image_ids(data), version)

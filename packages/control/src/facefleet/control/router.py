@@ -21,7 +21,7 @@ from typing import Any
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
-from facefleet.common.messages import MalformedMessage, parse_detection_message
+from facefleet.common.messages import MalformedMessage, parse_indexing_message
 
 WEIGHT = "weight"
 STAGE = "stage"
@@ -42,9 +42,10 @@ def goes_to_batch(image_id: str, weight: float) -> bool:
 
 
 def image_id_of(body: str | bytes) -> str | None:
-    """The image id a message is about (the first record's, for a multi-record S3 event)."""
+    """The image id a message is about (the first record's, for a multi-record S3 event); a
+    photo's delete takes the same path as its create."""
     try:
-        requests = parse_detection_message(body)
+        requests = parse_indexing_message(body)
     except MalformedMessage:
         return None
     return requests[0].image_id if requests else None

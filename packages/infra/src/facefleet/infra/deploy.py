@@ -320,7 +320,9 @@ def apply(
     current = plan if plan is not None else globals()["plan"](config, aws)
     cloudformation = aws.client("cloudformation")
     if current.no_changes:
-        return outputs(config, aws)
+        found = outputs(config, aws)
+        configure_gallery_notifications(config, aws, found)
+        return found
     started = time.time()
     log.info(
         "executing change set", extra={"stack": current.stack_name, "changes": len(current.changes)}
@@ -349,7 +351,34 @@ def apply(
             + ("; rolled back. Failures:\n  " + "\n  ".join(reasons) if reasons else "")
         )
     _refresh_outputs(cloudformation, current)
-    return outputs(config, aws)
+    found = outputs(config, aws)
+    configure_gallery_notifications(config, aws, found)
+    return found
+
+
+def configure_gallery_notifications(
+    config: StackConfig, aws: AwsTarget, stack_outputs: Mapping[str, str]
+) -> None:
+    """Point the gallery bucket's ObjectCreated/ObjectRemoved events at the indexing queue.
+
+    The gallery bucket is production's, referenced by name, so CloudFormation cannot carry its
+    notifications; deploy merges FaceFleet's entry into the bucket's configuration (other
+    entries kept) after every apply, on AWS and on the local stack alike. Needs
+    s3:GetBucketNotification and s3:PutBucketNotification on the bucket."""
+    from facefleet.infra.template.queues import gallery_notifications
+
+    queue_arn = stack_outputs.get("IndexingQueueArn")
+    if not queue_arn:
+        raise DeployError("stack outputs lack IndexingQueueArn: cannot route gallery events")
+    s3: Any = aws.client("s3")  # the configuration is built as plain JSON
+    bucket = config.gallery_bucket
+    existing = s3.get_bucket_notification_configuration(Bucket=bucket)
+    wanted = gallery_notifications(queue_arn, config.gallery_notification_events, existing)
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=wanted)
+    log.info(
+        "gallery bucket notifications set",
+        extra={"bucket": bucket, "events": list(config.gallery_notification_events)},
+    )
 
 
 def _refresh_outputs(cloudformation: Any, current: Plan) -> None:

@@ -118,6 +118,10 @@ class StackConfig:
     # replaced (production data); local stacks drop them.
     retain_data: bool = True
     tags: Mapping[str, str] = field(default_factory=lambda: {"project": "facefleet"})
+    # S3 events of the gallery bucket sent to the indexing queue (`deploy.configure_gallery_
+    # notifications`: the bucket is not the stack's, so deploy sets them on it). Creates and
+    # deletes share one queue so one worker orders a photo's upload against its deletion.
+    gallery_notification_events: tuple[str, ...] = ("s3:ObjectCreated:*", "s3:ObjectRemoved:*")
     # Worker settings (the `Settings` env names) the job definitions carry beyond the defaults,
     # e.g. thresholds; locally, MODEL_DIR on this disk instead of the container's path.
     worker_settings: Mapping[str, str] = field(default_factory=dict)
@@ -146,7 +150,7 @@ class StackConfig:
         """
         source = os.environ if environ is None else environ
         values = dict(overrides or {})
-        for key in ("subnet_ids", "security_group_ids"):
+        for key in ("subnet_ids", "security_group_ids", "gallery_notification_events"):
             if key in values and not isinstance(values[key], tuple):
                 values[key] = tuple(values[key])
         for field_name, variable in MONGO_URI_ENV.items():
@@ -180,6 +184,13 @@ class StackConfig:
             problems.append("give gallery_mongo_uri or gallery_mongo_secret_arn, not both")
         if self.huemn_mongo_uri and self.huemn_mongo_secret_arn:
             problems.append("give huemn_mongo_uri or huemn_mongo_secret_arn, not both")
+        bad_events = [
+            e
+            for e in self.gallery_notification_events
+            if not e.startswith(("s3:ObjectCreated:", "s3:ObjectRemoved:"))
+        ]
+        if bad_events:
+            problems.append(f"gallery_notification_events: not an object event: {bad_events}")
         if self.keep_images < 1:
             problems.append("keep_images must be at least 1")
         unknown = set(self.worker_settings) - set(ENV_NAMES.values())
@@ -226,6 +237,10 @@ def local_stack_config(
         "huemn_mongo_uri": huemn_mongo_uri,
         "log_retention_days": 1,
         "retain_data": False,
+        # The demo and the tests send a detection request per upload (the gallery backend's
+        # path), so locally only deletions notify; a test that wants production's pair of
+        # events passes both (tests/test_e2e_privacy.py).
+        "gallery_notification_events": ("s3:ObjectRemoved:*",),
         "tags": {"project": "facefleet", "environment": "local"},
         # The dev pack of ../shared/models (production brings its own licensed pack).
         "worker_settings": {"MODEL_PACK": LOCAL_MODEL_PACK},

@@ -8,6 +8,8 @@
     facefleet people recluster USER [--apply]  full re-cluster, compared with the incremental one
     facefleet people consolidate USER          the consolidation pass now (batch, ids kept)
     facefleet people migrate USER (--model-dir DIR | --model-id ID)
+    facefleet people erase --user USER         erase every face of USER; prints the receipt
+    facefleet people recognition --user USER (on|off)   the opt-out (`off` also erases)
 
 Reads GALLERY_IMAGES_MONGO_URI, HUEMN_MONGO_URI and FACE_GROUP_BUCKET_NAME like the worker.
 """
@@ -32,7 +34,10 @@ def register(subparsers: Any) -> None:
     commands = parser.add_subparsers(dest="people_command", required=True)
     for name, handler, arguments in _COMMANDS:
         sub = commands.add_parser(name, help=handler.__doc__)
-        sub.add_argument("user_id")
+        if name in USER_OPTION:  # privacy commands name the user explicitly
+            sub.add_argument("--user", dest="user_id", required=True)
+        else:
+            sub.add_argument("user_id")
         for flags, options in arguments:
             sub.add_argument(*flags, **options)
         sub.set_defaults(func=_run(handler))
@@ -157,6 +162,46 @@ def migrate(corrections: Corrections, args: argparse.Namespace) -> str:
     return "\n".join(f"{key}: {value}" for key, value in asdict(report).items())
 
 
+def erase(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Erase every face of a user (all stores); prints the erasure receipt."""
+    from facefleet.worker.privacy.erasure import erase_user
+
+    receipt = erase_user(
+        corrections.store,
+        corrections.s3,
+        corrections.bucket,
+        args.user_id,
+        owner=corrections.owner,
+        lease_ttl=corrections.lease_ttl,
+        lease_wait_seconds=corrections.lease_wait_seconds,
+    )
+    return json.dumps(asdict(receipt), indent=2, sort_keys=True)
+
+
+def recognition(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Turn face recognition on or off for a user (off erases the user's faces)."""
+    from facefleet.common.privacy import PrivacyRepository
+    from facefleet.worker.privacy.erasure import erase_user
+
+    enabled = args.state == "on"
+    PrivacyRepository(corrections.store.gallery.faces.database).set_recognition(
+        args.user_id, enabled
+    )
+    if enabled:
+        return f"face recognition on for {args.user_id}"
+    receipt = erase_user(
+        corrections.store,
+        corrections.s3,
+        corrections.bucket,
+        args.user_id,
+        owner=corrections.owner,
+        reason="opt_out",
+        lease_ttl=corrections.lease_ttl,
+        lease_wait_seconds=corrections.lease_wait_seconds,
+    )
+    return json.dumps(asdict(receipt), indent=2, sort_keys=True)
+
+
 _COMMANDS: list[tuple[str, Any, list[tuple[tuple[str, ...], dict[str, Any]]]]] = [
     (
         "list",
@@ -192,7 +237,11 @@ _COMMANDS: list[tuple[str, Any, list[tuple[tuple[str, ...], dict[str, Any]]]]] =
             (("--model-id",), {"help": "faces already detected with this model"}),
         ],
     ),
+    ("erase", erase, []),
+    ("recognition", recognition, [(("state",), {"choices": ["on", "off"]})]),
 ]
+
+USER_OPTION = frozenset({"erase", "recognition"})
 
 # Commands that only read: they need the two databases, not the crop bucket.
 READ_ONLY = frozenset({list_people})

@@ -57,6 +57,9 @@ def _job_policies(config: StackConfig, queues: Queues) -> dict[str, list[Json]]:
         statement(["sqs:SendMessage", "sqs:GetQueueUrl"], [queues.arn(GROUP_FACE_QUEUE)]),
         statement(["s3:GetObject"], [s3_arn(config.gallery_bucket, "/*")]),
         statement(["s3:PutObject"], [s3_arn(face_groups, "/*")]),
+        # A deleted photo's crops are listed and deleted (privacy: nothing outlives the photo).
+        statement(["s3:DeleteObject"], [s3_arn(face_groups, "/*")]),
+        statement(["s3:ListBucket"], [s3_arn(face_groups)]),
         statement(["s3:ListBucket"], [s3_arn(models)]),
         statement(["s3:GetObject"], [s3_arn(models, "/*")]),
         _logs_statement(names.log_group),
@@ -66,6 +69,9 @@ def _job_policies(config: StackConfig, queues: Queues) -> dict[str, list[Json]]:
         statement(CONSUME, [queues.arn(GROUP_FACE_QUEUE)]),
         # Crops written by detection are read, and copied to their person's key.
         statement(["s3:GetObject", "s3:PutObject"], [s3_arn(face_groups, "/*")]),
+        # Covers of emptied people, and on erasure every object under the user's prefixes.
+        statement(["s3:DeleteObject"], [s3_arn(face_groups, "/*")]),
+        statement(["s3:ListBucket"], [s3_arn(face_groups)]),
         _logs_statement(names.log_group),
         metrics_statement(names.metrics_namespace),
     ]

@@ -104,3 +104,31 @@ def queue_resources(config: StackConfig, queues: Queues) -> Json:
             },
         }
     return resources
+
+
+# The Id that marks FaceFleet's entries in the gallery bucket's notification configuration.
+GALLERY_NOTIFICATION_ID = "facefleet-indexing"
+
+
+def gallery_notifications(
+    queue_arn: str, events: tuple[str, ...], existing: Json | None = None
+) -> Json:
+    """The gallery bucket's NotificationConfiguration: whatever else it sends (entries of other
+    owners are kept as they are) plus one queue entry, FaceFleet's, for `events` of keys under
+    `users/` to the indexing queue (whose policy above admits only this bucket)."""
+    current = dict(existing or {})
+    current.pop("ResponseMetadata", None)
+    queues = [
+        q for q in current.get("QueueConfigurations", []) if q.get("Id") != GALLERY_NOTIFICATION_ID
+    ]
+    if events:
+        queues.append(
+            {
+                "Id": GALLERY_NOTIFICATION_ID,
+                "QueueArn": queue_arn,
+                "Events": list(events),
+                "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "users/"}]}},
+            }
+        )
+    current["QueueConfigurations"] = queues
+    return current

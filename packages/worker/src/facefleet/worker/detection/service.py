@@ -33,12 +33,16 @@ from facefleet.common.config import Settings, load_service_settings
 from facefleet.common.documents import FaceDoc, ImageDoc, ImageStatus, face_doc_id
 from facefleet.common.logs import configure_logging
 from facefleet.common.messages import (
+    DeleteRequest,
     DetectionRequest,
+    ErasureRequest,
+    ForgetRequest,
     GroupingRequest,
     MalformedMessage,
-    parse_detection_message,
+    parse_indexing_message,
 )
 from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.common.privacy import PrivacyRepository
 from facefleet.common.repository import GALLERY_DEFAULT_DB, GalleryRepository, connect
 from facefleet.common.s3keys import crop_key
 from facefleet.worker.consumer import (
@@ -59,6 +63,7 @@ from facefleet.worker.detection.imaging import (
 )
 from facefleet.worker.detection.pipeline import PipelineResult, StageClock, run_pipeline
 from facefleet.worker.models import resolve_pack_dir
+from facefleet.worker.privacy.photos import delete_photo, drop_image_docs, remove_faces
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +108,7 @@ class DetectionService:
         self.s3 = s3
         self.sqs = sqs
         self.metrics = metrics
+        self.privacy = PrivacyRepository(repository.faces.database)
         self.executor = executor or ThreadPoolExecutor(
             max_workers=settings.max_face_workers, thread_name_prefix="fetch"
         )
@@ -141,9 +147,10 @@ class DetectionService:
     def handle(self, batch: list[ReceivedMessage]) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         works: list[ImageWork] = []
+        deletes: list[tuple[str, DeleteRequest]] = []
         for message in batch:
             try:
-                requests = parse_detection_message(message.body)
+                requests = parse_indexing_message(message.body)
             except MalformedMessage as error:
                 log.error(
                     "malformed message",
@@ -156,7 +163,15 @@ class DetectionService:
                 outcomes[message.message_id] = Outcome.MALFORMED
                 continue
             outcomes[message.message_id] = Outcome.DONE
-            works.extend(ImageWork(request, message.message_id) for request in requests)
+            for request in requests:
+                if isinstance(request, DeleteRequest):
+                    deletes.append((message.message_id, request))
+                else:
+                    works.append(ImageWork(request, message.message_id))
+        # Deletes first: a create of the same batch is then checked against their tombstones.
+        for message_id, outcome in self._delete_photos(deletes).items():
+            outcomes[message_id] = _worse(outcomes[message_id], outcome)
+        works = self._screen(works, outcomes)
         if not works:
             return outcomes
 
@@ -179,6 +194,8 @@ class DetectionService:
                 outcomes[work.message_id] = _worse(outcomes[work.message_id], outcome)
             elif work.failure is None and work.faces:
                 stored[work.request.user_id].append(work.request.image_id)
+        for work in self._overtaken(works, stored):
+            outcomes[work.message_id] = _worse(outcomes[work.message_id], Outcome.RETRY)
 
         if stored and not self._request_grouping(stored):
             # Grouping must hear about these images: redo the (idempotent) batch later.
@@ -187,6 +204,134 @@ class DetectionService:
                 if work.request.user_id in users:
                     outcomes[work.message_id] = _worse(outcomes[work.message_id], Outcome.RETRY)
         return outcomes
+
+    # -- privacy: deleted photos, erased users, face recognition off ----------------------------
+
+    def _delete_photos(self, deletes: list[tuple[str, DeleteRequest]]) -> dict[str, Outcome]:
+        """Tombstone, crops and faces of each deleted photo; then one `ForgetRequest` per user
+        to the grouping worker, then the image documents. Unknown photos are a no-op (DONE)."""
+        outcomes: dict[str, Outcome] = {}
+        forget: dict[str, list[tuple[str, str]]] = defaultdict(list)  # user -> (message, image)
+        bucket = self.settings.face_group_bucket_name
+        assert bucket is not None
+        for message_id, request in deletes:
+            context = {"user_id": request.user_id, "image_id": request.image_id}
+            try:
+                result = delete_photo(self.repository, self.privacy, self.s3, bucket, request)
+            except Exception as error:
+                if not is_outage(error):
+                    log.error("deleting the photo failed", exc_info=True, extra=context)
+                outcomes[message_id] = Outcome.RETRY
+                continue
+            log.info(
+                "photo deleted" if not result.stale else "delete older than the photo: ignored",
+                extra={**context, "faces": result.faces, "crops": result.crops},
+            )
+            outcomes[message_id] = Outcome.DONE
+            if result.known and not result.stale:
+                forget[request.user_id].append((message_id, request.image_id))
+        for user_id, items in forget.items():
+            image_ids = tuple(sorted({image_id for _, image_id in items}))
+            try:
+                self.sqs.send_message(
+                    QueueUrl=self.settings.group_face_queue_url,
+                    MessageBody=ForgetRequest(user_id, image_ids).to_body(),
+                )
+                drop_image_docs(self.repository, user_id, image_ids)
+            except Exception as error:
+                if not is_outage(error):
+                    raise
+                log.warning("forget request not sent", extra={"user_id": user_id})
+                for message_id, _ in items:
+                    outcomes[message_id] = Outcome.RETRY
+        return outcomes
+
+    def _screen(self, works: list[ImageWork], outcomes: dict[str, Outcome]) -> list[ImageWork]:
+        """Drop creates a deletion or erasure overtook; mark the images of users with face
+        recognition off processed (no faces, no embeddings, nothing sent to grouping)."""
+        if not works:
+            return works
+        try:
+            blocked = self.privacy.blocked(w.request for w in works)
+            enabled = self.privacy.recognition_enabled(w.request.user_id for w in works)
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            for work in works:
+                outcomes[work.message_id] = _worse(outcomes[work.message_id], Outcome.RETRY)
+            return []
+        kept: list[ImageWork] = []
+        opted_out: set[str] = set()
+        for work in works:
+            request = work.request
+            context = {"user_id": request.user_id, "image_id": request.image_id}
+            why = blocked.get((request.user_id, request.image_id))
+            try:
+                if why is not None:
+                    log.info("create skipped: " + why, extra=context)
+                elif not enabled[request.user_id]:
+                    image = self._image_doc(work)
+                    image.reason = "face recognition is off for this user"
+                    self.repository.save_result(image, [])
+                    opted_out.add(request.user_id)
+                    log.info("face recognition off: image marked processed", extra=context)
+                else:
+                    kept.append(work)
+            except Exception as error:
+                if not is_outage(error):
+                    raise
+                outcomes[work.message_id] = _worse(outcomes[work.message_id], Outcome.RETRY)
+        for user_id in sorted(opted_out):
+            self._erase_if_needed(user_id)
+        return kept
+
+    def _erase_if_needed(self, user_id: str) -> None:
+        """Switching face recognition off erases what is left: the grouping worker does it."""
+        try:
+            if self.repository.faces.find_one({"user_id": user_id}, {"_id": 1}) is None:
+                return
+            body = ErasureRequest(user_id, reason="opt_out").to_body()
+            self.sqs.send_message(QueueUrl=self.settings.group_face_queue_url, MessageBody=body)
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            log.warning("opt-out erasure not requested", extra={"user_id": user_id})
+
+    def _overtaken(self, works: list[ImageWork], stored: dict[str, list[str]]) -> list[ImageWork]:
+        """After storing: a delete or erasure that arrived meanwhile wins. Its tombstone was
+        written before it removed faces, and these faces were written before this check, so one
+        of the two always sees the other. Returns works whose removal met an outage."""
+        done = [w for w in works if w.request.image_id in stored.get(w.request.user_id, ())]
+        if not done:
+            return []
+        failed: list[ImageWork] = []
+        try:
+            blocked = self.privacy.blocked(w.request for w in done)
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            return done
+        bucket = self.settings.face_group_bucket_name
+        assert bucket is not None
+        for work in done:
+            request = work.request
+            if (request.user_id, request.image_id) not in blocked:
+                continue
+            try:
+                remove_faces(self.repository, self.s3, bucket, request.user_id, [request.image_id])
+                drop_image_docs(self.repository, request.user_id, [request.image_id])
+            except Exception as error:
+                if not is_outage(error):
+                    raise
+                failed.append(work)
+            stored[request.user_id].remove(request.image_id)
+            if not stored[request.user_id]:
+                del stored[request.user_id]
+            log.info(
+                "faces removed again: the photo was deleted meanwhile",
+                extra={"user_id": request.user_id, "image_id": request.image_id},
+            )
+        return failed
 
     def _fetch(self, work: ImageWork, clock: StageClock) -> DecodedImage:
         request = work.request
@@ -235,6 +380,8 @@ class DetectionService:
             width=decoded.width if decoded else None,
             height=decoded.height if decoded else None,
             timings_ms=work.clock.timings_ms() if work.clock else {},
+            requested_at=request.requested_at,
+            sequencer=request.sequencer,
         )
 
     def _store(self, work: ImageWork) -> Outcome:

@@ -31,10 +31,17 @@ from typing import Any
 from facefleet.common.config import Settings, load_service_settings
 from facefleet.common.documents import FaceDoc
 from facefleet.common.logs import configure_logging
-from facefleet.common.messages import GroupingRequest, MalformedMessage, parse_grouping_message
+from facefleet.common.messages import (
+    ErasureRequest,
+    ForgetRequest,
+    GroupingRequest,
+    MalformedMessage,
+    parse_group_queue_message,
+)
 from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, LeaseHeld, connect
 from facefleet.worker.consumer import ConsumerConfig, Outcome, ReceivedMessage, is_outage, serve
+from facefleet.worker.grouping import forget
 from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate, add_faces
 from facefleet.worker.grouping.consolidate import ConsolidateParams
 from facefleet.worker.grouping.store import (
@@ -109,9 +116,10 @@ class GroupingService:
     def handle(self, batch: list[ReceivedMessage]) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         by_user: dict[str, list[tuple[ReceivedMessage, GroupingRequest]]] = {}
+        privacy: list[tuple[ReceivedMessage, ForgetRequest | ErasureRequest]] = []
         for message in batch:
             try:
-                request = parse_grouping_message(message.body)
+                parsed = parse_group_queue_message(message.body)
             except MalformedMessage as error:
                 log.error(
                     "malformed grouping request",
@@ -119,7 +127,13 @@ class GroupingService:
                 )
                 outcomes[message.message_id] = Outcome.MALFORMED
                 continue
-            by_user.setdefault(request.user_id, []).append((message, request))
+            if not isinstance(parsed, GroupingRequest):
+                privacy.append((message, parsed))
+                continue
+            by_user.setdefault(parsed.user_id, []).append((message, parsed))
+        # Users who turned face recognition off: nothing is grouped (what is left is erased).
+        by_user, off = forget.split_opted_out(self, by_user)
+        outcomes.update(off)
         outage = False
         for user_id, items in by_user.items():
             # After an outage the rest would only time out one by one: retry them together.
@@ -129,6 +143,8 @@ class GroupingService:
                 outcome, outage = self._handle_user(user_id, items)
             for message, _ in items:
                 outcomes[message.message_id] = outcome
+        # After this batch's grouping, so a forget also cleans what it just wrote.
+        outcomes.update(forget.handle_privacy(self, privacy, outage))
         return outcomes
 
     def _handle_user(
