@@ -19,7 +19,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "facefleet.tools.people_cli",
     "facefleet.tools.quality.evaluate",
     "facefleet.tools.infra_cli",
-    "facefleet.tools.cutover_cli",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -1,4 +1,5 @@
-"""`facefleet cutover ...`: where the gradual cutover stands, and the ECS service's queue move.
+"""`facefleet cutover status|move-ecs-queue` (registered with the other cutover actions in
+`flows_cli`): where the gradual cutover stands, and the ECS service's queue move.
 
     facefleet cutover status [--json] [--ecs-cluster C --ecs-service S]
         stage, weight, time in stage, every gate with its value and thresholds, users and
@@ -17,29 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
-
-
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("cutover", help="the ECS -> Batch cutover: status, queue move")
-    commands = parser.add_subparsers(dest="cutover_command", required=True)
-    status = commands.add_parser("status", help="stage, weight, gates, users and images per side")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    move = commands.add_parser("move-ecs-queue", help="point the ECS service at its own queue")
-    move.add_argument("--back-to", help="undo: the queue URL the service read before")
-    for sub in (status, move):
-        sub.add_argument("--prefix", default=os.environ.get("FACEFLEET_PREFIX", Names().prefix))
-        sub.add_argument("--ecs-cluster", required=sub is move)
-        sub.add_argument("--ecs-service", required=sub is move)
-    status.set_defaults(func=_status)
-    move.set_defaults(func=_move)
-
-
-def _names(args: argparse.Namespace) -> Names:
-    return Names(prefix=args.prefix)
 
 
 def stage_uploads(names: Names, entered_at_s: float) -> list[tuple[str, str]]:
@@ -60,11 +41,11 @@ def stage_uploads(names: Names, entered_at_s: float) -> list[tuple[str, str]]:
         database.client.close()
 
 
-def _status(args: argparse.Namespace) -> int:
+def status(args: argparse.Namespace, names: Names) -> int:
     from facefleet.control.cutover import effects
     from facefleet.control.cutover import status as cutover_status
 
-    names, aws = _names(args), AwsTarget.from_env()
+    aws = AwsTarget.from_env(region=args.region)
     state = effects.load_state(names, aws)
     status = cutover_status.read_status(
         names,
@@ -80,10 +61,13 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _move(args: argparse.Namespace) -> int:
+def move(args: argparse.Namespace, names: Names) -> int:
     from facefleet.control.cutover import effects
 
-    names, aws = _names(args), AwsTarget.from_env()
+    if not (args.ecs_cluster and args.ecs_service):
+        print("error: move-ecs-queue needs --ecs-cluster and --ecs-service")
+        return 2
+    aws = AwsTarget.from_env(region=args.region)
     target = (
         args.back_to
         or aws.client("sqs").get_queue_url(QueueName=names.ecs_indexing_queue)["QueueUrl"]
