@@ -234,3 +234,51 @@ def test_production_deployments_register_on_an_ecs_pool(env, harness, tmp_path: 
             if name == "dispatch/production":
                 assert deployment.parameters["mode"] == "aws"
     stack.close()
+
+
+def test_cli_moves_the_ecs_queue_reversibly_and_status_checks_it(env, capsys) -> None:
+    from facefleet.control.cutover import effects
+    from facefleet.tools.cli import main
+    from tests.flows_support import create_queues
+
+    names, aws = env.names, env.aws
+    urls = create_queues(names, aws)
+    old = aws.client("sqs").create_queue(QueueName=f"{names.prefix}-legacy")["QueueUrl"]
+    ecs = aws.client("ecs")
+    ecs.create_cluster(clusterName="prod")
+    definition = ecs.register_task_definition(
+        family="indexer",
+        containerDefinitions=[
+            {
+                "name": "indexer",
+                "image": "indexer:1",
+                "memory": 512,
+                "environment": [{"name": "QUEUE_URL", "value": old}, {"name": "X", "value": "1"}],
+            }
+        ],
+    )["taskDefinition"]["taskDefinitionArn"]
+    ecs.create_service(
+        cluster="prod", serviceName="indexer", taskDefinition=definition, desiredCount=1
+    )
+    target = ["--prefix", names.prefix, "--ecs-cluster", "prod", "--ecs-service", "indexer"]
+
+    assert main(["cutover", "status", *target]) == 0
+    assert "ECS service reads its own queue: NO" in capsys.readouterr().out
+    assert main(["cutover", "move-ecs-queue", *target]) == 0
+    moved = capsys.readouterr().out
+    assert f"--back-to {old}" in moved
+    assert effects.ecs_queue_url("prod", "indexer", aws) == urls[names.ecs_indexing_queue]
+    assert main(["cutover", "status", *target]) == 0
+    text = capsys.readouterr().out
+    assert "stage 0/5  weight 0 % to Batch" in text
+    assert "ECS service reads its own queue: yes" in text
+    assert main(["cutover", "status", "--json", *target]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ecs_queue_moved"] is True and len(data["gates"]) == 5
+    # The step undone: back to the queue it read before; the other variables kept.
+    assert main(["cutover", "move-ecs-queue", *target, "--back-to", old]) == 0
+    assert effects.ecs_queue_url("prod", "indexer", aws) == old
+    service = ecs.describe_services(cluster="prod", services=["indexer"])["services"][0]
+    latest = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])
+    environment = latest["taskDefinition"]["containerDefinitions"][0]["environment"]
+    assert {"name": "X", "value": "1"} in environment
