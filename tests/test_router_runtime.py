@@ -282,3 +282,20 @@ def test_cli_moves_the_ecs_queue_reversibly_and_status_checks_it(env, capsys) ->
     latest = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])
     environment = latest["taskDefinition"]["containerDefinitions"][0]["environment"]
     assert {"name": "X", "value": "1"} in environment
+
+
+def test_flows_image_holds_the_flows_and_no_ml_stack() -> None:
+    from tests.e2e_support import ROOT
+
+    docker = ROOT / "packages" / "infra" / "docker"
+    dockerfile = (docker / "Dockerfile.flows").read_text()
+    syncs = [line for line in dockerfile.splitlines() if "uv sync" in line]
+    assert syncs and all("--package facefleet-flows" in line for line in syncs)
+    # No extras: the `local` extra would bring the emulators, the worker's the ML stack.
+    assert not any("--extra" in line for line in syncs)
+    copied = {
+        line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY packages")
+    }
+    assert "packages/worker" not in copied and "packages/flows" in copied
+    script = (docker / "build-push.sh").read_text()
+    assert "Dockerfile.flows FlowsRepositoryUri" in script and "Dockerfile RepositoryUri" in script
