@@ -299,3 +299,42 @@ def test_flows_image_holds_the_flows_and_no_ml_stack() -> None:
     assert "packages/worker" not in copied and "packages/flows" in copied
     script = (docker / "build-push.sh").read_text()
     assert "Dockerfile.flows FlowsRepositoryUri" in script and "Dockerfile RepositoryUri" in script
+
+
+def test_the_cutover_does_not_start_before_the_ecs_service_reads_its_queue(env) -> None:
+    from facefleet.control.cutover import effects
+    from facefleet.flows import cutover as cutover_flows
+    from tests.flows_support import create_queues
+
+    prefect_harness()
+    names, aws = env.names, env.aws
+    urls = create_queues(names, aws)
+    ecs = aws.client("ecs")
+    ecs.create_cluster(clusterName="prod")
+    definition = ecs.register_task_definition(
+        family="indexer",
+        containerDefinitions=[
+            {
+                "name": "indexer",
+                "image": "indexer:1",
+                "memory": 512,
+                "environment": [{"name": "QUEUE_URL", "value": "https://old"}],
+            }
+        ],
+    )["taskDefinition"]["taskDefinitionArn"]
+    ecs.create_service(
+        cluster="prod", serviceName="indexer", taskDefinition=definition, desiredCount=1
+    )
+    params = {
+        "names": {"prefix": names.prefix, "grouping_prefix": names.grouping_prefix},
+        "region": aws.region,
+        "endpoint_url": aws.endpoint_url,
+        "ecs_cluster": "prod",
+        "ecs_service": "indexer",
+    }
+    held = cutover_flows.cutover(**params)
+    assert (held["action"], held["weight"]) == ("hold", 0)
+    assert "move-ecs-queue" in held["reasons"][0]
+    effects.move_ecs_queue("prod", "indexer", urls[names.ecs_indexing_queue], aws)
+    started = cutover_flows.cutover(**params)
+    assert (started["action"], started["weight"]) == ("start", 10)

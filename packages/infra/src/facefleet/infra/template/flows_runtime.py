@@ -7,7 +7,8 @@ nothing more: submit to the stack's job queues and definitions, read queue depth
 messages from the Batch queue to the ECS queue (rollback), read and write the cutover and
 dispatch parameters, read CloudWatch statistics, put metrics in the FaceFleet namespace, publish
 to the alerts topic, and (only when `ecs_service_arn` is given) scale that one ECS service after
-the final soak. No `cloudformation:*`: provisioning runs from a person's shell or CI
+the final soak (and check, at the cutover's start, that it reads the ECS queue). No
+`cloudformation:*`: provisioning runs from a person's shell or CI
 (`facefleet infra apply`), never from the flow runtime.
 """
 
@@ -87,7 +88,11 @@ def flow_task_statements(config: StackConfig, queues: Queues) -> list[Json]:
         metrics_statement(names.metrics_namespace),
     ]
     if config.ecs_service_arn:
-        statements.append(statement(["ecs:UpdateService"], [config.ecs_service_arn]))
+        # The cutover's start checks the service reads the ECS queue; the final step scales it.
+        statements += [
+            statement(["ecs:DescribeServices", "ecs:UpdateService"], [config.ecs_service_arn]),
+            statement(["ecs:DescribeTaskDefinition"], ["*"]),
+        ]
     return statements
 
 
