@@ -338,3 +338,21 @@ def test_the_cutover_does_not_start_before_the_ecs_service_reads_its_queue(env) 
     effects.move_ecs_queue("prod", "indexer", urls[names.ecs_indexing_queue], aws)
     started = cutover_flows.cutover(**params)
     assert (started["action"], started["weight"]) == ("start", 10)
+
+
+def test_lambda_record_attributes_become_send_message_attributes() -> None:
+    import base64
+
+    from facefleet.control.router import lambda_attributes
+
+    record = {
+        "messageAttributes": {
+            "trace": {"stringValue": "abc", "dataType": "String"},
+            "blob": {"binaryValue": base64.b64encode(b"\x00\x01").decode(), "dataType": "Binary"},
+        }
+    }
+    assert lambda_attributes(record) == {
+        "trace": {"DataType": "String", "StringValue": "abc"},
+        "blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01"},
+    }
+    assert lambda_attributes({}) == {}

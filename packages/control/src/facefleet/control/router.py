@@ -22,6 +22,7 @@ production and by a process of the embedded stack (`router_process`) locally; bo
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -218,14 +219,15 @@ class Router:
 
 def lambda_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
     """An SQS event record's message attributes in SendMessage's shape (Lambda writes
-    `stringValue`/`dataType`, SendMessage takes `StringValue`/`DataType`)."""
+    `stringValue`/`dataType` and base64 text for binary values; SendMessage takes
+    `StringValue`/`DataType` and bytes)."""
     converted: dict[str, Any] = {}
     for name, value in (record.get("messageAttributes") or {}).items():
         entry: dict[str, Any] = {"DataType": value["dataType"]}
         if value.get("stringValue") is not None:
             entry["StringValue"] = value["stringValue"]
         if value.get("binaryValue") is not None:
-            entry["BinaryValue"] = value["binaryValue"]
+            entry["BinaryValue"] = base64.b64decode(value["binaryValue"])
         converted[name] = entry
     return converted
 
