@@ -70,6 +70,7 @@ def test_every_metric_used_is_one_the_project_or_aws_emits():
     registry = {str(m) for m in Metric}
     queues = {names.indexing_queue, names.group_face_queue}
     queues |= {names.dead_letter_queue(q) for q in queues}
+    queues |= {names.ingress_queue, names.ecs_indexing_queue}  # the stack's router queues
     rules = {names.job_failed_rule, names.spot_interruption_rule}
     unknown = []
     body = build_dashboard(names, "us-east-1").body()

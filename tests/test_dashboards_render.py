@@ -73,7 +73,7 @@ def test_render_writes_a_png_with_one_panel_per_metric_widget(env, names, tmp_pa
     (width, height), text = png_text(result.path)
     assert result.path.stat().st_size > 10_000
     assert width > 1000 and height > 500
-    assert result.panels == len(dashboard.graphs()) == 12
+    assert result.panels == len(dashboard.graphs()) == 15
     assert json.loads(text["Description"])["panels"] == [g.title for g in dashboard.graphs()]
 
 
@@ -119,5 +119,5 @@ def test_cli_render(env, names, tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert "(12 panels)" in capsys.readouterr().out
+    assert "(15 panels)" in capsys.readouterr().out
     assert out.read_bytes().startswith(PNG_SIGNATURE)

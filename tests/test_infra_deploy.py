@@ -210,6 +210,9 @@ def test_update_is_a_change_set_of_just_what_changed(env: ServerEnv) -> None:
     assert {(c.action, c.logical_id) for c in plan.changes} == {
         ("Modify", "IndexingQueue"),
         ("Modify", "GroupFaceQueue"),
+        # The cutover router's queues take the same visibility timeout.
+        ("Modify", "IngressQueue"),
+        ("Modify", "EcsIndexingQueue"),
     }
     assert "Modify" in plan.summary()
     deploy.apply(changed, env.aws, plan=plan)

@@ -32,6 +32,8 @@ FULL = StackConfig(
     fallback_dispatcher=True,
     alert_email="ops@example.com",
     max_receive_count=3,
+    prefect_api_url="https://prefect.example.com/api",
+    ingress_queue="https://sqs.us-east-1.amazonaws.com/123456789012/legacy-indexing",
 )
 
 
@@ -200,6 +202,13 @@ def test_least_privilege() -> None:
                     "batch:DescribeJobs",
                     "batch:ListJobs",
                     "cloudwatch:GetMetricStatistics",
+                    # Flows runtime: account-wide calls with no resource-level permission.
+                    "ecr:GetAuthorizationToken",
+                    "ecs:DescribeTaskDefinition",
+                    "ecs:RegisterTaskDefinition",
+                    "ec2:DescribeSecurityGroups",
+                    "ec2:DescribeSubnets",
+                    "ec2:DescribeVpcs",
                 }
                 assert set(actions) <= allowed, f"{role}: {actions} on *"
             if "cloudwatch:PutMetricData" in actions:

@@ -20,6 +20,7 @@ from facefleet.dashboards.widgets import (
     DISPATCH,
     EVENTS_NAMESPACE,
     GROUPING,
+    ROUTER,
     SAVINGS,
     SQS_NAMESPACE,
     AlarmStatusWidget,
@@ -215,6 +216,46 @@ def build_dashboard(
             period=300,
             view="singleValue",
             width=6,
+        ),
+        # The cutover as `facefleet cutover status` shows it: routed per side, and each gate.
+        GraphWidget(
+            "Cutover: routed per side per minute",
+            (
+                custom("tobatch", Metric.ROUTED_TO_BATCH, ROUTER, "Sum", "to Batch"),
+                custom("toecs", Metric.ROUTED_TO_ECS, ROUTER, "Sum", "to ECS"),
+                custom("routererr", Metric.ROUTER_ERRORS, ROUTER, "Sum", "router errors"),
+            ),
+            period=60,
+            y_label="messages / min",
+            width=12,
+        ),
+        GraphWidget(
+            "Cutover gates: failed jobs, new dead letters, Spot interruptions",
+            (
+                _rule("gatefailed", names.job_failed_rule, "failed Batch jobs"),
+                _rule("gatespot", names.spot_interruption_rule, "Spot interruptions"),
+                _sqs(
+                    "gatedlq",
+                    "ApproximateNumberOfMessagesVisible",
+                    names.dead_letter_queue(names.indexing_queue),
+                    "Maximum",
+                ),
+            ),
+            period=300,
+            y_label="count",
+            width=12,
+        ),
+        GraphWidget(
+            "Cutover gates: oldest message age (s)",
+            (
+                _sqs("gateage", "ApproximateAgeOfOldestMessage", names.indexing_queue),
+                _sqs("ingressage", "ApproximateAgeOfOldestMessage", names.ingress_queue),
+                _sqs("ecsage", "ApproximateAgeOfOldestMessage", names.ecs_indexing_queue),
+            ),
+            period=60,
+            y_label="s",
+            width=12,
+            lines=(HorizontalLine("hold", 600), HorizontalLine("roll back", 1800)),
         ),
         GraphWidget(
             "Spot saving, last hour ($)",

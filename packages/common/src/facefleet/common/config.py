@@ -184,11 +184,39 @@ class Names:
     def dispatch_schedule_rule(self) -> str:
         return f"{self.prefix}-dispatch-schedule"
 
-    # The existing ECS service's queue: the cutover router forwards the share of traffic that is
-    # not (yet) on Batch here. Production may point at the existing queue by URL instead.
+    # The ECS service's own queue during the cutover: the router forwards the users not (yet)
+    # on Batch here, and the ECS service's QUEUE_URL moves here at the cutover's start.
     @property
     def ecs_indexing_queue(self) -> str:
         return f"{self.prefix}-ecs-indexing"
+
+    # The queue producers write to (in production the existing service's indexing queue, by
+    # URL); the router consumes it. A stack without one creates this name.
+    @property
+    def ingress_queue(self) -> str:
+        return f"{self.prefix}-ingress"
+
+    @property
+    def router_function(self) -> str:
+        return f"{self.prefix}-router"
+
+    # The flows' runtime: their image (Prefect, prefect-aws, the flows; no ML stack), the ECS
+    # cluster the Prefect worker and the flow runs use, their log group, the work pool.
+    @property
+    def flows_repository(self) -> str:
+        return f"{self.ecr_repository}-flows"
+
+    @property
+    def flows_cluster(self) -> str:
+        return f"{self.prefix}-flows"
+
+    @property
+    def flows_log_group(self) -> str:
+        return f"/ecs/{self.prefix}-flows"
+
+    @property
+    def work_pool(self) -> str:
+        return f"{self.prefix}-ecs"
 
     # Dispatch state (last submission time for the cool-down), shared by the flow and the Lambda.
     @property

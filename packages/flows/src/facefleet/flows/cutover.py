@@ -46,6 +46,17 @@ def cutover(
         the_names, state, aws, now_s=now, baseline_p95_ms=ecs_baseline_p95_ms
     )
     decision = machine.evaluate(state, health, now, the_gates)
+    if decision.action == "start" and ecs_cluster and ecs_service:
+        # The router sends every user not on Batch to the ECS queue: the ECS service must read
+        # it before the first user moves (`facefleet cutover move-ecs-queue`).
+        ecs_url = aws.client("sqs").get_queue_url(QueueName=the_names.ecs_indexing_queue)
+        reads = effects.ecs_queue_url(ecs_cluster, ecs_service, aws)
+        if reads != ecs_url["QueueUrl"]:
+            reason = (
+                f"ECS service {ecs_service} reads {reads or 'no QUEUE_URL'}, not the ECS queue: "
+                "run `facefleet cutover move-ecs-queue` first"
+            )
+            decision = machine.CutoverDecision("hold", state, (reason,))
     new_state = decision.state
     if decision.action in ("start", "promote"):
         # New dead letters are counted from the moment the stage begins.

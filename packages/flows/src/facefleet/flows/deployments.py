@@ -14,12 +14,17 @@ Deployment names (what `prefect deployment run` takes):
 environment (source the local stack's `stack.env` first). Local Batch jobs are started in their
 own sessions, so they outlive the dispatch run that started them.
 
-Production uses a work pool instead: `prefect.yaml` at the repository root is generated from
-`specs` here (`facefleet flows yaml --out prefect.yaml`; a test checks the committed file is
-current), so the deployments are written once. `prefect deploy` registers the same flows on a
-process pool locally, or on an ECS push pool (`facefleet-ecs`, type `ecs:push`; flow runs as
-Fargate tasks with a task role that may call Batch, SQS, SSM, CloudWatch and SNS) with
-`mode: aws`, so Batch runs the jobs and nothing runs locally.
+A local work pool instead: `prefect.yaml` at the repository root is generated from `specs`
+here (`facefleet flows yaml --out prefect.yaml`; a test checks the committed file is current),
+and `prefect deploy` registers the same flows on a process pool.
+
+Production (`production_deployments` / `deploy_production`, `facefleet flows deploy
+--production`): the same specs with `mode: aws`, named `production`, on an ECS work pool
+(`Names.work_pool`, type `ecs`, the prefect-aws ECS worker's job template; the stack runs that
+worker as a Fargate service). Each flow run is a Fargate task from the flows image
+(`FlowsImageUri`) with the stack's `FlowsTaskRoleArn`; entrypoints are module paths, importable
+from the image's installed packages. `provision` is not deployed there: the flow task role has no
+`cloudformation:*` (provisioning runs from a person's shell or CI).
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from typing import Any, cast
 import yaml
 from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.deployments.runner import RunnerDeployment
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
+from facefleet.common.config import Names
 from facefleet.flows.cutover import cutover, pause_flow, resume_flow, rollback_flow
 from facefleet.flows.dispatch import dispatch
 from facefleet.flows.provisioning import provision
@@ -153,9 +159,11 @@ def build(
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[5]
 LOCAL_POOL = "facefleet-local"
-PRODUCTION_POOL = "facefleet-ecs"
-# The production block (commented out in prefect.yaml): flow name -> deployment name.
-PRODUCTION = {"dispatch": "production", "cutover": "production-cutover"}
+PRODUCTION_POOL = Names().work_pool
+PRODUCTION_POOL_TYPE = "ecs"  # prefect-aws ECS worker (push pools are Prefect Cloud only)
+PRODUCTION_NAME = "production"
+# Flows the production runtime does not run (its task role has no cloudformation:*).
+NOT_IN_PRODUCTION = frozenset({"provision"})
 
 PREFECT_YAML_HEADER = """\
 # GENERATED from packages/flows/src/facefleet/flows/deployments.py (`specs`): do not edit.
@@ -172,23 +180,13 @@ PREFECT_YAML_HEADER = """\
 #   prefect deployment run 'dispatch/local'
 # (`facefleet flows serve` registers the same names without a pool or worker.)
 #
-# Production: an ECS push work pool (`prefect work-pool create facefleet-ecs --type ecs:push
-# --provision-infra`), flow runs as Fargate tasks from the FaceFleet image, with a task role
-# allowed batch:SubmitJob/ListJobs/DescribeJobs/DescribeJobDefinitions, sqs:GetQueue*,
-# sqs:ReceiveMessage/SendMessage/DeleteMessage (cutover rollback), ssm:GetParameter/PutParameter
-# on /facefleet/*, cloudwatch:GetMetricStatistics/PutMetricData, sns:Publish, cloudformation:*
-# on the stack (provision). `mode: aws`: Batch runs the jobs; nothing runs on the flow's host.
-# A Prefect worker on any host with those permissions (`--type process`) works the same way.
+# Production deployments are not in this file: `facefleet flows deploy --production` registers
+# them from the same specs (`mode: aws`, named `production`) on the ECS work pool, with the flows
+# image and the stack's flow task role (docs/infra.md, "Flows in production").
 #
 # No pull steps: `prefect deploy` records the directory it ran from (the repository root) as the
 # flow runs' working directory, where run_detection_service.py and the packages live.
 
-"""
-
-
-PRODUCTION_HEADER = """
-# --- production: uncomment (under `deployments:`) on an account with the ECS push pool,
-#     then `prefect deploy --name production --name production-cutover` ----------------------
 """
 
 
@@ -220,23 +218,147 @@ def _yaml_entry(spec: DeploymentSpec, name: str, work_pool: dict[str, Any]) -> d
 
 
 def prefect_yaml() -> str:
-    """The text of the repository's prefect.yaml: the local deployments on a process pool, and
-    the production ones (`mode: aws`, ECS push pool) as a commented-out block."""
+    """The text of the repository's prefect.yaml: the local deployments on a process pool (the
+    production ones are registered by `deploy_production`, from the same specs)."""
     local = [_yaml_entry(s, s.name, {"name": LOCAL_POOL}) for s in specs(mode="local")]
-    production = [
-        _yaml_entry(
-            s,
-            PRODUCTION[s.flow.name],
-            {"name": PRODUCTION_POOL, "job_variables": {"image": "<FaceFleet image URI>"}},
-        )
-        for s in specs(mode="aws")
-        if s.flow.name in PRODUCTION and s.name in ("aws", "scheduled")
-    ]
     document = {"name": "facefleet", "prefect-version": "3.0.0", "deployments": local}
-    body = yaml.safe_dump(document, sort_keys=False, width=100)
-    commented = yaml.safe_dump(production, sort_keys=False, width=96)
-    production_block = "".join(f"# {line}\n" for line in commented.splitlines())
-    return PREFECT_YAML_HEADER + body + PRODUCTION_HEADER + production_block
+    return PREFECT_YAML_HEADER + yaml.safe_dump(document, sort_keys=False, width=100)
+
+
+@dataclass(frozen=True)
+class ProductionRuntime:
+    """Where production flow runs go: the stack outputs FlowsImageUri, FlowsTaskRoleArn,
+    FlowsExecutionRoleArn, FlowsClusterName, FlowsLogGroupName, AlertsTopicArn; the subnets and
+    security group of the stack's network (for the Fargate tasks)."""
+
+    image: str
+    task_role_arn: str
+    execution_role_arn: str | None = None
+    cluster: str | None = None
+    log_group: str | None = None
+    subnets: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    alerts_topic_arn: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, str], **extra: Any) -> ProductionRuntime:
+        security_group = outputs.get("WorkerSecurityGroupId")
+        return cls(
+            image=outputs["FlowsImageUri"],
+            task_role_arn=outputs["FlowsTaskRoleArn"],
+            execution_role_arn=outputs.get("FlowsExecutionRoleArn"),
+            cluster=outputs.get("FlowsClusterName"),
+            log_group=outputs.get("FlowsLogGroupName"),
+            security_groups=(security_group,) if security_group else (),
+            alerts_topic_arn=outputs.get("AlertsTopicArn"),
+            region=outputs.get("Region"),
+            **extra,
+        )
+
+    def job_variables(self) -> dict[str, Any]:
+        variables: dict[str, Any] = {
+            "image": self.image,
+            "task_role_arn": self.task_role_arn,
+            "launch_type": "FARGATE",
+            "env": {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"},
+        }
+        if self.alerts_topic_arn:
+            variables["env"]["ALERTS_TOPIC_ARN"] = self.alerts_topic_arn
+        if self.region:
+            variables["env"]["AWS_DEFAULT_REGION"] = self.region
+        if self.execution_role_arn:
+            variables["execution_role_arn"] = self.execution_role_arn
+        if self.cluster:
+            variables["cluster"] = self.cluster
+        if self.log_group:
+            variables["configure_cloudwatch_logs"] = True
+            variables["cloudwatch_logs_options"] = {
+                "awslogs-group": self.log_group,
+                "awslogs-stream-prefix": "flow-run",
+            }
+        if self.subnets:
+            variables["network_configuration"] = {
+                "subnets": list(self.subnets),
+                "securityGroups": list(self.security_groups),
+                "assignPublicIp": "DISABLED",
+            }
+        return variables
+
+
+def production_deployments(
+    runtime: ProductionRuntime,
+    names: dict[str, Any] | None = None,
+    *,
+    pool: str = PRODUCTION_POOL,
+    cutover_interval_min: int = CUTOVER_INTERVAL_MIN,
+) -> list[RunnerDeployment]:
+    """The production deployments (`mode: aws`), from the same `specs` as the local ones."""
+    deployments = []
+    for spec in specs(names, mode="aws", cutover_interval_min=cutover_interval_min):
+        if spec.flow.name in NOT_IN_PRODUCTION:
+            continue
+        options: dict[str, Any] = {}
+        if spec.interval_s is not None:
+            options["interval"] = spec.interval_s
+        if spec.cron is not None:
+            options["cron"] = spec.cron
+        if spec.description is not None:
+            options["description"] = spec.description
+        if spec.one_at_a_time:
+            options["concurrency_limit"] = ONE_AT_A_TIME
+        deployment = cast(
+            RunnerDeployment,
+            spec.flow.to_deployment(
+                name=PRODUCTION_NAME,
+                parameters=spec.parameters,
+                tags=[*spec.tags, PRODUCTION_NAME],
+                work_pool_name=pool,
+                job_variables=runtime.job_variables(),
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                **options,
+            ),
+        )
+        deployments.append(deployment)
+    return deployments
+
+
+def ensure_production_pool(pool: str = PRODUCTION_POOL) -> str:
+    """Create the ECS work pool (the prefect-aws worker's default job template) if missing;
+    its type."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect_aws.workers.ecs_worker import ECSWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            return str(client.read_work_pool(pool).type)
+        except ObjectNotFound:
+            created = client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool,
+                    type=PRODUCTION_POOL_TYPE,
+                    base_job_template=ECSWorker.get_default_base_job_template(),
+                    description="FaceFleet production flows: Fargate tasks from the flows image",
+                )
+            )
+            return str(created.type)
+
+
+def deploy_production(
+    runtime: ProductionRuntime,
+    names: dict[str, Any] | None = None,
+    *,
+    pool: str = PRODUCTION_POOL,
+) -> dict[str, str]:
+    """Register the production deployments on `pool` (created when missing); name -> id."""
+    ensure_production_pool(pool)
+    registered = {}
+    for deployment in production_deployments(runtime, names, pool=pool):
+        deployment_id = deployment.apply()
+        registered[f"{deployment.flow_name}/{deployment.name}"] = str(deployment_id)
+    return registered
 
 
 def serve_all(deployments: list[RunnerDeployment], limit: int | None = None) -> None:

@@ -108,7 +108,8 @@ def lint(template_body: str, region: str) -> tuple[list[str], list[str]]:
 def render_checked(config: StackConfig, region: str) -> tuple[str, tuple[str, ...]]:
     """The template body after cfn-lint; raise DeployError on any lint error."""
     package = lambda_package.build() if config.fallback_dispatcher else None
-    body = template.to_json(template.render(config, package))
+    router = lambda_package.build_router() if config.router and config.router_lambda else None
+    body = template.to_json(template.render(config, package, router))
     errors, warnings = lint(body, region)
     if errors:
         raise DeployError("cfn-lint rejected the template:\n  " + "\n  ".join(errors))
@@ -156,9 +157,12 @@ def artifact_bucket_name(config: StackConfig, aws: AwsTarget) -> str:
     return f"{config.names.prefix}-artifacts-{_account_id(aws)}-{aws.region}"
 
 
-def upload_dispatcher(config: StackConfig, aws: AwsTarget) -> str:
-    """Put the dispatcher zip at its content-addressed key (created once; the bucket too)."""
-    package = lambda_package.build()
+def upload_dispatcher(
+    config: StackConfig, aws: AwsTarget, package: lambda_package.LambdaPackage | None = None
+) -> str:
+    """Put a Lambda zip (default: the dispatcher's) at its content-addressed key (created
+    once; the bucket too)."""
+    package = package or lambda_package.build()
     bucket = artifact_bucket_name(config, aws)
     s3 = aws.client("s3")
     try:
@@ -236,6 +240,8 @@ def plan(
     body, warnings = render_checked(config, aws.region)
     if config.fallback_dispatcher:
         upload_dispatcher(config, aws)
+    if config.router and config.router_lambda:
+        upload_dispatcher(config, aws, lambda_package.build_router())
     cloudformation = aws.client("cloudformation")
     stack_name = config.names.stack_name
     existing = _stack(cloudformation, stack_name)

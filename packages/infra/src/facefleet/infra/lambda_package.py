@@ -1,4 +1,4 @@
-"""The fallback dispatcher's Lambda zip, built from the workspace's own source files.
+"""The Lambda zips (fallback dispatcher, cutover router), built from the workspace's own source.
 
 The handler's module and everything it imports from `facefleet.*` (found by reading the import
 statements, so a new import is packaged without editing a list here) go into the zip. boto3 comes
@@ -20,11 +20,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from facefleet.control import lambda_dispatch
+from facefleet.control import lambda_dispatch, lambda_router
 
-# A real import (facefleet-control is a declared dependency), not a module name in a string.
+# Real imports (facefleet-control is a declared dependency), not module names in strings.
 HANDLER_MODULE = lambda_dispatch.__name__
 HANDLER = f"{HANDLER_MODULE}.{lambda_dispatch.handler.__name__}"
+ROUTER_HANDLER_MODULE = lambda_router.__name__
+ROUTER_HANDLER = f"{ROUTER_HANDLER_MODULE}.{lambda_router.handler.__name__}"
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore"})
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -38,11 +40,12 @@ class LambdaPackage:
     data: bytes
     sha256: str
     modules: tuple[str, ...]
+    function: str = "dispatch"
 
     @property
     def key(self) -> str:
         """S3 key: content-addressed, so the template changes exactly when the code does."""
-        return f"lambda/facefleet-dispatch-{self.sha256[:16]}.zip"
+        return f"lambda/facefleet-{self.function}-{self.sha256[:16]}.zip"
 
 
 def _source(module: str) -> Path:
@@ -135,7 +138,7 @@ def _archive_name(module: str, path: Path) -> str:
     return f"{base}/__init__.py" if path.name == "__init__.py" else f"{base}.py"
 
 
-def build(handler_module: str = HANDLER_MODULE) -> LambdaPackage:
+def build(handler_module: str = HANDLER_MODULE, function: str = "dispatch") -> LambdaPackage:
     """The zip for `handler_module` (default: the fallback dispatcher)."""
     modules = closure(handler_module)
     buffer = io.BytesIO()
@@ -147,4 +150,9 @@ def build(handler_module: str = HANDLER_MODULE) -> LambdaPackage:
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, path.read_bytes())
     data = buffer.getvalue()
-    return LambdaPackage(data, hashlib.sha256(data).hexdigest(), tuple(sorted(modules)))
+    return LambdaPackage(data, hashlib.sha256(data).hexdigest(), tuple(sorted(modules)), function)
+
+
+def build_router() -> LambdaPackage:
+    """The cutover router's zip (control.router + common: no Prefect, no ML stack)."""
+    return build(ROUTER_HANDLER_MODULE, "router")

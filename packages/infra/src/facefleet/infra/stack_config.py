@@ -112,6 +112,22 @@ class StackConfig:
     dispatch_schedule: str = "rate(1 minute)"
     artifact_bucket: str | None = None
     alert_email: str | None = None
+    # The cutover router (template/router.py): the ingress queue producers write to (the
+    # existing service's indexing queue, URL or ARN; None: the stack creates `names.ingress_queue`),
+    # the ECS service's own queue (created), and the router Lambda on the ingress queue
+    # (`router_lambda`; the embedded stack runs the router as a process instead).
+    router: bool = True
+    router_lambda: bool = True
+    ingress_queue: str | None = None
+    router_batch_size: int = 10
+    ingress_age_alarm_s: int = 900
+    # The flows' runtime (template/flows_runtime.py): the flows image repository and the flow
+    # runs' least-privilege task role always; with `prefect_api_url`, a Prefect ECS worker as a
+    # Fargate service (its API key from the Secrets Manager secret `prefect_api_key_secret_arn`).
+    flows_image_tag: str = "latest"
+    prefect_api_url: str | None = None
+    prefect_api_key_secret_arn: str | None = None
+    ecs_service_arn: str | None = None  # the existing service, which only the final step scales
     log_retention_days: int = 30
     keep_images: int = 20
     # Keep the model bucket and the image repository when the stack is deleted or they are
@@ -173,7 +189,7 @@ class StackConfig:
             problems.append(f"max_receive_count={self.max_receive_count}: must be 1..1000")
         if not 0 <= self.queue_visibility_timeout_s <= 43200:
             problems.append("queue_visibility_timeout_s: must be 0..43200")
-        for name in ("indexing_queue", "group_face_queue"):
+        for name in ("indexing_queue", "group_face_queue", "ingress_queue"):
             value = getattr(self, name)
             if value is not None:
                 try:
@@ -191,6 +207,10 @@ class StackConfig:
         ]
         if bad_events:
             problems.append(f"gallery_notification_events: not an object event: {bad_events}")
+        if self.router and self.ingress_queue and self.ingress_queue == self.indexing_queue:
+            problems.append("ingress_queue must differ from indexing_queue (the Batch queue)")
+        if not 1 <= self.router_batch_size <= 10:
+            problems.append("router_batch_size: must be 1..10")
         if self.keep_images < 1:
             problems.append("keep_images must be at least 1")
         unknown = set(self.worker_settings) - set(ENV_NAMES.values())
@@ -244,6 +264,8 @@ def local_stack_config(
         "tags": {"project": "facefleet", "environment": "local"},
         # The dev pack of ../shared/models (production brings its own licensed pack).
         "worker_settings": {"MODEL_PACK": LOCAL_MODEL_PACK},
+        # The local stack runs the router as a process (`facefleet.control.router_process`).
+        "router_lambda": False,
     }
     values.update(overrides)
     config = StackConfig(**values)

@@ -1,5 +1,7 @@
-"""The embedded local stack: moto server (AWS), nx-27017 (MongoDB wire protocol on SQLite) and
-Prefect's local server, each a child process on loopback with state in a folder the user names.
+"""The embedded local stack: moto server (AWS), nx-27017 (MongoDB wire protocol on SQLite),
+Prefect's local server and the cutover router (the router Lambda's stand-in: it forwards the
+ingress queue to the ECS or Batch queue by user, `facefleet.control.router_process`), each a
+child process on loopback with state in a folder the user names.
 
 Ports are taken from the OS (bind to port 0), so two stacks never collide; `stack.json` records
 ports and process groups so `down` and `status` work from another shell, and `stack.env` holds
@@ -24,8 +26,12 @@ from pathlib import Path
 
 from pymongo import MongoClient
 
+from facefleet.control import router_process
+
 LOOPBACK = "127.0.0.1"
-SERVICES = ("moto", "mongo", "prefect")
+# The router last: it talks to the moto server (and waits for the provisioned queues).
+SERVICES = ("moto", "mongo", "prefect", "router")
+ROUTER_PREFIX_ENV = "FACEFLEET_PREFIX"
 STATE_FILE = "stack.json"
 ENV_FILE = "stack.env"
 
@@ -163,6 +169,8 @@ def _command(service: str, port: int, state_dir: Path) -> list[str]:
         ]
     if service == "prefect":
         return [_bin("prefect"), "server", "start", "--host", LOOPBACK, "--port", str(port)]
+    if service == "router":
+        return [sys.executable, "-m", router_process.__name__]
     raise ValueError(f"unknown service {service!r}; expected one of {SERVICES}")
 
 
@@ -188,6 +196,8 @@ def _mongo_ok(port: int) -> bool:
 
 
 def _ready(service: str, port: int) -> bool:
+    if service == "router":
+        return True  # no port: alive is ready (it waits for its queues itself)
     if service == "moto":
         # The static dashboard page: data.json serializes every backend and slows with the state.
         return _http_ok(f"http://{LOOPBACK}:{port}/moto-api/")
@@ -232,10 +242,15 @@ def _configure_moto(url: str) -> None:
         pass
 
 
-def start_service(service: str, state_dir: Path, timeout: float = 90.0) -> ServiceProcess:
-    port = free_port()
+def start_service(
+    service: str,
+    state_dir: Path,
+    timeout: float = 90.0,
+    extra_env: Mapping[str, str] | None = None,
+) -> ServiceProcess:
+    port = 0 if service == "router" else free_port()
     log = state_dir / f"{service}.out"
-    env = {**os.environ, **QUIET_ENV, **LOCAL_AWS_ENV}
+    env = {**os.environ, **QUIET_ENV, **LOCAL_AWS_ENV, **(extra_env or {})}
     if service == "prefect":
         env["PREFECT_HOME"] = str(state_dir / "prefect")
         env.pop("PREFECT_API_URL", None)
@@ -291,13 +306,48 @@ def up(state_dir: str | Path, services: Sequence[str] = SERVICES) -> StackState:
         running = state.services.get(name)
         if running and _alive(running.pid) and _ready(name, running.port):
             continue
+        extra = router_environment(state) if name == "router" else None
         try:
-            state.services[name] = start_service(name, directory)
+            state.services[name] = start_service(name, directory, extra_env=extra)
         except StackError:
             state.save()
             raise
         state.save()
     return state
+
+
+def router_environment(state: StackState, prefix: str | None = None) -> dict[str, str]:
+    """The router process's environment: the stack's moto endpoint and the `Names` prefix
+    (FACEFLEET_PREFIX from the caller's environment, else the default names)."""
+    if "moto" not in state.services:
+        raise StackError("the router needs the moto server: start moto first")
+    env = {
+        **LOCAL_AWS_ENV,
+        "AWS_ENDPOINT_URL": state.moto_url,
+        "METRICS_TO_CLOUDWATCH": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+    chosen = prefix or os.environ.get(ROUTER_PREFIX_ENV)
+    if chosen:
+        env[ROUTER_PREFIX_ENV] = chosen
+    return env
+
+
+def start_router(
+    state: StackState, prefix: str, log_dir: Path, **env: str
+) -> subprocess.Popen[bytes]:
+    """One more router process for another `Names` prefix on this stack's moto server (tests
+    run many stacks on one server); the caller stops it (SIGTERM its process group)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / f"router-{prefix}.out").open("ab") as out:
+        return subprocess.Popen(
+            _command("router", 0, log_dir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **router_environment(state, prefix), **env},
+            start_new_session=True,
+        )
 
 
 def down(state_dir: str | Path) -> list[str]:

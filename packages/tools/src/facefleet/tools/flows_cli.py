@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 
 
@@ -39,7 +38,19 @@ def _print(result: Any) -> None:
 
 def register(subparsers: Any) -> None:
     flows = subparsers.add_parser("flows", help="serve the Prefect deployments")
-    flows.add_argument("action", choices=("serve", "list", "yaml"))
+    flows.add_argument("action", choices=("serve", "list", "yaml", "deploy"))
+    flows.add_argument(
+        "--production",
+        action="store_true",
+        help="deploy: the production deployments (ECS work pool, flows image, flow task role)",
+    )
+    flows.add_argument(
+        "--outputs",
+        default=None,
+        help="deploy: the stack outputs JSON (`facefleet infra apply --out`); else read the stack",
+    )
+    flows.add_argument("--subnet-ids", default="", help="deploy: subnets of the flow run tasks")
+    flows.add_argument("--image", default=None, help="deploy: override FlowsImageUri")
     flows.add_argument("--out", default=None, help="yaml: write prefect.yaml here (else stdout)")
     flows.add_argument("--mode", choices=("local", "aws"), default="local")
     flows.add_argument("--dispatch-interval", type=int, default=60, help="seconds")
@@ -67,8 +78,14 @@ def register(subparsers: Any) -> None:
     dispatch.set_defaults(func=run_dispatch)
 
     cutover = subparsers.add_parser("cutover", help="gradual ECS -> Batch cutover")
-    cutover.add_argument("action", choices=("status", "step", "rollback", "pause", "resume"))
+    cutover.add_argument(
+        "action", choices=("status", "step", "rollback", "pause", "resume", "move-ecs-queue")
+    )
     cutover.add_argument("--reason", default=None)
+    cutover.add_argument("--json", action="store_true", help="status: machine-readable")
+    cutover.add_argument("--ecs-cluster", default=None, help="the existing ECS service's cluster")
+    cutover.add_argument("--ecs-service", default=None, help="the existing ECS service")
+    cutover.add_argument("--back-to", default=None, help="move-ecs-queue: undo, to this URL")
     _common(cutover)
     cutover.set_defaults(func=run_cutover)
 
@@ -100,6 +117,8 @@ def run_flows(args: argparse.Namespace) -> int:
         else:
             print(text, end="")
         return 0
+    if args.action == "deploy":
+        return deploy_flows(args)
     deployments = build(
         _names(args),
         mode=args.mode,
@@ -113,6 +132,38 @@ def run_flows(args: argparse.Namespace) -> int:
             print(f"{deployment.flow_name}/{deployment.name}")
         return 0
     serve_all(deployments)
+    return 0
+
+
+def deploy_flows(args: argparse.Namespace) -> int:
+    """Register the production deployments (the local ones are `serve`d or `prefect deploy`ed
+    from prefect.yaml)."""
+    from dataclasses import replace
+
+    from facefleet.flows.deployments import ProductionRuntime, deploy_production
+
+    if not args.production:
+        print("error: `flows deploy` registers the production deployments: add --production")
+        return 2
+    if args.outputs:
+        outputs = json.loads(Path(args.outputs).read_text())
+        outputs = outputs.get("outputs", outputs)
+    else:
+        from facefleet.common.aws import AwsTarget
+
+        names = Names(**(_names(args) or {}))
+        stacks = (
+            AwsTarget.from_env(region=args.region)
+            .client("cloudformation")
+            .describe_stacks(StackName=names.stack_name)["Stacks"]
+        )
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    runtime = ProductionRuntime.from_outputs(
+        outputs, subnets=tuple(s for s in args.subnet_ids.split(",") if s)
+    )
+    if args.image:
+        runtime = replace(runtime, image=args.image)
+    _print(deploy_production(runtime, _names(args)))
     return 0
 
 
@@ -138,23 +189,16 @@ def run_dispatch(args: argparse.Namespace) -> int:
 
 
 def run_cutover(args: argparse.Namespace) -> int:
-    from facefleet.control.cutover import effects
     from facefleet.flows import cutover
 
     names = _names(args)
-    if args.action == "status":
+    if args.action in ("status", "move-ecs-queue"):
+        from facefleet.tools import cutover_cli
+
         the_names = Names(**(names or {}))
-        state = effects.load_state(the_names, AwsTarget.from_env(region=args.region))
-        _print(
-            {
-                "stage": state.stage,
-                "weight": state.weight,
-                "status": state.status,
-                "entered_at_s": state.entered_at_s,
-                "reason": state.reason,
-            }
-        )
-        return 0
+        if args.action == "status":
+            return cutover_cli.status(args, the_names)
+        return cutover_cli.move(args, the_names)
     common = {"names": names, "region": args.region}
     if args.action == "step":
         _print(cutover.cutover(**common))

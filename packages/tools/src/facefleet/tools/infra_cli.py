@@ -66,6 +66,11 @@ def build_config(args: argparse.Namespace) -> StackConfig:
         "dispatch_schedule",
         "gallery_mongo_secret_arn",
         "huemn_mongo_secret_arn",
+        "ingress_queue",
+        "flows_image_tag",
+        "prefect_api_url",
+        "prefect_api_key_secret_arn",
+        "ecs_service_arn",
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -158,6 +163,14 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alert-email")
     parser.add_argument("--gallery-mongo-secret-arn")
     parser.add_argument("--huemn-mongo-secret-arn")
+    parser.add_argument(
+        "--ingress-queue",
+        help="the queue producers write to (the existing service's), URL or ARN: the router's",
+    )
+    parser.add_argument("--flows-image-tag", help="tag of the flows image (default latest)")
+    parser.add_argument("--prefect-api-url", help="run the Prefect ECS worker against this API")
+    parser.add_argument("--prefect-api-key-secret-arn", help="Secrets Manager ARN of the API key")
+    parser.add_argument("--ecs-service-arn", help="the existing ECS service (final scale-down)")
     parser.add_argument(
         "--fallback-dispatcher",
         action="store_true",

@@ -33,6 +33,9 @@ def _sum(
     return float(sum(p.get("Sum", 0.0) for p in points))
 
 
+metric_sum = _sum
+
+
 def _p95(
     cloudwatch: Any,
     namespace: str,

@@ -1,7 +1,8 @@
 """The FaceFleet CloudFormation template, rendered from a `StackConfig` as a plain dict.
 
 One module per resource family: `queues`, `storage` (model bucket, image repository, secrets),
-`iam`, `network`, `batch`, `alerts`, `dispatcher`; `base` holds the shared helpers and the
+`iam`, `network`, `batch`, `alerts`, `dispatcher`, `router` (the cutover router), `flows_runtime`
+(the flows image, task role and Prefect worker); `base` holds the shared helpers and the
 logical ids. This module assembles them (`render`) and names the stack's outputs.
 
 Every name, size and priority comes from `Names`, so the job definitions the dispatch policy
@@ -50,10 +51,12 @@ from facefleet.infra.template.base import (
     ref,
 )
 from facefleet.infra.template.batch import batch_resources, image
-from facefleet.infra.template.dispatcher import dispatcher_resources
+from facefleet.infra.template.dispatcher import artifact_bucket, dispatcher_resources
+from facefleet.infra.template.flows_runtime import flows_outputs, flows_runtime_resources
 from facefleet.infra.template.iam import iam_resources
 from facefleet.infra.template.network import network_template
 from facefleet.infra.template.queues import Queues, queue_resources
+from facefleet.infra.template.router import router_outputs, router_resources
 from facefleet.infra.template.storage import model_bucket, repository, secret_template
 
 __all__ = [
@@ -111,12 +114,20 @@ def _outputs(config: StackConfig, queues: Queues) -> Json:
             )
     if config.fallback_dispatcher:
         values["DispatchFunctionName"] = (ref("DispatchFunction"), "fallback dispatcher")
+    if config.router:
+        values.update(router_outputs(config))
+    values.update(flows_outputs(config))
     return {key: {"Description": what, "Value": value} for key, (value, what) in values.items()}
 
 
-def render(config: StackConfig, package: LambdaPackage | None = None) -> Json:
-    """The template for `config`. `package` is the dispatcher zip (built here when the fallback
-    dispatcher is enabled and none is given; only its key is used)."""
+def render(
+    config: StackConfig,
+    package: LambdaPackage | None = None,
+    router_package: LambdaPackage | None = None,
+) -> Json:
+    """The template for `config`. `package` is the dispatcher zip, `router_package` the
+    router's (each built here when its function is enabled and none is given; only the key is
+    used)."""
     config.validate()
     queues = Queues(config)
     network_parameters, network_resources = network_template(config)
@@ -144,6 +155,13 @@ def render(config: StackConfig, package: LambdaPackage | None = None) -> Json:
 
             package = lambda_package.build()
         resources.update(dispatcher_resources(config, queues, package))
+    if config.router:
+        if config.router_lambda and router_package is None:
+            from facefleet.infra import lambda_package
+
+            router_package = lambda_package.build_router()
+        resources.update(router_resources(config, queues, router_package, artifact_bucket(config)))
+    resources.update(flows_runtime_resources(config, queues))
     return {
         "AWSTemplateFormatVersion": TEMPLATE_VERSION,
         "Description": f"FaceFleet face recognition on AWS Batch ({config.names.prefix})",

@@ -34,7 +34,9 @@ from facefleet.common.repository import (
     PeopleRepository,
     connect,
 )
+from facefleet.control.cutover.machine import STAGES
 from facefleet.control.observe import QueueUrls
+from facefleet.control.router import write_weight
 from facefleet.localstack import servers as local
 from facefleet.localstack.batch import LocalExecutor
 from facefleet.tools.demo.gallery import Photo, demo_gallery, requests, send, upload
@@ -102,7 +104,12 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoSu
         urls = QueueUrls(worker_env["QUEUE_URL"], worker_env["GROUP_FACE_QUEUE_URL"])
         started = time.monotonic()
         started_at = datetime.now(UTC)
-        sent = send(requests(todo, worker_env["BUCKET_NAME"]), urls.indexing, aws)
+        # Uploads go where producers write, the ingress queue; the stack's router process
+        # forwards them. The demo plays a finished cutover: every user on Batch (100 %).
+        names = Names()
+        write_weight(names, 100, STAGES.index(100), aws)
+        ingress = aws.client("sqs").get_queue_url(QueueName=names.ingress_queue)["QueueUrl"]
+        sent = send(requests(todo, worker_env["BUCKET_NAME"]), ingress, aws)
         say(f"sent {sent} indexing messages ({len(photos) - sent} photos already indexed)")
         executor = LocalExecutor(Path(state.state_dir) / "batch")
 

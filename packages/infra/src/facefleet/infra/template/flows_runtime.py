@@ -1,0 +1,281 @@
+"""Where the Prefect flows run in production: the flows image repository, the flow runs'
+least-privilege task role and execution role, and (with `StackConfig.prefect_api_url`) a Prefect
+ECS worker as a Fargate service that starts each flow run as a Fargate task.
+
+The flow task role (`FlowsTaskRole`) may do what the dispatch, cutover and savings flows do and
+nothing more: submit to the stack's job queues and definitions, read queue depths, move waiting
+messages from the Batch queue to the ECS queue (rollback), read and write the cutover and
+dispatch parameters, read CloudWatch statistics, put metrics in the FaceFleet namespace, publish
+to the alerts topic, and (only when `ecs_service_arn` is given) scale that one ECS service after
+the final soak (and check, at the cutover's start, that it reads the ECS queue). No
+`cloudformation:*`: provisioning runs from a person's shell or CI
+(`facefleet infra apply`), never from the flow runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from facefleet.infra.stack_config import StackConfig
+from facefleet.infra.template.base import (
+    GROUP_FACE_QUEUE,
+    INDEXING_QUEUE,
+    Json,
+    arn,
+    assume_role,
+    get_att,
+    policy_document,
+    ref,
+    statement,
+    sub,
+    tag_list,
+)
+from facefleet.infra.template.iam import metrics_statement
+from facefleet.infra.template.queues import Queues
+from facefleet.infra.template.router import ECS_QUEUE, INGRESS_QUEUE, RouterQueues
+
+FLOWS_TASK_ROLE = "FlowsTaskRole"
+FLOWS_EXECUTION_ROLE = "FlowsExecutionRole"
+PREFECT_WORKER_ROLE = "PrefectWorkerRole"
+FLOWS_REPOSITORY = "FlowsImageRepository"
+
+
+def flows_image(config: StackConfig) -> Any:
+    return sub(f"${{{FLOWS_REPOSITORY}.RepositoryUri}}:{config.flows_image_tag}")
+
+
+def flow_task_statements(config: StackConfig, queues: Queues) -> list[Json]:
+    names = config.names
+    job_queues = [ref("PrimaryJobQueue"), ref("SecondaryJobQueue")]
+    job_definitions = [
+        arn("batch", f"job-definition/{spec.name}") for spec in names.job_definitions
+    ] + [arn("batch", f"job-definition/{spec.name}:*") for spec in names.job_definitions]
+    depth = [queues.arn(INDEXING_QUEUE), queues.arn(GROUP_FACE_QUEUE)]
+    if queues.created(INDEXING_QUEUE):
+        depth.append(get_att(f"{INDEXING_QUEUE}DeadLetter", "Arn"))
+    statements = [
+        statement(["batch:SubmitJob"], job_queues + job_definitions),
+        # ListJobs, DescribeJobs and GetMetricStatistics take no resource-level permissions.
+        statement(
+            ["batch:DescribeJobs", "batch:ListJobs", "cloudwatch:GetMetricStatistics"], ["*"]
+        ),
+    ]
+    if config.router:
+        routed = RouterQueues(config)
+        depth += [routed.arn(ECS_QUEUE), routed.arn(INGRESS_QUEUE)]
+        # Rollback: waiting Batch messages are received, sent to the ECS queue, then deleted.
+        statements += [
+            statement(
+                ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage"],
+                [queues.arn(INDEXING_QUEUE)],
+            ),
+            statement(["sqs:SendMessage"], [routed.arn(ECS_QUEUE)]),
+        ]
+    statements += [
+        statement(["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], depth),
+        statement(
+            ["ssm:GetParameter", "ssm:PutParameter"],
+            [
+                arn("ssm", f"parameter{names.cutover_parameter_prefix}/*"),
+                arn("ssm", f"parameter{names.dispatch_parameter_prefix}/state"),
+            ],
+        ),
+        statement(["sns:Publish"], [ref("AlertsTopic")]),
+        statement(
+            ["logs:CreateLogStream", "logs:PutLogEvents"],
+            [arn("logs", f"log-group:{names.flows_log_group}:*")],
+        ),
+        metrics_statement(names.metrics_namespace),
+    ]
+    if config.ecs_service_arn:
+        # The cutover's start checks the service reads the ECS queue; the final step scales it.
+        statements += [
+            statement(["ecs:DescribeServices", "ecs:UpdateService"], [config.ecs_service_arn]),
+            statement(["ecs:DescribeTaskDefinition"], ["*"]),
+        ]
+    return statements
+
+
+def _role(
+    service: str, config: StackConfig, name: str, statements: list[Json], **extra: Any
+) -> Json:
+    return {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": assume_role(service),
+            "Policies": [{"PolicyName": name, "PolicyDocument": policy_document(statements)}],
+            "Tags": tag_list(config),
+            **extra,
+        },
+    }
+
+
+def _worker_resources(config: StackConfig) -> Json:
+    """A Prefect ECS worker (`prefect worker start --type ecs`) as a one-task Fargate service."""
+    names = config.names
+    pool = names.work_pool
+    worker_statements = [
+        # The worker registers a task definition per deployment and runs flow runs from it;
+        # RegisterTaskDefinition and the Describe calls take no resource-level permissions.
+        statement(
+            [
+                "ecs:DescribeTaskDefinition",
+                "ecs:RegisterTaskDefinition",
+                "ec2:DescribeSecurityGroups",
+                "ec2:DescribeSubnets",
+                "ec2:DescribeVpcs",
+            ],
+            ["*"],
+        ),
+        statement(
+            ["ecs:DescribeTasks", "ecs:RunTask", "ecs:StopTask", "ecs:TagResource"],
+            [
+                arn("ecs", "task-definition/prefect*"),
+                arn("ecs", f"task/{names.flows_cluster}/*"),
+            ],
+            Condition={"ArnEqualsIfExists": {"ecs:cluster": get_att("FlowsCluster", "Arn")}},
+        ),
+        statement(
+            ["iam:PassRole"],
+            [get_att(FLOWS_TASK_ROLE, "Arn"), get_att(FLOWS_EXECUTION_ROLE, "Arn")],
+        ),
+        statement(
+            ["logs:CreateLogStream", "logs:GetLogEvents", "logs:PutLogEvents"],
+            [arn("logs", f"log-group:{names.flows_log_group}:*")],
+        ),
+    ]
+    environment = [
+        {"Name": "PREFECT_API_URL", "Value": config.prefect_api_url},
+        {"Name": "PREFECT_SERVER_ANALYTICS_ENABLED", "Value": "false"},
+        {"Name": "DO_NOT_TRACK", "Value": "1"},
+    ]
+    secrets = []
+    if config.prefect_api_key_secret_arn:
+        secrets.append({"Name": "PREFECT_API_KEY", "ValueFrom": config.prefect_api_key_secret_arn})
+    return {
+        "FlowsCluster": {
+            "Type": "AWS::ECS::Cluster",
+            "Properties": {"ClusterName": names.flows_cluster, "Tags": tag_list(config)},
+        },
+        PREFECT_WORKER_ROLE: _role(
+            "ecs-tasks.amazonaws.com", config, "facefleet-prefect-worker", worker_statements
+        ),
+        "PrefectWorkerTaskDefinition": {
+            "Type": "AWS::ECS::TaskDefinition",
+            "Properties": {
+                "Family": f"{names.prefix}-prefect-worker",
+                "RequiresCompatibilities": ["FARGATE"],
+                "NetworkMode": "awsvpc",
+                "Cpu": "512",
+                "Memory": "1024",
+                "TaskRoleArn": get_att(PREFECT_WORKER_ROLE, "Arn"),
+                "ExecutionRoleArn": get_att(FLOWS_EXECUTION_ROLE, "Arn"),
+                "ContainerDefinitions": [
+                    {
+                        "Name": "prefect-worker",
+                        "Image": flows_image(config),
+                        "Essential": True,
+                        "Command": ["prefect", "worker", "start", "--pool", pool, "--type", "ecs"],
+                        "Environment": environment,
+                        "Secrets": secrets,
+                        "LogConfiguration": {
+                            "LogDriver": "awslogs",
+                            "Options": {
+                                "awslogs-group": names.flows_log_group,
+                                "awslogs-region": ref("AWS::Region"),
+                                "awslogs-stream-prefix": "worker",
+                            },
+                        },
+                    }
+                ],
+                "Tags": tag_list(config),
+            },
+        },
+        "PrefectWorkerService": {
+            "Type": "AWS::ECS::Service",
+            "Properties": {
+                "ServiceName": f"{names.prefix}-prefect-worker",
+                "Cluster": ref("FlowsCluster"),
+                "LaunchType": "FARGATE",
+                "DesiredCount": 1,
+                "TaskDefinition": ref("PrefectWorkerTaskDefinition"),
+                "NetworkConfiguration": {
+                    "AwsvpcConfiguration": {
+                        "Subnets": ref("SubnetIds"),
+                        "SecurityGroups": [get_att("WorkerSecurityGroup", "GroupId")],
+                        "AssignPublicIp": "DISABLED",
+                    }
+                },
+            },
+        },
+    }
+
+
+def flows_runtime_resources(config: StackConfig, queues: Queues) -> Json:
+    names = config.names
+    execution_statements = [
+        statement(
+            ["logs:CreateLogStream", "logs:PutLogEvents"],
+            [arn("logs", f"log-group:{names.flows_log_group}:*")],
+        ),
+        statement(
+            ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+            [get_att(FLOWS_REPOSITORY, "Arn")],
+        ),
+        # GetAuthorizationToken is account-wide: it has no resource-level permission.
+        statement(["ecr:GetAuthorizationToken"], ["*"]),
+    ]
+    if config.prefect_api_key_secret_arn:
+        execution_statements.append(
+            statement(["secretsmanager:GetSecretValue"], [config.prefect_api_key_secret_arn])
+        )
+    resources: Json = {
+        FLOWS_REPOSITORY: {
+            "Type": "AWS::ECR::Repository",
+            "Properties": {
+                "RepositoryName": names.flows_repository,
+                "ImageScanningConfiguration": {"ScanOnPush": True},
+                "EncryptionConfiguration": {"EncryptionType": "AES256"},
+                "Tags": tag_list(config),
+            },
+        },
+        "FlowsLogGroup": {
+            "Type": "AWS::Logs::LogGroup",
+            "Properties": {
+                "LogGroupName": names.flows_log_group,
+                "RetentionInDays": config.log_retention_days,
+            },
+        },
+        FLOWS_TASK_ROLE: _role(
+            "ecs-tasks.amazonaws.com",
+            config,
+            "facefleet-flows",
+            flow_task_statements(config, queues),
+        ),
+        FLOWS_EXECUTION_ROLE: _role(
+            "ecs-tasks.amazonaws.com", config, "facefleet-flows-execution", execution_statements
+        ),
+    }
+    if config.prefect_api_url:
+        resources.update(_worker_resources(config))
+    return resources
+
+
+def flows_outputs(config: StackConfig) -> dict[str, tuple[Any, str]]:
+    values: dict[str, tuple[Any, str]] = {
+        "FlowsImageUri": (flows_image(config), "the flows image (Prefect, prefect-aws, flows)"),
+        "FlowsRepositoryUri": (get_att(FLOWS_REPOSITORY, "RepositoryUri"), "flows ECR repository"),
+        "FlowsTaskRoleArn": (get_att(FLOWS_TASK_ROLE, "Arn"), "flow runs' task role"),
+        "FlowsExecutionRoleArn": (
+            get_att(FLOWS_EXECUTION_ROLE, "Arn"),
+            "flow runs' execution role",
+        ),
+        "FlowsLogGroupName": (names_log_group(config), "flow runs' log group"),
+    }
+    if config.prefect_api_url:
+        values["FlowsClusterName"] = (ref("FlowsCluster"), "ECS cluster of the flow runs")
+    return values
+
+
+def names_log_group(config: StackConfig) -> Any:
+    return ref("FlowsLogGroup")
