@@ -73,7 +73,7 @@ def test_batch_resources_come_from_names() -> None:
     names = NAMES
     rendered = template.render(BASE)
     environments = {
-        r["Properties"]["ComputeEnvironmentName"]: r["Properties"]
+        r["Properties"]["ComputeEnvironmentName"].rsplit("-", 1)[0]: r["Properties"]
         for r in resources(rendered, "AWS::Batch::ComputeEnvironment").values()
     }
     assert set(environments) == {"face-recognition-primary", "face-recognition-secondary"}
@@ -82,7 +82,7 @@ def test_batch_resources_come_from_names() -> None:
         assert compute["Type"] == "SPOT"
         assert compute["AllocationStrategy"] == spec.allocation_strategy
         assert (compute["MinvCpus"], compute["MaxvCpus"]) == (spec.min_vcpus, spec.max_vcpus)
-        assert compute["InstanceTypes"] == ["g4dn.xlarge"]
+        assert compute["InstanceTypes"] == list(spec.instance_types)
         assert compute["BidPercentage"] == 100
     assert environments["face-recognition-primary"]["ComputeResources"]["MaxvCpus"] == 16
     assert (
@@ -131,7 +131,13 @@ def test_job_definitions_contract() -> None:
         container = props["ContainerProperties"]
         assert container["Command"] == list(spec.command)
         requirements = {r["Type"]: r["Value"] for r in container["ResourceRequirements"]}
-        assert requirements == {"VCPU": "4", "MEMORY": "16384", "GPU": "1"}
+        # Below what ECS registers on every allowed type (tests/contract/test_instance_fit.py).
+        assert requirements == {
+            "VCPU": str(spec.vcpus),
+            "MEMORY": str(spec.memory_mib),
+            "GPU": "1",
+        }
+        assert spec.memory_mib < 16384
         assert props["Timeout"]["AttemptDurationSeconds"] == spec.timeout_s
         retry = props["RetryStrategy"]
         assert retry["Attempts"] == spec.attempts
@@ -236,7 +242,14 @@ def test_job_roles_reach_exactly_their_queues_buckets_and_secrets() -> None:
     assert "gallery-images/*" in detection["s3:GetObject"][0]
     assert "face-group-images/*" in detection["s3:PutObject"][0]
     assert not any("gallery-images" in r for r in grouping.get("s3:GetObject", []))
-    assert "s3:DeleteObject" not in detection and "s3:DeleteObject" not in grouping
+    assert "s3:DeleteObject" not in detection
+    # Grouping deletes a removed person's cover, and only covers.
+    assert grouping["s3:DeleteObject"] == [
+        json.dumps({"Fn::Sub": "arn:${AWS::Partition}:s3:::face-group-images/people/*"})
+    ]
+    assert grouping["s3:ListBucket"] == [
+        json.dumps({"Fn::Sub": "arn:${AWS::Partition}:s3:::face-group-images"})
+    ]
     assert any(NAMES.log_group in r for r in detection["logs:PutLogEvents"])
     # Secrets are read by the execution role (the agent injects them), not by the job's code.
     execution = _role_grants(rendered, template.EXECUTION_ROLE)

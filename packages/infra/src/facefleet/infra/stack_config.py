@@ -101,9 +101,15 @@ class StackConfig:
     message_retention_s: int = 4 * 24 * 3600
     dlq_retention_s: int = 14 * 24 * 3600
     image_tag: str = "latest"
-    # GPU AMI family for the instances; ECS_AL2023_NVIDIA where Batch offers it in the region.
-    ami_image_type: str = "ECS_AL2_NVIDIA"
+    # GPU AMI family: Amazon Linux 2023 with the NVIDIA driver (Amazon Linux 2 ended 2026-06-30).
+    ami_image_type: str = "ECS_AL2023_NVIDIA"
     image_uri: str | None = None  # overrides the stack's ECR repository + image_tag
+    # Instance root volume (GiB, gp3): the CUDA image unpacked (about 12 GiB), the previous image
+    # during a rollout, the model pack cache and the jobs' scratch space.
+    root_volume_gib: int = 100
+    # How long the ECS agent waits between SIGTERM and SIGKILL (ECS_CONTAINER_STOP_TIMEOUT): long
+    # enough for the worker's shutdown deadline, short of the Spot two-minute notice.
+    container_stop_timeout_s: int = 110
     gallery_mongo_uri: str | None = None
     huemn_mongo_uri: str | None = None
     gallery_mongo_secret_arn: str | None = None
@@ -180,6 +186,12 @@ class StackConfig:
             problems.append("give gallery_mongo_uri or gallery_mongo_secret_arn, not both")
         if self.huemn_mongo_uri and self.huemn_mongo_secret_arn:
             problems.append("give huemn_mongo_uri or huemn_mongo_secret_arn, not both")
+        if not 30 <= self.root_volume_gib <= 16384:
+            problems.append("root_volume_gib: must be 30..16384 (the GPU AMI needs 30)")
+        if not 30 <= self.container_stop_timeout_s < 120:
+            problems.append(
+                "container_stop_timeout_s: must be 30..119 (inside the Spot two-minute notice)"
+            )
         if self.keep_images < 1:
             problems.append("keep_images must be at least 1")
         unknown = set(self.worker_settings) - set(ENV_NAMES.values())

@@ -50,7 +50,7 @@ from facefleet.infra.template.base import (
     ref,
 )
 from facefleet.infra.template.batch import batch_resources, image
-from facefleet.infra.template.dispatcher import dispatcher_resources
+from facefleet.infra.template.dispatcher import dispatcher_resources, lease_table
 from facefleet.infra.template.iam import iam_resources
 from facefleet.infra.template.network import network_template
 from facefleet.infra.template.queues import Queues, queue_resources
@@ -137,6 +137,7 @@ def render(config: StackConfig, package: LambdaPackage | None = None) -> Json:
         **iam_resources(config, queues),
         **batch_resources(config, queues),
         **alert_resources(config),
+        **lease_table(config),
     }
     if config.fallback_dispatcher:
         if package is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from facefleet.common.s3keys import PEOPLE_PREFIX
 from facefleet.infra.stack_config import StackConfig
 from facefleet.infra.template.base import (
     DETECTION_JOB_ROLE,
@@ -66,6 +67,11 @@ def _job_policies(config: StackConfig, queues: Queues) -> dict[str, list[Json]]:
         statement(CONSUME, [queues.arn(GROUP_FACE_QUEUE)]),
         # Crops written by detection are read, and copied to their person's key.
         statement(["s3:GetObject", "s3:PutObject"], [s3_arn(face_groups, "/*")]),
+        # A removed person's cover is deleted (covers only, never a crop).
+        statement(["s3:DeleteObject"], [s3_arn(face_groups, f"/{PEOPLE_PREFIX}/*")]),
+        # Without ListBucket S3 answers a missing key with 403, not NoSuchKey, and a missing
+        # crop (tolerated) would read as AccessDenied (an outage, retried to the DLQ).
+        statement(["s3:ListBucket"], [s3_arn(face_groups)]),
         _logs_statement(names.log_group),
         metrics_statement(names.metrics_namespace),
     ]
