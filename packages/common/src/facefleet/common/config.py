@@ -332,6 +332,17 @@ class Settings:
     shutdown_deadline_seconds: float = _env(
         "SHUTDOWN_DEADLINE_SECONDS", _float, 90.0, check=_positive, rule="positive"
     )
+    # The Spot two-minute notice, read from instance metadata (facefleet.worker.spot).
+    spot_notice_poll_seconds: float = _env(
+        "SPOT_NOTICE_POLL_SECONDS",
+        _float,
+        5.0,
+        check=lambda v: 0 <= v <= 30,
+        rule="0 (off) to 30 seconds (the notice comes 120 s ahead)",
+    )
+    instance_metadata_endpoint: str = _env(
+        "INSTANCE_METADATA_ENDPOINT", _text, "http://169.254.169.254"
+    )
     grouping_distance: float = _env(
         "GROUPING_DISTANCE",
         _float,
