@@ -57,6 +57,9 @@ def _job_policies(config: StackConfig, queues: Queues) -> dict[str, list[Json]]:
         statement(CONSUME, [queues.arn(INDEXING_QUEUE)]),
         statement(["sqs:SendMessage", "sqs:GetQueueUrl"], [queues.arn(GROUP_FACE_QUEUE)]),
         statement(["s3:GetObject"], [s3_arn(config.gallery_bucket, "/*")]),
+        # A photo deleted before detection reads as NoSuchKey (a failed image), not as 403
+        # AccessDenied (an outage, retried to the dead-letter queue).
+        statement(["s3:ListBucket"], [s3_arn(config.gallery_bucket)]),
         statement(["s3:PutObject"], [s3_arn(face_groups, "/*")]),
         statement(["s3:ListBucket"], [s3_arn(models)]),
         statement(["s3:GetObject"], [s3_arn(models, "/*")]),
