@@ -122,7 +122,7 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
         assert queues[queue_spec.name]["priority"] == queue_spec.priority
         order = queues[queue_spec.name]["computeEnvironmentOrder"]
         assert [o["computeEnvironment"] for o in order] == [
-            environments[queue_spec.compute_environment]["computeEnvironmentArn"]
+            environments[deployed[queue_spec.compute_environment]]["computeEnvironmentArn"]
         ]
     assert outputs["PrimaryJobQueueName"] == names.primary_queue.name
     for job_spec in names.job_definitions:
