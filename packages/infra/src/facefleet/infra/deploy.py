@@ -385,7 +385,86 @@ def apply(
             + ("; rolled back. Failures:\n  " + "\n  ".join(reasons) if reasons else "")
         )
     _refresh_outputs(cloudformation, current)
+    if aws.endpoint_url and current.change_set_type == "UPDATE":
+        _reconcile_emulated_job_definitions(aws, current)
     return outputs(config, aws)
+
+
+def _resolve_plain(value: Any, physical: Mapping[str, str], region: str) -> Any:
+    """Refs to the stack's resources and the region, as CloudFormation resolves them; anything
+    else intrinsic is left to the registered revision (None)."""
+    if isinstance(value, dict):
+        if set(value) == {"Ref"}:
+            return region if value["Ref"] == "AWS::Region" else physical.get(value["Ref"])
+        return None
+    return value
+
+
+def _reconcile_emulated_job_definitions(aws: AwsTarget, current: Plan) -> None:
+    """moto ignores updates of Batch job definitions made through CloudFormation (AWS registers
+    a new revision): on an emulator endpoint, register one where the template's command,
+    resources or environment differ from the latest revision. Never runs on AWS (no endpoint)."""
+    cloudformation = aws.client("cloudformation")
+    resources = cloudformation.describe_stack_resources(StackName=current.stack_name)
+    physical = {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId", "")
+        for r in resources["StackResources"]
+        if r.get("LogicalResourceId")  # moto lists some skipped resources without one
+    }
+    batch = aws.client("batch")
+    body = json.loads(current.template_body)
+    for resource in body["Resources"].values():
+        if resource["Type"] != "AWS::Batch::JobDefinition":
+            continue
+        wanted = resource["Properties"]
+        name = wanted["JobDefinitionName"]
+        found = batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")[
+            "jobDefinitions"
+        ]
+        if not found:
+            continue
+        latest = max(found, key=lambda d: d["revision"])
+        container = dict(latest["containerProperties"])
+        registered_env = {e["name"]: e["value"] for e in container.get("environment", [])}
+        environment = {}
+        for item in wanted["ContainerProperties"]["Environment"]:
+            value = _resolve_plain(item["Value"], physical, aws.region)
+            environment[item["Name"]] = (
+                str(value) if value is not None else registered_env.get(item["Name"], "")
+            )
+        requirements = [
+            {"type": r["Type"], "value": str(r["Value"])}
+            for r in wanted["ContainerProperties"]["ResourceRequirements"]
+        ]
+        command = list(wanted["ContainerProperties"]["Command"])
+        if (
+            environment == registered_env
+            and command == container.get("command")
+            and requirements == container.get("resourceRequirements")
+        ):
+            continue
+        container.update(
+            environment=[{"name": k, "value": v} for k, v in sorted(environment.items())],
+            command=command,
+            resourceRequirements=requirements,
+        )
+        for key in ("containerInstanceArn", "taskArn", "logStreamName"):
+            container.pop(key, None)
+        # moto's CloudFormation creates no secrets, so their references stay unresolved.
+        secrets = [x for x in container.get("secrets", []) if x.get("valueFrom")]
+        container["secrets"] = secrets
+        if not secrets:
+            container.pop("secrets")
+        log.info("re-registering job definition the emulator kept", extra={"name": name})
+        kwargs: dict[str, Any] = {
+            "jobDefinitionName": name,
+            "type": latest.get("type", "container"),
+            "containerProperties": container,
+        }
+        for key in ("retryStrategy", "timeout", "platformCapabilities", "propagateTags", "tags"):
+            if key in latest:
+                kwargs[key] = latest[key]
+        batch.register_job_definition(**kwargs)
 
 
 def _refresh_outputs(cloudformation: Any, current: Plan) -> None:
