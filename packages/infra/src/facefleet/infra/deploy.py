@@ -411,7 +411,7 @@ def _reconcile_emulated_job_definitions(aws: AwsTarget, current: Plan) -> None:
         for r in resources["StackResources"]
         if r.get("LogicalResourceId")  # moto lists some skipped resources without one
     }
-    batch = aws.client("batch")
+    batch: Any = aws.client("batch")  # plain dicts: the revision is copied field by field
     body = json.loads(current.template_body)
     for resource in body["Resources"].values():
         if resource["Type"] != "AWS::Batch::JobDefinition":
@@ -423,8 +423,8 @@ def _reconcile_emulated_job_definitions(aws: AwsTarget, current: Plan) -> None:
         ]
         if not found:
             continue
-        latest = max(found, key=lambda d: d["revision"])
-        container = dict(latest["containerProperties"])
+        latest: dict[str, Any] = max(found, key=lambda d: d["revision"])
+        container: dict[str, Any] = dict(latest["containerProperties"])
         registered_env = {e["name"]: e["value"] for e in container.get("environment", [])}
         environment = {}
         for item in wanted["ContainerProperties"]["Environment"]:
