@@ -8,7 +8,7 @@ EXTRA ?= cpu
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test lint typecheck unit browser bench bench-detect bench-group evaluate simulate prefect-yaml clean
+.PHONY: venv demo test lint typecheck unit contract browser bench bench-detect bench-group evaluate simulate prefect-yaml clean
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -30,6 +30,10 @@ typecheck: venv
 
 unit: venv
 	$(BIN)/pytest -q
+
+# What AWS enforces and the emulators do not (also part of `unit`): docs/infra.md.
+contract: venv
+	$(BIN)/pytest -q tests/contract
 
 # The report test drives a real headless Chromium (Debian's package).
 browser:

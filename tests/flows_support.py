@@ -38,6 +38,7 @@ def create_batch(
     role = iam.create_role(RoleName=f"{names.prefix}-batch", AssumeRolePolicyDocument=ROLE_POLICY)[
         "Role"
     ]["Arn"]
+    create_lease_table(names, aws)
     batch = aws.client("batch")
     for env in names.compute_environments:
         batch.create_compute_environment(
@@ -76,6 +77,23 @@ def create_batch(
                 ],
             },
         )
+
+
+def use_queues(monkeypatch: Any, names: Names, urls: dict[str, str]) -> dict[str, str]:
+    """Hand the queues to dispatch as production does: QUEUE_URL / GROUP_FACE_QUEUE_URL."""
+    monkeypatch.setenv("QUEUE_URL", urls[names.indexing_queue])
+    monkeypatch.setenv("GROUP_FACE_QUEUE_URL", urls[names.group_face_queue])
+    return urls
+
+
+def create_lease_table(names: Names, aws: AwsTarget) -> None:
+    """The dispatch lease table, as the template creates it."""
+    aws.client("dynamodb").create_table(
+        TableName=names.dispatch_lease_table,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "lease", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "lease", "KeyType": "HASH"}],
+    )
 
 
 def create_queues(names: Names, aws: AwsTarget) -> dict[str, str]:

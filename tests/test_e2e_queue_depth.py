@@ -23,7 +23,13 @@ from facefleet.control.policy import PolicyParams
 from facefleet.flows.dispatch import dispatch
 from facefleet.localstack.batch import LocalExecutor
 from tests.e2e_support import fill_backlog, queue_counts
-from tests.flows_support import batch_jobs, create_batch, create_queues, prefect_harness
+from tests.flows_support import (
+    batch_jobs,
+    create_batch,
+    create_queues,
+    prefect_harness,
+    use_queues,
+)
 
 # Stand-in for the workers: the job stays active (covers its share of the backlog) and does nothing.
 SLEEP = ("sleep", "300")
@@ -80,10 +86,10 @@ def recorded(env) -> list[tuple[str, str, int | None]]:
         pytest.param(20_000, marks=[pytest.mark.slow, pytest.mark.timeout(1800)], id="20000"),
     ],
 )
-def test_backlog_gets_exactly_the_policys_jobs(env, executor, backlog: int) -> None:
+def test_backlog_gets_exactly_the_policys_jobs(env, executor, monkeypatch, backlog: int) -> None:
     names = env.names
     create_batch(names, env.aws, command=SLEEP)
-    urls = create_queues(names, env.aws)
+    urls = use_queues(monkeypatch, names, create_queues(names, env.aws))
     sqs = env.aws.client("sqs")
     indexing = urls[names.indexing_queue]
     arn = sqs.get_queue_attributes(QueueUrl=indexing, AttributeNames=["QueueArn"])["Attributes"][

@@ -24,6 +24,7 @@ from tests.flows_support import (
     create_queues,
     fill,
     prefect_harness,
+    use_queues,
 )
 
 
@@ -33,9 +34,9 @@ def harness() -> None:
 
 
 @pytest.fixture
-def stack(env):  # type: ignore[no-untyped-def]
+def stack(env, monkeypatch):  # type: ignore[no-untyped-def]
     create_batch(env.names, env.aws)
-    return create_queues(env.names, env.aws)
+    return use_queues(monkeypatch, env.names, create_queues(env.names, env.aws))
 
 
 def names_param(names: Names) -> dict[str, object]:
@@ -132,10 +133,10 @@ def executor(tmp_path: Path) -> Iterator[LocalExecutor]:
     local.terminate(grace=3)
 
 
-def test_backlog_already_covered_by_running_local_jobs(env, executor) -> None:
+def test_backlog_already_covered_by_running_local_jobs(env, executor, monkeypatch) -> None:
     names = env.names
     create_batch(names, env.aws, command=SLEEP)
-    urls = create_queues(names, env.aws)
+    urls = use_queues(monkeypatch, names, create_queues(names, env.aws))
     fill(urls[names.indexing_queue], 8, env.aws)
     no_cooldown = {"cooldown_s": 0}
     first = run(env, mode="local", policy=no_cooldown, local_batch_dir=str(executor.state_dir))
@@ -148,7 +149,7 @@ def test_backlog_already_covered_by_running_local_jobs(env, executor) -> None:
     assert len(batch_jobs(names, env.aws)) == 1
 
 
-def test_vcpu_cap_is_never_exceeded(env, executor) -> None:
+def test_vcpu_cap_is_never_exceeded(env, executor, monkeypatch) -> None:
     # One job fits the primary environment, two the secondary.
     names = Names(
         prefix=env.names.prefix,
@@ -157,7 +158,7 @@ def test_vcpu_cap_is_never_exceeded(env, executor) -> None:
         secondary_max_vcpus=8,
     )
     create_batch(names, env.aws, command=SLEEP)
-    urls = create_queues(names, env.aws)
+    urls = use_queues(monkeypatch, names, create_queues(names, env.aws))
     fill(urls[names.indexing_queue], 50, env.aws)
     ticks = [
         run(
@@ -183,7 +184,8 @@ def test_lambda_decides_like_the_flow(env, stack, monkeypatch) -> None:
     names = env.names
     fill(stack[names.indexing_queue], 25, env.aws)
     fill(stack[names.group_face_queue], 1, env.aws)
-    expected = decide(observe.observe(names, env.aws, now_s=0.0), SCALED_PARAMS, names)
+    urls = observe.QueueUrls(stack[names.indexing_queue], stack[names.group_face_queue])
+    expected = decide(observe.observe(names, env.aws, now_s=0.0, urls=urls), SCALED_PARAMS, names)
     assert expected.jobs == 3  # an array of 2 and one grouping job
     monkeypatch.setenv("FACEFLEET_PREFIX", names.prefix)
     for key, value in SCALED.items():

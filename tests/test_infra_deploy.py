@@ -19,6 +19,7 @@ import pytest
 from facefleet.common.config import RETRYABLE_EXIT_CODE
 from facefleet.infra import deploy, lambda_package
 from facefleet.infra.stack_config import StackConfig, local_stack_config, worker_environment
+from facefleet.infra.template.batch import compute_environment_name
 from facefleet.tools import cli
 from tests.conftest import ServerEnv
 
@@ -89,15 +90,18 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
 
     # Batch: compute environments, job queues and job definitions exactly as `Names` says.
     batch = aws(env, "batch")
+    deployed = {
+        spec.name: compute_environment_name(spec, config) for spec in names.compute_environments
+    }
     environments = {
         ce["computeEnvironmentName"]: ce
-        for ce in batch.describe_compute_environments(
-            computeEnvironments=[spec.name for spec in names.compute_environments]
-        )["computeEnvironments"]
+        for ce in batch.describe_compute_environments(computeEnvironments=list(deployed.values()))[
+            "computeEnvironments"
+        ]
     }
-    assert set(environments) == {spec.name for spec in names.compute_environments}
+    assert set(environments) == set(deployed.values())
     for spec in names.compute_environments:
-        ce = environments[spec.name]
+        ce = environments[deployed[spec.name]]
         resources = ce["computeResources"]
         assert ce["type"] == "MANAGED" and resources["type"] == "SPOT"
         assert resources["maxvCpus"] == spec.max_vcpus
@@ -118,7 +122,7 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
         assert queues[queue_spec.name]["priority"] == queue_spec.priority
         order = queues[queue_spec.name]["computeEnvironmentOrder"]
         assert [o["computeEnvironment"] for o in order] == [
-            environments[queue_spec.compute_environment]["computeEnvironmentArn"]
+            environments[deployed[queue_spec.compute_environment]]["computeEnvironmentArn"]
         ]
     assert outputs["PrimaryJobQueueName"] == names.primary_queue.name
     for job_spec in names.job_definitions:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from facefleet.common.aws import queue_name
 from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
 from facefleet.dashboards.widgets import (
@@ -202,9 +203,53 @@ RUNBOOK_STUCK = (
 )
 
 
-def build_alarms(names: Names, thresholds: AlarmThresholds | None = None) -> tuple[Alarm, ...]:
-    """Every FaceFleet alarm for the stack `names` describes."""
+@dataclass(frozen=True)
+class AlarmQueues:
+    """The queues the alarms watch, by name (the AWS/SQS QueueName dimension). Production's are
+    the existing service's (other names, other accounts): build them from the queue URLs the
+    stack outputs or Settings carry (`from_urls`), never from the prefix. A dead-letter queue
+    the stack does not own may be unknown (None: no dead-letter alarm for it)."""
+
+    indexing: str
+    group_face: str
+    indexing_dlq: str | None = None
+    group_face_dlq: str | None = None
+
+    @classmethod
+    def created_by_stack(cls, names: Names) -> AlarmQueues:
+        """The queues a stack creates itself (no existing queues given)."""
+        return cls(
+            names.indexing_queue,
+            names.group_face_queue,
+            names.dead_letter_queue(names.indexing_queue),
+            names.dead_letter_queue(names.group_face_queue),
+        )
+
+    @classmethod
+    def from_urls(
+        cls,
+        indexing_url: str,
+        group_face_url: str,
+        indexing_dlq_url: str | None = None,
+        group_face_dlq_url: str | None = None,
+    ) -> AlarmQueues:
+        return cls(
+            queue_name(indexing_url),
+            queue_name(group_face_url),
+            queue_name(indexing_dlq_url) if indexing_dlq_url else None,
+            queue_name(group_face_dlq_url) if group_face_dlq_url else None,
+        )
+
+
+def build_alarms(
+    names: Names,
+    thresholds: AlarmThresholds | None = None,
+    queues: AlarmQueues | None = None,
+) -> tuple[Alarm, ...]:
+    """Every FaceFleet alarm for the stack `names` describes, on `queues` (default: the
+    queues the stack creates)."""
     t = thresholds or AlarmThresholds()
+    q = queues or AlarmQueues.created_by_stack(names)
     p = t.period_s
     alarms: list[Alarm] = [
         Alarm(
@@ -229,11 +274,10 @@ def build_alarms(names: Names, thresholds: AlarmThresholds | None = None) -> tup
         ),
     ]
     workers = (
-        (names.indexing_queue, DETECTION, Metric.IMAGES_PROCESSED),
-        (names.group_face_queue, GROUPING, Metric.FACES_GROUPED),
+        (q.indexing, q.indexing_dlq, DETECTION, Metric.IMAGES_PROCESSED),
+        (q.group_face, q.group_face_dlq, GROUPING, Metric.FACES_GROUPED),
     )
-    for queue, service, progress in workers:
-        dlq = names.dead_letter_queue(queue)
+    for queue, dlq, service, progress in workers:
         alarms += [
             Alarm(
                 f"{queue}-queue-depth",
@@ -255,14 +299,20 @@ def build_alarms(names: Names, thresholds: AlarmThresholds | None = None) -> tup
                 1,
                 (_sqs("age", "ApproximateAgeOfOldestMessage", queue, "Maximum", p),),
             ),
-            Alarm(
-                f"{dlq}-dead-letters",
-                f"Dead-letter queue {dlq} holds at least {t.dead_letters} message(s).",
-                RUNBOOK_DEAD_LETTERS,
-                t.dead_letters,
-                "GreaterThanOrEqualToThreshold",
-                1,
-                (_sqs("dead", "ApproximateNumberOfMessagesVisible", dlq, "Maximum", p),),
+            *(
+                [
+                    Alarm(
+                        f"{dlq}-dead-letters",
+                        f"Dead-letter queue {dlq} holds at least {t.dead_letters} message(s).",
+                        RUNBOOK_DEAD_LETTERS,
+                        t.dead_letters,
+                        "GreaterThanOrEqualToThreshold",
+                        1,
+                        (_sqs("dead", "ApproximateNumberOfMessagesVisible", dlq, "Maximum", p),),
+                    ),
+                ]
+                if dlq is not None
+                else []
             ),
             Alarm(
                 f"{queue}-stuck",

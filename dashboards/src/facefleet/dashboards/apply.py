@@ -15,7 +15,7 @@ from typing import Any
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
-from facefleet.dashboards.alarms import AlarmThresholds, build_alarms
+from facefleet.dashboards.alarms import AlarmQueues, AlarmThresholds, build_alarms
 from facefleet.dashboards.dashboard import build_dashboard, put_dashboard_input
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,16 @@ def apply_dashboards(
     aws: AwsTarget,
     topic_arn: str | None = None,
     thresholds: AlarmThresholds | None = None,
+    queues: AlarmQueues | None = None,
 ) -> list[str]:
     """Create or update every alarm, then the dashboard; return their names (alarms first).
 
-    `topic_arn` None: look the alerts topic up by name.
+    `topic_arn` None: look the alerts topic up by name. `queues`: the queues the alarms watch
+    (from the stack outputs' URLs; default: the queues the stack creates).
     """
     topic = topic_arn or find_topic_arn(names, aws)
     cloudwatch = aws.client("cloudwatch")
-    alarms = build_alarms(names, thresholds)
+    alarms = build_alarms(names, thresholds, queues)
     for alarm in alarms:
         log.info("putting alarm %s (actions -> %s) in %s", alarm.name, topic, aws.region)
         cloudwatch.put_metric_alarm(**alarm.put_metric_alarm_input(topic, _tags(names)))
@@ -73,10 +75,10 @@ def apply_dashboards(
     return [a.name for a in alarms] + [dashboard.name]
 
 
-def remove_dashboards(names: Names, aws: AwsTarget) -> list[str]:
+def remove_dashboards(names: Names, aws: AwsTarget, queues: AlarmQueues | None = None) -> list[str]:
     """Delete the alarms and the dashboard this module defines; return the names that existed."""
     cloudwatch = aws.client("cloudwatch")
-    wanted = [a.name for a in build_alarms(names)]
+    wanted = [a.name for a in build_alarms(names, queues=queues)]
     existing = {
         a["AlarmName"] for a in cloudwatch.describe_alarms(AlarmNames=wanted)["MetricAlarms"]
     }
@@ -102,12 +104,13 @@ def export_cli(
     out_dir: Path,
     topic_arn: str,
     thresholds: AlarmThresholds | None = None,
+    queues: AlarmQueues | None = None,
 ) -> list[str]:
     """Write one `--cli-input-json` file per request into `out_dir`; return the aws commands
     that apply them (in order), then the commands that remove them (as comments)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     commands: list[str] = []
-    alarms = build_alarms(names, thresholds)
+    alarms = build_alarms(names, thresholds, queues)
 
     def write(filename: str, document: dict[str, Any]) -> str:
         path = out_dir / filename

@@ -16,6 +16,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from facefleet.common.aws import DEFAULT_REGION, AwsTarget
+from facefleet.common.instances import (
+    JOB_GPUS,
+    JOB_MEMORY_MIB,
+    JOB_VCPUS,
+    PRIMARY_INSTANCE_TYPES,
+    SECONDARY_INSTANCE_TYPES,
+)
 
 T = TypeVar("T")
 
@@ -29,7 +36,7 @@ class ComputeEnvironmentSpec:
     name: str
     allocation_strategy: str
     max_vcpus: int
-    instance_types: tuple[str, ...] = ("g4dn.xlarge",)
+    instance_types: tuple[str, ...] = PRIMARY_INSTANCE_TYPES
     min_vcpus: int = 0
     bid_percentage: int = 100
 
@@ -46,9 +53,10 @@ class JobDefinitionSpec:
     name: str
     service_type: str
     command: tuple[str, ...]
-    vcpus: int = 4
-    memory_mib: int = 16384
-    gpus: int = 1
+    # Sized from the instance facts table (facefleet.common.instances): below what ECS registers.
+    vcpus: int = JOB_VCPUS
+    memory_mib: int = JOB_MEMORY_MIB
+    gpus: int = JOB_GPUS
     timeout_s: int = 6 * 3600
     attempts: int = 5
 
@@ -87,8 +95,12 @@ class Names:
 
     @property
     def secondary_environment(self) -> ComputeEnvironmentSpec:
+        # Diversified across every GPU type the jobs fit (AWS Spot guidance: many pools).
         return ComputeEnvironmentSpec(
-            f"{self.prefix}-secondary", "SPOT_PRICE_CAPACITY_OPTIMIZED", self.secondary_max_vcpus
+            f"{self.prefix}-secondary",
+            "SPOT_PRICE_CAPACITY_OPTIMIZED",
+            self.secondary_max_vcpus,
+            instance_types=SECONDARY_INSTANCE_TYPES,
         )
 
     @property
@@ -223,6 +235,11 @@ class Names:
     def dispatch_parameter_prefix(self) -> str:
         return f"/facefleet/{self.prefix}/dispatch"
 
+    # One dispatch tick at a time (flow or Lambda): a DynamoDB lease (facefleet.control.lease).
+    @property
+    def dispatch_lease_table(self) -> str:
+        return f"{self.prefix}-dispatch-lease"
+
 
 NAMES = Names()
 
@@ -342,6 +359,17 @@ class Settings:
     )
     shutdown_deadline_seconds: float = _env(
         "SHUTDOWN_DEADLINE_SECONDS", _float, 90.0, check=_positive, rule="positive"
+    )
+    # The Spot two-minute notice, read from instance metadata (facefleet.worker.spot).
+    spot_notice_poll_seconds: float = _env(
+        "SPOT_NOTICE_POLL_SECONDS",
+        _float,
+        5.0,
+        check=lambda v: 0 <= v <= 30,
+        rule="0 (off) to 30 seconds (the notice comes 120 s ahead)",
+    )
+    instance_metadata_endpoint: str = _env(
+        "INSTANCE_METADATA_ENDPOINT", _text, "http://169.254.169.254"
     )
     grouping_distance: float = _env(
         "GROUPING_DISTANCE",

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.control.policy import (
@@ -46,13 +48,40 @@ class QueueUrls:
     group_face: str
 
 
-def queue_urls(names: Names, aws: AwsTarget) -> QueueUrls:
-    """The URLs of the indexing and GroupFace queues named by `names`."""
-    sqs = aws.client("sqs")
-    return QueueUrls(
-        indexing=sqs.get_queue_url(QueueName=names.indexing_queue)["QueueUrl"],
-        group_face=sqs.get_queue_url(QueueName=names.group_face_queue)["QueueUrl"],
-    )
+class QueueUrlsMissing(LookupError):
+    """No queue URL was given, set (QUEUE_URL / GROUP_FACE_QUEUE_URL) or in the stack outputs."""
+
+
+def queue_urls(
+    names: Names,
+    aws: AwsTarget,
+    *,
+    indexing: str | None = None,
+    group_face: str | None = None,
+) -> QueueUrls:
+    """The indexing and GroupFace queue URLs: as given (parameters, or QUEUE_URL /
+    GROUP_FACE_QUEUE_URL from `Settings`), else the stack's outputs. Never rebuilt from the name
+    prefix: production's queues are the existing service's, under other names and in other
+    accounts."""
+    if indexing and group_face:
+        return QueueUrls(indexing=indexing, group_face=group_face)
+    outputs: dict[str, str] = {}
+    cloudformation = aws.client("cloudformation")
+    try:
+        stacks = cloudformation.describe_stacks(StackName=names.stack_name)["Stacks"]
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    except ClientError as error:
+        if "does not exist" not in str(error):
+            raise
+    indexing = indexing or outputs.get("IndexingQueueUrl")
+    group_face = group_face or outputs.get("GroupFaceQueueUrl")
+    if not indexing or not group_face:
+        raise QueueUrlsMissing(
+            "queue URLs unknown: set QUEUE_URL and GROUP_FACE_QUEUE_URL (or pass them), or "
+            f"deploy stack {names.stack_name} whose outputs IndexingQueueUrl/GroupFaceQueueUrl "
+            "name them"
+        )
+    return QueueUrls(indexing=indexing, group_face=group_face)
 
 
 def oldest_message_age(queue_name: str, aws: AwsTarget, window_s: int = 600) -> float | None:
@@ -87,6 +116,8 @@ def queue_depth(
     )["Attributes"]
     visible = int(attributes.get("ApproximateNumberOfMessages", 0))
     in_flight = int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
+    # AWS/SQS metrics live in the queue owner's account: for an existing queue in another
+    # account there are none here and the age falls back to the dispatcher's own record.
     age = oldest_message_age(queue_url.rstrip("/").rsplit("/", 1)[-1], aws)
     if age is None:
         age = 0.0

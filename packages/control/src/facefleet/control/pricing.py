@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facefleet.common.aws import AwsTarget
+from facefleet.common.instances import INSTANCES, SECONDARY_INSTANCE_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +29,21 @@ HOUR_S = 3_600.0
 # us-east-1 Linux on-demand list prices, $/hour (g4dn.xlarge: 4 vCPU, 1 T4). The savings job
 # prefers the Pricing API's figure and falls back to these.
 ON_DEMAND_PER_H: Mapping[str, float] = {
-    "g4dn.xlarge": 0.526,
-    "g4dn.2xlarge": 0.752,
+    **{facts.instance_type: facts.on_demand_per_h for facts in INSTANCES.values()},
     "g4dn.4xlarge": 1.204,
     "g4dn.8xlarge": 2.176,
     "g4dn.12xlarge": 3.912,
-    "g5.xlarge": 1.006,
     "g5.2xlarge": 1.212,
-    "g6.xlarge": 0.8048,
 }
-# Assumed Spot price, $/hour: 60 % below on-demand, within the range g4dn.xlarge Spot has traded
-# at in us-east-1. An assumption; read the real series with `spot_history`.
-SPOT_PER_H: dict[str, float] = {"g4dn.xlarge": 0.2104}
+# Assumed Spot discount: 60 % below on-demand, within the range g4dn.xlarge Spot has traded at in
+# us-east-1. An assumption; read the real series with `spot_history`.
+ASSUMED_SPOT_DISCOUNT = 0.6
+# Assumed Spot price, $/hour, for every type the compute environments may launch (the instance
+# facts table's list, so a type added there is priced here).
+SPOT_PER_H: dict[str, float] = {
+    instance_type: round(ON_DEMAND_PER_H[instance_type] * (1 - ASSUMED_SPOT_DISCOUNT), 4)
+    for instance_type in SECONDARY_INSTANCE_TYPES
+}
 # EC2 bills Linux instances per second with a one-minute minimum.
 MINIMUM_BILLED_S = 60.0
 # The Pricing API is served from us-east-1 (and a few others), whatever the stack's region.
@@ -160,29 +164,45 @@ class PriceTable:
         return cls(instance_type, ON_DEMAND_PER_H[instance_type], SpotSeries.constant(spot))
 
 
+def diversified_spot_per_h(instance_types: Sequence[str]) -> float:
+    """Assumed Spot $/hour of one job across a diversified environment. One GPU per job, so a
+    job costs its instance's price; price-capacity-optimized may pick any pool, so the figure is
+    the pools' mean (an upper bound on what the allocation strategy pays)."""
+    unknown = [t for t in instance_types if t not in SPOT_PER_H]
+    if unknown or not instance_types:
+        raise PricingError(f"no Spot price configured for {unknown or 'an empty list'}")
+    return round(sum(SPOT_PER_H[t] for t in instance_types) / len(instance_types), 4)
+
+
 def spot_history(
     ec2: Any,
-    instance_type: str,
+    instance_type: str | Sequence[str],
     start: datetime,
     end: datetime,
     product: str = LINUX,
 ) -> SpotSeries:
-    """The Spot price series for `instance_type` between `start` and `end`, offsets from `start`.
+    """The Spot price series for `instance_type` (one type, or a diversified environment's list)
+    between `start` and `end`, offsets from `start`.
 
-    Prices differ per availability zone and the capacity-optimized allocation may use any of them,
-    so each step is the mean over the zones' latest prices at that moment.
+    Prices differ per type and availability zone and the allocation may use any pool, so each
+    step is the mean over the pools' latest prices at that moment.
 
     >>> from facefleet.common.aws import AwsTarget
     >>> series = spot_history(AwsTarget("us-east-1").client("ec2"), "g4dn.xlarge",
     ...                       datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 8, tzinfo=UTC))
     """
+    types = [instance_type] if isinstance(instance_type, str) else list(instance_type)
     points = sorted(
-        ((r.timestamp - start).total_seconds(), r.availability_zone, r.usd_per_hour)
-        for r in read_spot_prices(ec2, [instance_type], start, end, product)
+        (
+            (r.timestamp - start).total_seconds(),
+            f"{r.instance_type}/{r.availability_zone}",
+            r.usd_per_hour,
+        )
+        for r in read_spot_prices(ec2, types, start, end, product)
     )
     if not points:
         raise PricingError(f"no {product} Spot price history for {instance_type} in that period")
-    latest: dict[str, float] = {}
+    latest: dict[str, float] = {}  # pool (type/zone) -> its latest price
     times: list[float] = []
     prices: list[float] = []
     for offset, zone, price in points:

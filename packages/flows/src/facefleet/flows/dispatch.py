@@ -30,6 +30,7 @@ from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names, Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.control import observe
+from facefleet.control.lease import DispatchLease
 from facefleet.control.policy import (
     Decision,
     DispatchInputs,
@@ -140,15 +141,43 @@ def dispatch(
     region: str | None = None,
     endpoint_url: str | None = None,
     local_batch_dir: str | None = None,
+    queue_url: str | None = None,
+    group_face_queue_url: str | None = None,
 ) -> dict[str, Any]:
     """One dispatch tick. `names`: `Names` fields (default: the production names); `policy`:
-    `PolicyParams` overrides; `mode`: `local` also runs the jobs as local processes."""
+    `PolicyParams` overrides; `mode`: `local` also runs the jobs as local processes.
+    `queue_url` / `group_face_queue_url`: the queues (default QUEUE_URL / GROUP_FACE_QUEUE_URL,
+    else the stack's outputs; never a name built from the prefix). The tick runs only while it
+    holds the dispatch lease it shares with the fallback Lambda."""
     logger = get_run_logger()
     the_names = names_from(names)
     params = PolicyParams(**dict(policy or {}))
     aws = AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
-    executor = local_executor(local_batch_dir) if mode == "local" else None
+    settings = Settings.from_env()
+    with DispatchLease(the_names.dispatch_lease_table, aws).held(time.time()) as mine:
+        if not mine:
+            logger.info("another dispatch tick holds the lease: nothing to do")
+            return {"submissions": [], "job_ids": [], "jobs": 0, "skipped": "lease held"}
+        urls = observe.queue_urls(
+            the_names,
+            aws,
+            indexing=queue_url or settings.queue_url,
+            group_face=group_face_queue_url or settings.group_face_queue_url,
+        )
+        return _tick(the_names, params, aws, settings, urls, mode, local_batch_dir)
 
+
+def _tick(
+    the_names: Names,
+    params: PolicyParams,
+    aws: AwsTarget,
+    settings: Settings,
+    urls: observe.QueueUrls,
+    mode: Mode,
+    local_batch_dir: str | None,
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    executor = local_executor(local_batch_dir) if mode == "local" else None
     now = time.time()
     state = observe.load_state(the_names, aws)
     inputs = observe.observe(
@@ -156,6 +185,7 @@ def dispatch(
         aws,
         now_s=now,
         state=state,
+        urls=urls,
         extra_active=executor.active_jobs() if executor else (),
     )
     decision = decide(inputs, params, the_names)
@@ -210,7 +240,6 @@ def dispatch(
         markdown=decision_markdown(inputs, decision, job_ids),
         description=f"dispatch decision for {the_names.prefix}",
     )
-    settings = Settings.from_env()
     MetricsEmitter(
         settings.metrics_namespace,
         {"Service": METRICS_SERVICE},

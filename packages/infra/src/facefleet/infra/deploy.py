@@ -130,21 +130,47 @@ def _stack(cloudformation: Any, stack_name: str) -> dict[str, Any] | None:
     return stacks[0] if stacks else None
 
 
+# Change set statuses (DescribeChangeSet `Status`): a new one starts CREATE_PENDING, then
+# CREATE_IN_PROGRESS, and ends CREATE_COMPLETE or FAILED; an empty one ends FAILED with a
+# "didn't contain changes" reason, some seconds after it was created.
+CHANGE_SET_PENDING = frozenset(
+    {"CREATE_PENDING", "CREATE_IN_PROGRESS", "DELETE_PENDING", "DELETE_IN_PROGRESS"}
+)
+CHANGE_SET_DONE = frozenset({"CREATE_COMPLETE", "FAILED", "DELETE_COMPLETE", "DELETE_FAILED"})
+
+
+def stack_pending(status: str) -> bool:
+    """Every transitional stack status ends in _IN_PROGRESS (UPDATE_COMPLETE_CLEANUP_IN_PROGRESS,
+    REVIEW_IN_PROGRESS until an executed change set starts, ...)."""
+    return status.endswith("_IN_PROGRESS")
+
+
+def change_set_pending(status: str) -> bool:
+    if status in CHANGE_SET_PENDING:
+        return True
+    if status in CHANGE_SET_DONE:
+        return False
+    raise DeployError(f"unknown change set status {status!r}")
+
+
 def _wait(
     describe: Callable[[], Mapping[str, Any] | None],
     status_key: str,
     what: str,
     timeout_s: float,
     poll_s: float = 2.0,
+    pending: Callable[[str], bool] = stack_pending,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Mapping[str, Any] | None:
+    """Describe until the status is no longer `pending` (None: the resource is gone)."""
     deadline = time.monotonic() + timeout_s
     while True:
         current = describe()
-        if current is None or not current[status_key].endswith("_IN_PROGRESS"):
+        if current is None or not pending(current[status_key]):
             return current
         if time.monotonic() > deadline:
             raise DeployError(f"{what} still {current[status_key]} after {timeout_s:.0f} s")
-        time.sleep(poll_s)
+        sleep(poll_s)
 
 
 def _account_id(aws: AwsTarget) -> str:
@@ -234,6 +260,7 @@ def plan(
     aws: AwsTarget,
     *,
     timeout_s: float = 300.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Plan:
     """Render, cfn-lint and create a change set for `config`'s stack; log its summary."""
     config.validate(deploying=True)
@@ -276,6 +303,8 @@ def plan(
         f"change set {name}",
         timeout_s,
         poll_s=1.0,
+        pending=change_set_pending,
+        sleep=sleep,
     )
     assert described is not None
     if described["Status"] == "FAILED":
@@ -286,6 +315,11 @@ def plan(
             log.info(result.summary())
             return result
         raise DeployError(f"change set for {stack_name} failed: {reason}")
+    if described.get("ExecutionStatus", "AVAILABLE") != "AVAILABLE":
+        raise DeployError(
+            f"change set for {stack_name} is {described['Status']} but cannot be executed "
+            f"({described.get('ExecutionStatus')}: {described.get('StatusReason', '')})"
+        )
     result = Plan(
         stack_name,
         change_set_type,
@@ -321,6 +355,7 @@ def apply(
     *,
     plan: Plan | None = None,
     timeout_s: float = 3600.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, str]:
     """Execute `plan` (or a fresh one), wait for the stack, return its outputs."""
     current = plan if plan is not None else globals()["plan"](config, aws)
@@ -347,6 +382,7 @@ def apply(
         f"stack {current.stack_name}",
         timeout_s,
         poll_s=5.0,
+        sleep=sleep,
     )
     status = stack["StackStatus"] if stack else "DELETED"
     if status not in STABLE_OK:
@@ -365,7 +401,8 @@ def apply(
 def configure_gallery_notifications(
     config: StackConfig, aws: AwsTarget, stack_outputs: Mapping[str, str]
 ) -> None:
-    """Point the gallery bucket's ObjectCreated/ObjectRemoved events at the indexing queue.
+    """Point the gallery bucket's configured events (`gallery_notification_events`) at the
+    Batch indexing queue.
 
     The gallery bucket is production's, referenced by name, so CloudFormation cannot carry its
     notifications; deploy merges FaceFleet's entry into the bucket's configuration (other
@@ -373,6 +410,8 @@ def configure_gallery_notifications(
     s3:GetBucketNotification and s3:PutBucketNotification on the bucket."""
     from facefleet.infra.template.queues import gallery_notifications
 
+    if not config.gallery_notification_events:
+        return  # the gallery bucket's events are managed elsewhere
     queue_arn = stack_outputs.get("IndexingQueueArn")
     if not queue_arn:
         raise DeployError("stack outputs lack IndexingQueueArn: cannot route gallery events")

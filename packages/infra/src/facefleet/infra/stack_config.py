@@ -101,9 +101,15 @@ class StackConfig:
     message_retention_s: int = 4 * 24 * 3600
     dlq_retention_s: int = 14 * 24 * 3600
     image_tag: str = "latest"
-    # GPU AMI family for the instances; ECS_AL2023_NVIDIA where Batch offers it in the region.
-    ami_image_type: str = "ECS_AL2_NVIDIA"
+    # GPU AMI family: Amazon Linux 2023 with the NVIDIA driver (Amazon Linux 2 ended 2026-06-30).
+    ami_image_type: str = "ECS_AL2023_NVIDIA"
     image_uri: str | None = None  # overrides the stack's ECR repository + image_tag
+    # Instance root volume (GiB, gp3): the CUDA image unpacked (about 12 GiB), the previous image
+    # during a rollout, the model pack cache and the jobs' scratch space.
+    root_volume_gib: int = 100
+    # How long the ECS agent waits between SIGTERM and SIGKILL (ECS_CONTAINER_STOP_TIMEOUT): long
+    # enough for the worker's shutdown deadline, short of the Spot two-minute notice.
+    container_stop_timeout_s: int = 110
     gallery_mongo_uri: str | None = None
     huemn_mongo_uri: str | None = None
     gallery_mongo_secret_arn: str | None = None
@@ -134,10 +140,15 @@ class StackConfig:
     # replaced (production data); local stacks drop them.
     retain_data: bool = True
     tags: Mapping[str, str] = field(default_factory=lambda: {"project": "facefleet"})
-    # S3 events of the gallery bucket sent to the indexing queue (`deploy.configure_gallery_
-    # notifications`: the bucket is not the stack's, so deploy sets them on it). Creates and
-    # deletes share one queue so one worker orders a photo's upload against its deletion.
-    gallery_notification_events: tuple[str, ...] = ("s3:ObjectCreated:*", "s3:ObjectRemoved:*")
+    # S3 events of the gallery bucket sent to the Batch indexing queue (`deploy.configure_
+    # gallery_notifications`: the bucket is not the stack's, so deploy sets them on it; () leaves
+    # its notifications alone). Deletions only, by default: the existing service's notification
+    # already sends creates to the ingress queue the router reads, and S3 refuses two
+    # configurations that overlap on event and prefix. Every deletion is FaceFleet's to carry
+    # out whichever side holds the user (the ECS service has no deletion path), and the Batch
+    # worker orders it against the photo's create by tombstone. A stack with no existing service
+    # adds "s3:ObjectCreated:*".
+    gallery_notification_events: tuple[str, ...] = ("s3:ObjectRemoved:*",)
     # Worker settings (the `Settings` env names) the job definitions carry beyond the defaults,
     # e.g. thresholds; locally, MODEL_DIR on this disk instead of the container's path.
     worker_settings: Mapping[str, str] = field(default_factory=dict)
@@ -211,6 +222,12 @@ class StackConfig:
             problems.append("ingress_queue must differ from indexing_queue (the Batch queue)")
         if not 1 <= self.router_batch_size <= 10:
             problems.append("router_batch_size: must be 1..10")
+        if not 30 <= self.root_volume_gib <= 16384:
+            problems.append("root_volume_gib: must be 30..16384 (the GPU AMI needs 30)")
+        if not 30 <= self.container_stop_timeout_s < 120:
+            problems.append(
+                "container_stop_timeout_s: must be 30..119 (inside the Spot two-minute notice)"
+            )
         if self.keep_images < 1:
             problems.append("keep_images must be at least 1")
         unknown = set(self.worker_settings) - set(ENV_NAMES.values())

@@ -45,6 +45,33 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _queues(names: Names, aws: AwsTarget, settings: Settings) -> Any:
+    """The queues the alarms watch: QUEUE_URL / GROUP_FACE_QUEUE_URL, else the stack's outputs
+    (with the dead-letter queues it owns); the stack-created names only when neither exists."""
+    from facefleet.control import observe
+    from facefleet.dashboards.alarms import AlarmQueues
+
+    try:
+        urls = observe.queue_urls(
+            names, aws, indexing=settings.queue_url, group_face=settings.group_face_queue_url
+        )
+    except observe.QueueUrlsMissing:
+        print(f"no queue URLs set and no stack {names.stack_name}: alarms on the stack's names")
+        return None
+    outputs: dict[str, str] = {}
+    try:
+        stack = aws.client("cloudformation").describe_stacks(StackName=names.stack_name)
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Stacks"][0].get("Outputs", [])}
+    except Exception:  # no stack: no dead-letter queues of ours to watch
+        outputs = {}
+    return AlarmQueues.from_urls(
+        urls.indexing,
+        urls.group_face,
+        outputs.get("IndexingQueueDeadLetterUrl"),
+        outputs.get("GroupFaceQueueDeadLetterUrl"),
+    )
+
+
 def _names(args: argparse.Namespace) -> Names:
     return dataclasses.replace(Names(), prefix=args.prefix, metrics_namespace=args.namespace)
 
@@ -60,13 +87,14 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "apply":
         from facefleet.dashboards.apply import apply_dashboards
 
-        for name in apply_dashboards(names, aws, args.topic_arn):
+        queues = _queues(names, aws, settings)
+        for name in apply_dashboards(names, aws, args.topic_arn, queues=queues):
             print(f"applied  {name}")
         return 0
     if args.action == "remove":
         from facefleet.dashboards.apply import remove_dashboards
 
-        removed = remove_dashboards(names, aws)
+        removed = remove_dashboards(names, aws, _queues(names, aws, settings))
         print("removed: " + (", ".join(removed) if removed else "nothing was there"))
         return 0
     if args.action == "export":

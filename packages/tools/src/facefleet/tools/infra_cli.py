@@ -5,6 +5,8 @@
     facefleet infra apply --vpc-id vpc-0abc --subnet-ids subnet-1,subnet-2 --out outputs.json
     facefleet infra apply --local      # the embedded moto stack (AWS_ENDPOINT_URL)
     facefleet infra destroy
+    facefleet infra doctor --vpc-id vpc-0abc --subnet-ids subnet-1,subnet-2 \
+        --indexing-queue https://sqs.../ve-inhouse-indexing   # read-only preflight
 
 MongoDB URIs are read from GALLERY_IMAGES_MONGO_URI / HUEMN_MONGO_URI (never flags: they hold
 credentials and flags end up in shell history); on an existing stack, leave them unset to keep
@@ -125,6 +127,15 @@ def _apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from facefleet.infra import doctor
+
+    checks = doctor.run(build_config(args), _aws(args))
+    todo = [c for c in checks if not c.ok]
+    print(f"{len(checks) - len(todo)} ok, {len(todo)} to do")
+    return 1 if todo else 0
+
+
 def _destroy(args: argparse.Namespace) -> int:
     config = StackConfig(names=_names(args))
     deleted = deploy.destroy(config, _aws(args))
@@ -193,6 +204,7 @@ def register(subparsers: Any) -> None:
         ("plan", _plan, "render, validate and show the change set"),
         ("apply", _apply, "plan and execute; print the stack outputs"),
         ("destroy", _destroy, "delete the stack"),
+        ("doctor", _doctor, "read-only preflight: quota, network, secrets, queues, image"),
     ):
         parser = actions.add_parser(name, help=helptext)
         _common(parser)

@@ -45,7 +45,8 @@ Loop semantics (settings in `ConsumerConfig`, read from `Settings`):
   MESSAGE_VISIBILITY_TIMEOUT, extended by a heartbeat thread every third of it while the batch
   is worked on; deletion only after DONE.
 - drain-and-exit: `run()` returns 0 once no message arrived for IDLE_EXIT_SECONDS.
-- SIGTERM/SIGINT (Spot notice): stop receiving, wait for the in-flight batch until
+- SIGTERM/SIGINT, or the Spot notice in instance metadata (`spot.SpotNoticeWatcher`, started by
+  `serve`): stop receiving, wait for the in-flight batch until
   SHUTDOWN_DEADLINE_SECONDS, delete what is DONE, release the rest (visibility 0) and return
   `RETRYABLE_EXIT_CODE`, which the job definitions' retry strategy retries.
 
@@ -80,6 +81,7 @@ from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.worker.spot import SpotNoticeWatcher
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef
@@ -477,6 +479,15 @@ def serve(
     """
     consumer = Consumer(config, handler, metrics=metrics)
     consumer.install_signal_handlers()
+    watcher = None
+    if settings is not None and settings.spot_notice_poll_seconds > 0:
+        # Batch jobs never get ECS's Spot draining: the worker reads the notice itself.
+        watcher = SpotNoticeWatcher(
+            lambda notice: consumer.request_stop(),
+            endpoint=settings.instance_metadata_endpoint,
+            poll_s=settings.spot_notice_poll_seconds,
+        )
+        watcher.start()
     log.info(
         "%s worker starting",
         service,
@@ -489,6 +500,8 @@ def serve(
         },
     )
     code = consumer.run()
+    if watcher is not None:
+        watcher.stop()
     log.info("%s worker exiting", service, extra={"exit_code": code})
     if on_exit is not None:
         with contextlib.suppress(Exception):

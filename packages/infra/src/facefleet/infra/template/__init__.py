@@ -51,7 +51,7 @@ from facefleet.infra.template.base import (
     ref,
 )
 from facefleet.infra.template.batch import batch_resources, image
-from facefleet.infra.template.dispatcher import artifact_bucket, dispatcher_resources
+from facefleet.infra.template.dispatcher import artifact_bucket, dispatcher_resources, lease_table
 from facefleet.infra.template.flows_runtime import flows_outputs, flows_runtime_resources
 from facefleet.infra.template.iam import iam_resources
 from facefleet.infra.template.network import network_template
@@ -148,6 +148,7 @@ def render(
         **iam_resources(config, queues),
         **batch_resources(config, queues),
         **alert_resources(config),
+        **lease_table(config),
     }
     if config.fallback_dispatcher:
         if package is None:

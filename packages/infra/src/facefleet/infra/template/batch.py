@@ -1,7 +1,29 @@
-"""AWS Batch: the two compute environments, their job queues and the job definitions."""
+"""AWS Batch: the launch template, the two compute environments, their job queues and the job
+definitions.
+
+Compute environments are replaceable. Some of their properties cannot change in place (Tags,
+Type, ComputeResources.Type and, with in-place infrastructure updates, little else), and
+CloudFormation refuses to replace a resource with a custom name. So each environment's name
+carries a digest of exactly those properties: a change to them gives a new name, CloudFormation
+creates the new environment, points the job queue at it (an in-place queue update) and deletes
+the old one. Everything else (instance types, launch template version, subnets, vCPU caps) is an
+in-place infrastructure update (`ReplaceComputeEnvironment: false`) that lets running jobs
+finish (`UpdatePolicy`).
+
+The launch template carries what the instances need beyond Batch's defaults:
+- the ECS agent settings (user data, MIME multi-part as Batch requires): a stop timeout long
+  enough for the worker's drain, a memory reservation for the agent, Spot draining;
+- a root volume for the CUDA image and the model pack;
+- IMDSv2 required, hop limit 2: the worker container (one network hop beyond the instance in
+  bridge mode) reads the Spot interruption notice from instance metadata itself
+  (`facefleet.worker.spot`), because ECS stops only service tasks on a Spot notice, never a
+  Batch job's standalone task.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from facefleet.common.config import (
@@ -11,6 +33,7 @@ from facefleet.common.config import (
     JobQueueSpec,
     Settings,
 )
+from facefleet.common.instances import ECS_RESERVED_MEMORY_MIB
 from facefleet.infra.stack_config import StackConfig
 from facefleet.infra.template.base import (
     DETECTION_JOB_ROLE,
@@ -23,20 +46,106 @@ from facefleet.infra.template.base import (
     get_att,
     ref,
     sub,
+    tag_list,
 )
 from facefleet.infra.template.network import security_groups
 from facefleet.infra.template.queues import Queues
 from facefleet.infra.template.storage import secret_arns
+
+LAUNCH_TEMPLATE = "WorkerLaunchTemplate"
+# Containers reach instance metadata one hop beyond the instance (bridge networking).
+IMDS_HOP_LIMIT = 2
+# The AL2023 ECS GPU AMI's root device.
+ROOT_DEVICE = "/dev/xvda"
+MIME_BOUNDARY = "==FACEFLEET-USERDATA=="
+
+
+def ecs_agent_settings(config: StackConfig) -> dict[str, str]:
+    """The ECS agent settings the instances start with (/etc/ecs/ecs.config)."""
+    return {
+        # SIGTERM -> SIGKILL: the worker's drain fits (SHUTDOWN_DEADLINE_SECONDS < this).
+        "ECS_CONTAINER_STOP_TIMEOUT": f"{config.container_stop_timeout_s}s",
+        # Memory kept for the agent and Docker; the job memory in the instance facts allows it.
+        "ECS_RESERVED_MEMORY": str(ECS_RESERVED_MEMORY_MIB),
+        # No new tasks on an instance with a Spot notice (the worker itself drains its job).
+        "ECS_ENABLE_SPOT_INSTANCE_DRAINING": "true",
+        # The image is large: reuse the cached layers when the tag did not move.
+        "ECS_IMAGE_PULL_BEHAVIOR": "prefer-cached",
+    }
+
+
+def user_data(config: StackConfig) -> str:
+    """MIME multi-part user data (Batch merges its own part with it)."""
+    settings = "\n".join(f"{k}={v}" for k, v in sorted(ecs_agent_settings(config).items()))
+    return (
+        "MIME-Version: 1.0\n"
+        f'Content-Type: multipart/mixed; boundary="{MIME_BOUNDARY}"\n\n'
+        f"--{MIME_BOUNDARY}\n"
+        'Content-Type: text/x-shellscript; charset="us-ascii"\n\n'
+        "#!/bin/bash\n"
+        "mkdir -p /etc/ecs\n"
+        "cat >> /etc/ecs/ecs.config <<'ECSCONFIG'\n"
+        f"{settings}\n"
+        "ECSCONFIG\n\n"
+        f"--{MIME_BOUNDARY}--\n"
+    )
+
+
+def launch_template(config: StackConfig) -> Json:
+    return {
+        "Type": "AWS::EC2::LaunchTemplate",
+        "Properties": {
+            "LaunchTemplateData": {
+                "UserData": {"Fn::Base64": user_data(config)},
+                "BlockDeviceMappings": [
+                    {
+                        "DeviceName": ROOT_DEVICE,
+                        "Ebs": {
+                            "VolumeSize": config.root_volume_gib,
+                            "VolumeType": "gp3",
+                            "Encrypted": True,
+                            "DeleteOnTermination": True,
+                        },
+                    }
+                ],
+                "MetadataOptions": {
+                    "HttpEndpoint": "enabled",
+                    "HttpTokens": "required",
+                    "HttpPutResponseHopLimit": IMDS_HOP_LIMIT,
+                },
+                "TagSpecifications": [
+                    {"ResourceType": "volume", "Tags": tag_list(config)},
+                ],
+            },
+            "TagSpecifications": [
+                {"ResourceType": "launch-template", "Tags": tag_list(config)},
+            ],
+        },
+    }
+
+
+def _replacement_digest(spec: ComputeEnvironmentSpec, config: StackConfig) -> str:
+    # Exactly the properties an in-place update cannot change (see the module docstring).
+    fixed = {"type": "MANAGED", "resources": "SPOT", "tags": dict(sorted(config.tags.items()))}
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def compute_environment_name(spec: ComputeEnvironmentSpec, config: StackConfig) -> str:
+    """The deployed name: `spec.name` plus a digest of the replacement-only properties."""
+    return f"{spec.name}-{_replacement_digest(spec, config)}"
 
 
 def _compute_environment(spec: ComputeEnvironmentSpec, config: StackConfig) -> Json:
     return {
         "Type": "AWS::Batch::ComputeEnvironment",
         "Properties": {
-            "ComputeEnvironmentName": spec.name,
+            "ComputeEnvironmentName": compute_environment_name(spec, config),
             "Type": "MANAGED",
             "State": "ENABLED",
             "ServiceRole": get_att("BatchServiceRole", "Arn"),
+            # Instance-level changes roll out in place; a running job may finish first.
+            "ReplaceComputeEnvironment": False,
+            "UpdatePolicy": {"TerminateJobsOnUpdate": False, "JobExecutionTimeoutMinutes": 30},
             "ComputeResources": {
                 "Type": "SPOT",
                 "AllocationStrategy": spec.allocation_strategy,
@@ -48,6 +157,11 @@ def _compute_environment(spec: ComputeEnvironmentSpec, config: StackConfig) -> J
                 "SecurityGroupIds": security_groups(config),
                 "InstanceRole": get_att("InstanceProfile", "Arn"),
                 "Ec2Configuration": [{"ImageType": config.ami_image_type}],
+                "LaunchTemplate": {
+                    "LaunchTemplateId": ref(LAUNCH_TEMPLATE),
+                    "Version": get_att(LAUNCH_TEMPLATE, "LatestVersionNumber"),
+                },
+                "UpdateToLatestImageVersion": True,
                 "Tags": dict(sorted(config.tags.items())),
             },
             "Tags": dict(sorted(config.tags.items())),
@@ -154,7 +268,7 @@ def _job_definition(
 
 def batch_resources(config: StackConfig, queues: Queues) -> Json:
     names = config.names
-    resources: Json = {}
+    resources: Json = {LAUNCH_TEMPLATE: launch_template(config)}
     environment_ids = {
         names.primary_environment.name: "PrimaryComputeEnvironment",
         names.secondary_environment.name: "SecondaryComputeEnvironment",

@@ -1,4 +1,6 @@
-"""The fallback dispatcher: the Lambda function, its role and its EventBridge schedule."""
+"""The fallback dispatcher: the Lambda function, its role and its EventBridge schedule; and the
+dispatch lease table both dispatchers (the Prefect flow and the Lambda) take a tick's lease in
+(facefleet.control.lease: no reserved Lambda concurrency is needed or used)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,26 @@ def artifact_bucket(config: StackConfig) -> Any:
     return sub(f"{config.names.prefix}-artifacts-${{AWS::AccountId}}-${{AWS::Region}}")
 
 
+LEASE_TABLE = "DispatchLeaseTable"
+
+
+def lease_table(config: StackConfig) -> Json:
+    """The dispatch lease (one item; on-demand billing: a few writes a minute)."""
+    return {
+        LEASE_TABLE: {
+            "Type": "AWS::DynamoDB::Table",
+            "Properties": {
+                "TableName": config.names.dispatch_lease_table,
+                "BillingMode": "PAY_PER_REQUEST",
+                "AttributeDefinitions": [{"AttributeName": "lease", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "lease", "KeyType": "HASH"}],
+                "SSESpecification": {"SSEEnabled": True},
+                "Tags": tag_list(config),
+            },
+        }
+    }
+
+
 def dispatcher_resources(config: StackConfig, queues: Queues, package: LambdaPackage) -> Json:
     names = config.names
     function = names.dispatch_function
@@ -49,6 +71,7 @@ def dispatcher_resources(config: StackConfig, queues: Queues, package: LambdaPac
         statement(
             ["batch:DescribeJobs", "batch:ListJobs", "cloudwatch:GetMetricStatistics"], ["*"]
         ),
+        statement(["dynamodb:PutItem", "dynamodb:DeleteItem"], [get_att(LEASE_TABLE, "Arn")]),
         statement(
             ["ssm:GetParameter", "ssm:PutParameter"],
             [arn("ssm", f"parameter{names.dispatch_parameter_prefix}/state")],
@@ -92,8 +115,8 @@ def dispatcher_resources(config: StackConfig, queues: Queues, package: LambdaPac
                 "Role": get_att(DISPATCH_ROLE, "Arn"),
                 "Timeout": 60,
                 "MemorySize": 256,
-                # One tick at a time: two concurrent ticks would both see the same backlog.
-                "ReservedConcurrentExecutions": 1,
+                # One tick at a time is the dispatch lease's job, not reserved concurrency
+                # (which fails to create where the account's limit leaves none to reserve).
                 "Environment": {
                     "Variables": {
                         "FACEFLEET_PREFIX": names.prefix,

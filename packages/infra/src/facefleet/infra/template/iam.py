@@ -56,6 +56,9 @@ def _job_policies(config: StackConfig, queues: Queues) -> dict[str, list[Json]]:
         statement(CONSUME, [queues.arn(INDEXING_QUEUE)]),
         statement(["sqs:SendMessage", "sqs:GetQueueUrl"], [queues.arn(GROUP_FACE_QUEUE)]),
         statement(["s3:GetObject"], [s3_arn(config.gallery_bucket, "/*")]),
+        # A photo deleted before detection reads as NoSuchKey (a failed image), not as 403
+        # AccessDenied (an outage, retried to the dead-letter queue).
+        statement(["s3:ListBucket"], [s3_arn(config.gallery_bucket)]),
         statement(["s3:PutObject"], [s3_arn(face_groups, "/*")]),
         # A deleted photo's crops are listed and deleted (privacy: nothing outlives the photo).
         statement(["s3:DeleteObject"], [s3_arn(face_groups, "/*")]),
@@ -69,8 +72,11 @@ def _job_policies(config: StackConfig, queues: Queues) -> dict[str, list[Json]]:
         statement(CONSUME, [queues.arn(GROUP_FACE_QUEUE)]),
         # Crops written by detection are read, and copied to their person's key.
         statement(["s3:GetObject", "s3:PutObject"], [s3_arn(face_groups, "/*")]),
-        # Covers of emptied people, and on erasure every object under the user's prefixes.
+        # Covers of emptied people, and on erasure every object under the user's prefixes
+        # (crops and covers of the face-group bucket only, never a gallery photo).
         statement(["s3:DeleteObject"], [s3_arn(face_groups, "/*")]),
+        # Without ListBucket S3 answers a missing key with 403, not NoSuchKey, and a missing
+        # crop (tolerated) would read as AccessDenied (an outage, retried to the DLQ).
         statement(["s3:ListBucket"], [s3_arn(face_groups)]),
         _logs_statement(names.log_group),
         metrics_statement(names.metrics_namespace),

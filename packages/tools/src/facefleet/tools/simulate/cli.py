@@ -11,7 +11,12 @@ from typing import Any
 
 from facefleet.common.config import NAMES, Settings
 from facefleet.control.policy import PolicyParams
-from facefleet.control.pricing import PriceTable, SpotSeries, spot_history
+from facefleet.control.pricing import (
+    PriceTable,
+    SpotSeries,
+    diversified_spot_per_h,
+    spot_history,
+)
 from facefleet.tools.simulate import trace as traces
 from facefleet.tools.simulate.compare import DEFAULT_ECS_TASKS, compare, format_comparison
 from facefleet.tools.simulate.model import DEFAULT_IMAGES_PER_S, ModelParams
@@ -90,7 +95,11 @@ def register(subparsers: Any) -> None:
     )
     prices = parser.add_argument_group("prices")
     prices.add_argument("--on-demand-per-h", type=float, help="on-demand $/h (table: 0.526)")
-    prices.add_argument("--spot-per-h", type=float, help="constant Spot $/h (table: 0.2104)")
+    prices.add_argument(
+        "--spot-per-h",
+        type=float,
+        help="constant Spot $/h (default: the mean of the Batch instance types' table prices)",
+    )
     prices.add_argument(
         "--spot-history-days",
         type=float,
@@ -140,14 +149,18 @@ def history_window(trace: traces.Trace, days: float, now: datetime) -> tuple[dat
 
 
 def _prices(args: argparse.Namespace, trace: traces.Trace) -> PriceTable:
-    table = PriceTable.for_instance(NAMES.instance_type, args.spot_per_h)
+    # On demand: the existing ECS service's instance type. Spot: the Batch side, across the
+    # secondary environment's diversified list (the instance facts table's).
+    batch_types = NAMES.secondary_environment.instance_types
+    spot = args.spot_per_h if args.spot_per_h is not None else diversified_spot_per_h(batch_types)
+    table = PriceTable.for_instance(NAMES.instance_type, spot)
     if args.on_demand_per_h is not None:
         table = replace(table, on_demand_per_h=args.on_demand_per_h)
     if args.spot_history_days:
         settings = Settings.from_env()
         start, end = history_window(trace, args.spot_history_days, datetime.now(UTC))
         ec2 = settings.aws.client("ec2")
-        table = replace(table, spot=spot_history(ec2, NAMES.instance_type, start, end))
+        table = replace(table, spot=spot_history(ec2, batch_types, start, end))
     return table
 
 

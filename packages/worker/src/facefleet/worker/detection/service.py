@@ -68,7 +68,19 @@ from facefleet.worker.privacy.photos import delete_photo, drop_image_docs, remov
 log = logging.getLogger(__name__)
 
 __all__ = ["DetectionService", "PipelineResult", "crop_key", "main", "run_pipeline"]
-_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound", "AccessDenied", "403"})
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
+# The job role may list the gallery bucket, so S3 says NoSuchKey for a missing photo; a denial is
+# then a permission problem of the deployment, not of the photo: the message is kept (RETRY,
+# then the DLQ) instead of the photo being marked failed.
+_DENIED_CODES = frozenset({"AccessDenied", "403"})
+
+
+def _denied(error: BaseException) -> bool:
+    return isinstance(error, ClientError) and (
+        str(error.response.get("Error", {}).get("Code", "")) in _DENIED_CODES
+    )
+
+
 CROP_JPEG_QUALITY = 92
 
 
@@ -182,7 +194,7 @@ class DetectionService:
             problem = result.error
             if isinstance(problem, ImageError):
                 work.failure = problem
-            elif problem is not None and is_outage(problem):
+            elif problem is not None and (is_outage(problem) or _denied(problem)):
                 work.outage = problem
             elif problem is not None:
                 work.error = problem
