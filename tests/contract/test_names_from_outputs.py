@@ -90,3 +90,38 @@ def test_without_urls_or_a_stack_dispatch_names_what_is_missing(env) -> None:
         assert "QUEUE_URL" in str(error) and "GROUP_FACE_QUEUE_URL" in str(error)
     else:
         raise AssertionError("queue URLs were invented")
+
+
+def test_the_cutover_finds_its_queues_from_the_stack_outputs(env) -> None:
+    """Rollback returns waiting Batch messages to the ECS queue, and the dead-letter gate counts
+    the Batch queue's DLQ (found from its RedrivePolicy), on queues whose names the prefix
+    would never give."""
+    from facefleet.control.cutover import effects, health
+
+    names = env.names
+    sqs = env.aws.client("sqs")
+    dlq = sqs.create_queue(QueueName=f"{names.prefix}-elsewhere-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5})
+    batch = sqs.create_queue(
+        QueueName=f"{names.prefix}-batch-elsewhere", Attributes={"RedrivePolicy": redrive}
+    )["QueueUrl"]
+    ecs = sqs.create_queue(QueueName=f"{names.prefix}-ecs-elsewhere")["QueueUrl"]
+    body = {
+        "Resources": {"Marker": {"Type": "AWS::SNS::Topic"}},
+        "Outputs": {"IndexingQueueUrl": {"Value": batch}, "EcsIndexingQueueUrl": {"Value": ecs}},
+    }
+    env.aws.client("cloudformation").create_stack(
+        StackName=names.stack_name, TemplateBody=json.dumps(body)
+    )
+    for i in range(3):
+        sqs.send_message(QueueUrl=batch, MessageBody=json.dumps({"n": i}))
+    sqs.send_message(QueueUrl=dlq, MessageBody="dead")
+    assert names.indexing_queue not in str(sqs.list_queues(QueueNamePrefix=names.prefix))
+
+    assert health.dead_letter_count(names, env.aws) == 1
+    assert effects.return_to_ecs(names, env.aws) == 3
+    assert observe.queue_depth(ecs, env.aws).visible == 3
+    assert observe.queue_depth(batch, env.aws).visible == 0

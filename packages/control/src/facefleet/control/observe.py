@@ -52,6 +52,42 @@ class QueueUrlsMissing(LookupError):
     """No queue URL was given, set (QUEUE_URL / GROUP_FACE_QUEUE_URL) or in the stack outputs."""
 
 
+def stack_outputs(names: Names, aws: AwsTarget) -> dict[str, str] | None:
+    """The deployed stack's outputs, or None when no such stack exists."""
+    try:
+        stacks = aws.client("cloudformation").describe_stacks(StackName=names.stack_name)["Stacks"]
+    except ClientError as error:
+        if "does not exist" not in str(error):
+            raise
+        return None
+    return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+
+
+def stack_queue_url(names: Names, aws: AwsTarget, output_key: str, queue_name: str) -> str:
+    """A queue URL the stack's outputs name (production's queues carry other names, in other
+    accounts). Only with no stack at all, as in a test harness of bare queues, is it looked up
+    by the `Names` queue name."""
+    outputs = stack_outputs(names, aws)
+    if outputs is None:
+        return str(aws.client("sqs").get_queue_url(QueueName=queue_name)["QueueUrl"])
+    if output_key not in outputs:
+        raise QueueUrlsMissing(f"stack {names.stack_name} has no output {output_key}")
+    return outputs[output_key]
+
+
+def dead_letter_url(queue_url: str, aws: AwsTarget) -> str | None:
+    """The dead-letter queue of a queue, from its RedrivePolicy (wherever it lives)."""
+    sqs = aws.client("sqs")
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+    policy = attributes.get("Attributes", {}).get("RedrivePolicy")
+    if not policy:
+        return None
+    arn = str(json.loads(policy)["deadLetterTargetArn"])
+    _, _, _, _, account, name = arn.split(":", 5)
+    found = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)
+    return str(found["QueueUrl"])
+
+
 def queue_urls(
     names: Names,
     aws: AwsTarget,
@@ -65,14 +101,7 @@ def queue_urls(
     accounts."""
     if indexing and group_face:
         return QueueUrls(indexing=indexing, group_face=group_face)
-    outputs: dict[str, str] = {}
-    cloudformation = aws.client("cloudformation")
-    try:
-        stacks = cloudformation.describe_stacks(StackName=names.stack_name)["Stacks"]
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
-    except ClientError as error:
-        if "does not exist" not in str(error):
-            raise
+    outputs = stack_outputs(names, aws) or {}
     indexing = indexing or outputs.get("IndexingQueueUrl")
     group_face = group_face or outputs.get("GroupFaceQueueUrl")
     if not indexing or not group_face:

@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
+from facefleet.control import observe
 from facefleet.control.cutover import effects, machine
 from facefleet.control.cutover import health as health_reads
 
@@ -49,9 +50,11 @@ def cutover(
     if decision.action == "start" and ecs_cluster and ecs_service:
         # The router sends every user not on Batch to the ECS queue: the ECS service must read
         # it before the first user moves (`facefleet cutover move-ecs-queue`).
-        ecs_url = aws.client("sqs").get_queue_url(QueueName=the_names.ecs_indexing_queue)
+        ecs_url = observe.stack_queue_url(
+            the_names, aws, "EcsIndexingQueueUrl", the_names.ecs_indexing_queue
+        )
         reads = effects.ecs_queue_url(ecs_cluster, ecs_service, aws)
-        if reads != ecs_url["QueueUrl"]:
+        if reads != ecs_url:
             reason = (
                 f"ECS service {ecs_service} reads {reads or 'no QUEUE_URL'}, not the ECS queue: "
                 "run `facefleet cutover move-ecs-queue` first"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names, Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
-from facefleet.control import router
+from facefleet.control import observe, router
 from facefleet.control.cutover.machine import CutoverState
 
 if TYPE_CHECKING:
@@ -55,8 +55,8 @@ def return_to_ecs(names: Names, aws: AwsTarget, *, idle_polls: int = 2) -> int:
     they finish on Batch, or return to the Batch queue and a second rollback moves them.
     """
     sqs = aws.client("sqs")
-    batch_url = sqs.get_queue_url(QueueName=names.indexing_queue)["QueueUrl"]
-    ecs_url = sqs.get_queue_url(QueueName=names.ecs_indexing_queue)["QueueUrl"]
+    batch_url = observe.stack_queue_url(names, aws, "IndexingQueueUrl", names.indexing_queue)
+    ecs_url = observe.stack_queue_url(names, aws, "EcsIndexingQueueUrl", names.ecs_indexing_queue)
     moved, empty = 0, 0
     while empty < idle_polls:
         messages = sqs.receive_message(

@@ -65,12 +65,10 @@ def _p95(
 
 
 def dead_letter_count(names: Names, aws: AwsTarget) -> int:
-    sqs = aws.client("sqs")
-    try:
-        url = sqs.get_queue_url(QueueName=names.dead_letter_queue(names.indexing_queue))["QueueUrl"]
-    except sqs.exceptions.QueueDoesNotExist:
-        return 0
-    return observe.queue_depth(url, aws).visible
+    """Messages in the Batch indexing queue's dead-letter queue (found from its RedrivePolicy)."""
+    indexing = observe.stack_queue_url(names, aws, "IndexingQueueUrl", names.indexing_queue)
+    url = observe.dead_letter_url(indexing, aws)
+    return observe.queue_depth(url, aws).visible if url else 0
 
 
 def read_health(

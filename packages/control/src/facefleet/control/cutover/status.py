@@ -13,6 +13,7 @@ from typing import Any
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
+from facefleet.control import observe
 from facefleet.control.cutover import effects
 from facefleet.control.cutover import health as health_reads
 from facefleet.control.cutover.machine import STAGES, CutoverState, Gates, Health, gate_findings
@@ -190,8 +191,9 @@ def read_status(
     ecs_queue = expected = None
     if ecs_cluster and ecs_service:
         ecs_queue = effects.ecs_queue_url(ecs_cluster, ecs_service, aws)
-        sqs = aws.client("sqs")
-        expected = sqs.get_queue_url(QueueName=names.ecs_indexing_queue)["QueueUrl"]
+        expected = observe.stack_queue_url(
+            names, aws, "EcsIndexingQueueUrl", names.ecs_indexing_queue
+        )
     return describe(
         state,
         health,
