@@ -232,7 +232,9 @@ def _served_flows(
 def _wait_for_deployment(server: subprocess.Popen[bytes], log_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
-    deadline = time.monotonic() + 120
+    # Registering seven deployments takes seconds on a quiet machine, minutes on a loaded one.
+    deadline = time.monotonic() + 300
+    last: Exception | None = None
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise DemoError(f"`facefleet flows serve` exited {server.returncode}; see {log_path}")
@@ -240,9 +242,13 @@ def _wait_for_deployment(server: subprocess.Popen[bytes], log_path: Path) -> Non
             with get_client(sync_client=True) as prefect:
                 prefect.read_deployment_by_name(DISPATCH_DEPLOYMENT)
             return
-        except Exception:  # not registered yet
+        except Exception as error:  # not registered yet (or the server is slow to answer)
+            last = error
             time.sleep(1.0)
-    raise DemoError(f"the {DISPATCH_DEPLOYMENT} deployment never appeared; see {log_path}")
+    raise DemoError(
+        f"the {DISPATCH_DEPLOYMENT} deployment never appeared (last answer: {last!r}); "
+        f"see {log_path}"
+    )
 
 
 class _Ticker:
