@@ -456,11 +456,25 @@ def wait_until(
         time.sleep(interval)
 
 
+# Workers that an interruption test kills mid-batch: small batches, and a SIGKILLed batch
+# comes back after VISIBILITY_S seconds.
+VISIBILITY_S = 6
+INTERRUPTIBLE_WORKER = {
+    "BATCH_SIZE": "3",
+    "MESSAGE_VISIBILITY_TIMEOUT": str(VISIBILITY_S),
+    "SHUTDOWN_DEADLINE_SECONDS": "2",
+    "IDLE_EXIT_SECONDS": "4",
+}
+
+
 def localized_stack(
     env: Any, tmp_path: Path, models_dir: Path, monkeypatch: Any, **overrides: str
 ) -> Iterator[E2EStack]:
-    """The body of an e2e test's `stack` fixture: a provisioned stack whose jobs run here with
-    `overrides`, every local job stopped afterwards."""
+    """The body of an e2e test's `stack` fixture: a provisioned stack (the flows on Prefect's
+    test harness) whose jobs run here with `overrides`, every local job stopped afterwards."""
+    from tests.flows_support import prefect_harness
+
+    prefect_harness()
     monkeypatch.setenv("FACEFLEET_WORKDIR", str(ROOT))
     provisioned = provision_stack(env, tmp_path / "batch")
     provisioned.localize_jobs(models_dir, **overrides)

@@ -23,7 +23,6 @@ import pytest
 from facefleet.control.policy import ActiveJob, DispatchInputs, PolicyParams, QueueDepth, decide
 from facefleet.tools.demo.gallery import lfw_bulk
 from tests.e2e_support import E2EStack, localized_stack
-from tests.flows_support import prefect_harness
 
 USER = "e2e-bulk"
 CI_COUNT = 50
@@ -37,11 +36,6 @@ SCALED = {
     "cooldown_s": 0,
 }
 PRODUCTION = {"cooldown_s": 10}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def harness() -> None:
-    prefect_harness()
 
 
 @pytest.fixture

@@ -17,31 +17,21 @@ import pytest
 
 from facefleet.localstack.batch import ChildStatus
 from facefleet.tools.demo.gallery import Photo, lfw_bulk
-from tests.e2e_support import E2EStack, localized_stack, queue_counts, wait_until
-from tests.flows_support import prefect_harness
+from tests.e2e_support import (
+    INTERRUPTIBLE_WORKER,
+    E2EStack,
+    localized_stack,
+    queue_counts,
+    wait_until,
+)
 
 USER = "e2e-reprocess"
 NO_COOLDOWN = {"cooldown_s": 0}
-VISIBILITY_S = 6  # a SIGKILLed batch comes back after this long
-
-
-@pytest.fixture(scope="module", autouse=True)
-def harness() -> None:
-    prefect_harness()
 
 
 @pytest.fixture
 def stack(env, tmp_path: Path, models_dir: Path, monkeypatch) -> Iterator[E2EStack]:
-    yield from localized_stack(
-        env,
-        tmp_path,
-        models_dir,
-        monkeypatch,
-        BATCH_SIZE="3",
-        MESSAGE_VISIBILITY_TIMEOUT=str(VISIBILITY_S),
-        SHUTDOWN_DEADLINE_SECONDS="2",
-        IDLE_EXIT_SECONDS="4",
-    )
+    yield from localized_stack(env, tmp_path, models_dir, monkeypatch, **INTERRUPTIBLE_WORKER)
 
 
 def s3_notifications(stack: E2EStack, photos: list[Photo]) -> int:

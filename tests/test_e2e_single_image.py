@@ -14,15 +14,9 @@ from facefleet.common.documents import ImageStatus
 from facefleet.common.repository import GalleryRepository
 from facefleet.tools.demo.gallery import Photo
 from tests.e2e_support import E2EStack, localized_stack
-from tests.flows_support import prefect_harness
 
 USER = "e2e-single"
 NO_COOLDOWN = {"cooldown_s": 0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def harness() -> None:
-    prefect_harness()
 
 
 @pytest.fixture

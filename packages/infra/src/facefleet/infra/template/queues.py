@@ -45,29 +45,24 @@ class Queues:
         return get_att(logical_id, "Arn") if existing is None else existing.arn
 
 
-def queue_resources(config: StackConfig, queues: Queues) -> Json:
-    names = config.names
-    resources: Json = {}
-    for logical_id, queue_name in (
-        (INDEXING_QUEUE, names.indexing_queue),
-        (GROUP_FACE_QUEUE, names.group_face_queue),
-    ):
-        if not queues.created(logical_id):
-            continue
-        dlq_id = f"{logical_id}DeadLetter"
-        resources[dlq_id] = {
+def queue_with_dead_letter(config: StackConfig, logical_id: str, name: str) -> Json:
+    """A queue named `name` and its dead-letter queue (`<logical id>DeadLetter`), which takes a
+    message after `max_receive_count` receives."""
+    dlq_id = f"{logical_id}DeadLetter"
+    return {
+        dlq_id: {
             "Type": "AWS::SQS::Queue",
             "Properties": {
-                "QueueName": names.dead_letter_queue(queue_name),
+                "QueueName": config.names.dead_letter_queue(name),
                 "MessageRetentionPeriod": config.dlq_retention_s,
                 "SqsManagedSseEnabled": True,
                 "Tags": tag_list(config),
             },
-        }
-        resources[logical_id] = {
+        },
+        logical_id: {
             "Type": "AWS::SQS::Queue",
             "Properties": {
-                "QueueName": queue_name,
+                "QueueName": name,
                 "VisibilityTimeout": config.queue_visibility_timeout_s,
                 "MessageRetentionPeriod": config.message_retention_s,
                 "ReceiveMessageWaitTimeSeconds": 20,
@@ -78,7 +73,20 @@ def queue_resources(config: StackConfig, queues: Queues) -> Json:
                 },
                 "Tags": tag_list(config),
             },
-        }
+        },
+    }
+
+
+def queue_resources(config: StackConfig, queues: Queues) -> Json:
+    names = config.names
+    resources: Json = {}
+    for logical_id, queue_name in (
+        (INDEXING_QUEUE, names.indexing_queue),
+        (GROUP_FACE_QUEUE, names.group_face_queue),
+    ):
+        if not queues.created(logical_id):
+            continue
+        resources.update(queue_with_dead_letter(config, logical_id, queue_name))
     if queues.created(INDEXING_QUEUE):
         # The gallery bucket's event notifications feed the indexing queue: only that bucket,
         # only SendMessage, and only over TLS for everyone.

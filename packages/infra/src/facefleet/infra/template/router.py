@@ -31,7 +31,7 @@ from facefleet.infra.template.base import (
     statement,
     tag_list,
 )
-from facefleet.infra.template.queues import Queues
+from facefleet.infra.template.queues import Queues, queue_with_dead_letter
 
 INGRESS_QUEUE = "IngressQueue"
 ECS_QUEUE = "EcsIndexingQueue"
@@ -62,36 +62,6 @@ class RouterQueues:
         if logical_id == INGRESS_QUEUE and self.ingress is not None:
             return self.ingress.name
         return get_att(logical_id, "QueueName")
-
-
-def _queue(config: StackConfig, logical_id: str, name: str) -> Json:
-    dlq_id = f"{logical_id}DeadLetter"
-    return {
-        dlq_id: {
-            "Type": "AWS::SQS::Queue",
-            "Properties": {
-                "QueueName": config.names.dead_letter_queue(name),
-                "MessageRetentionPeriod": config.dlq_retention_s,
-                "SqsManagedSseEnabled": True,
-                "Tags": tag_list(config),
-            },
-        },
-        logical_id: {
-            "Type": "AWS::SQS::Queue",
-            "Properties": {
-                "QueueName": name,
-                "VisibilityTimeout": config.queue_visibility_timeout_s,
-                "MessageRetentionPeriod": config.message_retention_s,
-                "ReceiveMessageWaitTimeSeconds": 20,
-                "SqsManagedSseEnabled": True,
-                "RedrivePolicy": {
-                    "deadLetterTargetArn": get_att(dlq_id, "Arn"),
-                    "maxReceiveCount": config.max_receive_count,
-                },
-                "Tags": tag_list(config),
-            },
-        },
-    }
 
 
 def router_statements(config: StackConfig, queues: Queues, routed: RouterQueues) -> list[Json]:
@@ -132,9 +102,9 @@ def router_resources(
     role, log group and alarms (`package`: the router zip; only its key is used)."""
     names = config.names
     routed = RouterQueues(config)
-    resources: Json = _queue(config, ECS_QUEUE, names.ecs_indexing_queue)
+    resources: Json = queue_with_dead_letter(config, ECS_QUEUE, names.ecs_indexing_queue)
     if routed.ingress is None:
-        resources.update(_queue(config, INGRESS_QUEUE, names.ingress_queue))
+        resources.update(queue_with_dead_letter(config, INGRESS_QUEUE, names.ingress_queue))
     if not config.router_lambda:
         return resources
     if package is None:
