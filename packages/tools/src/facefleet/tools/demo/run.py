@@ -119,7 +119,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoSu
             publish_queue_depth(current, Names(), aws)
             return current
 
-        with _served_flows(options, state, executor):
+        with _served_flows(options, state, executor), _this_prefect(state):
             finished = _watch(progress, options, say)
             seconds = time.monotonic() - started
             finished = _wait_for_zero_jobs(progress, say) or finished
@@ -218,7 +218,8 @@ def _served_flows(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
-        _wait_for_deployment(server, log_path)
+        with _this_prefect(state):
+            _wait_for_deployment(server, log_path)
         yield
     finally:
         server.terminate()
@@ -227,6 +228,16 @@ def _served_flows(
         except subprocess.TimeoutExpired:
             server.kill()
         executor.terminate()
+
+
+@contextmanager
+def _this_prefect(state: local.StackState) -> Iterator[None]:
+    """The stack's Prefect server for this process's own client calls too: an enclosing Prefect
+    settings context (a test harness, a profile) would otherwise win over PREFECT_API_URL."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: state.prefect_api_url}):
+        yield
 
 
 def _wait_for_deployment(server: subprocess.Popen[bytes], log_path: Path) -> None:
