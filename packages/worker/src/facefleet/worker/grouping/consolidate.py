@@ -371,6 +371,41 @@ def consolidate(
     consolidate_params = consolidate_params or ConsolidateParams()
     if labels is None:
         labels = full_partition(state, params, consolidate_params, index)
+    # The mapping reads the current people (overlaps, barred faces, the photo rule), so one pass
+    # can leave a labelling that a second would still move. Passes repeat, reusing the batch
+    # partition (the costly part), until nothing moves: a consolidated library is a fixed point.
+    total = _map_onto_people(state, consolidate_params, labels)
+    for _ in range(MAX_MAPPING_PASSES - 1):
+        again = _map_onto_people(state, consolidate_params, labels)
+        if not (again.assignments or again.created or again.removed or again.changed):
+            break
+        total = _combined(total, again)
+    return total
+
+
+MAX_MAPPING_PASSES = 6
+
+
+def _combined(first: ClusterUpdate, then: ClusterUpdate) -> ClusterUpdate:
+    """Two consecutive updates as one (a person created and then dissolved never was)."""
+    transient = set(first.created) & set(then.removed)
+    created = [p for p in first.created + then.created if p not in transient]
+    removed = [p for p in first.removed + then.removed if p not in transient]
+    gone = set(created) | set(removed)
+    return ClusterUpdate(
+        added=first.added + then.added,
+        redelivered=first.redelivered + then.redelivered,
+        assignments={**first.assignments, **then.assignments},
+        created=created,
+        changed=(first.changed | then.changed) - gone,
+        removed=removed,
+    )
+
+
+def _map_onto_people(
+    state: UserClusterState, consolidate_params: ConsolidateParams, labels: np.ndarray
+) -> ClusterUpdate:
+    """One pass: the batch clusters onto the existing person ids, constraints applied."""
     anchored = _anchors(state)
     # A batch cluster's free faces (not anchored) form one group; its anchored faces vote for
     # their person when the group's id is chosen, so a group holding a named person's faces
