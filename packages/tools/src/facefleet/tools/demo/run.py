@@ -87,9 +87,21 @@ class DemoSummary:
         )
 
 
+@contextmanager
+def _environment_restored() -> Iterator[None]:
+    """The demo points this process at its stack (os.environ); a caller that goes on after it
+    (a test session, a shell tool) gets its own environment back, not the stopped stack's."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoSummary:
     _check_inputs(options)
-    with _stack(options, say) as state:
+    with _environment_restored(), _stack(options, say) as state:
         local.apply_environment(state.environment())
         aws = AwsTarget.from_env(endpoint_url=state.moto_url)
         worker_env = _provision(options, aws, say)
