@@ -58,9 +58,13 @@ def test_opt_in_indexes_only_after_consent(
     assert stack.grouping_requests() == []
     assert activity.last(USER) == request.requested_at  # an upload is an interaction
 
-    # The user opts in (the CLI writes `face_recognition: true`): new photos are indexed.
+    # Before the opt-in nothing can be re-indexed.
     for key, value in {**stack.environment(), **opt_in}.items():
         monkeypatch.setenv(key, value)
+    assert cli(["people", "reindex", "--user", USER]) == 2
+    assert "no_consent" in capsys.readouterr().out
+
+    # The user opts in (the CLI writes `face_recognition: true`): new photos are indexed.
     assert cli(["people", "recognition", "--user", USER, "on"]) == 0
     assert "face recognition on" in capsys.readouterr().out
     stack.send(stack.upload("after.jpg", data).to_body())
@@ -71,9 +75,20 @@ def test_opt_in_indexes_only_after_consent(
     assert len(crops(stack, "after.jpg")) == image.face_count
     [grouping] = stack.grouping_requests()
     assert grouping["type"] == "group" and grouping["image_ids"] == ["after.jpg"]
-    # The photo uploaded before the opt-in is not indexed by it.
+    # The photo uploaded before the opt-in is not indexed by it, until asked for.
     before = stack.repository.get_image(USER, "before.jpg")
     assert before is not None and before.face_count == 0
+    assert cli(["people", "reindex", "--user", USER, "--dry-run"]) == 0
+    assert "1 photos of u1 would be sent" in capsys.readouterr().out
+    assert stack.drain(analyzer, **opt_in) == 0 and stack.grouping_requests() == []
+    assert cli(["people", "reindex", "--user", USER]) == 0
+    assert "1 photos of u1 sent" in capsys.readouterr().out
+    assert stack.drain(analyzer, **opt_in) == 0
+    before = stack.repository.get_image(USER, "before.jpg")
+    assert before is not None and before.face_count >= 1 and before.reason is None
+    assert [r["image_ids"] for r in stack.grouping_requests()] == [["before.jpg"]]
+    assert cli(["people", "reindex", "--user", USER]) == 0  # nothing left: idempotent
+    assert "0 photos of u1 sent" in capsys.readouterr().out
 
 
 def test_switching_to_opt_in_erases_nothing_by_itself(

@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
+from facefleet.common.documents import ImageDoc, ImageStatus
 from facefleet.common.privacy import PrivacyRepository
+from facefleet.common.repository import GalleryRepository
 
 
 class ConsentMode(StrEnum):
@@ -51,3 +53,15 @@ def recognition_of(
 ) -> dict[str, Recognition]:
     """user -> Recognition, one query for the batch."""
     return {u: decide(mode, v) for u, v in privacy.recognition_settings(user_ids).items()}
+
+
+def not_indexed(gallery: GalleryRepository, user_id: str) -> list[ImageDoc]:
+    """The user's photos marked done without indexing because of consent or the opt-out: what
+    `facefleet people reindex` sends again after the user opts in (never done on its own)."""
+    query = {
+        "user_id": user_id,
+        "status": str(ImageStatus.DONE),
+        "face_count": 0,
+        "reason": {"$in": sorted(REASONS.values())},
+    }
+    return [ImageDoc.from_mongo(d) for d in gallery.images.find(query).sort("_id", 1)]
