@@ -85,6 +85,8 @@ def test_purge_erases_inactive_users_only_with_receipts_and_once(
     assert report["dry_run"] is True and report["purged"] == [legacy, old]
     assert report["receipts"] == [] and report["active"] == 1
     assert snapshot(setup, users) == before
+    backfill = store.users.database["retention_runs"]
+    assert backfill.find_one({"_id": "backfill"}) is None
 
     code, out = run_cli(capsys, "purge-inactive")
     assert code == 0, out
@@ -101,6 +103,7 @@ def test_purge_erases_inactive_users_only_with_receipts_and_once(
         assert snapshot(setup, [user])[user][:2] == before[user][:2]
         assert receipts_of(store, user) == []
     assert activity.last(active) == current - 10 * DAY_MS
+    assert backfill.find_one({"_id": "backfill"}) is not None  # face data before the record: once
     assert activity.last(corrected) is not None and activity.last(corrected) >= current - DAY_MS
 
     # The erasure time is the last interaction: a redelivered old create stays blocked, a new

@@ -11,7 +11,7 @@ The schedule and its reasons are in the README ("Retention schedule"). In short:
 A user's last interaction is the latest of: a photo the user uploaded (the detection worker
 records its event time in `activity`), and a correction the user made (name, merge, move,
 reject: HUEMN `corrections`). Face data older than the activity record (written before it
-existed) counts from its newest face or person.
+existed) counts from its newest face or person (read once, on the first run).
 
 The purge erases with the user's last interaction as the erasure time: a create still queued
 that is older is blocked by the user's tombstone, a newer upload (the user is back) indexes
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 # Corrections the user makes (the others are an operator's: consolidate, recluster, migrate).
 USER_CORRECTIONS = ("name", "merge", "move", "reject")
-RUNS = "retention_runs"  # HUEMN: when the next automatic run is due
+RUNS = "retention_runs"  # HUEMN: when the next automatic run is due; the one-time backfill
 
 
 @dataclass(frozen=True)
@@ -136,14 +136,19 @@ def find_inactive(
     """Users last seen before the cutoff (oldest first), and how many of the activity record's
     candidates a recent correction keeps. `record` writes what it learns into the record."""
     candidates = dict(activity.inactive_since(cutoff_ms))
-    holders = set(store.gallery.faces.distinct("user_id"))
-    holders |= set(store.people.people.distinct("user_id"))
-    for user_id in sorted(holders - activity.known(holders)):
-        at = _newest_trace(store, user_id)
+    runs = store.users.database[RUNS]
+    if runs.find_one({"_id": "backfill"}) is None:
+        # Once: face data from before the record existed. Every later face comes through the
+        # detection worker, which records the upload first.
+        holders = _holders(store.gallery.faces) | _holders(store.people.people)
+        for user_id in sorted(holders - activity.known(holders)):
+            at = _newest_trace(store, user_id)
+            if record:
+                activity.touch({user_id: at})
+            if at < cutoff_ms:
+                candidates[user_id] = at
         if record:
-            activity.touch({user_id: at})
-        if at < cutoff_ms:
-            candidates[user_id] = at
+            runs.update_one({"_id": "backfill"}, {"$set": {"at": now_ms()}}, upsert=True)
     inactive: list[InactiveUser] = []
     active = 0
     for user_id, at in sorted(candidates.items(), key=lambda item: (item[1], item[0])):
@@ -207,6 +212,11 @@ def _claim(runs: Any, owner: str, hours: float) -> bool:
     except DuplicateKeyError:
         return False
     return True
+
+
+def _holders(collection: Any) -> set[str]:
+    """Users with documents in the collection (a cursor: no 16 MiB limit as with `distinct`)."""
+    return {d["_id"] for d in collection.aggregate([{"$group": {"_id": "$user_id"}}])}
 
 
 def _newest_trace(store: GroupingStore, user_id: str) -> int:
