@@ -5,6 +5,10 @@ automatic run at a grouping worker's start, and the settings' start-up errors.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -129,8 +133,6 @@ def test_purge_skips_a_user_whose_lease_a_worker_holds(setup: Setup) -> None:
     store = store_for(setup.env)
     s3 = setup.env.aws.client("s3")
     ActivityRepository(store.gallery.faces.database).touch({user: now_ms() - 800 * DAY_MS})
-    from datetime import timedelta
-
     store.people.acquire_lease(user, "another-worker", timedelta(minutes=5))
     report = purge_inactive(store, s3, setup.bucket, days=730, owner="retention")
     assert report.held == [user] and report.purged == []
@@ -217,3 +219,18 @@ def test_defaults_and_the_cli_rejects_days_past_the_law(
     assert code == 2 and out.startswith("error: --days 2000") and "BIPA" in out
     code, out = run_cli(capsys, "purge-tombstones", "--days", "10")
     assert code == 2 and "more than 56 days" in out
+
+
+def test_the_grouping_process_refuses_to_start_past_the_law(env) -> None:
+    root = Path(__file__).resolve().parents[1]
+    environment = {**env.environment(), "RETENTION_INACTIVE_DAYS": "1500"}
+    done = subprocess.run(
+        [sys.executable, str(root / "run_grouping_service.py")],
+        env={**environment, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "RETENTION_INACTIVE_DAYS='1500': must be between 1 and 1095 days (BIPA" in done.stderr
