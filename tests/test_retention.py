@@ -19,6 +19,7 @@ from facefleet.common.privacy import PrivacyRepository
 from facefleet.common.s3keys import image_key
 from facefleet.tools.cli import main as cli
 from facefleet.worker.grouping.corrections import Corrections
+from facefleet.worker.privacy import retention
 from facefleet.worker.privacy.activity import ActivityRepository
 from facefleet.worker.privacy.erasure import receipts_of
 from facefleet.worker.privacy.retention import (
@@ -177,8 +178,14 @@ def test_the_grouping_worker_runs_the_purge_once_per_interval(setup: Setup, monk
     assert run_if_due(store, s3, setup.bucket, Settings.from_env(), owner="w1") is None
     assert face_data(store, user)[0] == 12
     monkeypatch.setenv("RETENTION_RUN_HOURS", "24")
+    # Out of time before the first user: nothing erased, and the run stays due for the next.
+    monkeypatch.setattr(retention, "AUTO_RUN_SECONDS", 0.0)
+    report = run_if_due(store, s3, setup.bucket, Settings.from_env(), owner="w0")
+    assert report is not None and report.purged == [] and report.remaining == 1
+    assert face_data(store, user)[0] == 12
+    monkeypatch.setattr(retention, "AUTO_RUN_SECONDS", 120.0)
     report = run_if_due(store, s3, setup.bucket, Settings.from_env(), owner="w1")
-    assert report is not None and report.purged == [user]
+    assert report is not None and report.purged == [user] and report.remaining == 0
     assert _nothing_left(store, s3, setup.bucket, user)
     assert store.gallery.faces.database["tombstones"].count_documents({"_id": f"{user}/x"}) == 0
     # Another worker starting within the interval does not run it again.

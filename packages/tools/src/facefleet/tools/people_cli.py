@@ -39,9 +39,7 @@ def register(subparsers: Any) -> None:
         sub = commands.add_parser(name, help=handler.__doc__)
         if name in USER_OPTION:  # privacy commands name the user explicitly
             sub.add_argument("--user", dest="user_id", required=True)
-        elif name in ALL_USERS:
-            pass
-        else:
+        elif name not in ALL_USERS:
             sub.add_argument("user_id")
         for flags, options in arguments:
             sub.add_argument(*flags, **options)

@@ -27,6 +27,7 @@ indexed, so no new scheduler, role or message type is needed.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -51,6 +52,10 @@ DAY_MS = 86_400_000
 # Corrections the user makes (the others are an operator's: consolidate, recluster, migrate).
 USER_CORRECTIONS = ("name", "merge", "move", "reject")
 RUNS = "retention_runs"  # HUEMN: when the next automatic run is due; the one-time backfill
+# The automatic run delays a grouping worker's first batch: it stops taking users after this and
+# leaves the run due, so the next worker to start goes on (an erasure of a 10,000-face user took
+# 10-15 s here, README "Privacy"; most users are far smaller).
+AUTO_RUN_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class PurgeReport:
     receipts: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # a worker holds the lease: next run
     active: int = 0  # inactive by uploads, active by a recent correction or upload
+    remaining: int = 0  # left for the next run: the time budget ran out
 
 
 def purge_inactive(
@@ -80,15 +86,21 @@ def purge_inactive(
     now: int | None = None,
     lease_ttl: timedelta = timedelta(minutes=30),
     lease_wait_seconds: float = 0.0,
+    max_seconds: float | None = None,
 ) -> PurgeReport:
-    """Erase the face data of every user inactive for `days`; a dry run writes nothing."""
+    """Erase the face data of every user inactive for `days`; a dry run writes nothing. With
+    `max_seconds`, no user is started after that long (`report.remaining` says how many)."""
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     activity = ActivityRepository(store.gallery.faces.database)
     cutoff = (now_ms() if now is None else now) - days * DAY_MS
     if not dry_run:
         activity.ensure_indexes()
     report = PurgeReport(cutoff, dry_run)
     inactive, report.active = find_inactive(store, activity, cutoff, record=not dry_run)
-    for user in inactive:
+    for position, user in enumerate(inactive):
+        if deadline is not None and time.monotonic() >= deadline:
+            report.remaining = len(inactive) - position
+            break
         if not has_face_data(store, user.user_id):
             if not dry_run:  # erased before, nothing to keep a record for
                 activity.forget(user.user_id, user.last_at)
@@ -124,6 +136,7 @@ def purge_inactive(
             "cutoff_ms": cutoff,
             "users": len(report.purged),
             "held": len(report.held),
+            "remaining": report.remaining,
             "days": days,
         },
     )
@@ -188,9 +201,16 @@ def run_if_due(
         if not _claim(store.users.database[RUNS], owner, settings.retention_run_hours):
             return None
         report = purge_inactive(
-            store, s3, bucket, days=settings.retention_inactive_days, owner=owner
+            store,
+            s3,
+            bucket,
+            days=settings.retention_inactive_days,
+            owner=owner,
+            max_seconds=AUTO_RUN_SECONDS,
         )
         purge_tombstones(store.gallery.faces.database, days=settings.tombstone_retention_days)
+        if report.remaining or report.held:  # due again: the next worker to start goes on
+            store.users.database[RUNS].update_one({"_id": "purge"}, {"$set": {"next_at": 0}})
         return report
     except Exception as error:
         log.warning(
