@@ -289,6 +289,16 @@ def _unit(value: float) -> bool:
 
 
 SERVICE_TYPES = ("detection", "grouping")
+# FACE_RECOGNITION_CONSENT: opt_out indexes every user who has not switched face recognition off
+# (the gallery's behaviour so far); opt_in indexes a user's photos only after `face_recognition:
+# true` in the gallery's `users` document (`facefleet people recognition --user U on`).
+CONSENT_MODES = ("opt_out", "opt_in")
+# Illinois BIPA 740 ILCS 14/15(a): biometric identifiers are destroyed at the latest 3 years after
+# the individual's last interaction; a longer setting is a configuration error.
+BIPA_MAX_DAYS = 3 * 365
+# The longest an indexing message can live (README "Retention schedule"): ingress queue and its
+# DLQ 14 days, one redrive 14 more, then the indexing queue and its DLQ 14 and one redrive 14.
+MESSAGE_LIFETIME_DAYS = 56
 
 
 @dataclass(frozen=True)
@@ -377,6 +387,37 @@ class Settings:
         0.0,
         check=lambda v: 0 <= v <= 2,
         rule="a cosine distance between 0 and 2 (0 = the algorithm's default)",
+    )
+    # Privacy: consent and retention (facefleet.worker.privacy.consent / .retention).
+    face_recognition_consent: str = _env(
+        "FACE_RECOGNITION_CONSENT",
+        lambda v: v.strip().lower(),
+        "opt_out",
+        check=lambda v: v in CONSENT_MODES,
+        rule=f"one of {', '.join(CONSENT_MODES)}",
+    )
+    retention_inactive_days: int = _env(
+        "RETENTION_INACTIVE_DAYS",
+        _int,
+        730,
+        check=lambda v: 1 <= v <= BIPA_MAX_DAYS,
+        rule=f"between 1 and {BIPA_MAX_DAYS} days (BIPA: at most 3 years after the last "
+        "interaction)",
+    )
+    tombstone_retention_days: int = _env(
+        "TOMBSTONE_RETENTION_DAYS",
+        _int,
+        90,
+        check=lambda v: MESSAGE_LIFETIME_DAYS < v <= BIPA_MAX_DAYS,
+        rule=f"more than {MESSAGE_LIFETIME_DAYS} days (the longest a message can live) and at "
+        f"most {BIPA_MAX_DAYS}",
+    )
+    retention_run_hours: float = _env(
+        "RETENTION_RUN_HOURS",
+        _float,
+        24.0,
+        check=lambda v: 0 <= v <= 24 * 30,
+        rule="0 (no purge when a grouping worker starts) to 720 hours",
     )
     metrics_namespace: str = _env("METRICS_NAMESPACE", _text, NAMES.metrics_namespace)
     metrics_to_cloudwatch: bool = _env("METRICS_TO_CLOUDWATCH", _bool, False)

@@ -138,8 +138,8 @@ class ForgetRequest:
         return json.dumps(body, sort_keys=True)
 
 
-ErasureReason = Literal["request", "opt_out"]
-ERASURE_REASONS = frozenset({"request", "opt_out"})
+ErasureReason = Literal["request", "opt_out", "retention"]
+ERASURE_REASONS = frozenset({"request", "opt_out", "retention"})
 
 
 @dataclass(frozen=True)

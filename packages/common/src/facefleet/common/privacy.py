@@ -8,7 +8,8 @@ Gallery database:
   delete can never be undone by a message already on its way; a create older than a user's
   erasure is skipped the same way. A re-upload (a later sequencer or time) indexes normally.
 - `users`: the gallery's own per-user settings; FaceFleet only reads `face_recognition`
-  (`false` = off: no faces are stored, nothing is grouped) and writes it for the CLI.
+  (`false` = off: no faces are stored, nothing is grouped; `true` = the explicit opt-in that
+  FACE_RECOGNITION_CONSENT=opt_in requires) and writes it for the CLI.
 """
 
 from __future__ import annotations
@@ -36,11 +37,16 @@ class PrivacyRepository:
 
     def recognition_enabled(self, user_ids: Iterable[str]) -> dict[str, bool]:
         """user -> face recognition on (the default when the gallery wrote nothing)."""
+        return {u: value is not False for u, value in self.recognition_settings(user_ids).items()}
+
+    def recognition_settings(self, user_ids: Iterable[str]) -> dict[str, Any]:
+        """user -> the stored `face_recognition` value (None where the gallery wrote none); the
+        consent mode decides what None means (`worker.privacy.consent`)."""
         wanted = sorted(set(user_ids))
-        enabled = dict.fromkeys(wanted, True)
+        stored: dict[str, Any] = dict.fromkeys(wanted)
         for doc in self.users.find({"_id": {"$in": wanted}}, {RECOGNITION_FIELD: 1}):
-            enabled[doc["_id"]] = doc.get(RECOGNITION_FIELD) is not False
-        return enabled
+            stored[doc["_id"]] = doc.get(RECOGNITION_FIELD)
+        return stored
 
     def set_recognition(self, user_id: str, enabled: bool) -> None:
         self.users.update_one({"_id": user_id}, {"$set": {RECOGNITION_FIELD: enabled}}, upsert=True)

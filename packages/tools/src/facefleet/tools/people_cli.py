@@ -10,6 +10,9 @@
     facefleet people migrate USER (--model-dir DIR | --model-id ID)
     facefleet people erase --user USER         erase every face of USER; prints the receipt
     facefleet people recognition --user USER (on|off)   the opt-out (`off` also erases)
+    facefleet people reindex --user USER [--dry-run]    index photos skipped before the opt-in
+    facefleet people purge-inactive [--days N] [--dry-run]   erase users inactive N days
+    facefleet people purge-tombstones [--days N] [--dry-run] drop tombstones older than N days
 
 Reads GALLERY_IMAGES_MONGO_URI, HUEMN_MONGO_URI and FACE_GROUP_BUCKET_NAME like the worker.
 """
@@ -36,7 +39,7 @@ def register(subparsers: Any) -> None:
         sub = commands.add_parser(name, help=handler.__doc__)
         if name in USER_OPTION:  # privacy commands name the user explicitly
             sub.add_argument("--user", dest="user_id", required=True)
-        else:
+        elif name not in ALL_USERS:
             sub.add_argument("user_id")
         for flags, options in arguments:
             sub.add_argument(*flags, **options)
@@ -202,6 +205,76 @@ def recognition(corrections: Corrections, args: argparse.Namespace) -> str:
     return json.dumps(asdict(receipt), indent=2, sort_keys=True)
 
 
+def reindex(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Send the photos left unindexed for consent to QUEUE_URL (after the user opted in)."""
+    from facefleet.common.messages import DetectionRequest
+    from facefleet.common.privacy import PrivacyRepository
+    from facefleet.worker.privacy.consent import Recognition, not_indexed, recognition_of
+
+    settings = Settings.from_env()
+    settings.require("queue_url")
+    privacy = PrivacyRepository(corrections.store.gallery.faces.database)
+    mode = settings.face_recognition_consent
+    state = recognition_of(privacy, mode, [args.user_id])[args.user_id]
+    if state is not Recognition.ON:
+        raise ValueError(f"face recognition is {state} for {args.user_id} ({mode}): nothing sent")
+    photos = not_indexed(corrections.store.gallery, args.user_id)
+    if not args.dry_run:
+        assert settings.queue_url is not None
+        bodies = [
+            DetectionRequest(p.user_id, p.image_id, p.bucket, p.key).to_body() for p in photos
+        ]
+        _send_all(settings.aws.client("sqs"), settings.queue_url, bodies)
+    verb = "would be sent" if args.dry_run else "sent"
+    return f"{len(photos)} photos of {args.user_id} {verb} for indexing"
+
+
+def _send_all(sqs: Any, queue_url: str, bodies: list[str]) -> None:
+    for start in range(0, len(bodies), 10):  # SendMessageBatch takes at most 10
+        chunk = bodies[start : start + 10]
+        entries = [{"Id": str(n), "MessageBody": body} for n, body in enumerate(chunk)]
+        failed = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
+        if failed:
+            raise ValueError(f"{len(failed)} requests not sent: {failed[0].get('Message')}")
+
+
+def purge_inactive(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Erase the faces of users inactive past the retention schedule (receipts: `retention`)."""
+    from facefleet.worker.privacy.retention import purge_inactive as purge
+
+    report = purge(
+        corrections.store,
+        corrections.s3,
+        corrections.bucket,
+        days=_days(args.days, "retention_inactive_days", "RETENTION_INACTIVE_DAYS"),
+        owner=corrections.owner,
+        dry_run=args.dry_run,
+        lease_ttl=corrections.lease_ttl,
+        lease_wait_seconds=corrections.lease_wait_seconds,
+    )
+    return json.dumps(asdict(report), indent=2, sort_keys=True)
+
+
+def purge_tombstones(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Delete tombstones older than the window (late messages can no longer arrive)."""
+    from facefleet.worker.privacy.retention import purge_tombstones as purge
+
+    days = _days(args.days, "tombstone_retention_days", "TOMBSTONE_RETENTION_DAYS")
+    count = purge(corrections.store.gallery.faces.database, days=days, dry_run=args.dry_run)
+    verb = "would be deleted" if args.dry_run else "deleted"
+    return f"{count} tombstones older than {days} days {verb}"
+
+
+def _days(given: int | None, attribute: str, variable: str) -> int:
+    """--days, checked by the same rule as its environment variable (a ConfigError names it)."""
+    if given is None:
+        return int(getattr(Settings.from_env(), attribute))
+    try:
+        return int(getattr(Settings.from_env({variable: str(given)}), attribute))
+    except ConfigError as error:
+        raise ValueError(f"--days {given}: {error}") from None
+
+
 _COMMANDS: list[tuple[str, Any, list[tuple[tuple[str, ...], dict[str, Any]]]]] = [
     (
         "list",
@@ -239,9 +312,31 @@ _COMMANDS: list[tuple[str, Any, list[tuple[tuple[str, ...], dict[str, Any]]]]] =
     ),
     ("erase", erase, []),
     ("recognition", recognition, [(("state",), {"choices": ["on", "off"]})]),
+    (
+        "reindex",
+        reindex,
+        [(("--dry-run",), {"action": "store_true", "help": "count, send nothing"})],
+    ),
+    (
+        "purge-inactive",
+        purge_inactive,
+        [
+            (("--days",), {"type": int, "help": "default RETENTION_INACTIVE_DAYS (730)"}),
+            (("--dry-run",), {"action": "store_true", "help": "list the users, erase nothing"}),
+        ],
+    ),
+    (
+        "purge-tombstones",
+        purge_tombstones,
+        [
+            (("--days",), {"type": int, "help": "default TOMBSTONE_RETENTION_DAYS (90)"}),
+            (("--dry-run",), {"action": "store_true", "help": "count, delete nothing"}),
+        ],
+    ),
 ]
 
-USER_OPTION = frozenset({"erase", "recognition"})
+USER_OPTION = frozenset({"erase", "recognition", "reindex"})
+ALL_USERS = frozenset({"purge-inactive", "purge-tombstones"})  # retention: no user argument
 
 # Commands that only read: they need the two databases, not the crop bucket.
 READ_ONLY = frozenset({list_people})

@@ -63,6 +63,8 @@ from facefleet.worker.detection.imaging import (
 )
 from facefleet.worker.detection.pipeline import PipelineResult, StageClock, run_pipeline
 from facefleet.worker.models import resolve_pack_dir
+from facefleet.worker.privacy.activity import ActivityRepository, upload_times
+from facefleet.worker.privacy.consent import REASONS, Recognition, recognition_of
 from facefleet.worker.privacy.photos import delete_photo, drop_image_docs, remove_faces
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,7 @@ class DetectionService:
         self.sqs = sqs
         self.metrics = metrics
         self.privacy = PrivacyRepository(repository.faces.database)
+        self.activity = ActivityRepository(repository.faces.database)  # retention's clock
         self.executor = executor or ThreadPoolExecutor(
             max_workers=settings.max_face_workers, thread_name_prefix="fetch"
         )
@@ -265,7 +268,11 @@ class DetectionService:
             return works
         try:
             blocked = self.privacy.blocked(w.request for w in works)
-            enabled = self.privacy.recognition_enabled(w.request.user_id for w in works)
+            users = [w.request.user_id for w in works]
+            recognition = recognition_of(
+                self.privacy, self.settings.face_recognition_consent, users
+            )
+            self.activity.touch(upload_times(w.request for w in works))
         except Exception as error:
             if not is_outage(error):
                 raise
@@ -281,12 +288,13 @@ class DetectionService:
             try:
                 if why is not None:
                     log.info("create skipped: " + why, extra=context)
-                elif not enabled[request.user_id]:
+                elif recognition[request.user_id] is not Recognition.ON:
                     image = self._image_doc(work)
-                    image.reason = "face recognition is off for this user"
+                    image.reason = REASONS[recognition[request.user_id]]
                     self.repository.save_result(image, [])
-                    opted_out.add(request.user_id)
-                    log.info("face recognition off: image marked processed", extra=context)
+                    if recognition[request.user_id] is Recognition.OFF:
+                        opted_out.add(request.user_id)
+                    log.info(f"not indexed: {image.reason}", extra=context)
                 else:
                     kept.append(work)
             except Exception as error:

@@ -312,6 +312,9 @@ def main() -> int:
         cloudwatch=settings.aws if settings.metrics_to_cloudwatch else None,
     )
     service = build_service(settings, metrics)
+    from facefleet.worker.privacy import retention  # the scheduled retention purge (README)
+
+    retention.run_if_due(service.store, service.s3, service.bucket, settings, owner=service.owner)
     config = ConsumerConfig.from_settings(settings, settings.group_face_queue_url)
     return serve(config, service.handle, service="grouping", settings=settings, metrics=metrics)
 
