@@ -74,6 +74,16 @@ def test_flows_install_carries_prefect_but_not_the_worker() -> None:
     assert not names & {"facefleet-worker", "facefleet-localstack", "facefleet-tools"}
 
 
+def test_dashboards_and_flows_installs_draw_nothing() -> None:
+    """The PNG renderer is a tool (`facefleet.tools.dashboard_render`): the flows image, which
+    applies dashboards, carries no plotting library."""
+    for package in ("facefleet-flows", "facefleet-dashboards"):
+        names = _exported(package)
+        assert "boto3" in names  # the export did resolve something
+        assert "matplotlib" not in names, package
+    assert "matplotlib" in _exported("facefleet-tools")
+
+
 def test_control_core_is_common_and_boto3_only() -> None:
     names = _exported("facefleet-control")
     assert "prefect" not in names

@@ -17,7 +17,6 @@ from facefleet.common.config import NAMES, Names
 from facefleet.common.metrics import Metric
 from facefleet.dashboards.alarms import AlarmThresholds, build_alarms, runbook_markdown
 from facefleet.dashboards.dashboard import build_dashboard, put_dashboard_input
-from facefleet.dashboards.render import ExpressionError, evaluate, weighted_percentile
 from facefleet.dashboards.widgets import (
     EVENTS_NAMESPACE,
     SERVICE_DIMENSION,
@@ -27,6 +26,7 @@ from facefleet.dashboards.widgets import (
     MetricSeries,
     emitter_dimensions,
 )
+from facefleet.tools.dashboard_render import ExpressionError, evaluate, weighted_percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPIC = "arn:aws:sns:us-east-1:123456789012:face-recognition-alerts"
@@ -257,7 +257,7 @@ def test_dashboard_json_is_json():
     assert json.loads(text)["widgets"][1]["properties"]["region"] == "eu-west-1"
 
 
-CHARTING_MODULES = {"dashboard.py", "alarms.py", "widgets.py", "render.py"}
+CHARTING_MODULES = {"dashboard.py", "alarms.py", "widgets.py", "dashboard_render.py"}
 
 
 def test_every_charted_custom_metric_has_an_emitting_code_path():

@@ -15,8 +15,8 @@ import pytest
 from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
 from facefleet.dashboards.dashboard import build_dashboard
-from facefleet.dashboards.render import fetch_widget, render_dashboard
 from facefleet.tools.cli import main
+from facefleet.tools.dashboard_render import fetch_widget, render_dashboard
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -13,10 +13,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from facefleet.worker.detection.analyzer import FaceAnalyzer, detection_canvas
+from facefleet.worker.detection.analyzer import FaceAnalyzer
+from facefleet.worker.detection.detector import detection_canvas, with_batch_axis
 from facefleet.worker.detection.imaging import DecodedImage, decode_image
+from facefleet.worker.detection.pack import load_pack
 from facefleet.worker.detection.pipeline import StageClock, run_pipeline
-from facefleet.worker.models import ModelPackError, load_pack, with_batch_axis
+from facefleet.worker.models import ModelPackError
 
 SHARED = Path(os.environ.get("FACEFLEET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

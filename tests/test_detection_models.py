@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from facefleet.common.config import Settings
+from facefleet.worker.detection.pack import load_pack
 from facefleet.worker.models import (
     PROVIDER_PREFERENCE,
     ModelPackError,
     available_providers,
-    load_pack,
     resolve_pack_dir,
 )
 

@@ -2,8 +2,9 @@
 
 A widget is data: its series (metrics and metric-math expressions) and how to draw them. The same
 values feed three consumers, so they can never drift apart: the dashboard JSON for PutDashboard,
-the metric-name audit in the tests, and the local PNG renderer (`render.py`), which fetches each
-`MetricSeries` and evaluates each `MathSeries` itself because the moto server does no metric math.
+the metric-name audit in the tests, and the local PNG renderer (`facefleet.tools.dashboard_render`),
+which fetches each `MetricSeries` and evaluates each `MathSeries` itself because the moto server
+does no metric math.
 
 Every FaceFleet custom metric carries exactly one dimension, `Service` (see `SERVICE_DIMENSION`):
 the workers emit with `{"Service": "detection"}` / `{"Service": "grouping"}`, the dispatch flow

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "render":
         from facefleet.dashboards.dashboard import build_dashboard
-        from facefleet.dashboards.render import render_dashboard
+        from facefleet.tools.dashboard_render import render_dashboard
 
         end = datetime.now(UTC) + timedelta(minutes=1)
         result = render_dashboard(

@@ -333,7 +333,7 @@ def _wait_for_zero_jobs(
 
 def _dashboard_png(path: Path, since: datetime, aws: AwsTarget, say: Callable[[str], None]) -> Path:
     from facefleet.dashboards.dashboard import build_dashboard
-    from facefleet.dashboards.render import render_dashboard
+    from facefleet.tools.dashboard_render import render_dashboard
 
     end = datetime.now(UTC) + timedelta(minutes=1)
     start = min(since - timedelta(minutes=2), end - timedelta(minutes=15))

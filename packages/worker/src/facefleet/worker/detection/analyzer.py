@@ -16,18 +16,11 @@ or `locate_many(images)` (detect + align + quality) and `embed_located(...)` (ba
 over the faces of a whole message batch), both run on `analyzer.pool`, one thread per inference
 stream (`ModelPack.inference_streams`).
 
-Where the time goes, and why each step is written as it is (measured on the 2-core CPU, dev pack):
-the detector's own session is about 90 % of an image's work and the rest is kept out of its way.
-- The canvas: the image is resized straight into the detector's float input (BGR to RGB and
-  (x - 127.5) / 128 in one pass per channel), no uint8 canvas in between; cv2.dnn.blobFromImage on
-  a padded canvas cost two to three times as much.
-- Decoding the heads: boxes and landmarks are computed for the anchors above the threshold only
-  (insightface decodes all 16,800 of a 640 canvas, then keeps a handful); the same arithmetic on
-  the same float32 values, so the boxes are bit-identical, and insightface's own NMS.
-- Alignment: the 4-parameter least-squares similarity in closed form, vectorised over the faces
-  of an image: the same transform as scikit-image's Umeyama estimate (in 2-D the two problems are
-  the same) without its per-face object, SVD and warnings.
-- Batching (GPU): images of a message batch share one square canvas and one detector call.
+The models own their pre- and post-processing (`detector.Detector`: letterbox, SCRFD decoding,
+NMS; `recogniser.Recogniser`: crop normalisation); this module aligns and scores the faces between
+them. Alignment: the 4-parameter least-squares similarity in closed form, vectorised over the faces
+of an image: the same transform as scikit-image's Umeyama estimate (in 2-D the two problems are
+the same) without its per-face object, SVD and warnings (measured on the 2-core CPU, dev pack).
 
 When the first detection pass finds nothing, a second pass runs on the image padded with a border:
 SCRFD misses faces that fill the whole frame (a close-up selfie, an LFW-style crop). It runs on a
@@ -50,13 +43,12 @@ import cv2
 import numpy as np
 from insightface.utils import face_align
 
-from facefleet.worker.models import ModelPack, load_pack
+from facefleet.worker.detection.detector import DET_STRIDE, Detections
+from facefleet.worker.detection.pack import ModelPack, load_pack
 
 # The ArcFace template (112x112): eye centres, nose tip, mouth corners.
 TEMPLATE = face_align.arcface_dst
 _TEMPLATE_EYE_DISTANCE = float(TEMPLATE[1, 0] - TEMPLATE[0, 0])
-DET_STRIDE = 32
-DET_MEAN, DET_STD = 127.5, 128.0  # SCRFD's input normalisation (insightface's constants)
 
 
 @dataclass
@@ -119,15 +111,6 @@ def face_quality(
     return float(np.clip(score, 0.0, 1.0))
 
 
-def detection_canvas(width: int, height: int, det_size: int) -> tuple[int, int]:
-    """The detector input (w, h) for an image: the long side at det_size, the short side scaled
-    the same and rounded up to the stride. Same scale as a det_size square, less padding."""
-    scale = det_size / max(width, height)
-    canvas_w = max(DET_STRIDE, math.ceil(width * scale / DET_STRIDE) * DET_STRIDE)
-    canvas_h = max(DET_STRIDE, math.ceil(height * scale / DET_STRIDE) * DET_STRIDE)
-    return min(canvas_w, det_size), min(canvas_h, det_size)
-
-
 def similarity_transforms(points: np.ndarray, template: np.ndarray) -> np.ndarray:
     """(F, 2, 3) least-squares similarity transforms taking each (5, 2) point set of `points`
     (F, 5, 2) onto `template` (5, 2): x' = a x - b y + tx, y' = b x + a y + ty.
@@ -153,16 +136,6 @@ def similarity_transforms(points: np.ndarray, template: np.ndarray) -> np.ndarra
     return matrices
 
 
-@dataclass(frozen=True)
-class _Canvas:
-    """Where one image sits on a detector input: the input's size (w, h), the image's size on it
-    (w, h) at the top left, and the scale between the two."""
-
-    size: tuple[int, int]
-    fitted: tuple[int, int]
-    scale: float
-
-
 class FaceAnalyzer:
     """Detector + recogniser of one model pack; safe to share across threads for `locate`."""
 
@@ -186,15 +159,6 @@ class FaceAnalyzer:
         self.keep_crops = keep_crops
         self.crop_size = int(pack.recogniser.input_size[0])
         self.streams = pack.inference_streams
-        detector = pack.detector
-        self._session = detector.session
-        self._input_name = detector.input_name
-        self._output_names = detector.output_names
-        self._strides = list(detector._feat_stride_fpn)
-        self._fmc = int(detector.fmc)
-        self._anchors_per_cell = int(detector._num_anchors)
-        self._batched_outputs = bool(detector.batched)
-        self._anchor_cache: dict[tuple[int, int, int], np.ndarray] = {}
         self._template = TEMPLATE * (self.crop_size / 112.0)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -229,125 +193,23 @@ class FaceAnalyzer:
             return self._pool
 
     # -- detection ----------------------------------------------------------------------------
-    def _canvas(self, width: int, height: int, det_size: int, square: bool) -> _Canvas:
-        """As insightface's SCRFD letterbox: the image scaled to fit, at the top left."""
-        if self.pack.det_fixed_size is not None:
-            size = self.pack.det_fixed_size
-        elif square:
-            size = (det_size, det_size)
-        else:
-            size = detection_canvas(width, height, det_size)
-        ratio = float(height) / width
-        if ratio > float(size[1]) / size[0]:
-            new_height = size[1]
-            new_width = int(new_height / ratio)
-        else:
-            new_width = size[0]
-            new_height = int(new_width * ratio)
-        return _Canvas(size, (new_width, new_height), float(new_height) / height)
-
-    def _fill(self, blob: np.ndarray, image: np.ndarray, canvas: _Canvas) -> None:
-        """Resize `image` into one (3, H, W) slot of the detector input, RGB and normalised; the
-        padding holds what a zero pixel becomes. No uint8 canvas, one float write per channel."""
-        new_width, new_height = canvas.fitted
-        resized = cv2.resize(image, (new_width, new_height))
-        blob[:, new_height:, :] = -DET_MEAN / DET_STD
-        blob[:, :new_height, new_width:] = -DET_MEAN / DET_STD
-        for channel, plane in enumerate(cv2.split(resized)[::-1]):  # BGR -> RGB
-            target = blob[channel, :new_height, :new_width]
-            np.subtract(plane, DET_MEAN, out=target, dtype=np.float32)
-            target *= 1.0 / DET_STD  # exact: a power of two
-
-    def _anchors(self, height: int, width: int, stride: int) -> np.ndarray:
-        key = (height, width, stride)
-        centres = self._anchor_cache.get(key)
-        if centres is None:
-            grid = np.stack(list(np.mgrid[:height, :width][::-1]), axis=-1).astype(np.float32)
-            centres = (grid * stride).reshape((-1, 2))
-            if self._anchors_per_cell > 1:
-                centres = np.stack([centres] * self._anchors_per_cell, axis=1).reshape((-1, 2))
-            self._anchor_cache[key] = centres
-        return centres
-
-    def _decode(
-        self, outputs: list[np.ndarray], index: int, canvas: _Canvas, threshold: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes (N, 5) and landmarks (N, 5, 2) of image `index` of a detector call, in the
-        image's pixels, after NMS: insightface's SCRFD arithmetic on the anchors that pass."""
-        width, height = canvas.size
-        scores_list, boxes_list, points_list = [], [], []
-        fmc = self._fmc
-        for level, stride in enumerate(self._strides):
-            if self._batched_outputs:
-                scores = outputs[level][index]
-                box_out, kps_out = outputs[level + fmc][index], outputs[level + 2 * fmc][index]
-            else:
-                scores, box_out, kps_out = (
-                    outputs[level],
-                    outputs[level + fmc],
-                    outputs[level + 2 * fmc],
-                )
-            passing = np.where(scores >= threshold)[0]
-            if not len(passing):
-                continue
-            centres = self._anchors(height // stride, width // stride, stride)[passing]
-            distance = box_out[passing] * stride
-            boxes = np.stack(
-                [
-                    centres[:, 0] - distance[:, 0],
-                    centres[:, 1] - distance[:, 1],
-                    centres[:, 0] + distance[:, 2],
-                    centres[:, 1] + distance[:, 3],
-                ],
-                axis=-1,
-            )
-            offsets = kps_out[passing] * stride
-            points = np.empty_like(offsets)
-            points[:, 0::2] = centres[:, :1] + offsets[:, 0::2]
-            points[:, 1::2] = centres[:, 1:2] + offsets[:, 1::2]
-            scores_list.append(scores[passing])
-            boxes_list.append(boxes)
-            points_list.append(points.reshape((-1, 5, 2)))
-        if not scores_list:
-            return np.empty((0, 5), dtype=np.float32), np.empty((0, 5, 2), dtype=np.float32)
-        scores = np.vstack(scores_list)
-        order = np.argsort(-scores.ravel(), kind="stable")
-        boxes = np.vstack(boxes_list) / canvas.scale
-        points = np.vstack(points_list) / canvas.scale
-        candidates = np.hstack((boxes, scores)).astype(np.float32, copy=False)[order]
-        points = points[order]
-        keep = self.pack.detector.nms(candidates)
-        return candidates[keep], points[keep]
-
     def _detect_group(
         self, images: Sequence[np.ndarray], det_size: int, square: bool, wide: bool = False
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    ) -> list[Detections]:
         """One detector call over `images` (one canvas size for all of them)."""
-        canvases = [
-            self._canvas(image.shape[1], image.shape[0], det_size, square) for image in images
-        ]
-        width, height = canvases[0].size
-        if any(c.size != (width, height) for c in canvases):
-            raise ValueError("images of one detector call need one canvas size")
-        blob = np.empty((len(images), 3, height, width), dtype=np.float32)
-        for slot, image, canvas in zip(blob, images, canvases, strict=True):
-            self._fill(slot, image, canvas)
-        session = self.pack.wide_detector if wide and self.pack.wide_detector else self._session
-        outputs = session.run(self._output_names, {self._input_name: blob})
-        return [
-            self._decode(outputs, i, canvas, self.det_threshold)
-            for i, canvas in enumerate(canvases)
-        ]
+        return self.pack.detector.predict(
+            images, det_size, square=square, threshold=self.det_threshold, wide=wide
+        )
 
     def _detect_images(
         self, images: Sequence[np.ndarray], det_size: int, wide: bool = False
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    ) -> list[Detections]:
         if not self.batched:
             return [
                 self._detect_group([image], det_size, square=False, wide=wide)[0]
                 for image in images
             ]
-        found: list[tuple[np.ndarray, np.ndarray]] = []
+        found: list[Detections] = []
         for start in range(0, len(images), self.det_batch_size):
             found += self._detect_group(
                 images[start : start + self.det_batch_size], det_size, square=True
@@ -359,9 +221,7 @@ class FaceAnalyzer:
         pad = max(16, int(self.pad_ratio * max(height, width)))
         return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0), pad
 
-    def detect_many(
-        self, images: Sequence[np.ndarray], *, wide: bool = False
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def detect_many(self, images: Sequence[np.ndarray], *, wide: bool = False) -> list[Detections]:
         """Per image: boxes (N, 5: x1, y1, x2, y2, score) and landmarks (N, 5, 2); a padded
         second pass (half the canvas side) for the images where the first finds nothing.
         `wide`: on every core (the last image of a batch, when the other streams are idle)."""
@@ -383,10 +243,6 @@ class FaceAnalyzer:
             boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
             found[i] = (boxes, points - pad)
         return found
-
-    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes (N, 5: x1, y1, x2, y2, score) and landmarks (N, 5, 2) of one image."""
-        return self.detect_many([image])[0]
 
     def _faces(self, image: np.ndarray, boxes: np.ndarray, points: np.ndarray) -> list[LocatedFace]:
         if not len(boxes):
@@ -426,9 +282,7 @@ class FaceAnalyzer:
 
     # -- recognition --------------------------------------------------------------------------
     def _embed_chunk(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        return np.asarray(self.pack.recogniser.get_feat(list(crops)), dtype=np.float32).reshape(
-            -1, self.embedding_dim
-        )
+        return self.pack.recogniser.predict(crops)
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """(N, D) L2-normalised float32 embeddings of aligned crops, in recogniser batches."""

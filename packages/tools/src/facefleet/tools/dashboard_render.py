@@ -6,6 +6,9 @@ small evaluator of the subset the dashboard uses: + - * /, comparisons, AND/OR, 
 The moto server has no percentiles either: with `exact_percentiles=False` (the default against a
 local endpoint) p50/p95/p99 are estimated from per-second averages weighted by their sample
 counts, and the panel says so.
+
+It lives with the tools, not in `facefleet.dashboards`: only the CLI (`facefleet dashboards render`)
+and the demo draw, and matplotlib stays out of the installs that only apply dashboards (flows).
 """
 
 from __future__ import annotations
