@@ -78,11 +78,11 @@ def _encode(fmt: str, photo: np.ndarray, seed: int) -> bytes:
     if fmt == "png":  # a screenshot: the photo in a white screen with bars, as an app shows it
         screen = np.full((SCREEN[1], SCREEN[0], 3), 248, np.uint8)
         screen[:140] = screen[-200:] = 30
-        width = SCREEN[0]
-        height = round(photo.shape[0] * width / photo.shape[1])
-        top = (SCREEN[1] - height) // 2
+        fit = min(SCREEN[0] / photo.shape[1], (SCREEN[1] - 340) / photo.shape[0])
+        width, height = round(photo.shape[1] * fit), round(photo.shape[0] * fit)
+        top, left = (SCREEN[1] - height) // 2, (SCREEN[0] - width) // 2
         shown = cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA)
-        screen[top : top + height] = shown
+        screen[top : top + height, left : left + width] = shown
         return bytes(cv2.imencode(".png", screen)[1])
     size = WEBP if fmt == "webp" else PHONE
     resized = cv2.resize(photo, size, interpolation=cv2.INTER_CUBIC)

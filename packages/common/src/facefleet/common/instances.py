@@ -101,15 +101,16 @@ class Rate:
 
 # Decode images/s per vCPU, one thread each, at phone sizes: 12-MP JPEG (reduced DCT decode to
 # 2016x1512), 12-MP HEIC (a grid of 512x512 tiles, libheif + libde265), PNG screenshots
-# (1170x2532), WebP (1600x1200). Measured as CPU time per image (robust to the other processes on
-# the shared 2-vCPU AMD EPYC host), `make bench-phone`, 2026-12-06. A g4dn's Cascade Lake vCPU is
+# (1170x2532), WebP (1600x1200), 10 of each. Measured as CPU time per image (robust to the other
+# processes on the shared 2-vCPU AMD EPYC host, load average 7-12), `make bench-phone`,
+# 2026-12-06; a run on 6 of each gave 26.8 / 2.19 / 24.3 / 53.8. A g4dn's Cascade Lake vCPU is
 # a hyperthread: assumed equal to one here, which flatters the g4dn side if anything.
 _BENCH = "make bench-phone, 2-vCPU AMD EPYC host, 2026-12-06"
 DECODE_PER_VCPU: dict[str, Rate] = {
-    "jpeg": Rate(41.0, _BENCH, True),
-    "heic": Rate(2.3, _BENCH, True),
-    "png": Rate(25.0, _BENCH, True),
-    "webp": Rate(45.0, _BENCH, True),
+    "jpeg": Rate(31.9, _BENCH, True),
+    "heic": Rate(2.41, _BENCH, True),
+    "png": Rate(25.7, _BENCH, True),
+    "webp": Rate(55.1, _BENCH, True),
 }
 
 # Detection + embedding images/s on each GPU (SCRFD-10GF at 640, ArcFace R50, TensorRT FP16,

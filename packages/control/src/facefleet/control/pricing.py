@@ -312,9 +312,9 @@ BATCH, ECS = "batch", "ecs"
 class BillParams:
     """What the non-instance lines depend on; each default says where it comes from."""
 
-    # Mean upload size, MiB: the bench-phone set's file sizes weighted by the iPhone-heavy mix
-    # (12-MP HEIC about 2.2, 12-MP JPEG 2.6, PNG screenshot 1.9, WebP 0.2).
-    mean_image_mib: float = 2.1
+    # Mean upload size, MiB: the `make bench-phone` set's mean file sizes (12-MP HEIC 1.64,
+    # 12-MP JPEG 1.90, PNG screenshot 1.56, WebP 0.12) weighted by the iPhone-heavy mix.
+    mean_image_mib: float = 1.6
     # SQS requests an image costs: the S3 notification's send, its share of a 10-message
     # receive, delete batch and heartbeat, and the GroupFace queue's send, receive and delete.
     sqs_requests_per_image: float = 1.6
