@@ -151,6 +151,43 @@ def decode_wall_s(datas: list[bytes], max_side: int, rounds: int) -> float:
     return best
 
 
+def gpu_jpeg(datas: list[bytes], max_side: int, rounds: int) -> str:
+    """nvJPEG (through NVIDIA's nvImageCodec) on the phone JPEGs, to the size the CPU's reduced
+    decode gives, pixels back on the host: one at a time and as one batch. A GPU host only; the
+    worker does not use it yet (README, Detection: the figure decides whether it should)."""
+    try:
+        from nvidia import nvimgcodec  # type: ignore[import-not-found]
+    except ImportError:
+        return "nvJPEG: nvidia-nvimgcodec-cu12 not installed (a GPU host: gpu-requirements.txt)"
+    try:
+        decoder = nvimgcodec.Decoder()
+        params = nvimgcodec.DecodeParams(apply_exif_orientation=True)
+
+        def to_host(image: object) -> np.ndarray:
+            pixels = np.asarray(image.cpu())  # type: ignore[attr-defined]
+            height, width = pixels.shape[:2]
+            scale = 1 / 2 ** int(np.log2(max(1, max(height, width) // max_side)))
+            size = (round(width * scale), round(height * scale))
+            return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+        one = batch = float("inf")
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for data in datas:
+                to_host(decoder.decode(data, params=params))
+            one = min(one, time.perf_counter() - started)
+            started = time.perf_counter()
+            for image in decoder.decode(datas, params=params):
+                to_host(image)
+            batch = min(batch, time.perf_counter() - started)
+    except Exception as error:  # the measurement is optional: say why it is missing
+        return f"nvJPEG: not measured ({type(error).__name__}: {error})"
+    return (
+        f"nvJPEG: {len(datas) / one:.1f} images/s one at a time, {len(datas) / batch:.1f} as "
+        f"one batch of {len(datas)} (pixels back on the host, resized as the CPU's draft)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-format", type=int, default=10, help="photos of each format")
@@ -206,6 +243,8 @@ def main() -> int:
     imaging.set_heif_decode_threads(imaging.HEIF_DECODE_THREADS)
     for fmt in instances.FORMATS:
         print(f"decode {fmt:5s}: {per_core[fmt]:6.2f} images/s per core (CPU time, one thread)")
+    if analyzer.pack.on_gpu:
+        print(gpu_jpeg(made["jpeg"], max_side, args.rounds))
     print(
         f"HEIC latency: {heic_one:.3f} s with the tiles on one thread, {heic_all:.3f} s on "
         f"{cores} ({heic_one / heic_all:.2f}x)"

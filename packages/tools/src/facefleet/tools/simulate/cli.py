@@ -13,6 +13,7 @@ from facefleet.common.config import NAMES, Settings
 from facefleet.common.instances import DEFAULT_MIX, parse_mix
 from facefleet.control.policy import PolicyParams
 from facefleet.control.pricing import (
+    BillParams,
     PriceTable,
     SpotSeries,
     diversified_spot_per_h,
@@ -115,6 +116,13 @@ def register(subparsers: Any) -> None:
         "honoured): the trace's own period if EC2 still has it, else the last D days "
         "(the trace's start mapped to their start)",
     )
+    prices.add_argument(
+        "--network",
+        choices=("nat", "endpoints"),
+        default=BillParams().network,
+        help="how the instances reach S3 and the AWS APIs, for the bill: a NAT gateway (per GB "
+        "and per hour) or the S3 gateway endpoint plus interface endpoints (nat)",
+    )
     tuning = parser.add_argument_group("sweep")
     tuning.add_argument("--sweep", action="store_true", help="sweep the policy's thresholds")
     tuning.add_argument(
@@ -207,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
         f"{model.cold_start_s[1]:.0f} s, {model.interruptions_per_hour:g} interruptions per "
         f"instance-hour, policy job capacity {policy.job_capacity}"
     )
-    comparison = compare(trace, args.ecs_tasks, model, policy, prices)
+    bill_params = replace(BillParams(), network=args.network)
+    comparison = compare(trace, args.ecs_tasks, model, policy, prices, bill_params=bill_params)
     print(format_comparison(comparison))
     if args.plot is not None:
         from facefleet.tools.simulate.plot import plot

@@ -11,9 +11,11 @@ HEIC/HEIF (the iPhone's default) decodes through pillow-heif's Pillow opener (li
 libde265). Why each choice is the fast one, measured on 12-megapixel photos (4032x3024) made from
 the shared photos (`make bench-phone`, 2 shared cores, 2026-12-06):
 - JPEG: libjpeg's DCT scaling (`draft`) decodes 1/2, 1/4 or 1/8 of each side straight from the
-  coefficients: about 41 images/s per core at 2016x1512 against 15 at full size.
-- HEIC: HEVC has no reduced decode; every pixel of every 512x512 tile is decoded (about 0.5 s of
-  CPU per 12-MP photo, 1.7-2 images/s per core). What can be had:
+  coefficients: 32 images/s per core at 2016x1512 on the bench-phone set (41 on smoother photos)
+  against 15 at full size. On a GPU host nvJPEG (NVIDIA's nvImageCodec) could take it off the
+  CPU; bench_phone.py measures it there first (README, Detection), the worker does not use it.
+- HEIC: HEVC has no reduced decode; every pixel of every 512x512 tile is decoded (0.41 s of CPU
+  per 12-MP photo of the bench-phone set, 2.4 images/s per core). What can be had:
   * a phone writes the photo as a grid of tiles (8x6 for 12 MP) and libheif decodes tiles on up
     to `HEIF_DECODE_THREADS` threads: one photo's latency falls with the cores (the last image of
     a message batch, a single upload), the CPU per photo does not;
