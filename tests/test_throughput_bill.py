@@ -53,7 +53,9 @@ def test_every_launchable_type_has_a_row_and_a_device_rate() -> None:
 
 
 def test_one_format_is_min_of_decode_on_the_vcpus_and_the_device() -> None:
-    decode = {f: Rate(r, "test", True) for f, r in zip(FORMATS, (40.0, 2.0, 25.0, 50.0))}
+    decode = {
+        f: Rate(r, "test", True) for f, r in zip(FORMATS, (40.0, 2.0, 25.0, 50.0), strict=True)
+    }
     device = {gpu: Rate(150.0, "test", False) for gpu in DEVICE_RATE}
     table = throughput_table(decode, device)
     assert table["g4dn.xlarge"]["heic"] == pytest.approx(8.0)  # 2/s x 4 vCPUs: the CPU bound
@@ -145,3 +147,19 @@ def test_the_bill_refuses_bad_input_with_a_reason() -> None:
         bill(BATCH, -1, 1.0, 0.0, 0.0)
     with pytest.raises(PricingError, match="network must be"):
         BillParams(network="vpn")
+
+
+def test_simulate_sizes_from_the_mix_and_prints_the_whole_bill(capsys) -> None:
+    from facefleet.tools.cli import main
+
+    assert main(["simulate", "--days", "0.2", "--seed", "5", "--mix", "android"]) == 0
+    out = capsys.readouterr().out
+    rate = job_images_per_s("android")
+    assert f"{round(rate, 2):g} images/s per job" in out
+    assert f"policy job capacity {PolicyParams.for_mix('android').job_capacity}" in out
+    for line in ("whole bill per 1,000 images", "network (nat)", "flows runtime (Fargate)"):
+        assert line in out
+    assert "on the whole bill" in out
+    # A mix nobody can parse is one clear line and exit code 2, not a traceback.
+    assert main(["simulate", "--days", "0.2", "--mix", "gif=1"]) == 2
+    assert "unknown format 'gif'" in capsys.readouterr().err

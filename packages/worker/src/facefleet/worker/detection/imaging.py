@@ -20,7 +20,8 @@ the shared photos (`make bench-phone`, 2 shared cores, 2026-12-06):
     to `HEIF_DECODE_THREADS` threads: one photo's latency falls with the cores (the last image of
     a message batch, a single upload), the CPU per photo does not;
   * an embedded thumbnail at least as large as detection needs is decoded instead of the image
-    (`draft`); phones embed small ones (a few hundred pixels wide), so it is used only when one is big enough;
+    (`draft`); phones embed small ones (a few hundred pixels wide), so it is used only when one
+    is big enough;
   * a faster HEVC decoder: FFmpeg 8's (through PyAV 18) decoded the same grid files in 0.39-0.41 s
     of CPU against libde265's 0.52-0.54 s, 1.3x, not the 3x that would change the instance's
     bound; it is not used: it needs its own grid assembly and irot/imir/clap transforms (libheif
