@@ -18,7 +18,8 @@ the shared photos (`make bench-phone`, 2 shared cores, 2026-12-06):
   per 12-MP photo of the bench-phone set, 2.4 images/s per core). What can be had:
   * a phone writes the photo as a grid of tiles (8x6 for 12 MP) and libheif decodes tiles on up
     to `HEIF_DECODE_THREADS` threads: one photo's latency falls with the cores (the last image of
-    a message batch, a single upload), the CPU per photo does not;
+    a message batch, a single upload), the CPU per photo does not (0.45-0.52 s on one thread,
+    0.43-0.45 on 2, 0.44-0.48 on 4: the threads cost nothing when the cores are busy anyway);
   * an embedded thumbnail at least as large as detection needs is decoded instead of the image
     (`draft`); phones embed small ones (a few hundred pixels wide), so it is used only when one
     is big enough;
