@@ -95,7 +95,8 @@ def test_the_policy_sizes_jobs_and_arrays_from_the_table() -> None:
     iphone, android = PolicyParams.for_mix("iphone"), PolicyParams.for_mix("android")
     slowest = min(THROUGHPUT[t]["iphone mix"] for t in instances.SECONDARY_INSTANCE_TYPES)
     assert job_images_per_s("iphone") == pytest.approx(slowest)
-    assert PolicyParams().job_capacity == int(round(60 * slowest, 1) * PolicyParams().job_minutes)
+    assert PolicyParams() == PolicyParams.for_mix(instances.DEFAULT_MIX)
+    assert PolicyParams().job_capacity == int(60 * slowest * PolicyParams().job_minutes)
     assert iphone.job_capacity < android.job_capacity
     backlog = 40_000
     inputs = DispatchInputs(QueueDepth(backlog), QueueDepth(0))

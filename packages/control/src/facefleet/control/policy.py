@@ -84,7 +84,7 @@ class PolicyParams:
     # Messages one detection job drains before it would idle out: images per job-minute (the
     # instance throughput table, default mix) times the minutes a job is expected to run for one
     # backlog. `for_mix` sizes for another mix.
-    images_per_job_minute: float = round(60.0 * job_images_per_s(), 1)
+    images_per_job_minute: float = 60.0 * job_images_per_s()
     job_minutes: float = 10.0
     small_backlog: int = 1000
     array_divisor: int = 1000
