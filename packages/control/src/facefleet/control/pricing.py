@@ -327,9 +327,16 @@ class BillParams:
     interface_endpoints: int = 8
     availability_zones: int = 2
     root_volume_gib: int = 100  # the launch template's gp3 root volume (stack_config.py)
-    # The flows runtime: the Prefect deployments served by one always-on Fargate task.
-    flows_vcpu: float = 0.25
-    flows_gib: float = 0.5
+    # The flows runtime (docs/infra.md): the Prefect ECS worker, a one-task Fargate service of
+    # 0.5 vCPU / 1 GB (template/flows_runtime.py), and each flow run its own Fargate task at
+    # prefect-aws's default 1 vCPU / 2 GB: the dispatch flow once a tick (60 s), each billed at
+    # least Fargate's one-minute minimum, so about one such task always on.
+    flows_worker_vcpu: float = 0.5
+    flows_worker_gib: float = 1.0
+    flow_run_vcpu: float = 1.0
+    flow_run_gib: float = 2.0
+    flow_runs_per_hour: float = 60.0
+    flow_run_billed_s: float = 60.0
     # The fallback dispatcher: one 256-MB Lambda a minute of about 1 s; the lease: two DynamoDB
     # writes a dispatch tick, from each dispatcher.
     lambda_per_hour: float = 60.0
@@ -389,9 +396,11 @@ def bill(
         "DynamoDB": 0.0,
     }
     if setup == BATCH:
-        lines["flows runtime (Fargate)"] = hours * (
-            params.flows_vcpu * p["fargate_vcpu_hour"] + params.flows_gib * p["fargate_gb_hour"]
-        )
+        vcpu_h, gb_h = p["fargate_vcpu_hour"], p["fargate_gb_hour"]
+        worker = params.flows_worker_vcpu * vcpu_h + params.flows_worker_gib * gb_h
+        run_hours = params.flow_runs_per_hour * params.flow_run_billed_s / HOUR_S
+        runs = run_hours * (params.flow_run_vcpu * vcpu_h + params.flow_run_gib * gb_h)
+        lines["flows runtime (Fargate)"] = hours * (worker + runs)
         invocations = hours * params.lambda_per_hour
         lines["Lambda"] = invocations * (
             p["lambda_request"] + params.lambda_gb_s_each * p["lambda_gb_s"]
