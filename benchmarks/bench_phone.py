@@ -14,7 +14,8 @@ follows the bitrate), then written as a phone writes it:
 
 Measured, in one run, side by side on the same files:
 - decode per core: `decode_image` (the worker's own, reduced JPEG decode, HEIC tiles on one
-  thread) as CPU seconds per image, so other processes on a shared host do not count; the HEIC
+  thread) as CPU seconds per image, so other processes on a shared host count less (they still
+  slow it through the caches: on a busy host, take the best of several runs); the HEIC
   latency with libheif decoding the tiles on every core is printed beside it;
 - the worker over S3: `run_pipeline` (the detection pipeline: download from a moto S3 on loopback,
   decode, detect, embed) on message batches of each format, and on the format mix;

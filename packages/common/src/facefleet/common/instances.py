@@ -101,10 +101,12 @@ class Rate:
 
 # Decode images/s per vCPU, one thread each, at phone sizes: 12-MP JPEG (reduced DCT decode to
 # 2016x1512), 12-MP HEIC (a grid of 512x512 tiles, libheif + libde265), PNG screenshots
-# (1170x2532), WebP (1600x1200), 10 of each. Measured as CPU time per image (robust to the other
-# processes on the shared 2-vCPU AMD EPYC host, load average 7-12), `make bench-phone`,
-# 2026-12-06; a run on 6 of each gave 26.8 / 2.19 / 24.3 / 53.8. A g4dn's Cascade Lake vCPU is
-# a hyperthread: assumed equal to one here, which flatters the g4dn side if anything.
+# (1170x2532), WebP (1600x1200), 10 of each. Measured as CPU time per image, `make bench-phone`,
+# 2026-12-06, on a 2-vCPU AMD EPYC host shared with other sessions (load average 7-12). CPU time
+# is less sensitive to that than wall time, not immune: contention for caches and memory only
+# slows a decode, so the best of three runs is taken (JPEG 19.3-31.9, HEIC 2.19-2.41, PNG
+# 15.8-25.7, WebP 25.7-55.1 over the runs; HEIC, compute-bound, hardly moves). A g4dn's Cascade
+# Lake vCPU is a hyperthread: assumed equal to one here, which flatters the g4dn side if anything.
 _BENCH = "make bench-phone, 2-vCPU AMD EPYC host, 2026-12-06"
 DECODE_PER_VCPU: dict[str, Rate] = {
     "jpeg": Rate(31.9, _BENCH, True),

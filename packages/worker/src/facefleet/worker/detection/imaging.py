@@ -9,7 +9,7 @@ original through `DecodedImage.scale`.
 
 HEIC/HEIF (the iPhone's default) decodes through pillow-heif's Pillow opener (libheif with
 libde265). Why each choice is the fast one, measured on 12-megapixel photos (4032x3024) made from
-the shared photos (`make bench-phone`, 2 shared cores, 2026-12-06):
+the shared photos (`make bench-phone`, 2 shared cores, 2026-12-06, CPU time, best of 3 runs):
 - JPEG: libjpeg's DCT scaling (`draft`) decodes 1/2, 1/4 or 1/8 of each side straight from the
   coefficients: 32 images/s per core at 2016x1512 on the bench-phone set (41 on smoother photos)
   against 15 at full size. On a GPU host nvJPEG (NVIDIA's nvImageCodec) could take it off the
