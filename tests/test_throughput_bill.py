@@ -138,6 +138,8 @@ def test_the_bill_adds_every_line_with_its_price() -> None:
     # Endpoints: no per-GB charge for S3 (the gateway endpoint), interface endpoints by the hour.
     endpoints = bill(BATCH, images, hours, 100.0, 200.0, BillParams(network="endpoints"))
     assert endpoints["network (endpoints)"] == pytest.approx(hours * 8 * 2 * 0.01)
+    s3_endpoint = bill(BATCH, images, hours, 100.0, 200.0, BillParams(network="nat+s3"))
+    assert s3_endpoint["network (nat+s3)"] == pytest.approx(hours * 0.045)  # no per-GB line
     per = per_1000(lines, images)
     assert sum(per.values()) == pytest.approx(sum(lines.values()) / 1000)
     assert all(math.isnan(v) for v in per_1000(lines, 0).values())

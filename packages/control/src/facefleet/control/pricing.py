@@ -305,6 +305,7 @@ PRICES: dict[str, UnitPrice] = {
     "ebs_gb_month": UnitPrice(0.08, "GB-month", "Amazon EBS pricing: gp3 storage"),
 }
 HOURS_PER_MONTH = 730.0
+NETWORKS = ("nat", "nat+s3", "endpoints")
 BATCH, ECS = "batch", "ecs"
 
 
@@ -321,8 +322,9 @@ class BillParams:
     # CloudWatch Logs bytes an image costs: its log line and its EMF metrics record.
     log_kib_per_image: float = 1.0
     custom_metrics: int = 12  # metric x dimension series the EMF records create
-    # "nat": the images cross a NAT gateway; "endpoints": an S3 gateway endpoint (free) carries
-    # them and interface endpoints serve the AWS APIs the instances call (docs/infra.md lists 8).
+    # "nat": the images cross a NAT gateway; "nat+s3": the S3 gateway endpoint (free) carries the
+    # images, the NAT only the API calls (a few KB an image, not counted); "endpoints": the S3
+    # gateway endpoint and interface endpoints for the AWS APIs (docs/infra.md lists 8), no NAT.
     network: str = "nat"
     interface_endpoints: int = 8
     availability_zones: int = 2
@@ -344,8 +346,8 @@ class BillParams:
     lease_writes_per_hour: float = 240.0
 
     def __post_init__(self) -> None:
-        if self.network not in ("nat", "endpoints"):
-            raise PricingError(f"network must be 'nat' or 'endpoints', not {self.network!r}")
+        if self.network not in NETWORKS:
+            raise PricingError(f"network must be one of {NETWORKS}, not {self.network!r}")
         if self.mean_image_mib < 0 or self.log_kib_per_image < 0:
             raise PricingError("image and log sizes must not be negative")
 
@@ -377,6 +379,8 @@ def bill(
     months = hours / HOURS_PER_MONTH
     if params.network == "nat":
         network = gb * p["nat_gb"] + hours * p["nat_hour"]
+    elif params.network == "nat+s3":
+        network = hours * p["nat_hour"]
     else:  # S3 through the free gateway endpoint; only the API calls cross interface endpoints
         zones = params.interface_endpoints * params.availability_zones
         network = hours * zones * p["endpoint_hour"]

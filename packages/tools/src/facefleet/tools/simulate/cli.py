@@ -13,6 +13,7 @@ from facefleet.common.config import NAMES, Settings
 from facefleet.common.instances import DEFAULT_MIX, parse_mix
 from facefleet.control.policy import PolicyParams
 from facefleet.control.pricing import (
+    NETWORKS,
     BillParams,
     PriceTable,
     SpotSeries,
@@ -118,10 +119,11 @@ def register(subparsers: Any) -> None:
     )
     prices.add_argument(
         "--network",
-        choices=("nat", "endpoints"),
+        choices=NETWORKS,
         default=BillParams().network,
         help="how the instances reach S3 and the AWS APIs, for the bill: a NAT gateway (per GB "
-        "and per hour) or the S3 gateway endpoint plus interface endpoints (nat)",
+        "and per hour), the NAT with the S3 gateway endpoint, or the S3 gateway endpoint plus "
+        "interface endpoints (nat)",
     )
     tuning = parser.add_argument_group("sweep")
     tuning.add_argument("--sweep", action="store_true", help="sweep the policy's thresholds")
