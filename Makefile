@@ -8,7 +8,7 @@ EXTRA ?= cpu
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test lint typecheck unit contract browser bench bench-detect bench-group evaluate simulate prefect-yaml clean
+.PHONY: venv demo test lint typecheck unit contract browser bench bench-detect bench-group bench-phone evaluate simulate prefect-yaml clean
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -48,6 +48,10 @@ bench-detect: venv
 
 bench-group: venv
 	$(BIN)/python benchmarks/bench_group.py
+
+# Phone photos (12-MP JPEG, grid HEIC, PNG screenshots, WebP) made from ../shared: MIX=android.
+bench-phone: venv
+	$(BIN)/python benchmarks/bench_phone.py --mix $(or $(MIX),iphone)
 
 bench: bench-detect bench-group
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The detection and grouping benchmarks on a GPU host with no network: x86-64, an NVIDIA driver,
-# Python 3.12. Installs the wheels carried beside this script (benchmarks/wheels/, filled as
-# benchmarks/gpu-requirements.txt says) into a fresh venv, checks that onnxruntime sees the GPU,
-# runs `bench_detect.py` and `bench_group.py` on it and prints their RESULT lines, in under 5
-# minutes (each step has its own time limit; the first TensorRT engine build is part of it, and
-# the engines are cached in FACEFLEET_TRT_CACHE for the next run).
+# The detection, phone-photo and grouping benchmarks on a GPU host with no network: x86-64, an
+# NVIDIA driver, Python 3.12. Installs the wheels carried beside this script (benchmarks/wheels/,
+# filled as benchmarks/gpu-requirements.txt says) into a fresh venv, checks that onnxruntime sees
+# the GPU, runs `bench_detect.py`, `bench_phone.py` (12-MP JPEG, grid HEIC, PNG, WebP made from
+# the shared photos: the device's own images/s beside the decode rates, the figures the instance
+# throughput table anchors until then) and `bench_group.py` on it and prints their RESULT lines,
+# in under 10 minutes (each step has its own time limit; the first TensorRT engine build is part
+# of it, and the engines are cached in FACEFLEET_TRT_CACHE for the next run).
 #
 #   benchmarks/gpu_check.sh              # install (if needed), check, benchmark
 #   benchmarks/gpu_check.sh --dry-run    # say what would run; install and run nothing
@@ -22,7 +24,8 @@ shared=${FACEFLEET_SHARED:-$(dirname "$root")/shared}
 export FACEFLEET_SHARED=$shared
 export FACEFLEET_TRT_CACHE=${FACEFLEET_TRT_CACHE:-$root/.trt-cache}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
-export PYTHONPATH=$root/packages/common/src:$root/packages/worker/src:$root/packages/infra/src
+src=$root/packages
+export PYTHONPATH=$src/common/src:$src/control/src:$src/worker/src:$src/infra/src:$src/localstack/src
 dry_run=0
 
 case "${1:-}" in
@@ -84,12 +87,15 @@ print("faiss", faiss.__version__, "GPUs:", faiss.get_num_gpus())
 PY
 
 # 4. The benchmarks, each with a time limit that keeps the whole check under 5 minutes.
-detect_log=$(mktemp) group_log=$(mktemp)
-trap 'rm -f "$detect_log" "$group_log"' EXIT
+detect_log=$(mktemp) phone_log=$(mktemp) group_log=$(mktemp)
+trap 'rm -f "$detect_log" "$phone_log" "$group_log"' EXIT
 run timeout 150 "$venv/bin/python" "$here/bench_detect.py" --rounds 2 --workers "$cores" \
   | tee "$detect_log"
+# The phone set is encoded on the first run (x265 on every core) and cached under out/.
+run timeout 300 "$venv/bin/python" "$here/bench_phone.py" --per-format 10 --rounds 2 \
+  --workers "$cores" | tee "$phone_log"
 run timeout 100 "$venv/bin/python" "$here/bench_group.py" --sizes 10000 100000 --new 2000 \
   | tee "$group_log"
 
 echo "gpu_check: done in $((SECONDS - started)) s"
-grep -h '^RESULT' "$detect_log" "$group_log" || true
+grep -h '^RESULT' "$detect_log" "$phone_log" "$group_log" || true

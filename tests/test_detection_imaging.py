@@ -95,6 +95,64 @@ def test_heic_the_iphone_default_is_decoded() -> None:
     assert decoded.pixels.reshape(-1, 3).mean(axis=0)[0] > 180  # BGR: blue
 
 
+def _textured(width: int, height: int) -> Image.Image:
+    """A photo-like test card: gradients and a blue band on the left, so tiles differ."""
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    pixels = np.stack(
+        [np.broadcast_to(x, (height, width)), np.broadcast_to(y, (height, width)), (x + y) / 2],
+        axis=2,
+    ).astype(np.uint8)
+    pixels[:, : width // 4] = (0, 0, 255)
+    return Image.fromarray(pixels, "RGB")
+
+
+@pytest.fixture(scope="module")
+def grid_heic() -> bytes:
+    """A HEIC as phones write it: a grid of tiles (here 4x3 tiles of 128 px), EXIF orientation 6
+    (the phone held upright), which pillow-heif stores as the image's rotation."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(_textured(512, 384), "HEIF", quality=90, tile_size=128, exif=exif.tobytes())
+
+
+def test_a_grid_heic_decodes_to_the_same_pixels_whatever_the_thread_count(
+    grid_heic: bytes,
+) -> None:
+    import pillow_heif
+
+    from facefleet.worker.detection import imaging
+
+    tiling = pillow_heif.open_heif(grid_heic).info["tiling"]
+    assert tiling["num_columns"] * tiling["num_rows"] == 12  # a real grid of 4x3 tiles
+    decoded = {}
+    try:
+        for threads in (1, 2, 4):
+            imaging.set_heif_decode_threads(threads)
+            decoded[threads] = decode_image(grid_heic).pixels
+    finally:
+        imaging.set_heif_decode_threads(imaging.HEIF_DECODE_THREADS)
+    assert np.array_equal(decoded[1], decoded[2]) and np.array_equal(decoded[1], decoded[4])
+    # Orientation kept: 512x384 stored, displayed upright as 384 wide, 512 high, the band that
+    # was on the left now on top (BGR: blue).
+    assert decoded[1].shape == (512, 384, 3)
+    top = decoded[1][:100].reshape(-1, 3).mean(axis=0)
+    bottom = decoded[1][-20:].reshape(-1, 3).mean(axis=0)  # the stored right edge: red 255
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200
+    with pytest.raises(ValueError):
+        imaging.set_heif_decode_threads(0)
+
+
+def test_a_heic_thumbnail_large_enough_for_detection_is_decoded_instead() -> None:
+    data = encode(_textured(960, 720), "HEIF", quality=50, thumbnails=[480, 96])
+    reduced = decode_image(data, max_side=400)
+    assert reduced.pixels.shape == (360, 480, 3) and reduced.scale == 0.5
+    assert (reduced.width, reduced.height) == (960, 720)  # the original's size, for the boxes
+    # A thumbnail smaller than detection needs is never used: the image itself is decoded.
+    full = decode_image(data, max_side=480)
+    assert full.pixels.shape == (720, 960, 3) and full.scale == 1.0
+
+
 @pytest.mark.parametrize(
     "data, name",
     [

@@ -21,7 +21,9 @@ from facefleet.control.policy import (
 )
 
 NAMES = Names()
-PARAMS = PolicyParams()
+# The capacity the plan's cases were worked with (1,200 images a job); the default now comes from
+# the instance throughput table (tests/test_throughput_bill.py checks that sizing).
+PARAMS = PolicyParams(images_per_job_minute=120.0)
 
 
 def inputs(backlog: int, group: int = 0, active: tuple[ActiveJob, ...] = ()) -> DispatchInputs:
@@ -32,7 +34,7 @@ def test_plan_cases() -> None:
     assert decide(inputs(0)).submissions == ()
     small = decide(inputs(10)).submissions
     assert [(s.job_queue, s.array_size) for s in small] == [(NAMES.primary_queue.name, None)]
-    large = decide(inputs(20_000)).submissions
+    large = decide(inputs(20_000), PARAMS).submissions
     assert [(s.job_queue, s.array_size) for s in large] == [(NAMES.secondary_queue.name, 10)]
     assert decide(inputs(1000, active=(ActiveJob(DETECTION, NAMES.primary_queue.name),))).jobs == 0
     grouping = decide(inputs(0, group=5)).submissions
@@ -47,7 +49,7 @@ def test_cooldown_blocks_a_second_submission() -> None:
 
 
 def test_job_request_uses_array_properties_only_for_arrays() -> None:
-    single, array = decide(inputs(10)).submissions[0], decide(inputs(20_000)).submissions[0]
+    single, array = decide(inputs(10)).submissions[0], decide(inputs(20_000), PARAMS).submissions[0]
     assert "arrayProperties" not in job_request(single, 0.0)
     request = job_request(array, 0.0, 3)
     assert request["arrayProperties"] == {"size": 10}

@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.sh on a host without a GPU: valid bash, and a dry run that names every
-step (offline install from the carried wheels, the GPU check, both benchmarks) and runs none."""
+step (offline install from the carried wheels, the GPU check, every benchmark) and runs none."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def test_gpu_check_parses_and_dry_runs(tmp_path: Path) -> None:
     assert any("--no-index" in s and "gpu-requirements.txt" in s for s in steps)
     assert any("--no-deps" in s and "insightface" in s for s in steps)
     assert any("bench_detect.py" in s for s in steps)
+    assert any("bench_phone.py" in s for s in steps)
     assert any("bench_group.py" in s for s in steps)
     assert not (tmp_path / "venv").exists()  # nothing was installed
     wrong = subprocess.run([str(SCRIPT), "--bogus"], capture_output=True, text=True, timeout=60)

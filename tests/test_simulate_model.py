@@ -39,6 +39,11 @@ EXACT = ModelParams(
 )
 
 
+# The policy these worked examples were computed with: 120 images a job-minute, capacity 1,200 a
+# job (the default now comes from the instance throughput table and moves with its figures).
+POLICY = PolicyParams(images_per_job_minute=120.0)
+
+
 def nearest_rank(latencies: list[float], percentile: float) -> float:
     ordered = sorted(latencies)
     return ordered[math.ceil(percentile / 100 * len(ordered)) - 1]
@@ -88,7 +93,7 @@ def test_constant_stream_on_ecs():
 
 
 def test_constant_stream_on_batch():
-    run = simulate_batch(constant_stream(), EXACT)
+    run = simulate_batch(constant_stream(), EXACT, POLICY)
     assert_conserved(run)
     # The tick at 0 sees one image: one job on primary; its instance is ready at 300 with images
     # 0..30 waiting. Image k (k <= 33) is done at 301 + k; from 34 on the job keeps up (1 s).
@@ -114,7 +119,7 @@ def single_burst() -> Trace:
 
 def test_single_burst_on_batch():
     model = replace(EXACT, batch_size=10)
-    run = simulate_batch(single_burst(), model)
+    run = simulate_batch(single_burst(), model, POLICY)
     assert_conserved(run)
     # 10,000 waiting, capacity 1,200 a job: 9 needed; array size min(10,000 // 1,000, 10) = 10,
     # capped at the 9 needed. Later ticks see them covered (9 x 1,200 >= 10,000).
@@ -162,7 +167,7 @@ def test_vcpu_cap_holds_back_jobs():
 
 def test_interrupted_work_returns_to_the_queue_and_jobs_retry():
     model = replace(EXACT, batch_size=10, interruptions_per_hour=6.0, seed=3)
-    run = simulate_batch(single_burst(), model)
+    run = simulate_batch(single_burst(), model, POLICY)
     assert_conserved(run)
     assert run.interruptions > 0 and run.retries > 0
     # Interrupted instances are billed up to the interruption, retried jobs get new ones.
@@ -171,7 +176,7 @@ def test_interrupted_work_returns_to_the_queue_and_jobs_retry():
 
 def test_exhausted_attempts_fail_and_the_policy_resubmits():
     model = replace(EXACT, batch_size=10, interruptions_per_hour=30.0, attempts=1, seed=5)
-    run = simulate_batch(single_burst(), model)
+    run = simulate_batch(single_burst(), model, POLICY)
     assert_conserved(run)
     assert run.failed_jobs > 0 and run.submissions > 1
 
@@ -185,7 +190,7 @@ def test_simulator_runs_the_policy_module(monkeypatch):
         return real(inputs, params, names)
 
     monkeypatch.setattr(dispatch, "decide", spy)
-    simulate_batch(constant_stream(), EXACT)
+    simulate_batch(constant_stream(), EXACT, POLICY)
     assert calls and calls[0].indexing.visible == 1 and calls[0].now_s == 0.0
     assert calls[1].active[0].job_queue == "face-recognition-primary-queue"
 

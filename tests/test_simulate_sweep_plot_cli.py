@@ -39,7 +39,7 @@ def test_frontier_and_recommendation():
 def test_sweep_varies_the_policy_and_finds_a_setting():
     trace = generate(0.5, seed=2)
     grid = {"job_minutes": (5.0, 20.0), "max_array_size": (2, 10)}
-    points = sweep(trace, FAST, grid=grid)
+    points = sweep(trace, FAST, PolicyParams(images_per_job_minute=120.0), grid=grid)
     assert len(points) == 4
     assert {p.policy.max_array_size for p in points} == {2, 10}
     assert {p.policy.job_capacity for p in points} == {600, 2400}

@@ -13,6 +13,11 @@ Rules, in order:
 - nothing ever takes a compute environment past its vCPU limit (each job counted at its job
   definition's vCPUs).
 
+How many messages a job drains (`job_capacity`) comes from the instance throughput table
+(`facefleet.common.instances.THROUGHPUT`: images/s per instance type and format mix, decode
+measured, device rates anchored): a job on an iPhone-heavy gallery drains a tenth of what one on
+JPEGs does, and sizing both alike would starve the first or over-launch for the second.
+
 `job_request` turns a `Submission` into SubmitJob arguments (name, queue, definition, array
 size), so the flow (through prefect-aws) and the Lambda (through boto3) submit identical jobs.
 """
@@ -26,6 +31,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from facefleet.common.config import NAMES, Names
+from facefleet.common.instances import (
+    DEFAULT_MIX,
+    INSTANCES,
+    SECONDARY_INSTANCE_TYPES,
+    images_per_s,
+    parse_mix,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_batch.literals import JobStatusType
@@ -57,11 +69,22 @@ class ActiveJob:
     size: int = 1
 
 
+def job_images_per_s(
+    mix: str | dict[str, float] = DEFAULT_MIX,
+    instance_types: Sequence[str] = SECONDARY_INSTANCE_TYPES,
+) -> float:
+    """Images/s one detection job sustains on the slowest type it may be placed on, for a
+    format mix (a name or shares): the instance throughput table's figure."""
+    shares = parse_mix(mix) if isinstance(mix, str) else mix
+    return min(images_per_s(INSTANCES[t], shares) for t in instance_types)
+
+
 @dataclass(frozen=True)
 class PolicyParams:
-    # Messages one detection job drains before it would idle out: measured images per job-minute
-    # times the minutes a job is expected to run for one backlog.
-    images_per_job_minute: float = 120.0
+    # Messages one detection job drains before it would idle out: images per job-minute (the
+    # instance throughput table, default mix) times the minutes a job is expected to run for one
+    # backlog. `for_mix` sizes for another mix.
+    images_per_job_minute: float = 60.0 * job_images_per_s()
     job_minutes: float = 10.0
     small_backlog: int = 1000
     array_divisor: int = 1000
@@ -73,6 +96,11 @@ class PolicyParams:
     @property
     def job_capacity(self) -> int:
         return max(1, int(self.images_per_job_minute * self.job_minutes))
+
+    @classmethod
+    def for_mix(cls, mix: str | dict[str, float], **overrides: Any) -> PolicyParams:
+        """Parameters whose job capacity is the throughput table's for `mix`."""
+        return cls(**({"images_per_job_minute": 60.0 * job_images_per_s(mix)} | overrides))
 
 
 @dataclass(frozen=True)

@@ -266,3 +266,153 @@ def on_demand_prices(
     if missing:
         raise PricingError(f"no fallback on-demand price for instance types {missing}")
     return {t: float(fallback[t]) for t in types}, "fallback"
+
+
+# -- The whole bill -----------------------------------------------------------------------------
+# Instance-hours are not the whole bill. Every other line a setup pays, with its us-east-1 list
+# price and where the price is published (checked 2026-12; the pages name the region).
+
+
+@dataclass(frozen=True)
+class UnitPrice:
+    usd: float
+    unit: str
+    source: str
+
+
+PRICES: dict[str, UnitPrice] = {
+    "s3_get": UnitPrice(0.0004 / 1000, "GET request", "Amazon S3 pricing: S3 Standard GET"),
+    "sqs_request": UnitPrice(
+        0.40 / 1e6, "request (64 KB chunk)", "Amazon SQS pricing: standard queue, after 1M free"
+    ),
+    "nat_gb": UnitPrice(0.045, "GB processed", "Amazon VPC pricing: NAT gateway data processing"),
+    "nat_hour": UnitPrice(0.045, "NAT gateway-hour", "Amazon VPC pricing: NAT gateway hourly"),
+    "endpoint_hour": UnitPrice(
+        0.01, "interface endpoint-hour per AZ", "AWS PrivateLink pricing: interface endpoint"
+    ),
+    "endpoint_gb": UnitPrice(0.01, "GB processed", "AWS PrivateLink pricing: first 1 PB"),
+    "logs_gb": UnitPrice(0.50, "GB ingested", "Amazon CloudWatch pricing: Logs standard ingestion"),
+    "metric_month": UnitPrice(
+        0.30, "custom metric-month", "Amazon CloudWatch pricing: metrics, first 10,000"
+    ),
+    "fargate_vcpu_hour": UnitPrice(0.04048, "vCPU-hour", "AWS Fargate pricing: Linux/x86"),
+    "fargate_gb_hour": UnitPrice(0.004445, "GB-hour", "AWS Fargate pricing: Linux/x86"),
+    "lambda_request": UnitPrice(0.20 / 1e6, "invocation", "AWS Lambda pricing: requests"),
+    "lambda_gb_s": UnitPrice(0.0000166667, "GB-second", "AWS Lambda pricing: x86 duration"),
+    "dynamodb_write": UnitPrice(
+        0.625 / 1e6, "write request unit", "Amazon DynamoDB pricing: on-demand"
+    ),
+    "ebs_gb_month": UnitPrice(0.08, "GB-month", "Amazon EBS pricing: gp3 storage"),
+}
+HOURS_PER_MONTH = 730.0
+NETWORKS = ("nat", "nat+s3", "endpoints")
+BATCH, ECS = "batch", "ecs"
+
+
+@dataclass(frozen=True)
+class BillParams:
+    """What the non-instance lines depend on; each default says where it comes from."""
+
+    # Mean upload size, MiB: the `make bench-phone` set's mean file sizes (12-MP HEIC 1.64,
+    # 12-MP JPEG 1.90, PNG screenshot 1.56, WebP 0.12) weighted by the iPhone-heavy mix.
+    mean_image_mib: float = 1.6
+    # SQS requests an image costs: the S3 notification's send, its share of a 10-message
+    # receive, delete batch and heartbeat, and the GroupFace queue's send, receive and delete.
+    sqs_requests_per_image: float = 1.6
+    # CloudWatch Logs bytes an image costs: its log line and its EMF metrics record.
+    log_kib_per_image: float = 1.0
+    custom_metrics: int = 12  # metric x dimension series the EMF records create
+    # "nat": the images cross a NAT gateway; "nat+s3": the S3 gateway endpoint (free) carries the
+    # images, the NAT only the API calls (a few KB an image, not counted); "endpoints": the S3
+    # gateway endpoint and interface endpoints for the AWS APIs (docs/infra.md lists 8), no NAT.
+    network: str = "nat"
+    interface_endpoints: int = 8
+    availability_zones: int = 2
+    root_volume_gib: int = 100  # the launch template's gp3 root volume (stack_config.py)
+    # The flows runtime (docs/infra.md): the Prefect ECS worker, a one-task Fargate service of
+    # 0.5 vCPU / 1 GB (template/flows_runtime.py), and each flow run its own Fargate task at
+    # prefect-aws's default 1 vCPU / 2 GB: the dispatch flow once a tick (60 s), each billed at
+    # least Fargate's one-minute minimum, so about one such task always on.
+    flows_worker_vcpu: float = 0.5
+    flows_worker_gib: float = 1.0
+    flow_run_vcpu: float = 1.0
+    flow_run_gib: float = 2.0
+    flow_runs_per_hour: float = 60.0
+    flow_run_billed_s: float = 60.0
+    # The fallback dispatcher: one 256-MB Lambda a minute of about 1 s; the lease: two DynamoDB
+    # writes a dispatch tick, from each dispatcher.
+    lambda_per_hour: float = 60.0
+    lambda_gb_s_each: float = 0.25
+    lease_writes_per_hour: float = 240.0
+
+    def __post_init__(self) -> None:
+        if self.network not in NETWORKS:
+            raise PricingError(f"network must be one of {NETWORKS}, not {self.network!r}")
+        if self.mean_image_mib < 0 or self.log_kib_per_image < 0:
+            raise PricingError("image and log sizes must not be negative")
+
+
+DEFAULT_BILL = BillParams()
+
+
+def bill(
+    setup: str,
+    images: int,
+    hours: float,
+    instance_cost: float,
+    instance_hours: float,
+    params: BillParams = DEFAULT_BILL,
+    prices: Mapping[str, UnitPrice] = PRICES,
+) -> dict[str, float]:
+    """Every line of one setup's bill over a period of `hours` that processed `images`, in USD.
+
+    Both setups pay per image for S3 GETs, SQS requests, the network path and CloudWatch Logs,
+    and per hour for metrics, the NAT gateway or the endpoints, and their instances' EBS. Batch
+    also pays the flows runtime, the fallback Lambda and the lease table; the ECS service has
+    none of them."""
+    if setup not in (BATCH, ECS):
+        raise PricingError(f"setup must be {BATCH!r} or {ECS!r}, not {setup!r}")
+    if images < 0 or hours < 0 or instance_hours < 0:
+        raise PricingError("images, hours and instance-hours must not be negative")
+    p = {name: price.usd for name, price in prices.items()}
+    gb = images * params.mean_image_mib * 2**20 / 1e9
+    months = hours / HOURS_PER_MONTH
+    if params.network == "nat":
+        network = gb * p["nat_gb"] + hours * p["nat_hour"]
+    elif params.network == "nat+s3":
+        network = hours * p["nat_hour"]
+    else:  # S3 through the free gateway endpoint; only the API calls cross interface endpoints
+        zones = params.interface_endpoints * params.availability_zones
+        network = hours * zones * p["endpoint_hour"]
+    lines = {
+        "instances": instance_cost,
+        "EBS root volumes": instance_hours
+        * params.root_volume_gib
+        * p["ebs_gb_month"]
+        / HOURS_PER_MONTH,
+        "S3 GETs": images * p["s3_get"],
+        "SQS requests": images * params.sqs_requests_per_image * p["sqs_request"],
+        f"network ({params.network})": network,
+        "CloudWatch Logs": images * params.log_kib_per_image * 1024 / 1e9 * p["logs_gb"],
+        "CloudWatch metrics": months * params.custom_metrics * p["metric_month"],
+        "flows runtime (Fargate)": 0.0,
+        "Lambda": 0.0,
+        "DynamoDB": 0.0,
+    }
+    if setup == BATCH:
+        vcpu_h, gb_h = p["fargate_vcpu_hour"], p["fargate_gb_hour"]
+        worker = params.flows_worker_vcpu * vcpu_h + params.flows_worker_gib * gb_h
+        run_hours = params.flow_runs_per_hour * params.flow_run_billed_s / HOUR_S
+        runs = run_hours * (params.flow_run_vcpu * vcpu_h + params.flow_run_gib * gb_h)
+        lines["flows runtime (Fargate)"] = hours * (worker + runs)
+        invocations = hours * params.lambda_per_hour
+        lines["Lambda"] = invocations * (
+            p["lambda_request"] + params.lambda_gb_s_each * p["lambda_gb_s"]
+        )
+        lines["DynamoDB"] = hours * params.lease_writes_per_hour * p["dynamodb_write"]
+    return lines
+
+
+def per_1000(lines: Mapping[str, float], images: int) -> dict[str, float]:
+    """The bill's lines per 1,000 images (NaN when nothing was processed)."""
+    return {k: (v / images * 1000.0 if images else float("nan")) for k, v in lines.items()}

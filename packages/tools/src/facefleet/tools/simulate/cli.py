@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.common.config import NAMES, Settings
+from facefleet.common.instances import DEFAULT_MIX, parse_mix
 from facefleet.control.policy import PolicyParams
 from facefleet.control.pricing import (
+    NETWORKS,
+    BillParams,
     PriceTable,
     SpotSeries,
     diversified_spot_per_h,
@@ -19,7 +22,7 @@ from facefleet.control.pricing import (
 )
 from facefleet.tools.simulate import trace as traces
 from facefleet.tools.simulate.compare import DEFAULT_ECS_TASKS, compare, format_comparison
-from facefleet.tools.simulate.model import DEFAULT_IMAGES_PER_S, ModelParams
+from facefleet.tools.simulate.model import DEFAULT_IMAGES_PER_S, ModelParams, images_per_s_for
 from facefleet.tools.simulate.sweep import (
     DEFAULT_GRID,
     DEFAULT_LATENCY_TARGET_S,
@@ -58,10 +61,17 @@ def register(subparsers: Any) -> None:
     source.add_argument("--save-trace", type=Path, help="write the trace used as CSV")
     model = parser.add_argument_group("model")
     model.add_argument(
+        "--mix",
+        default=DEFAULT_MIX,
+        help=f"upload format mix: iphone, android or heic=..,jpeg=..,png=..,webp=.. "
+        f"({DEFAULT_MIX}); sets images/s per job and the policy's job capacity from the "
+        "instance throughput table",
+    )
+    model.add_argument(
         "--images-per-s",
         type=float,
-        default=DEFAULT_IMAGES_PER_S,
-        help=f"images/s one job processes ({DEFAULT_IMAGES_PER_S:g}, assumed)",
+        help=f"images/s one job processes (default: the throughput table's for the mix, "
+        f"{DEFAULT_IMAGES_PER_S:g} for {DEFAULT_MIX})",
     )
     model.add_argument(
         "--cold-start-s",
@@ -106,6 +116,14 @@ def register(subparsers: Any) -> None:
         help="use real Spot prices through the EC2 API (AWS_DEFAULT_REGION, AWS_ENDPOINT_URL "
         "honoured): the trace's own period if EC2 still has it, else the last D days "
         "(the trace's start mapped to their start)",
+    )
+    prices.add_argument(
+        "--network",
+        choices=NETWORKS,
+        default=BillParams().network,
+        help="how the instances reach S3 and the AWS APIs, for the bill: a NAT gateway (per GB "
+        "and per hour), the NAT with the S3 gateway endpoint, or the S3 gateway endpoint plus "
+        "interface endpoints (nat)",
     )
     tuning = parser.add_argument_group("sweep")
     tuning.add_argument("--sweep", action="store_true", help="sweep the policy's thresholds")
@@ -174,8 +192,14 @@ def run(args: argparse.Namespace) -> int:
     prices = _prices(args, trace)
     if isinstance(prices.spot, SpotSeries) and len(prices.spot.prices) > 1:
         print(f"Spot price series: {len(prices.spot.prices)} steps")
+    try:
+        mix = parse_mix(args.mix)
+    except ValueError as error:
+        print(f"facefleet simulate: {error}", file=sys.stderr)
+        return 2
+    rate = args.images_per_s if args.images_per_s is not None else images_per_s_for(mix)
     model = ModelParams(
-        images_per_s=args.images_per_s,
+        images_per_s=rate,
         cold_start_s=args.cold_start_s,
         interruptions_per_hour=args.interruptions_per_hour,
         idle_exit_s=args.idle_exit_s,
@@ -183,14 +207,18 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         record_timeline=args.plot is not None,
     )
-    policy = PolicyParams()
+    policy = PolicyParams.for_mix(mix)
+    print(
+        f"mix {args.mix}: " + ", ".join(f"{f} {share:.0%}" for f, share in mix.items()),
+    )
     print(
         f"trace: {trace.label}, {trace.images:,} images over {trace.duration_s / 86400:.2f} days; "
         f"{model.images_per_s:g} images/s per job, cold start {model.cold_start_s[0]:.0f}-"
         f"{model.cold_start_s[1]:.0f} s, {model.interruptions_per_hour:g} interruptions per "
         f"instance-hour, policy job capacity {policy.job_capacity}"
     )
-    comparison = compare(trace, args.ecs_tasks, model, policy, prices)
+    bill_params = replace(BillParams(), network=args.network)
+    comparison = compare(trace, args.ecs_tasks, model, policy, prices, bill_params=bill_params)
     print(format_comparison(comparison))
     if args.plot is not None:
         from facefleet.tools.simulate.plot import plot

@@ -1,6 +1,7 @@
 """The comparison on one trace: the current ECS service (N on-demand g4dn.xlarge, 24/7) against
 Batch Spot under the dispatch policy, as cost per 1,000 images, instance-hours, time from upload to
-faces stored (p50/p95/p99), peak backlog and the share of time at zero instances."""
+faces stored (p50/p95/p99), peak backlog and the share of time at zero instances; and the whole
+bill per 1,000 images, every line `facefleet.control.pricing.bill` knows, beside the instances."""
 
 from __future__ import annotations
 
@@ -11,7 +12,18 @@ import numpy as np
 
 from facefleet.common.config import NAMES, Names
 from facefleet.control.policy import PolicyParams
-from facefleet.control.pricing import DEFAULT_PRICES, HOUR_S, MINIMUM_BILLED_S, PriceTable
+from facefleet.control.pricing import (
+    BATCH,
+    DEFAULT_BILL,
+    DEFAULT_PRICES,
+    ECS,
+    HOUR_S,
+    MINIMUM_BILLED_S,
+    BillParams,
+    PriceTable,
+    bill,
+    per_1000,
+)
 from facefleet.tools.simulate.model import (
     DEFAULT_MODEL,
     DEFAULT_POLICY,
@@ -114,10 +126,31 @@ class Comparison:
     batch_run: RunResult
     prices: PriceTable
 
+    bill_params: BillParams = DEFAULT_BILL
+
     @property
     def savings(self) -> float:
-        """Fractional saving of Batch Spot over ECS, per image processed."""
+        """Fractional saving of Batch Spot over ECS, per image processed (instances only)."""
         return 1.0 - self.batch.cost_per_1000 / self.ecs.cost_per_1000
+
+    def bill_per_1000(self, setup: str) -> dict[str, float]:
+        """Every line of the setup's bill per 1,000 images over its horizon."""
+        metrics = self.batch if setup == BATCH else self.ecs
+        lines = bill(
+            setup,
+            metrics.images,
+            metrics.horizon_s / HOUR_S,
+            metrics.cost,
+            metrics.instance_hours,
+            self.bill_params,
+        )
+        return per_1000(lines, metrics.images)
+
+    @property
+    def bill_savings(self) -> float:
+        """Fractional saving of Batch Spot over ECS on the whole bill, per image."""
+        batch = sum(self.bill_per_1000(BATCH).values())
+        return 1.0 - batch / sum(self.bill_per_1000(ECS).values())
 
 
 def compare(
@@ -127,11 +160,17 @@ def compare(
     policy: PolicyParams = DEFAULT_POLICY,
     prices: PriceTable = DEFAULT_PRICES,
     names: Names = NAMES,
+    bill_params: BillParams = DEFAULT_BILL,
 ) -> Comparison:
     ecs_run = simulate_ecs(trace, ecs_tasks, model)
     batch_run = simulate_batch(trace, model, policy, names)
     return Comparison(
-        ecs_metrics(ecs_run, prices), batch_metrics(batch_run, prices), ecs_run, batch_run, prices
+        ecs_metrics(ecs_run, prices),
+        batch_metrics(batch_run, prices),
+        ecs_run,
+        batch_run,
+        prices,
+        bill_params,
     )
 
 
@@ -164,12 +203,22 @@ def format_comparison(comparison: Comparison) -> str:
             f"{batch.jobs} / {batch.interruptions} / {batch.retries}",
         ),
     ]
+    ecs_bill, batch_bill = comparison.bill_per_1000(ECS), comparison.bill_per_1000(BATCH)
+    rows.append(
+        (
+            "whole bill per 1,000 images",
+            f"${sum(ecs_bill.values()):.4f}",
+            f"${sum(batch_bill.values()):.4f}",
+        )
+    )
+    rows += [(f"  {k}", f"${ecs_bill[k]:.4f}", f"${batch_bill[k]:.4f}") for k in ecs_bill]
     width = max(len(r[0]) for r in rows)
     head = f"{'':{width}}  {ecs.setup:>20}  {batch.setup:>20}"
     lines = [head] + [f"{a:{width}}  {b:>20}  {c:>20}" for a, b, c in rows]
     lines.append(
         f"Batch Spot saves {comparison.savings:.1%} per image "
         f"(on demand ${comparison.prices.on_demand_per_h:.3f}/h, Spot mean "
-        f"${comparison.prices.spot.mean_per_h(0.0, batch.horizon_s):.4f}/h)"
+        f"${comparison.prices.spot.mean_per_h(0.0, batch.horizon_s):.4f}/h); "
+        f"{comparison.bill_savings:.1%} on the whole bill"
     )
     return "\n".join(lines)

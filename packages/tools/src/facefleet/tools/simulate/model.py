@@ -11,12 +11,11 @@ What is modelled, and what is assumed (every figure is a `ModelParams` field):
   the compute environment's vCPU cap (16 -> 4 instances, 256 -> 64); a cold start (Spot request,
   boot, ECS agent, image pull, model load) takes uniform(`cold_start_s`), a job placed on an idle
   instance Batch has not yet scaled in starts in `warm_start_s`. Jobs beyond the cap wait RUNNABLE.
-- A running job processes `images_per_s`. The detection benchmark (`make bench-detect`) cannot
-  run on a T4 here, so the default is an assumption: a T4 runs SCRFD-10GF at 640 px and ArcFace
-  R50 in roughly 10-20 ms per image, so the GPU is not the limit; the 4 vCPUs fetching from S3
-  and decoding 3-12 MP gallery JPEGs are (about 0.2-0.5 s per image per core), so we take
-  4 images/s per job. On the 2-core CPU here the dev pack alone (SCRFD-2.5GF) measures about
-  50 ms per 640 px image plus 3-6 ms per face (shared/models/MODELS.md), before decoding.
+- A running job processes `images_per_s`: by default the instance throughput table's figure
+  (`facefleet.common.instances.THROUGHPUT`) for the default format mix (iPhone-heavy) on the
+  slowest type a job may land on, min(decode per vCPU measured by `make bench-phone` x 4 vCPUs,
+  the T4's rate anchored from published figures): the CPU decoding HEICs is the limit, not the
+  GPU. `images_per_s_for(mix)` gives another mix's figure.
 - A job exits after `idle_exit_s` without messages (the consumer's IDLE_EXIT_SECONDS: scale to
   zero); Batch terminates an idle instance after `scale_down_s`. Instances are billed from launch
   to termination.
@@ -40,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from facefleet.common.config import NAMES, Names, Settings
+from facefleet.common.instances import DEFAULT_MIX
 from facefleet.control import policy as dispatch
 from facefleet.control.policy import (
     DETECTION,
@@ -47,13 +47,20 @@ from facefleet.control.policy import (
     DispatchInputs,
     PolicyParams,
     QueueDepth,
+    job_images_per_s,
 )
 from facefleet.tools.simulate.trace import DAY_S, Trace
 
 _DEFAULTS = Settings()
 
-# Images per second one detection job sustains on a g4dn.xlarge: an assumption, see above.
-DEFAULT_IMAGES_PER_S = 4.0
+
+def images_per_s_for(mix: str | dict[str, float]) -> float:
+    """Images/s one detection job sustains for a format mix (the instance throughput table)."""
+    return round(job_images_per_s(mix), 2)
+
+
+# Images per second one detection job sustains, default mix: see above.
+DEFAULT_IMAGES_PER_S = images_per_s_for(DEFAULT_MIX)
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,36 @@ gigabytes. Large JPEGs are decoded at a reduced scale (libjpeg's DCT scaling via
 full-resolution decoding of a 12-megapixel photo is wasted work. Coordinates map back to the
 original through `DecodedImage.scale`.
 
-HEIC/HEIF (the iPhone's default) decodes through pillow-heif's Pillow opener. A file that is an
-image in a format nothing here reads (JPEG XL, camera RAW, PSD, ...) is `unsupported`, told
-apart from `corrupt` by its signature; reasons are sentences for people, never object reprs.
+HEIC/HEIF (the iPhone's default) decodes through pillow-heif's Pillow opener (libheif with
+libde265). Why each choice is the fast one, measured on 12-megapixel photos (4032x3024) made from
+the shared photos (`make bench-phone`, 2 shared cores, 2026-12-06, CPU time, best of 3 runs):
+- JPEG: libjpeg's DCT scaling (`draft`) decodes 1/2, 1/4 or 1/8 of each side straight from the
+  coefficients: 32 images/s per core at 2016x1512 on the bench-phone set (41 on smoother photos)
+  against 15 at full size. On a GPU host nvJPEG (NVIDIA's nvImageCodec) could take it off the
+  CPU; bench_phone.py measures it there first (README, Detection), the worker does not use it.
+- HEIC: HEVC has no reduced decode; every pixel of every 512x512 tile is decoded (0.41 s of CPU
+  per 12-MP photo of the bench-phone set, 2.4 images/s per core). What can be had:
+  * a phone writes the photo as a grid of tiles (8x6 for 12 MP) and libheif decodes tiles on up
+    to `HEIF_DECODE_THREADS` threads: one photo's latency falls with the cores (the last image of
+    a message batch, a single upload), the CPU per photo does not (0.45-0.52 s on one thread,
+    0.43-0.45 on 2, 0.44-0.48 on 4: the threads cost nothing when the cores are busy anyway);
+  * an embedded thumbnail at least as large as detection needs is decoded instead of the image
+    (`draft`); phones embed small ones (a few hundred pixels wide), so it is used only when one
+    is big enough;
+  * a faster HEVC decoder: FFmpeg 8's (through PyAV 18) decoded the same grid files in 0.39-0.41 s
+    of CPU against libde265's 0.52-0.54 s, 1.3x, not the 3x that would change the instance's
+    bound; it is not used: it needs its own grid assembly and irot/imir/clap transforms (libheif
+    applies them) and the PyAV wheel ships GPL codecs. libheif's FFmpeg decoder plugin is not in
+    Debian bookworm (libheif 1.15 there has no plugins) and pillow-heif's wheel loads none.
+A file that is an image in a format nothing here reads (JPEG XL, camera RAW, PSD, ...) is
+`unsupported`, told apart from `corrupt` by its signature; reasons are sentences for people, never
+object reprs.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -25,7 +47,26 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-pillow_heif.register_heif_opener()
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# Threads libheif may use for one HEIC's grid tiles: every core the process has, so a lone photo
+# decodes on all of them; with one decode per core already running the tiles just queue.
+HEIF_DECODE_THREADS = _cores()
+pillow_heif.register_heif_opener(decode_threads=HEIF_DECODE_THREADS, thumbnails=True)
+
+
+def set_heif_decode_threads(threads: int) -> None:
+    """Threads for the tiles of one HEIC (process-wide: libheif's option is global)."""
+    if threads < 1:
+        raise ValueError("HEIF decode threads must be at least 1")
+    pillow_heif.options.DECODE_THREADS = threads
+
 
 # Our own pixel limit is checked first; Pillow's (which warns, then raises at twice the limit)
 # would otherwise interfere with a deployment that raises MAX_IMAGE_PIXELS.
@@ -47,6 +88,9 @@ class FailureReason(StrEnum):
 # The shortest side a photo may have: below it no face fits, and the detector's resize to its
 # canvas would round that side to zero pixels (an OpenCV assertion, once a crash).
 MIN_SIDE_PIXELS = 16
+
+# Formats whose `draft` decodes fewer pixels: JPEG by DCT scaling, HEIF by an embedded thumbnail.
+_DRAFT_FORMATS = frozenset({"JPEG", "HEIF"})
 
 # Signatures of image formats Pillow and pillow-heif do not read: these are `unsupported`.
 _UNSUPPORTED_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
@@ -166,7 +210,8 @@ def decode_image(
     """Decode bytes to an upright BGR image, refusing empty, oversized and corrupt input.
 
     With `max_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps its
-    longer side at least `max_side`; other formats decode at full size.
+    longer side at least `max_side`, and a HEIC as its smallest embedded thumbnail that does
+    (none: the image itself); other formats decode at full size.
     """
     if max_bytes is not None and len(data) > max_bytes:
         raise ImageError(
@@ -176,7 +221,7 @@ def decode_image(
     stored_width, _ = image.size
     try:
         image.seek(0)  # multi-frame formats: the first frame
-        if max_side and image.format == "JPEG" and max(image.size) >= 2 * max_side:
+        if max_side and image.format in _DRAFT_FORMATS and max(image.size) >= 2 * max_side:
             ratio = max_side / max(image.size)
             image.draft("RGB", (int(image.size[0] * ratio) + 1, int(image.size[1] * ratio) + 1))
         with warnings.catch_warnings():
