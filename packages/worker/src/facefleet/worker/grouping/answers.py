@@ -142,7 +142,7 @@ class QuestionBook:
         self.collection.delete_one({"_id": user_id})
 
 
-# -- the grouping worker's hook ---------------------------------------------------------------------
+# -- the grouping worker's hook ------------------------------------------------------------------
 
 
 def handle_answers(

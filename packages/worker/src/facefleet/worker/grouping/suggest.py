@@ -60,15 +60,23 @@ class SuggestParams:
     # Nearest people looked at per person, and per unassigned face.
     people_candidates: int = 5
     face_candidates: int = 2
-    # P(same) = 1 / (1 + exp(-(slope * sim + trust_weight * trust + bias))).
-    people_slope: float = 12.0
-    people_bias: float = -6.0
-    face_slope: float = 12.0
-    face_trust_weight: float = 2.0
-    face_bias: float = -6.5
-    member_slope: float = 12.0
-    member_trust_weight: float = 2.0
-    member_bias: float = -4.5
+    # P(same) = 1 / (1 + exp(-(slope * sim + trust_weight * trust + joint * sim * trust + bias)))
+    # for a face (a blurred face's similarity says less: hence the joint term); for two people
+    # slope * sim + `people_size_weight` * ln(the smaller's faces) + bias. Logistic fits to the
+    # truthful answers of every candidate on the developers' split (three conditions,
+    # incremental and consolidated states; ROC AUC 0.90 people, 0.78 faces, 0.91 members).
+    # Centroids of large people sit closer to everything: a large pair needs more similarity.
+    people_slope: float = 7.1
+    people_size_weight: float = -1.6
+    people_bias: float = -4.4
+    face_slope: float = -4.8
+    face_trust_weight: float = -6.8
+    face_joint: float = 22.5
+    face_bias: float = -0.7
+    member_slope: float = 1.8
+    member_trust_weight: float = 3.6
+    member_joint: float = 13.9
+    member_bias: float = -5.9
     # Questions worth less than this many expected pairs are not asked.
     min_value: float = 0.05
 
@@ -220,7 +228,9 @@ def _people_questions(
         if are_apart(state, p, q) or _share_photo(state, p, q):
             continue
         sim = float(sims[i, j])
-        chance = float(_likelihood(np.asarray(params.people_slope * sim + params.people_bias)))
+        smaller = float(min(view.sizes[a], view.sizes[b]))
+        logit = params.people_slope * sim + params.people_size_weight * np.log(smaller)
+        chance = float(_likelihood(np.asarray(logit + params.people_bias)))
         value = chance * float(view.sizes[a]) * float(view.sizes[b])
         out.append(Question(PEOPLE, p, q, None, chance, value))
     return out
@@ -242,7 +252,13 @@ def _face_questions(
         return []
     sims, rows = view.nearest(state.faces.vectors[waiting], params.face_candidates)
     trust = np.asarray(state.trust, dtype=np.float32)[waiting]
-    logits = params.face_slope * sims + params.face_trust_weight * trust[:, None] + params.face_bias
+    t = trust[:, None]
+    logits = (
+        params.face_slope * sims
+        + params.face_trust_weight * t
+        + params.face_joint * sims * t
+        + params.face_bias
+    )
     chances = _likelihood(logits)
     out = []
     for r, face in enumerate(waiting.tolist()):
@@ -280,7 +296,10 @@ def _member_questions(
     sim = (dot - 1.0) / rest  # the member against the centroid of the others
     trust = np.asarray(state.trust, dtype=np.float32)[members]
     chance = _likelihood(
-        params.member_slope * sim + params.member_trust_weight * trust + params.member_bias
+        params.member_slope * sim
+        + params.member_trust_weight * trust
+        + params.member_joint * sim * trust
+        + params.member_bias
     )
     value = (1.0 - chance) * (sizes - 1)
     keep = np.flatnonzero(value >= params.min_value)
