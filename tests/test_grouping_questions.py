@@ -109,3 +109,14 @@ def test_answer_message_merges_and_unknown_answers_are_dropped(setup, capsys) ->
 def test_suggest_for_an_unknown_user_is_an_error_line(setup, capsys) -> None:
     code, out = run(capsys, "suggest", "nobody")
     assert code == 2 and out.startswith("error:") and "nobody" in out
+
+
+def test_erasure_removes_the_users_questions(setup, capsys) -> None:
+    from facefleet.worker.privacy.erasure import erase_user
+
+    split_library(setup)
+    store = store_for(setup.env)
+    assert Corrections(store, s3=setup.service().s3, bucket=setup.bucket).suggest("alice")
+    receipt = erase_user(store, setup.service().s3, setup.bucket, "alice", owner="test")
+    assert receipt.counts["huemn_questions"] == 1
+    assert store.assignments.database["questions"].find_one({"_id": "alice"}) is None
