@@ -12,12 +12,16 @@ Steps (all over plain data; the service runs it under the user's lease, see `cor
    order, so the partition depends on the library alone (exactly below EXACT_GRAPH_BELOW faces;
    above it the user's IVF index answers the searches, see `full_partition`).
 2. The batch partition (`batch_labels`): Infomap on that graph (see `BATCH_METHOD` for why).
-3. Constraints: faces the user pinned (moved, or confirmed by a merge), and the members of named
-   people, are anchored: they stay where they are (so named people never merge or lose faces
+3. Constraints: faces the user pinned (moved, or confirmed by a merge or an answer), and the
+   members of named people and of people the user said differ from another (`apart`), are
+   anchored: they stay where they are (so those people never merge or lose faces
    automatically). Each batch cluster's other faces form a group. Two faces of one photo never
    share a person (a fixed face stays, else the closest to the person's centre). A face the user
    said is not a person never lands in it. A group of one face leaves the face unassigned.
-4. Ids (`_assignment`): each group takes the old person id it overlaps most (its faces' current
+   Precision (`trusted_core`): a face keeps its batch cluster only when it is a trusted pair
+   with enough of the cluster's other faces; otherwise the pass leaves it out, and the move is
+   left to a question for the user (`suggest`).
+5. Ids (`_assignment`): each group takes the old person id it overlaps most (its faces' current
    people, plus the anchored faces in its batch cluster), solved as an assignment problem
    (Hungarian, per connected block of the overlap graph), so an unchanged person keeps its id
    and a group holding a named person's anchors joins that person. When several old people end
@@ -108,13 +112,13 @@ class ConsolidateParams:
     index_nprobe: int = 4
     # Overlap blocks larger than this (people x clusters) are matched greedily.
     hungarian_cells: int = 4_000_000
-    # Precision guard (`_withhold_weak_moves`): a face the pass moves or assigns needs trusted
-    # pairs (at the incremental radius less `move_slack`) with at least `move_share` of its new
-    # person's other faces (and `move_support` of them), else it stays put and the move is left
-    # to a question. Chosen on the developers' split (support 1-4, slack 0-0.2, share 0-0.4),
-    # the setting that kept BCubed and pairwise precision within 0.02 of the incremental state
-    # in every condition with the least F1 lost (degraded B3-P 0.799 -> 0.915, pairwise F1
-    # 0.568 -> 0.509; composite B3-P 0.877 -> 0.931, pairwise F1 0.705 -> 0.712).
+    # Precision guard (`trusted_core`): a face keeps its batch cluster only with trusted pairs
+    # (at the incremental radius less `move_slack`) to at least `move_share` of the cluster's
+    # other faces (and `move_support` of them); else it is left to a question. Chosen on the
+    # developers' split (support 1-4, slack 0-0.2, share 0-0.4): the setting that kept BCubed
+    # and pairwise precision within 0.02 of the incremental state in every condition with the
+    # least F1 lost (degraded B3-P 0.799 -> 0.925, pairwise F1 0.568 -> 0.513; composite B3-P
+    # 0.877 -> 0.948, pairwise F1 0.705 -> 0.712; clean pairwise F1 0.995 -> 0.993).
     move_support: int = 1
     move_slack: float = 0.15
     move_share: float = 0.3
@@ -383,6 +387,7 @@ def consolidate(
     consolidate_params = consolidate_params or ConsolidateParams()
     if labels is None:
         labels = full_partition(state, params, consolidate_params, index)
+    labels = trusted_core(state, labels, params, consolidate_params)
     # The mapping reads the current people (overlaps, barred faces, the photo rule), so one pass
     # can leave a labelling that a second would still move. Passes repeat, reusing the batch
     # partition (the costly part), until nothing moves: a consolidated library is a fixed point.
@@ -470,7 +475,6 @@ def _map_onto_people(
         target = person if person is not None else UNASSIGNED - 1 - g
         for m in members:
             new_person[m] = target
-    _withhold_weak_moves(state, new_person, set(anchored), params, consolidate_params)
     _one_per_photo(state, new_person, set(anchored))
     for face, barred_people in state.not_in.items():
         if new_person[face] in barred_people and face not in pinned:
@@ -484,52 +488,41 @@ def _map_onto_people(
     return _apply(state, new_person)
 
 
-def _withhold_weak_moves(
+def trusted_core(
     state: UserClusterState,
-    new_person: list[int],
-    fixed: set[int],
+    labels: np.ndarray,
     params: ClusterParams,
     consolidate_params: ConsolidateParams,
-) -> None:
-    """A face the pass would move (or assign) stays where it was (or unassigned) unless enough
-    of its new person's other faces are trusted pairs (see `ConsolidateParams.move_share`).
+) -> np.ndarray:
+    """The batch partition less the faces too weakly tied to their cluster (label -1).
 
-    The batch graph trusts pairs `radius_slack` inside the incremental radius to find more of
+    A face keeps its cluster only when it is a trusted pair (at the incremental radius less
+    `move_slack`) with `move_share` of the cluster's other faces (and at least `move_support`
+    of them). The batch graph trusts pairs `radius_slack` inside that radius to find more of
     each person; on degraded faces about half of the faces it newly assigned on that evidence
-    alone were wrong (developers' split: 57 % right, against 95 % for faces it kept). Those
-    moves are left to questions for the user (`suggest`), not made.
+    alone were wrong (developers' split: 57 % right, against 95 % for the faces it kept). Those
+    faces are left to questions for the user (`suggest`). A function of the library alone, so
+    the pass still does not depend on the arrival order.
     """
     need = consolidate_params.move_support
     if need <= 0:
-        return
-    old = state.person_of
-    changed: dict[int, list[int]] = {}
-    for face, person in enumerate(new_person):
-        if person != UNASSIGNED and person != old[face] and face not in fixed:
-            changed.setdefault(person, []).append(face)
-    if not changed:
-        return
-    members: dict[int, list[int]] = {p: [] for p in changed}
-    for face, person in enumerate(new_person):
-        if person in members:
-            members[person].append(face)
+        return labels
+    out = labels.copy()
     vectors = state.faces.vectors
     trust = np.asarray(state.trust, dtype=np.float32)
-    radius = params.join_sim + params.quality_slope * np.maximum(0.0, params.full_quality - trust)
-    radius = radius - consolidate_params.move_slack
-    live = {p for p in new_person if p != UNASSIGNED}
-    for person, moving in changed.items():
-        group = np.asarray(members[person], dtype=np.int64)
-        rows = np.asarray(moving, dtype=np.int64)
-        sims = vectors[rows] @ vectors[group].T
-        trusted = sims >= np.maximum(radius[rows][:, None], radius[group][None, :])
-        trusted &= rows[:, None] != group[None, :]
-        support = trusted.sum(axis=1)
+    loss = np.maximum(0.0, params.full_quality - trust)
+    radius = params.join_sim + params.quality_slope * loss - consolidate_params.move_slack
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    for group in np.split(order, bounds):
+        if not len(group) or labels[group[0]] < 0:
+            continue
+        sims = vectors[group] @ vectors[group].T
+        trusted = sims >= np.maximum(radius[group][:, None], radius[group][None, :])
+        np.fill_diagonal(trusted, False)
         want = max(need, int(np.ceil(consolidate_params.move_share * (len(group) - 1))))
-        for face, count in zip(moving, support.tolist(), strict=True):
-            if count < want:
-                before = old[face]
-                new_person[face] = before if before in live else UNASSIGNED
+        out[group[trusted.sum(axis=1) < want]] = -1
+    return _drop_singletons(out)
 
 
 def _one_per_photo(state: UserClusterState, new_person: list[int], fixed: set[int]) -> None:
