@@ -20,6 +20,7 @@ from facefleet.worker.grouping.clustering import (
     add_faces,
     are_apart,
     merge_people,
+    reject_face,
     separate_people,
 )
 from facefleet.worker.grouping.consolidate import consolidate
@@ -130,3 +131,26 @@ def test_consolidation_leaves_a_face_with_slack_only_evidence_to_a_question() ->
     assert state.person_of_face("blurred") is None
     asked = [q for q in suggest(state) if q.kind == FACE and q.face_id == "blurred"]
     assert asked and asked[0].person == person
+
+
+def test_a_face_barred_from_a_person_does_not_follow_it_into_its_heir() -> None:
+    """Found by the property above: the user said face f is not person 2; consolidation then
+    retired person 2 into person 1 (the batch pass put both in one cluster) and f landed in
+    person 1, where person 2's id now resolves. It must stay out, now and after."""
+    rng = np.random.default_rng(1)
+    state = UserClusterState()
+    params = ClusterParams()
+    centre = _unit(rng.standard_normal(16))
+    people = {"a": 1, "b": 1, "c": 1, "d": 2, "e": 2, "f": 2}
+    for n, (face_id, person) in enumerate(people.items()):
+        vector = _unit(centre + 0.1 * rng.standard_normal(16))
+        state.add_face(FaceInput(face_id, f"p{n}", vector), params, person=person)
+    state.next_person_id = 3
+    reject_face(state, "f", 2)
+    labels = np.zeros(len(people), dtype=np.int64)  # the batch pass: one cluster of all six
+
+    consolidate(state, params, labels=labels)
+
+    assert state.resolve(2) == 1 and state.person_of_face("d") == 1
+    assert state.person_of_face("f") is None
+    assert 1 in state.not_in[state.ordinal_of["f"]]  # and it stays out of person 1 later

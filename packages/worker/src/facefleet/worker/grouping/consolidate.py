@@ -476,8 +476,12 @@ def _map_onto_people(
         for m in members:
             new_person[m] = target
     _one_per_photo(state, new_person, set(anchored))
+    # A person the pass retires lives on as the person that takes most of its faces (its id
+    # resolves there): a face the user said is not it must not land there either.
+    heir = _heirs(state, new_person)
     for face, barred_people in state.not_in.items():
-        if new_person[face] in barred_people and face not in pinned:
+        barred_now = barred_people | {heir[p] for p in barred_people if p in heir}
+        if new_person[face] in barred_now and face not in pinned:
             new_person[face] = UNASSIGNED
     _drop_lone_people(new_person, set(anchored.values()))
     fresh: dict[int, int] = {}
@@ -523,6 +527,20 @@ def trusted_core(
         want = max(need, int(np.ceil(consolidate_params.move_share * (len(group) - 1))))
         out[group[trusted.sum(axis=1) < want]] = -1
     return _drop_singletons(out)
+
+
+def _heirs(state: UserClusterState, new_person: list[int]) -> dict[int, int]:
+    """Old person -> the new person it would be retired into (`_apply`'s rule), for the people
+    that do not survive `new_person`."""
+    survivors = set(new_person)
+    where: dict[int, Counter[int]] = {}
+    for old, new in zip(state.person_of, new_person, strict=True):
+        if old != UNASSIGNED and new != UNASSIGNED and old not in survivors:
+            where.setdefault(old, Counter())[new] += 1
+    return {
+        old: min(went.items(), key=lambda item: (-item[1], item[0]))[0]
+        for old, went in where.items()
+    }
 
 
 def _one_per_photo(state: UserClusterState, new_person: list[int], fixed: set[int]) -> None:
@@ -636,6 +654,10 @@ def _apply(state: UserClusterState, new_person: list[int]) -> ClusterUpdate:
             if went:
                 target, _ = min(went.items(), key=lambda item: (-item[1], item[0]))
                 state.merged_into[person] = target
+                for barred in state.not_in.values():  # "not this person" follows the id
+                    if person in barred:
+                        barred.discard(person)
+                        barred.add(target)
         elif before is None:
             update.created.append(person)
         elif before.members != after.members:
