@@ -712,8 +712,14 @@ def dev_baseline_settings(
 
 def evaluate(args: argparse.Namespace) -> int:
     photos = _selection(args, args.seed, frozenset())
-    print(f"{len(photos)} photos of {len({p.identity for p in photos})} people from {args.path}")
     cache = None if args.no_cache else Path(args.cache).expanduser()
+    if args.on_dev:
+        # The developers' split itself (where FaceFleet's settings were chosen); its
+        # dev-tuned baselines would be tuned on what they are scored on, so there are none.
+        photos = _selection(args, args.dev_seed, frozenset(p.identity for p in photos))
+        args.seed, args.no_dev = args.dev_seed, True
+        print(f"developers' split (seed {args.dev_seed}):", end=" ")
+    print(f"{len(photos)} photos of {len({p.identity for p in photos})} people from {args.path}")
     dev = None if args.no_dev else dev_baseline_settings(args, photos, cache)
     params = ClusterParams()
     results: dict[str, ConditionResult] = {}
@@ -769,6 +775,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-dev", action="store_true", help="skip the dev-tuned baselines (no second split)"
+    )
+    parser.add_argument(
+        "--on-dev",
+        action="store_true",
+        help="evaluate the developers' split itself (--dev-seed, none of the --seed people)",
     )
     parser.add_argument(
         "--batch-method",
