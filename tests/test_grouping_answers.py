@@ -154,3 +154,15 @@ def test_a_face_barred_from_a_person_does_not_follow_it_into_its_heir() -> None:
     assert state.resolve(2) == 1 and state.person_of_face("d") == 1
     assert state.person_of_face("f") is None
     assert 1 in state.not_in[state.ordinal_of["f"]]  # and it stays out of person 1 later
+
+
+def test_answer_messages_round_trip_and_bad_ones_say_what_is_wrong() -> None:
+    from facefleet.common.messages import AnswerRequest, MalformedMessage, parse_group_queue_message
+
+    request = AnswerRequest("alice", "q0123456789", "different")
+    assert parse_group_queue_message(request.to_body()) == request
+    body = request.to_body().replace('"different"', '"maybe"')
+    with pytest.raises(MalformedMessage, match="'answer' must be one of"):
+        parse_group_queue_message(body)
+    with pytest.raises(MalformedMessage, match="question_id"):
+        parse_group_queue_message(request.to_body().replace('"q0123456789"', '"../x"'))
