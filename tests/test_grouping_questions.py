@@ -10,7 +10,9 @@ import pytest
 
 from facefleet.common.messages import AnswerRequest
 from facefleet.tools.cli import build_parser
+from facefleet.worker.grouping.clustering import ClusterParams, are_apart
 from facefleet.worker.grouping.corrections import Corrections
+from facefleet.worker.grouping.store import load_session
 from tests.grouping_service_helpers import (
     Gallery,
     Identities,
@@ -68,6 +70,11 @@ def test_suggest_asks_about_the_split_and_answers_bind_later_grouping(setup, cap
 
     code, out = run(capsys, "answer", "alice", first["id"], "different")
     assert code == 0, out
+    # The cannot-link is stored with the user and rebuilt with the state.
+    store = store_for(setup.env)
+    assert store.user_doc("alice")["apart"] == [sorted([person, split])]
+    rebuilt = load_session(store, "alice", ClusterParams()).state
+    assert are_apart(rebuilt, person, split)
     code, out = run(capsys, "suggest", "alice", "--json")
     assert first["id"] not in {q["id"] for q in json.loads(out)}  # never asked again
     code, out = run(capsys, "answer", "alice", first["id"], "same")
