@@ -203,7 +203,8 @@ class Corrections:
             raise NoGroupingState(f"user {user_id!r} has no grouping state yet")
         revision = doc.get("revision")
         if book.revision is not None and book.revision == revision:
-            return book.open
+            # An answer recorded while these were computed must not be asked again.
+            return [q for q in book.open if q.key not in book.answered]
         session = load_session(self.store, user_id, self.params)
         questions = suggest(session.state, params, answered=book.answered)
         self.questions.save_open(user_id, session.revision, questions)
