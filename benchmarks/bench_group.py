@@ -7,11 +7,14 @@ by a full re-cluster (timed: the user's index built, then the consolidation pass
 clustering from scratch), then `--new`
 more faces arrive in message-sized batches through `add_faces` (timed: faces/s), then the whole
 library is consolidated (timed: kNN graph, Infomap, constraints, mapping onto the existing
-people, waiting lists rebuilt). The baseline rule (a) (top-k search on a flat index, nearest
+people, waiting lists rebuilt), then the user's questions are suggested (timed: `suggest`) and
+the top one answered (timed: `apply_answer`, the work done under the user's lease, without
+the MongoDB write). The baseline rule (a) (top-k search on a flat index, nearest
 assigned neighbour's person) gets the same library and the same new faces. The last line is
 `RESULT faces_per_s_100k=.. recluster_1m_s=.. baseline_faces_per_s_100k=.. faces_per_s_10k=..
-consolidate_100k_s=.. consolidate_1m_s=..` (targets: >= 10,000 faces/s at 10k and 100k,
-consolidation < 30 s at 100k and < 300 s at 1M, on 2 cores).
+consolidate_100k_s=.. consolidate_1m_s=.. suggest_100k_s=.. answer_ms=..` (targets: >= 10,000
+faces/s at 10k and 100k, consolidation < 30 s at 100k and < 300 s at 1M, suggest < 2 s and
+answering one question < 200 ms at 100k, on 2 cores).
 
     .venv/bin/python benchmarks/bench_group.py                   # 10k, 100k, 1M
     .venv/bin/python benchmarks/bench_group.py --sizes 10000 100000 --new 2000   # quicker
@@ -26,9 +29,11 @@ import time
 import faiss
 import numpy as np
 
+from facefleet.worker.grouping.answers import apply_answer
 from facefleet.worker.grouping.clustering import ClusterParams, FaceInput, add_faces
 from facefleet.worker.grouping.consolidate import full_recluster
 from facefleet.worker.grouping.store import UserSession, consolidate_session
+from facefleet.worker.grouping.suggest import suggest
 
 BATCH = 32  # faces per add_faces call: about one SQS message batch of detections
 
@@ -101,6 +106,14 @@ def bench_size(
     started = time.perf_counter()
     update = consolidate_session(session, params)
     consolidate_s = time.perf_counter() - started
+    started, cpu = time.perf_counter(), time.process_time()
+    questions = suggest(state)
+    suggest_s, suggest_cpu = time.perf_counter() - started, time.process_time() - cpu
+    answer_ms = float("nan")
+    if questions:
+        started = time.perf_counter()
+        apply_answer(state, questions[0], "same")
+        answer_ms = (time.perf_counter() - started) * 1000
     # A rate: fewer faces suffice, and rule (a)'s flat search makes 5,000 at 1M take ~30 min.
     baseline = rule_a_cost(library, new[:baseline_new])
     people = len(state.people)
@@ -108,7 +121,9 @@ def bench_size(
         f"{size:>9,} faces  index {index.kind:<4}  re-cluster {recluster_s:8.1f} s  "
         f"incremental {incremental:8.0f} faces/s  consolidate {consolidate_s:8.1f} s "
         f"({len(update.assignments):,} faces moved)  rule (a) {baseline:8.0f} faces/s  "
-        f"people {people:,}",
+        f"people {people:,}  suggest {suggest_s:.2f} s (CPU {suggest_cpu:.2f} s; {len(questions)} "
+        f"questions, first a "
+        f"{questions[0].kind if questions else '-'} question)  answer {answer_ms:.3f} ms",
         flush=True,
     )
     return {
@@ -116,6 +131,8 @@ def bench_size(
         "faces_per_s": incremental,
         "baseline": baseline,
         "consolidate_s": consolidate_s,
+        "suggest_s": suggest_s,
+        "answer_ms": answer_ms,
     }
 
 
@@ -149,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         f"baseline_faces_per_s_100k={pick(100_000, 'baseline')} "
         f"faces_per_s_10k={pick(10_000, 'faces_per_s')} "
         f"consolidate_100k_s={pick(100_000, 'consolidate_s')} "
-        f"consolidate_1m_s={pick(1_000_000, 'consolidate_s')}"
+        f"consolidate_1m_s={pick(1_000_000, 'consolidate_s')} "
+        f"suggest_100k_s={pick(100_000, 'suggest_s')} "
+        f"answer_ms={results[100_000]['answer_ms'] if 100_000 in results else float('nan'):.3f}"
     )
     return 0
 

@@ -61,5 +61,17 @@ def test_evaluate_small_subset(
     assert float(values["consolidated_order_ari"]) == 1.0
     assert values["named_renamed"] == "0" and values["named_lost"] == "0"
     assert "Immich defaults (minScore 0.7)" in out and "all singletons" in out
+    # The truthful user's rounds and the precision keys, for every condition evaluated.
+    for name in ("clean", "composite"):
+        for k in (10, 25, 50):
+            assert 0.0 <= float(values[f"{name}_pairwise_f1_at_{k}"]) <= 1.0
+            assert 0.0 <= float(values[f"{name}_baseline_pairwise_f1_at_{k}"]) <= 1.0
+        for metric in ("pairwise_precision", "bcubed_precision"):
+            assert 0.0 <= float(values[f"{name}_{metric}"]) <= 1.0
+            assert 0.0 <= float(values[f"{name}_incremental_{metric}"]) <= 1.0
+    assert values["degraded_pairwise_f1_at_10"] == "nan"  # not evaluated in this run
+    # Truthful answers only ever help on clean faces.
+    assert float(values["clean_pairwise_f1_at_50"]) >= float(values["clean_pairwise_f1"])
+    assert "centroid ranking" in out
     assert "== clean: 11 faces" in out
     assert list(tmp_path.glob("clean-*.npz"))  # embeddings cached for reruns

@@ -4,7 +4,8 @@ The indexing queue receives FaceFleet's own detection and delete requests and th
 bucket's S3 notifications (ObjectCreated and ObjectRemoved, configured on one queue so that one
 worker orders a photo's create against its delete): they parse to `DetectionRequest`s and
 `DeleteRequest`s. The GroupFace queue receives `GroupingRequest`s, `ForgetRequest`s (faces of
-deleted photos to take out of people) and `ErasureRequest`s (every face of a user). Requests carry
+deleted photos to take out of people), `ErasureRequest`s (every face of a user) and
+`AnswerRequest`s (a user's answer to a suggested question). Requests carry
 ids, keys and times, never embeddings. Anything else raises `MalformedMessage`, which says what is
 wrong, so a consumer can leave the message for the dead-letter queue instead of crashing.
 
@@ -178,7 +179,31 @@ class GroupingRequest:
         return json.dumps(body, sort_keys=True)
 
 
-GroupQueueRequest = GroupingRequest | ForgetRequest | ErasureRequest
+ANSWERS = ("same", "different", "skip")
+
+
+@dataclass(frozen=True)
+class AnswerRequest:
+    """Grouping: the user answered one of their suggested questions (`facefleet people
+    suggest`): the question's id and "same", "different" or "skip"."""
+
+    user_id: str
+    question_id: str
+    answer: str
+    version: int = SCHEMA_VERSION
+
+    def to_body(self) -> str:
+        body = {
+            "type": "answer",
+            "user_id": self.user_id,
+            "question_id": self.question_id,
+            "answer": self.answer,
+            "version": self.version,
+        }
+        return json.dumps(body, sort_keys=True)
+
+
+GroupQueueRequest = GroupingRequest | ForgetRequest | ErasureRequest | AnswerRequest
 
 
 def _json_depth(text: str) -> int:
@@ -401,7 +426,21 @@ def parse_group_queue_message(body: str | bytes) -> GroupQueueRequest:
                 f"field 'reason' must be one of {sorted(ERASURE_REASONS)}, got {reason!r}"
             )
         return ErasureRequest(user_id, requested_at, reason, version)
-    raise MalformedMessage(f"field 'type' must be 'group', 'forget' or 'erase', got {kind!r}")
+    if kind == "answer":
+        return _answer_from_request(data)
+    raise MalformedMessage(
+        f"field 'type' must be 'group', 'forget', 'erase' or 'answer', got {kind!r}"
+    )
+
+
+def _answer_from_request(data: dict[str, Any]) -> AnswerRequest:
+    version = _version(data)
+    user_id = _identifier(data, "user_id")
+    question_id = _identifier(data, "question_id")
+    answer = data.get("answer")
+    if answer not in ANSWERS:
+        raise MalformedMessage(f"field 'answer' must be one of {list(ANSWERS)}, got {answer!r}")
+    return AnswerRequest(user_id, question_id, answer, version)
 
 
 def parse_grouping_message(body: str | bytes) -> GroupingRequest:

@@ -7,6 +7,8 @@
     facefleet people reject USER FACE PERSON   "not this person"
     facefleet people recluster USER [--apply]  full re-cluster, compared with the incremental one
     facefleet people consolidate USER          the consolidation pass now (batch, ids kept)
+    facefleet people suggest USER              questions whose answers fix the library most
+    facefleet people answer USER QUESTION (same|different|skip)
     facefleet people migrate USER (--model-dir DIR | --model-id ID)
     facefleet people erase --user USER         erase every face of USER; prints the receipt
     facefleet people recognition --user USER (on|off)   the opt-out (`off` also erases)
@@ -148,6 +150,25 @@ def consolidate(corrections: Corrections, args: argparse.Namespace) -> str:
     """Consolidate now: re-cluster in batch, keep person ids, names and corrections."""
     report = corrections.consolidate(args.user_id)
     return "\n".join(f"{key}: {value}" for key, value in asdict(report).items())
+
+
+def suggest(corrections: Corrections, args: argparse.Namespace) -> str:
+    """List the questions whose answers would change the library most."""
+    questions = corrections.suggest(args.user_id)
+    if args.json:
+        return json.dumps([{**q.to_doc(), "text": q.text()} for q in questions], indent=2)
+    if not questions:
+        return "no questions: nothing the library is unsure of"
+    lines = [f"{'question':<12} {'value':>7}  asks"]
+    lines.extend(f"{q.question_id:<12} {q.value:7.2f}  {q.text()}" for q in questions)
+    return "\n".join(lines)
+
+
+def answer(corrections: Corrections, args: argparse.Namespace) -> str:
+    """Answer a question: same, different or skip."""
+    update = corrections.answer(args.user_id, args.question_id, args.answer)
+    moved = len(update.assignments)
+    return f"{args.question_id}: {args.answer} recorded ({moved} faces moved)"
 
 
 def migrate(corrections: Corrections, args: argparse.Namespace) -> str:
@@ -302,6 +323,12 @@ _COMMANDS: list[tuple[str, Any, list[tuple[tuple[str, ...], dict[str, Any]]]]] =
         [(("--apply",), {"action": "store_true", "help": "replace the stored state"})],
     ),
     ("consolidate", consolidate, []),
+    ("suggest", suggest, [(("--json",), {"action": "store_true"})]),
+    (
+        "answer",
+        answer,
+        [(("question_id",), {}), (("answer",), {"choices": ["same", "different", "skip"]})],
+    ),
     (
         "migrate",
         migrate,
@@ -339,4 +366,4 @@ USER_OPTION = frozenset({"erase", "recognition", "reindex"})
 ALL_USERS = frozenset({"purge-inactive", "purge-tombstones"})  # retention: no user argument
 
 # Commands that only read: they need the two databases, not the crop bucket.
-READ_ONLY = frozenset({list_people})
+READ_ONLY = frozenset({list_people, suggest})

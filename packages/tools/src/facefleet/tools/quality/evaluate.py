@@ -35,7 +35,7 @@ import json
 import sys
 import time
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,12 @@ from facefleet.tools.quality.baselines import (
     run_baselines,
 )
 from facefleet.tools.quality.scores import GroupingScores, ari, score
+from facefleet.tools.quality.truthful_user import (
+    BUDGETS,
+    centroid_ranking,
+    facefleet_ranking,
+    scores_after_answers,
+)
 from facefleet.worker.grouping.clustering import (
     ClusterParams,
     FaceInput,
@@ -455,6 +461,10 @@ class ConditionResult:
     named_renamed: int
     named_lost: int
     seconds: float
+    # A truthful user's answers (answers per 100 true people -> scores), FaceFleet's questions
+    # and the centroid ranking's, from the consolidated library (`truthful_user`).
+    answers: dict[int, GroupingScores] = field(default_factory=dict)
+    baseline_answers: dict[int, GroupingScores] = field(default_factory=dict)
 
 
 def _copy(state: UserClusterState) -> UserClusterState:
@@ -537,6 +547,9 @@ def evaluate_condition(
         rows[tuned.name] = score(truth, as_labels(tuned.labels), data.photo_ids)
         settings[tuned.name] = tuned.setting
     named, renamed, lost = named_check(state, params)
+    truth_of = dict(zip(ids, data.truth, strict=True))
+    answers = scores_after_answers(after, truth_of, data.photo_ids, facefleet_ranking)
+    baseline_answers = scores_after_answers(after, truth_of, data.photo_ids, centroid_ranking)
     return ConditionResult(
         name,
         len(faces),
@@ -551,6 +564,8 @@ def evaluate_condition(
         renamed,
         lost,
         time.monotonic() - started,
+        answers,
+        baseline_answers,
     )
 
 
@@ -582,6 +597,17 @@ def format_table(result: ConditionResult) -> str:
             f"{s.unassigned_share:7.3f}{s.same_photo_merges:8d}  {setting}"
         )
     ours = result.rows[FACEFLEET]
+    lines.append(
+        "a truthful user's answers (per 100 true people), pairwise F1 / BCubed F1 / ARI, "
+        "FaceFleet's questions vs the centroid ranking:"
+    )
+    lines.append(f"  {'0':>3}: {_triple(ours)}")
+    for k in BUDGETS:
+        if k in result.answers:
+            lines.append(
+                f"  {k:>3}: {_triple(result.answers[k])}   centroid ranking "
+                f"{_triple(result.baseline_answers[k])}"
+            )
     for metric, field_name in METRIC_FIELDS.items():
         name, best = best_baseline(result, metric)
         mine, theirs = getattr(ours, field_name), getattr(best, field_name)
@@ -591,6 +617,10 @@ def format_table(result: ConditionResult) -> str:
             f"({name}): {verdict}"
         )
     return "\n".join(lines)
+
+
+def _triple(s: GroupingScores) -> str:
+    return f"{s.pairwise_f1:.3f} / {s.bcubed_f1:.3f} / {s.ari:.3f}"
 
 
 def result_line(results: dict[str, ConditionResult]) -> str:
@@ -623,7 +653,30 @@ def result_line(results: dict[str, ConditionResult]) -> str:
     parts.append(f"consolidated_order_ari={min(r.consolidated_order_ari for r in values):.4f}")
     parts.append(f"named_renamed={sum(r.named_renamed for r in values)}")
     parts.append(f"named_lost={sum(r.named_lost for r in values)}")
+    parts.extend(_answer_and_precision_keys(results))
     return "RESULT " + " ".join(parts)
+
+
+def _answer_and_precision_keys(results: dict[str, ConditionResult]) -> list[str]:
+    """Per condition: pairwise F1 after k answers per 100 people (FaceFleet's questions and the
+    centroid ranking's), and the precisions after consolidation and of the incremental state."""
+    parts = []
+    for name in CONDITIONS:
+        result = results.get(name)
+        for k in BUDGETS:
+            ours = result.answers.get(k) if result else None
+            base = result.baseline_answers.get(k) if result else None
+            parts.append(f"{name}_pairwise_f1_at_{k}={_value(ours, 'pairwise_f1')}")
+            parts.append(f"{name}_baseline_pairwise_f1_at_{k}={_value(base, 'pairwise_f1')}")
+        for row, prefix in ((FACEFLEET, ""), (INCREMENTAL, "incremental_")):
+            scores = result.rows.get(row) if result else None
+            for metric in ("pairwise_precision", "bcubed_precision"):
+                parts.append(f"{name}_{prefix}{metric}={_value(scores, metric)}")
+    return parts
+
+
+def _value(scores: GroupingScores | None, field_name: str) -> str:
+    return "nan" if scores is None else f"{getattr(scores, field_name):.4f}"
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -659,8 +712,14 @@ def dev_baseline_settings(
 
 def evaluate(args: argparse.Namespace) -> int:
     photos = _selection(args, args.seed, frozenset())
-    print(f"{len(photos)} photos of {len({p.identity for p in photos})} people from {args.path}")
     cache = None if args.no_cache else Path(args.cache).expanduser()
+    if args.on_dev:
+        # The developers' split itself (where FaceFleet's settings were chosen); its
+        # dev-tuned baselines would be tuned on what they are scored on, so there are none.
+        photos = _selection(args, args.dev_seed, frozenset(p.identity for p in photos))
+        args.seed, args.no_dev = args.dev_seed, True
+        print(f"developers' split (seed {args.dev_seed}):", end=" ")
+    print(f"{len(photos)} photos of {len({p.identity for p in photos})} people from {args.path}")
     dev = None if args.no_dev else dev_baseline_settings(args, photos, cache)
     params = ClusterParams()
     results: dict[str, ConditionResult] = {}
@@ -716,6 +775,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-dev", action="store_true", help="skip the dev-tuned baselines (no second split)"
+    )
+    parser.add_argument(
+        "--on-dev",
+        action="store_true",
+        help="evaluate the developers' split itself (--dev-seed, none of the --seed people)",
     )
     parser.add_argument(
         "--batch-method",

@@ -199,7 +199,8 @@ class UserClusterState:
     The index stores embeddings under the same ordinals. `waiting` holds the neighbour lists
     (ordinal, similarity) of unassigned faces only; `not_in` maps a face ordinal to people the
     user said it is not; `pinned` are faces the user placed (confirmed); `merged_into` maps
-    retired person ids to the person that absorbed them.
+    retired person ids to the person that absorbed them; `apart` holds the pairs of people
+    (lower id first) the user said are different ("cannot-link": see `separate_people`).
     """
 
     faces: FaceTable = field(default_factory=FaceTable)
@@ -209,6 +210,7 @@ class UserClusterState:
     not_in: dict[int, set[int]] = field(default_factory=dict)
     pinned: set[int] = field(default_factory=set)
     merged_into: dict[int, int] = field(default_factory=dict)
+    apart: set[tuple[int, int]] = field(default_factory=set)
     next_person_id: int = 1
 
     # Column shortcuts (the lists themselves: writes go through the table's cells).
@@ -645,7 +647,39 @@ def merge_people(state: UserClusterState, keep: int, absorb: int) -> ClusterUpda
         if absorb in barred:
             barred.discard(absorb)
             barred.add(keep)
+    # The user's latest word wins: merging two people once said to differ lifts that constraint.
+    state.apart = {
+        pair
+        for pair in (
+            _pair(keep if a == absorb else a, keep if b == absorb else b) for a, b in state.apart
+        )
+        if pair[0] != pair[1]
+    }
     return update
+
+
+def _pair(a: int, b: int) -> tuple[int, int]:
+    return (a, b) if a <= b else (b, a)
+
+
+def separate_people(state: UserClusterState, person_id: int, other_id: int) -> ClusterUpdate:
+    """The user says two people are different: a cannot-link no automatic step undoes.
+
+    Placement never merges people; consolidation treats the members of people with such a
+    constraint as anchors (they stay where they are), so the two never become one and neither
+    takes the other's faces. A later user merge of the two lifts it.
+    """
+    a, b = _live(state, person_id), _live(state, other_id)
+    if a == b:
+        raise ValueError(f"people {person_id} and {other_id} are one person")
+    state.apart.add(_pair(a, b))
+    return ClusterUpdate(changed={a, b})
+
+
+def are_apart(state: UserClusterState, person_id: int, other_id: int) -> bool:
+    """Whether the user said these two (live or retired) people are different."""
+    target = _pair(state.resolve(person_id), state.resolve(other_id))
+    return any(_pair(state.resolve(a), state.resolve(b)) == target for a, b in state.apart)
 
 
 def move_face(state: UserClusterState, face_id: str, person_id: int | None) -> ClusterUpdate:

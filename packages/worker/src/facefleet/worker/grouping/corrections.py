@@ -28,6 +28,7 @@ import numpy as np
 from facefleet.common.documents import FaceDoc
 from facefleet.common.repository import upsert
 from facefleet.worker.grouping import clustering
+from facefleet.worker.grouping.answers import QuestionBook, StaleQuestion, apply_answer
 from facefleet.worker.grouping.clustering import (
     UNASSIGNED,
     ClusterParams,
@@ -46,6 +47,7 @@ from facefleet.worker.grouping.store import (
     save_changes,
     user_lease,
 )
+from facefleet.worker.grouping.suggest import Question, SuggestParams, suggest
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,52 @@ class Corrections:
             self._save(session, update, faces=[face_id])
         self.store.log_correction(user_id, "reject", face_id=face_id, person_id=person_id)
 
+    # -- questions ----------------------------------------------------------------------------
+
+    @property
+    def questions(self) -> QuestionBook:
+        return QuestionBook(self.store.assignments.database["questions"])
+
+    def suggest(self, user_id: str, params: SuggestParams | None = None) -> list[Question]:
+        """The user's open questions, best first: the stored ones while the library is
+        unchanged (same revision), else recomputed from the stored state and stored."""
+        book = self.questions.load(user_id)
+        doc = self.store.user_doc(user_id) or {}
+        if doc.get("model_id") is None:
+            raise NoGroupingState(f"user {user_id!r} has no grouping state yet")
+        revision = doc.get("revision")
+        if book.revision is not None and book.revision == revision:
+            # An answer recorded while these were computed must not be asked again.
+            return [q for q in book.open if q.key not in book.answered]
+        session = load_session(self.store, user_id, self.params)
+        questions = suggest(session.state, params, answered=book.answered)
+        self.questions.save_open(user_id, session.revision, questions)
+        return questions
+
+    def answer(self, user_id: str, question_id: str, answer: str) -> ClusterUpdate:
+        """Apply the answer to an open question under the user's lease (see `answers`)."""
+        book = self.questions.load(user_id)
+        question = book.find(question_id)
+        if question is None:
+            done = any(question_id == Question.id_of_key(k) for k in book.answered)
+            state = "was already answered" if done else "is not an open question"
+            raise KeyError(f"{question_id} {state} for user {user_id!r} (see `people suggest`)")
+        with self._locked(user_id) as session:
+            try:
+                update = apply_answer(session.state, question, answer)
+            except StaleQuestion:
+                self.questions.record(user_id, question, "stale")
+                raise
+            faces = [question.face_id] if question.face_id and answer != "skip" else []
+            if question.kind == "people" and answer == "same":
+                faces = clustering.members(session.state, session.state.resolve(question.person))
+            self._save(session, update, faces=faces)
+            self.questions.record(user_id, question, answer)
+        self.store.log_correction(
+            user_id, "answer", question_id=question_id, question=question.key, answer=answer
+        )
+        return update
+
     def consolidate(self, user_id: str) -> ConsolidationReport:
         """Run the consolidation pass now (`facefleet people consolidate`), under the lease."""
         started = time.monotonic()
@@ -303,6 +351,7 @@ class Corrections:
         mapping = _match_people(old, state, face_map, carried)
         _renumber(state, mapping, old.next_person_id)
         state.merged_into = dict(old.merged_into)
+        state.apart = {pair for pair in old.apart if all(p in state.people for p in pair)}
         _replay_constraints(old, state, face_map)
         fresh = UserSession(
             session.user_id,

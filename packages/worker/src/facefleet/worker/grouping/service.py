@@ -32,6 +32,7 @@ from facefleet.common.config import Settings, load_service_settings
 from facefleet.common.documents import FaceDoc
 from facefleet.common.logs import configure_logging
 from facefleet.common.messages import (
+    AnswerRequest,
     ErasureRequest,
     ForgetRequest,
     GroupingRequest,
@@ -41,7 +42,7 @@ from facefleet.common.messages import (
 from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, LeaseHeld, connect
 from facefleet.worker.consumer import ConsumerConfig, Outcome, ReceivedMessage, is_outage, serve
-from facefleet.worker.grouping import forget
+from facefleet.worker.grouping import answers, forget
 from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate, add_faces
 from facefleet.worker.grouping.consolidate import ConsolidateParams
 from facefleet.worker.grouping.store import (
@@ -117,6 +118,7 @@ class GroupingService:
         outcomes: dict[str, Outcome] = {}
         by_user: dict[str, list[tuple[ReceivedMessage, GroupingRequest]]] = {}
         privacy: list[tuple[ReceivedMessage, ForgetRequest | ErasureRequest]] = []
+        answered: list[tuple[ReceivedMessage, AnswerRequest]] = []
         for message in batch:
             try:
                 parsed = parse_group_queue_message(message.body)
@@ -126,6 +128,9 @@ class GroupingService:
                     extra={"message_id": message.message_id, "error": str(error)},
                 )
                 outcomes[message.message_id] = Outcome.MALFORMED
+                continue
+            if isinstance(parsed, AnswerRequest):
+                answered.append((message, parsed))
                 continue
             if not isinstance(parsed, GroupingRequest):
                 privacy.append((message, parsed))
@@ -143,6 +148,8 @@ class GroupingService:
                 outcome, outage = self._handle_user(user_id, items)
             for message, _ in items:
                 outcomes[message.message_id] = outcome
+        # After this batch's grouping, so an answer sees the faces just placed.
+        outcomes.update(answers.handle_answers(self, answered, outage))
         # After this batch's grouping, so a forget also cleans what it just wrote.
         outcomes.update(forget.handle_privacy(self, privacy, outage))
         return outcomes

@@ -11,7 +11,8 @@ Homes (all in the HUEMN database except the faces themselves):
 - HUEMN `people`: `PersonDoc`s (members, cover face and its crop key, count, centroid, model id,
   name), rewritten only for people that changed.
 - HUEMN `grouping_users`: one document per user: current `model_id`, `next_person_id` (person ids
-  are never reused), `merged_into` (retired person -> the person that absorbed it), and a
+  are never reused), `merged_into` (retired person -> the person that absorbed it), `apart`
+  (pairs of people the user said are different), and a
   `revision` token that every writer replaces after its writes: a cached state is used only
   while the stored revision is the one it wrote.
 - HUEMN `corrections`: an append-only log of user corrections (audit; the effective
@@ -189,6 +190,7 @@ def load_session(
         if face is not None:  # a face the detector has since dropped leaves the state
             _restore_face(session, face, row, params)
     state.merged_into = {int(a): int(b) for a, b in doc.get("merged_into", [])}
+    state.apart = {(int(a), int(b)) for a, b in doc.get("apart", [])}
     _restore_people(session, people_docs)
     state.next_person_id = max(
         [
@@ -356,6 +358,7 @@ def _write_user(store: GroupingStore, session: UserSession) -> None:
                     "model_id": session.model_id,
                     "next_person_id": state.next_person_id,
                     "merged_into": sorted([a, b] for a, b in state.merged_into.items()),
+                    "apart": sorted([a, b] for a, b in state.apart),
                     "revision": session.revision,
                     "face_count": len(state.face_ids),
                     "consolidated_faces": session.consolidated_faces,

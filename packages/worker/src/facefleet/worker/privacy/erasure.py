@@ -7,8 +7,9 @@ Under the user's grouping lease (so no grouping worker interleaves), in this ord
    crop or cover key a face or person document names elsewhere;
 3. gallery: the user's face documents; the image documents keep only that the photo exists
    (`face_count` 0, `faces_erased_at`);
-4. HUEMN: assignments, people (centroids, covers, names), corrections, the grouping user document
-   (its revision: every cached session and FAISS index of the user is then invalid), leases;
+4. HUEMN: assignments, people (centroids, covers, names), corrections, suggested questions,
+   the grouping user document (its revision: every cached session and FAISS index of the user
+   is then invalid), leases;
 5. the receipt in HUEMN `erasure_receipts`: user id, reason, when asked and done, counts per store.
 Every step is a delete by user id, so a second run (or a retry after a crash) completes what is
 left and its receipt counts zero.
@@ -91,6 +92,10 @@ def erase_user(
             "huemn_people": people.people.delete_many(by_user).deleted_count,
             "huemn_corrections": store.corrections.delete_many(by_user).deleted_count,
             "huemn_grouping_users": store.users.delete_many({"_id": user_id}).deleted_count,
+            # Suggested questions name the user's faces and people (`grouping.answers`).
+            "huemn_questions": store.assignments.database["questions"]
+            .delete_many({"_id": user_id})
+            .deleted_count,
             # Leases left by others (expired: ours was taken over them); ours goes last, uncounted.
             "huemn_leases": people.leases.delete_many(
                 {"_id": user_id, "owner": {"$ne": owner}}
