@@ -306,7 +306,7 @@ def test_queues_model_bucket_repository_and_alerts() -> None:
     bucket = rendered["Resources"]["ModelBucket"]
     assert bucket["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
     assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
-    assert bucket["DeletionPolicy"] == "Retain"
+    assert bucket["DeletionPolicy"] == "RetainExceptOnCreate"
     tls = rendered["Resources"]["ModelBucketPolicy"]["Properties"]["PolicyDocument"]
     assert tls["Statement"][0]["Effect"] == "Deny"
     assert tls["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -317,9 +317,7 @@ def test_queues_model_bucket_repository_and_alerts() -> None:
     rules = resources(rendered, "AWS::Events::Rule")
     patterns = {r["Properties"]["Name"]: r["Properties"]["EventPattern"] for r in rules.values()}
     assert patterns[NAMES.job_failed_rule]["detail"]["status"] == ["FAILED"]
-    assert patterns[NAMES.spot_interruption_rule]["detail-type"] == [
-        "EC2 Spot Instance Interruption Warning"
-    ]
+    assert patterns[NAMES.spot_interruption_rule]["detail-type"] == ["Batch Job State Change"]
     assert "DispatchFunction" not in rendered["Resources"]  # fallback dispatcher off by default
 
 

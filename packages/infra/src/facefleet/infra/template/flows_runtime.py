@@ -138,6 +138,7 @@ def _worker_resources(config: StackConfig) -> Json:
         statement(
             ["iam:PassRole"],
             [get_att(FLOWS_TASK_ROLE, "Arn"), get_att(FLOWS_EXECUTION_ROLE, "Arn")],
+            Condition={"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}},
         ),
         statement(
             ["logs:CreateLogStream", "logs:GetLogEvents", "logs:PutLogEvents"],
@@ -234,6 +235,7 @@ def flows_runtime_resources(config: StackConfig, queues: Queues) -> Json:
             "Type": "AWS::ECR::Repository",
             "Properties": {
                 "RepositoryName": names.flows_repository,
+                "EmptyOnDelete": True,  # rebuilt from source: its images never block destroy
                 "ImageScanningConfiguration": {"ScanOnPush": True},
                 "EncryptionConfiguration": {"EncryptionType": "AES256"},
                 "Tags": tag_list(config),

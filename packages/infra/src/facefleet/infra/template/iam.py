@@ -1,4 +1,5 @@
-"""The IAM roles: Batch service, instance, job execution and the two job roles (least privilege)."""
+"""The IAM roles: instance, job execution and the two job roles (least privilege). The compute
+environments use AWS Batch's service-linked role, not one of the stack's (template/batch.py)."""
 
 from __future__ import annotations
 
@@ -87,14 +88,6 @@ def _job_policies(config: StackConfig, queues: Queues) -> dict[str, list[Json]]:
 def iam_resources(config: StackConfig, queues: Queues) -> Json:
     managed = "arn:${AWS::Partition}:iam::aws:policy/service-role/"
     resources: Json = {
-        "BatchServiceRole": {
-            "Type": "AWS::IAM::Role",
-            "Properties": {
-                "AssumeRolePolicyDocument": assume_role("batch.amazonaws.com"),
-                "ManagedPolicyArns": [sub(managed + "AWSBatchServiceRole")],
-                "Tags": tag_list(config),
-            },
-        },
         "InstanceRole": {
             "Type": "AWS::IAM::Role",
             "Properties": {
