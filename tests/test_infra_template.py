@@ -415,3 +415,30 @@ def test_stack_config_from_env_precedence() -> None:
     assert overridden.huemn_mongo_uri is None  # an existing secret: the env URI is not used
     assert overridden.subnet_ids == ("subnet-1",)
     assert StackConfig.from_env(NAMES, aws, environ={}).gallery_mongo_uri is None
+
+
+def test_invalid_flags_end_in_an_error_line_not_a_traceback(capsys: Any) -> None:
+    """`facefleet infra render` (the console script, as an operator runs it) with flags no stack
+    can have: exit 2 and one line naming each problem; plan and doctor alike."""
+    import subprocess
+    import sys
+
+    from facefleet.tools import cli
+
+    same = "https://sqs.ap-south-1.amazonaws.com/111122223333/indexing"
+    command = [str(Path(sys.executable).parent / "facefleet"), "infra", "render"]
+    command += ["--max-receive-count", "0", "--ingress-queue", same, "--indexing-queue", same]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("facefleet infra render: error: ")
+    assert "max_receive_count=0" in line and "ingress_queue must differ" in line
+
+    for argv, problem in (
+        (["infra", "plan", "--subnet-ids", "subnet-1"], "vpc_id is required"),
+        (["infra", "doctor", "--indexing-queue", "not-a-queue"], "not an SQS queue URL"),
+    ):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"facefleet infra {argv[1]}: error: " in err and problem in err
