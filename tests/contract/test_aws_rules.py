@@ -25,7 +25,7 @@ from facefleet.infra.stack_config import StackConfig
 from facefleet.infra.template.batch import compute_environment_name
 from tests.contract.conftest import PRODUCTION, PRODUCTION_REGION
 from tests.contract.event_patterns import matches
-from tests.contract.iam_support import Context, resolve
+from tests.contract.iam_support import Context, permissive_context, resolve
 
 ACCOUNT = "111122223333"
 OTHER_ACCOUNT_QUEUE = "https://sqs.ap-south-1.amazonaws.com/992382426603/ve-inhouse-indexing-in"
@@ -47,23 +47,15 @@ def _rendered(variant: str) -> dict[str, Any]:
     return template.render(VARIANTS[variant], lambda_package.build(), lambda_package.build_router())
 
 
-class _Attributes(dict[str, str]):
-    """Every Fn::GetAtt resolves: `<id>.Arn` to an ARN-shaped value naming the resource."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __getitem__(self, key: str) -> str:
-        logical_id, attribute = key.split(".", 1)
-        return f"arn:aws:resource:{PRODUCTION_REGION}:{ACCOUNT}:{logical_id}/{attribute}"
-
-
 def _context(rendered: Mapping[str, Any]) -> Context:
-    refs = {k: f"ref-{k}" for k in (*rendered["Resources"], *rendered["Parameters"])}
-    refs["AlertsTopic"] = f"arn:aws:sns:{PRODUCTION_REGION}:{ACCOUNT}:alerts"
-    refs["PrimaryJobQueue"] = f"arn:aws:batch:{PRODUCTION_REGION}:{ACCOUNT}:job-queue/primary"
-    refs["SecondaryJobQueue"] = f"arn:aws:batch:{PRODUCTION_REGION}:{ACCOUNT}:job-queue/secondary"
-    return Context(PRODUCTION_REGION, ACCOUNT, refs=refs, attributes=_Attributes())
+    return permissive_context(
+        rendered,
+        PRODUCTION_REGION,
+        ACCOUNT,
+        AlertsTopic=f"arn:aws:sns:{PRODUCTION_REGION}:{ACCOUNT}:alerts",
+        PrimaryJobQueue=f"arn:aws:batch:{PRODUCTION_REGION}:{ACCOUNT}:job-queue/primary",
+        SecondaryJobQueue=f"arn:aws:batch:{PRODUCTION_REGION}:{ACCOUNT}:job-queue/secondary",
+    )
 
 
 def _resolved(variant: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from facefleet.infra.template.base import (
     sub,
     tag_list,
 )
-from facefleet.infra.template.iam import metrics_statement
+from facefleet.infra.template.iam import metrics_statement, savings_statements
 from facefleet.infra.template.queues import Queues
 from facefleet.infra.template.router import ECS_QUEUE, INGRESS_QUEUE, RouterQueues
 
@@ -59,6 +59,7 @@ def flow_task_statements(config: StackConfig, queues: Queues) -> list[Json]:
         statement(
             ["batch:DescribeJobs", "batch:ListJobs", "cloudwatch:GetMetricStatistics"], ["*"]
         ),
+        *savings_statements(),
     ]
     if config.router:
         routed = RouterQueues(config)

@@ -40,6 +40,16 @@ def metrics_statement(namespace: str) -> Json:
     )
 
 
+def savings_statements() -> list[Json]:
+    """What the Spot savings flow reads beyond the job listing: the Spot price history and the
+    on-demand price (neither takes a resource-level permission), and the instance type each
+    job's ECS container instance had (in the Batch-managed clusters of this account)."""
+    return [
+        statement(["ec2:DescribeSpotPriceHistory", "pricing:GetProducts"], ["*"]),
+        statement(["ecs:DescribeContainerInstances"], [arn("ecs", "container-instance/*")]),
+    ]
+
+
 CONSUME = [
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
