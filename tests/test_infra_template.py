@@ -15,7 +15,12 @@ import pytest
 from facefleet.common.config import NAMES, RETRYABLE_EXIT_CODE, Names
 from facefleet.control.policy import DispatchInputs, PolicyParams, QueueDepth, decide
 from facefleet.infra import deploy, lambda_package, template
-from facefleet.infra.stack_config import QueueRef, StackConfig, StackConfigError
+from facefleet.infra.stack_config import (
+    DEFAULT_MAX_RECEIVE_COUNT,
+    QueueRef,
+    StackConfig,
+    StackConfigError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "packages" / "infra" / "docker" / "Dockerfile"
@@ -300,7 +305,7 @@ def test_queues_model_bucket_repository_and_alerts() -> None:
         assert props["SqsManagedSseEnabled"] is True
         assert props["RedrivePolicy"] == {
             "deadLetterTargetArn": {"Fn::GetAtt": [f"{name}DeadLetter", "Arn"]},
-            "maxReceiveCount": 5,
+            "maxReceiveCount": DEFAULT_MAX_RECEIVE_COUNT,
         }
         assert queues[f"{name}DeadLetter"]["Properties"]["SqsManagedSseEnabled"] is True
     bucket = rendered["Resources"]["ModelBucket"]
@@ -442,3 +447,31 @@ def test_invalid_flags_end_in_an_error_line_not_a_traceback(capsys: Any) -> None
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert f"facefleet infra {argv[1]}: error: " in err and problem in err
+
+
+def test_a_few_spot_interruptions_cannot_dead_letter_a_good_message(env) -> None:
+    """SQS counts every receive towards maxReceiveCount, released or not. A good message caught
+    in work by as many Spot interruptions as a job has attempts (each releases it, visibility 0),
+    and by as many hard kills or outage releases, is still delivered, not dead-lettered, on the
+    queue as the template configures it (moto's redrive)."""
+    spot_releases = NAMES.detection_job.attempts  # one per job attempt the retry strategy allows
+    redrive = template.render(BASE)["Resources"]["IndexingQueue"]["Properties"]["RedrivePolicy"]
+    sqs = env.aws.client("sqs")
+    dlq = sqs.create_queue(QueueName=f"{env.names.prefix}-good-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": redrive["maxReceiveCount"]}
+    queue = sqs.create_queue(
+        QueueName=f"{env.names.prefix}-good",
+        Attributes={"RedrivePolicy": json.dumps(policy), "VisibilityTimeout": "30"},
+    )["QueueUrl"]
+    sqs.send_message(QueueUrl=queue, MessageBody="{}")
+    for _ in range(2 * spot_releases - 1):  # each ended by a release, never a delete
+        (message,) = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)["Messages"]
+        sqs.change_message_visibility(
+            QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+        )
+    delivered = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages", [])
+    assert len(delivered) == 1, "dead-lettered after a few Spot releases"
+    assert sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=0).get("Messages", []) == []

@@ -316,3 +316,34 @@ def test_deploy_creates_the_batch_service_linked_role_once(env) -> None:
         f"arn:aws:iam::{account}:role/aws-service-role/batch.amazonaws.com/AWSServiceRoleForBatch"
     )
     assert deploy.ensure_batch_service_linked_role(env.aws) is False
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_queue_priorities_order_queues_that_share_an_environment(variant: str) -> None:
+    """AWS Batch user guide, "Job queue parameters": a queue's priority orders it only against
+    queues associated with the same compute environment; the scheduler tries a queue's
+    environments in ascending `order` (at most 3, all of one provisioning model). So the
+    priorities 100/50 must meet in a shared environment, and the bulk (lower) queue must not
+    reach the primary pool."""
+    environments = {
+        lid: e["Properties"]
+        for lid, e in _rendered(variant)["Resources"].items()
+        if e["Type"] == "AWS::Batch::ComputeEnvironment"
+    }
+    queues = {
+        q["Properties"]["Priority"]: q["Properties"]
+        for q in _of_type(_rendered(variant)["Resources"], "AWS::Batch::JobQueue").values()
+    }
+    assert len(queues) == 2
+    uses: dict[int, list[str]] = {}
+    for priority, props in queues.items():
+        ordered = sorted(props["ComputeEnvironmentOrder"], key=lambda o: o["Order"])
+        assert len({o["Order"] for o in ordered}) == len(ordered) <= 3
+        uses[priority] = [o["ComputeEnvironment"]["Ref"] for o in ordered]
+        kinds = {environments[lid]["ComputeResources"]["Type"] for lid in uses[priority]}
+        assert kinds == {"SPOT"}
+    high, low = max(uses), min(uses)
+    assert high > low
+    assert set(uses[high]) & set(uses[low]), "the priorities never meet: they order nothing"
+    # The primary queue starts on its own pool; the bulk queue never enters it.
+    assert uses[high][0] not in uses[low]

@@ -475,11 +475,13 @@ def _refresh_outputs(cloudformation: Any, current: Plan) -> None:
     stack = _stack(cloudformation, current.stack_name)
     if stack is None or declared <= {o["OutputKey"] for o in stack.get("Outputs") or []}:
         return
-    compact = json.dumps(json.loads(current.template_body), separators=(",", ":"), sort_keys=True)
+    # moto compares the template text: re-submit the same template spelled differently (the
+    # change set's body is either indented or, when large, compact).
+    spaced = json.dumps(json.loads(current.template_body), sort_keys=True)
     try:
         cloudformation.update_stack(
             StackName=current.stack_name,
-            TemplateBody=compact,
+            TemplateBody=spaced,
             Capabilities=CAPABILITIES,
             Parameters=[
                 {"ParameterKey": p["ParameterKey"], "UsePreviousValue": True}

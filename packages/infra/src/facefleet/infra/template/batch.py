@@ -33,6 +33,7 @@ from facefleet.common.config import (
     ComputeEnvironmentSpec,
     JobDefinitionSpec,
     JobQueueSpec,
+    Names,
     Settings,
 )
 from facefleet.common.instances import ECS_RESERVED_MEMORY_MIB
@@ -196,7 +197,7 @@ def _compute_environment(spec: ComputeEnvironmentSpec, config: StackConfig) -> J
     }
 
 
-def _job_queue(spec: JobQueueSpec, environment_logical_id: str, config: StackConfig) -> Json:
+def _job_queue(spec: JobQueueSpec, environment_logical_ids: list[str], config: StackConfig) -> Json:
     return {
         "Type": "AWS::Batch::JobQueue",
         "Properties": {
@@ -204,11 +205,25 @@ def _job_queue(spec: JobQueueSpec, environment_logical_id: str, config: StackCon
             "Priority": spec.priority,
             "State": "ENABLED",
             "ComputeEnvironmentOrder": [
-                {"Order": 1, "ComputeEnvironment": ref(environment_logical_id)}
+                {"Order": order, "ComputeEnvironment": ref(logical_id)}
+                for order, logical_id in enumerate(environment_logical_ids, start=1)
             ],
             "Tags": dict(sorted(config.tags.items())),
         },
     }
+
+
+def queue_environments(names: Names) -> dict[str, list[str]]:
+    """Job queue name -> its compute environments, in the order Batch tries them.
+
+    A queue's priority only orders it against queues that share a compute environment (AWS
+    Batch user guide, "Job queue parameters": priority). So the primary queue (100) tries its
+    own environment first and the diversified secondary one next, where its jobs go ahead of
+    the secondary queue's (50) bulk arrays: a single g4dn pool without Spot capacity does not
+    hold up the latency-sensitive jobs. The secondary queue stays on its own environment, so
+    the bulk never takes the primary's pool."""
+    primary, secondary = names.primary_environment.name, names.secondary_environment.name
+    return {names.primary_queue.name: [primary, secondary], names.secondary_queue.name: [secondary]}
 
 
 def retry_strategy(spec: JobDefinitionSpec) -> Json:
@@ -306,9 +321,8 @@ def batch_resources(config: StackConfig, queues: Queues) -> Json:
         ("PrimaryJobQueue", names.primary_queue),
         ("SecondaryJobQueue", names.secondary_queue),
     ):
-        resources[logical_id] = _job_queue(
-            queue, environment_ids[queue.compute_environment], config
-        )
+        order = [environment_ids[name] for name in queue_environments(names)[queue.name]]
+        resources[logical_id] = _job_queue(queue, order, config)
     resources["DetectionJobDefinition"] = _job_definition(
         names.detection_job, DETECTION_JOB_ROLE, config, queues
     )
