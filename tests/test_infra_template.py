@@ -220,6 +220,9 @@ def test_least_privilege() -> None:
                     "ec2:DescribeSecurityGroups",
                     "ec2:DescribeSubnets",
                     "ec2:DescribeVpcs",
+                    # The savings flow: Spot and on-demand prices are not resources.
+                    "ec2:DescribeSpotPriceHistory",
+                    "pricing:GetProducts",
                 }
                 assert set(actions) <= allowed, f"{role}: {actions} on *"
             if "cloudwatch:PutMetricData" in actions:
