@@ -686,10 +686,10 @@ def _taken(kind: str, name: str, aws: AwsTarget) -> str | None:
         code = str(error.response.get("Error", {}).get("Code", ""))
         if kind == "AWS::S3::Bucket" and code in ("403", "AccessDenied", "Forbidden"):
             return "exists in another account (S3 names are global): pick --model-bucket"
-        if (
-            code in ("404", "NoSuchBucket", "NotFound")
-            or "NotFound" in code
-            or "NonExistent" in code
+        # 404, NoSuchBucket, NotFound, *NotFoundException, QueueDoesNotExist,
+        # AWS.SimpleQueueService.NonExistentQueue: the name is free.
+        if code == "404" or any(
+            m in code for m in ("NotFound", "NoSuch", "NonExistent", "DoesNotExist")
         ):
             return None
         raise
