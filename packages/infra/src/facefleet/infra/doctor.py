@@ -441,12 +441,7 @@ def foreign_queues(config: StackConfig, aws: AwsTarget, account: str) -> list[Ch
 # What the router's event source mapping does on the ingress queue (Lambda developer guide,
 # "Using Lambda with Amazon SQS": the execution role's permissions, which a queue in another
 # account must also grant in its queue policy).
-ROUTER_ACTIONS = (
-    "sqs:ReceiveMessage",
-    "sqs:DeleteMessage",
-    "sqs:ChangeMessageVisibility",
-    "sqs:GetQueueAttributes",
-)
+ROUTER_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes")
 AWS_MANAGED_SQS_KEY = "alias/aws/sqs"
 # Lambda developer guide, "Configuring a queue to use with Lambda": visibility timeout at least
 # the function timeout; six times is the recommendation (room for retries when throttled).
