@@ -4,6 +4,7 @@ moto server (canned Spot prices, no Pricing API: the fallback table is used)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -20,8 +21,10 @@ from facefleet.dashboards.savings import (
     SpotPrice,
     Usage,
     batch_usage,
+    container_instance_types,
     hourly_savings,
     instance_hours,
+    instance_share,
     on_demand_prices,
     run_savings_job,
     spot_cost,
@@ -259,3 +262,72 @@ def test_cli_savings_and_runbook(env, capsys, tmp_path):
     out = tmp_path / "RUNBOOK.md"
     assert main(["dashboards", "runbook", "--out", str(out)]) == 0
     assert "## face-recognition-spot-interruptions" in out.read_text()
+
+
+def test_a_jobs_share_of_its_instance_comes_from_the_instance_facts():
+    """Not a flat vCPUs / 4: a one-GPU job on a one-GPU, eight-vCPU g4dn.2xlarge holds the whole
+    instance; a CPU-only 2-vCPU job holds a quarter of it and half of a g4dn.xlarge."""
+    assert instance_share("g4dn.2xlarge", 4, 1) == 1.0
+    assert instance_share("g4dn.2xlarge", 2, 0) == 0.25
+    assert instance_share("g4dn.xlarge", 2, 0) == 0.5
+    assert instance_share("p9.unknown", 1, 0) == 1.0  # never understated
+
+
+def _container_instance(env, instance_type: str) -> str:
+    ec2 = env.aws.client("ec2")
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    instance = ec2.run_instances(ImageId=image, InstanceType=instance_type, MinCount=1, MaxCount=1)[
+        "Instances"
+    ][0]["InstanceId"]
+    ecs = env.aws.client("ecs")
+    cluster = ecs.create_cluster(clusterName=f"{env.names.prefix}-batch-ce")["cluster"]
+    registered = ecs.register_container_instance(
+        cluster=cluster["clusterName"],
+        instanceIdentityDocument=json.dumps({"instanceId": instance}),
+    )
+    return str(registered["containerInstance"]["containerInstanceArn"])
+
+
+def test_the_flows_task_role_may_make_every_savings_call(env, monkeypatch):
+    """The savings flow runs as FlowsTaskRole: every call it makes, recorded against the moto
+    server, is judged against that role's policy (Service Authorization Reference: EC2
+    DescribeSpotPriceHistory and Pricing GetProducts take no resource-level permission, ECS
+    DescribeContainerInstances is scoped to container instances)."""
+    from facefleet.infra import template
+    from facefleet.infra.stack_config import StackConfig
+    from tests.contract.iam_support import (
+        Recorder,
+        allowed,
+        permissive_context,
+        requests_with_reads,
+        role_policy,
+    )
+
+    arn = _container_instance(env, "g5.xlarge")
+    recorder = Recorder()
+    recorder.install(monkeypatch)
+    recorder.principal = "savings"
+    assert container_instance_types(env.aws, [arn]) == {arn: "g5.xlarge"}
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    batch_usage(env.names, env.aws, now - HOUR, now)
+    share = instance_share(G4, 4, 1)
+    usage = Usage(G4, now - HOUR, now - HOUR / 2, share)
+    run_savings_job(env.names, env.aws, now - HOUR, usages=[usage])
+    calls = recorder.of("savings")
+    assert {c.operation for c in calls} >= {
+        "DescribeSpotPriceHistory",
+        "DescribeContainerInstances",
+        "PutMetricData",
+    }
+
+    rendered = template.render(StackConfig(names=env.names, router_lambda=False))
+    account = env.aws.client("sts").get_caller_identity()["Account"]
+    context = permissive_context(rendered, env.region, account)
+    policy = role_policy(rendered, "FlowsTaskRole", context)
+    denied = [
+        request
+        for call in calls
+        for request in requests_with_reads(call, account)
+        if not allowed(policy, request)
+    ]
+    assert not denied, denied

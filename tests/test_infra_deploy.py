@@ -19,7 +19,7 @@ import pytest
 from facefleet.common.config import RETRYABLE_EXIT_CODE
 from facefleet.infra import deploy, lambda_package
 from facefleet.infra.stack_config import StackConfig, local_stack_config, worker_environment
-from facefleet.infra.template.batch import compute_environment_name
+from facefleet.infra.template.batch import compute_environment_name, queue_environments
 from facefleet.tools import cli
 from tests.conftest import ServerEnv
 
@@ -121,8 +121,9 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
     for queue_spec in names.job_queues:
         assert queues[queue_spec.name]["priority"] == queue_spec.priority
         order = queues[queue_spec.name]["computeEnvironmentOrder"]
-        assert [o["computeEnvironment"] for o in order] == [
-            environments[deployed[queue_spec.compute_environment]]["computeEnvironmentArn"]
+        wanted = queue_environments(names)[queue_spec.name]
+        assert [o["computeEnvironment"] for o in sorted(order, key=lambda o: o["order"])] == [
+            environments[deployed[name]]["computeEnvironmentArn"] for name in wanted
         ]
     assert outputs["PrimaryJobQueueName"] == names.primary_queue.name
     for job_spec in names.job_definitions:
@@ -184,8 +185,9 @@ def test_deploy_creates_every_emulated_resource(env: ServerEnv) -> None:
     pattern = json.loads(failed["EventPattern"])
     assert pattern["detail"]["status"] == ["FAILED"]
     assert set(pattern["detail"]["jobQueue"]) == {q["jobQueueArn"] for q in queues.values()}
-    spot = events.describe_rule(Name=names.spot_interruption_rule)
-    assert json.loads(spot["EventPattern"])["source"] == ["aws.ec2"]
+    spot = json.loads(events.describe_rule(Name=names.spot_interruption_rule)["EventPattern"])
+    assert spot["source"] == ["aws.batch"]  # the stack's own jobs, not every EC2 Spot warning
+    assert set(spot["detail"]["jobQueue"]) == {q["jobQueueArn"] for q in queues.values()}
     for rule in (names.job_failed_rule, names.spot_interruption_rule):
         targets = events.list_targets_by_rule(Rule=rule)["Targets"]
         assert [t["Arn"] for t in targets] == [outputs["AlertsTopicArn"]]

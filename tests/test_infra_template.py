@@ -15,7 +15,12 @@ import pytest
 from facefleet.common.config import NAMES, RETRYABLE_EXIT_CODE, Names
 from facefleet.control.policy import DispatchInputs, PolicyParams, QueueDepth, decide
 from facefleet.infra import deploy, lambda_package, template
-from facefleet.infra.stack_config import QueueRef, StackConfig, StackConfigError
+from facefleet.infra.stack_config import (
+    DEFAULT_MAX_RECEIVE_COUNT,
+    QueueRef,
+    StackConfig,
+    StackConfigError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "packages" / "infra" / "docker" / "Dockerfile"
@@ -215,6 +220,9 @@ def test_least_privilege() -> None:
                     "ec2:DescribeSecurityGroups",
                     "ec2:DescribeSubnets",
                     "ec2:DescribeVpcs",
+                    # The savings flow: Spot and on-demand prices are not resources.
+                    "ec2:DescribeSpotPriceHistory",
+                    "pricing:GetProducts",
                 }
                 assert set(actions) <= allowed, f"{role}: {actions} on *"
             if "cloudwatch:PutMetricData" in actions:
@@ -300,13 +308,13 @@ def test_queues_model_bucket_repository_and_alerts() -> None:
         assert props["SqsManagedSseEnabled"] is True
         assert props["RedrivePolicy"] == {
             "deadLetterTargetArn": {"Fn::GetAtt": [f"{name}DeadLetter", "Arn"]},
-            "maxReceiveCount": 5,
+            "maxReceiveCount": DEFAULT_MAX_RECEIVE_COUNT,
         }
         assert queues[f"{name}DeadLetter"]["Properties"]["SqsManagedSseEnabled"] is True
     bucket = rendered["Resources"]["ModelBucket"]
     assert bucket["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
     assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
-    assert bucket["DeletionPolicy"] == "Retain"
+    assert bucket["DeletionPolicy"] == "RetainExceptOnCreate"
     tls = rendered["Resources"]["ModelBucketPolicy"]["Properties"]["PolicyDocument"]
     assert tls["Statement"][0]["Effect"] == "Deny"
     assert tls["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -317,9 +325,7 @@ def test_queues_model_bucket_repository_and_alerts() -> None:
     rules = resources(rendered, "AWS::Events::Rule")
     patterns = {r["Properties"]["Name"]: r["Properties"]["EventPattern"] for r in rules.values()}
     assert patterns[NAMES.job_failed_rule]["detail"]["status"] == ["FAILED"]
-    assert patterns[NAMES.spot_interruption_rule]["detail-type"] == [
-        "EC2 Spot Instance Interruption Warning"
-    ]
+    assert patterns[NAMES.spot_interruption_rule]["detail-type"] == ["Batch Job State Change"]
     assert "DispatchFunction" not in rendered["Resources"]  # fallback dispatcher off by default
 
 
@@ -417,3 +423,58 @@ def test_stack_config_from_env_precedence() -> None:
     assert overridden.huemn_mongo_uri is None  # an existing secret: the env URI is not used
     assert overridden.subnet_ids == ("subnet-1",)
     assert StackConfig.from_env(NAMES, aws, environ={}).gallery_mongo_uri is None
+
+
+def test_invalid_flags_end_in_an_error_line_not_a_traceback(capsys: Any) -> None:
+    """`facefleet infra render` (the console script, as an operator runs it) with flags no stack
+    can have: exit 2 and one line naming each problem; plan and doctor alike."""
+    import subprocess
+    import sys
+
+    from facefleet.tools import cli
+
+    same = "https://sqs.ap-south-1.amazonaws.com/111122223333/indexing"
+    command = [str(Path(sys.executable).parent / "facefleet"), "infra", "render"]
+    command += ["--max-receive-count", "0", "--ingress-queue", same, "--indexing-queue", same]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("facefleet infra render: error: ")
+    assert "max_receive_count=0" in line and "ingress_queue must differ" in line
+
+    for argv, problem in (
+        (["infra", "plan", "--subnet-ids", "subnet-1"], "vpc_id is required"),
+        (["infra", "doctor", "--indexing-queue", "not-a-queue"], "not an SQS queue URL"),
+    ):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"facefleet infra {argv[1]}: error: " in err and problem in err
+
+
+def test_a_few_spot_interruptions_cannot_dead_letter_a_good_message(env) -> None:
+    """SQS counts every receive towards maxReceiveCount, released or not. A good message caught
+    in work by as many Spot interruptions as a job has attempts (each releases it, visibility 0),
+    and by as many hard kills or outage releases, is still delivered, not dead-lettered, on the
+    queue as the template configures it (moto's redrive)."""
+    spot_releases = NAMES.detection_job.attempts  # one per job attempt the retry strategy allows
+    redrive = template.render(BASE)["Resources"]["IndexingQueue"]["Properties"]["RedrivePolicy"]
+    sqs = env.aws.client("sqs")
+    dlq = sqs.create_queue(QueueName=f"{env.names.prefix}-good-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": redrive["maxReceiveCount"]}
+    queue = sqs.create_queue(
+        QueueName=f"{env.names.prefix}-good",
+        Attributes={"RedrivePolicy": json.dumps(policy), "VisibilityTimeout": "30"},
+    )["QueueUrl"]
+    sqs.send_message(QueueUrl=queue, MessageBody="{}")
+    for _ in range(2 * spot_releases - 1):  # each ended by a release, never a delete
+        (message,) = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)["Messages"]
+        sqs.change_message_visibility(
+            QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+        )
+    delivered = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages", [])
+    assert len(delivered) == 1, "dead-lettered after a few Spot releases"
+    assert sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=0).get("Messages", []) == []

@@ -106,7 +106,13 @@ def test_flows_runtime_task_role_and_worker() -> None:
     )
     rendered = template.render(config)
     grants = _grants(rendered, "FlowsTaskRole")
-    assert not [a for a in grants if a.startswith(("cloudformation:", "iam:", "ecs:"))]
+    # The savings flow reads the container instances its jobs ran on (their instance types).
+    savings = {"ecs:DescribeContainerInstances"}
+    assert not [
+        a for a in grants if a.startswith(("cloudformation:", "iam:", "ecs:")) and a not in savings
+    ]
+    (scope,) = grants["ecs:DescribeContainerInstances"]
+    assert json.loads(scope)["Fn::Sub"].endswith(":container-instance/*")
     assert {"batch:SubmitJob", "ssm:PutParameter", "sns:Publish", "sqs:SendMessage"} <= set(grants)
     assert grants["sqs:SendMessage"] == [json.dumps({"Fn::GetAtt": ["EcsIndexingQueue", "Arn"]})]
     container = rendered["Resources"]["PrefectWorkerTaskDefinition"]["Properties"][

@@ -28,6 +28,7 @@ class FakeMetadata(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.notice: dict[str, str] | None = None
+        self.unavailable = 0  # answer this many next requests 503 (a metadata service hiccup)
         self.requests: list[tuple[str, str, bool]] = []  # method, path, had a token
 
     @property
@@ -49,6 +50,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self.server.requests.append(("PUT", self.path, False))
+        if self.server.unavailable > 0:
+            self.server.unavailable -= 1
+            self._reply(503)
+            return
         if self.path != TOKEN_PATH or "X-aws-ec2-metadata-token-ttl-seconds" not in self.headers:
             self._reply(400)
             return
@@ -127,10 +132,35 @@ def test_notice_mid_batch_drains_and_exits_retryable(env, metadata, restore_sign
 
 def test_no_metadata_service_turns_the_watcher_off() -> None:
     fired: list[object] = []
-    watcher = SpotNoticeWatcher(fired.append, endpoint="http://127.0.0.1:9", poll_s=0.1)
+    watcher = SpotNoticeWatcher(
+        fired.append,
+        endpoint="http://127.0.0.1:9",
+        poll_s=0.1,
+        startup_attempts=3,
+        startup_backoff_s=0.05,
+    )
     watcher.start()
     watcher.join(5)
     assert not watcher.is_alive() and not fired
+
+
+def test_a_failed_first_call_does_not_turn_the_watcher_off(metadata) -> None:
+    """One metadata call failing at start-up (two here) is retried with backoff: the notice
+    that comes later still reaches the job. Before, the first failure switched it off."""
+    fired: list[object] = []
+    metadata.unavailable = 2
+    watcher = SpotNoticeWatcher(
+        fired.append, endpoint=metadata.url, poll_s=0.05, startup_backoff_s=0.05
+    )
+    watcher.start()
+    deadline = time.monotonic() + 5
+    while sum(1 for r in metadata.requests if r[0] == "GET") < 2:  # polling, notice-less
+        assert watcher.is_alive() and time.monotonic() < deadline
+        time.sleep(0.02)
+    metadata.notice = {"action": "terminate", "time": "2026-12-01T10:00:00Z"}
+    watcher.join(5)
+    assert fired == [metadata.notice]
+    assert [r[0] for r in metadata.requests[:3]] == ["PUT", "PUT", "PUT"]
 
 
 def test_expired_token_is_renewed(metadata) -> None:

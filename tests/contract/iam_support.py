@@ -297,3 +297,49 @@ def denied_requests(
         for request in requests_for(call, account):
             if not allowed(policy, request):
                 yield call, request
+
+
+# -- added for the Spot savings job and rule tests (issue 21) -------------------------------
+
+
+def requests_with_reads(call: Call, account: str) -> list[Request]:
+    """`requests_for`, plus the read calls of the Spot savings job (EC2 Spot price history and
+    the Pricing API take no resource-level permission; ECS DescribeContainerInstances is
+    scoped to the container instance ARNs)."""
+    if call.service == "ec2" and call.operation == "DescribeSpotPriceHistory":
+        return [Request("ec2:DescribeSpotPriceHistory", "*")]
+    if call.service == "pricing" and call.operation == "GetProducts":
+        return [Request("pricing:GetProducts", "*")]
+    if call.service == "ecs" and call.operation == "DescribeContainerInstances":
+        return [
+            Request("ecs:DescribeContainerInstances", arn)
+            for arn in call.params["containerInstances"]
+        ]
+    return requests_for(call, account)
+
+
+class AnyAttribute(dict[str, str]):
+    """Every Fn::GetAtt resolves: `<id>.<attribute>` to an ARN-shaped value naming it."""
+
+    def __init__(self, region: str, account: str) -> None:
+        super().__init__()
+        self.prefix = f"arn:aws:resource:{region}:{account}"
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> str:
+        logical_id, attribute = key.split(".", 1)
+        return f"{self.prefix}:{logical_id}/{attribute}"
+
+
+def permissive_context(
+    rendered: Mapping[str, Any], region: str, account: str, **refs: str
+) -> Context:
+    """A context where every logical id and parameter resolves (to `ref-<id>` unless given in
+    `refs`) and every attribute to an ARN-shaped value: for checks that look at a policy's
+    shape or at statements whose resources do not matter to them."""
+    every = {k: f"ref-{k}" for k in (*rendered["Resources"], *rendered.get("Parameters", {}))}
+    return Context(
+        region, account, refs={**every, **refs}, attributes=AnyAttribute(region, account)
+    )

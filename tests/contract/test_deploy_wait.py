@@ -42,11 +42,15 @@ NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 
 @dataclass(frozen=True)
 class StubbedTarget(AwsTarget):
-    """An AwsTarget whose CloudFormation client is the stubbed one (every retry profile)."""
+    """An AwsTarget whose CloudFormation client is the stubbed one (every retry profile), and
+    whose IAM client (apply checks the Batch service-linked role) is stubbed too."""
 
     stubbed: Any = None
+    iam: Any = None
 
     def client(self, service: str, retries: str = "default") -> Any:  # type: ignore[override]
+        if service == "iam" and self.iam is not None:
+            return self.iam
         assert service == "cloudformation", service
         return self.stubbed
 
@@ -169,6 +173,21 @@ def test_a_failed_change_set_with_another_reason_is_an_error(cloudformation: Any
 
 def test_apply_waits_from_review_in_progress_to_create_complete(cloudformation: Any) -> None:
     stubber, aws = cloudformation
+    iam = boto3.client(
+        "iam", region_name="ap-south-1", aws_access_key_id="t", aws_secret_access_key="t"
+    )
+    aws = StubbedTarget("ap-south-1", None, aws.stubbed, iam)
+    role = {
+        "Path": "/aws-service-role/batch.amazonaws.com/",
+        "RoleName": "AWSServiceRoleForBatch",
+        "RoleId": "AROAEXAMPLEEXAMPLE123",
+        "Arn": "arn:aws:iam::111122223333:role/aws-service-role/batch.amazonaws.com/"
+        "AWSServiceRoleForBatch",
+        "CreateDate": NOW,
+    }
+    iam_stubber = Stubber(iam)
+    iam_stubber.add_response("get_role", {"Role": role}, {"RoleName": "AWSServiceRoleForBatch"})
+    iam_stubber.activate()
     plan = deploy.Plan(STACK, "CREATE", CHANGE_SET_ID, (), (), BODY)
     stubber.add_response("execute_change_set", {}, {"ChangeSetName": CHANGE_SET_ID})
     by_name = {"StackName": STACK}
@@ -180,6 +199,7 @@ def test_apply_waits_from_review_in_progress_to_create_complete(cloudformation: 
     outputs = deploy.apply(CONFIG, aws, plan=plan, sleep=lambda s: None)
 
     assert outputs == {"Region": "ap-south-1"}
+    iam_stubber.assert_no_pending_responses()  # the existing role was looked up, not created
 
 
 def test_the_wait_states_are_botocores_waiter_states() -> None:

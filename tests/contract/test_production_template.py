@@ -91,7 +91,7 @@ def test_compute_environments_are_replaceable() -> None:
         assert resized[logical_id]["ComputeEnvironmentName"] == props["ComputeEnvironmentName"]
     queues = _of_type(_rendered(), "AWS::Batch::JobQueue")
     for props in queues.values():
-        (order,) = props["ComputeEnvironmentOrder"]
-        assert set(order["ComputeEnvironment"]) == {"Ref"}  # follows a replacement
+        for order in props["ComputeEnvironmentOrder"]:
+            assert set(order["ComputeEnvironment"]) == {"Ref"}  # follows a replacement
     names = {compute_environment_name(s, PRODUCTION) for s in PRODUCTION.names.compute_environments}
     assert names == {p["ComputeEnvironmentName"] for p in before.values()}

@@ -44,7 +44,8 @@ class AlarmThresholds:
     oldest_message_age_s: int = 3600
     # Messages in a dead-letter queue.
     dead_letters: int = 1
-    # EC2 Spot interruption warnings per hour before the fleet is considered to be thrashing.
+    # FaceFleet jobs put back by Spot per hour before the fleet is considered to be thrashing
+    # (the stack's own interruptions only: template/alerts.py).
     spot_interruptions_per_hour: int = 10
     # Minutes with a non-empty queue and no worker progress.
     stuck_minutes: int = 30
@@ -188,7 +189,7 @@ RUNBOOK_DEAD_LETTERS = (
     "queue. Processing is idempotent, so redriving is safe."
 )
 RUNBOOK_SPOT = (
-    "Spot interruption warnings exceed the rate: the fleet is reclaimed faster than it works. "
+    "Jobs put back by Spot exceed the rate: the fleet is reclaimed faster than it works. "
     "Workers release their messages on the 2-minute notice, so no data is lost, but throughput "
     "drops. Add instance types/AZs to the compute environments (price-capacity-optimized spreads "
     "over pools), check the savings widget still shows a saving, and hold the cutover stage until "
@@ -264,7 +265,7 @@ def build_alarms(
         ),
         Alarm(
             f"{names.prefix}-spot-interruptions",
-            f"More than {t.spot_interruptions_per_hour} EC2 Spot interruption warnings in an hour "
+            f"More than {t.spot_interruptions_per_hour} FaceFleet jobs put back by Spot in an hour "
             f"(EventBridge rule {names.spot_interruption_rule}).",
             RUNBOOK_SPOT,
             t.spot_interruptions_per_hour,

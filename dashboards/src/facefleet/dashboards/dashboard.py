@@ -159,7 +159,7 @@ def build_dashboard(
         GraphWidget(
             "Spot interruptions",
             (
-                _rule("warnings", names.spot_interruption_rule, "interruption warnings"),
+                _rule("warnings", names.spot_interruption_rule, "jobs put back by Spot"),
                 custom(
                     "released0",
                     Metric.MESSAGES_RELEASED,

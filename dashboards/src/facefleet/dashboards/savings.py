@@ -5,12 +5,13 @@ per instance type and availability zone (each price holds from its timestamp unt
 an hour that spans a price change is priced piecewise. Where a usage's zone is unknown, the
 highest zone price at each moment is used, so the saving is never overstated.
 
-The adapters around it read the hour's Batch jobs (start/stop times; a job holding 4 of an
-instance's 4 vCPUs is one instance) and, through `facefleet.control.pricing` (the one pricing
-module), EC2 DescribeSpotPriceHistory and the Pricing API (with the configured on-demand table as
-fallback: the moto server does not serve Pricing, and Pricing lives in few regions). Job time
-is a lower bound on instance time (it misses boot and scale-down idle), so the published
-saving is conservative in the same direction as the cost.
+The adapters around it read the hour's Batch jobs (start/stop times, and the instance type each
+ran on, from its ECS container instance; a job's share of its instance is the larger of its vCPU
+and GPU shares by the instance facts table) and, through `facefleet.control.pricing` (the one
+pricing module), EC2 DescribeSpotPriceHistory and the Pricing API (with the configured on-demand
+table as fallback: the moto server does not serve Pricing, and Pricing lives in few regions).
+Job time is a lower bound on instance time (it misses boot and scale-down idle), so the
+published saving is conservative in the same direction as the cost.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
+from facefleet.common.instances import INSTANCES
 from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.control import pricing
 from facefleet.control.pricing import SpotPrice
@@ -210,6 +212,42 @@ def _ms(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value / 1000, UTC) if value else None
 
 
+def instance_share(instance_type: str, vcpus: float, gpus: float) -> float:
+    """How much of one `instance_type` instance a job holds: the larger of its vCPU and GPU
+    shares (instance facts table), so a one-GPU job on a one-GPU, eight-vCPU type holds the
+    whole instance, not half of it. An unknown type counts as a whole instance (never less)."""
+    facts = INSTANCES.get(instance_type)
+    if facts is None:
+        return 1.0
+    shares = [vcpus / facts.vcpus]
+    if gpus and facts.gpus:
+        shares.append(gpus / facts.gpus)
+    return max(shares)
+
+
+def container_instance_types(aws: AwsTarget, arns: Iterable[str]) -> dict[str, str]:
+    """Container instance ARN -> EC2 instance type (the ECS `ecs.instance-type` attribute).
+    Deregistered instances stay readable for a while after they stop; an ARN not found is
+    left out. The cluster is read from the ARN (container-instance/<cluster>/<id>)."""
+    ecs = aws.client("ecs")
+    by_cluster: dict[str, list[str]] = {}
+    for arn in arns:
+        parts = arn.split(":", 5)[-1].split("/")
+        if len(parts) == 3:
+            by_cluster.setdefault(parts[1], []).append(arn)
+    found: dict[str, str] = {}
+    for cluster, cluster_arns in by_cluster.items():
+        for i in range(0, len(cluster_arns), 100):
+            response = ecs.describe_container_instances(
+                cluster=cluster, containerInstances=cluster_arns[i : i + 100]
+            )
+            for instance in response.get("containerInstances", []):
+                for attribute in instance.get("attributes", []):
+                    if attribute.get("name") == "ecs.instance-type" and attribute.get("value"):
+                        found[instance["containerInstanceArn"]] = attribute["value"]
+    return found
+
+
 def batch_usage(
     names: Names,
     aws: AwsTarget,
@@ -217,13 +255,15 @@ def batch_usage(
     end: datetime,
     now: datetime | None = None,
 ) -> list[Usage]:
-    """Instance usage of the job queues' jobs overlapping [start, end), from Batch's job times."""
+    """Instance usage of the job queues' jobs overlapping [start, end), from Batch's job times
+    and the instance type each job ran on (its container instance; the environment's first
+    type when that is no longer known)."""
     batch = aws.client("batch")
     environments = {env.name: env for env in names.compute_environments}
     now = now or datetime.now(UTC)
-    usages: list[Usage] = []
+    jobs: list[tuple[str, Mapping[str, Any]]] = []  # (fallback instance type, job)
     for queue in names.job_queues:
-        instance_type = environments[queue.compute_environment].instance_types[0]
+        fallback = environments[queue.compute_environment].instance_types[0]
         job_ids: list[str] = []
         try:
             for status in ("RUNNING", "SUCCEEDED", "FAILED"):
@@ -237,25 +277,33 @@ def batch_usage(
             log.warning("job queue %s not readable, counted as unused: %s", queue.name, error)
             continue
         for i in range(0, len(job_ids), 100):
-            for job in batch.describe_jobs(jobs=job_ids[i : i + 100])["jobs"]:
-                started = _ms(job.get("startedAt"))
-                if started is None:
-                    continue
-                stopped = _ms(job.get("stoppedAt")) or now
-                if stopped <= start or started >= end:
-                    continue
-                usages.append(
-                    Usage(instance_type, started, stopped, _job_vcpus(job) / names.instance_vcpus)
-                )
+            for detail in batch.describe_jobs(jobs=job_ids[i : i + 100])["jobs"]:
+                started = _ms(detail.get("startedAt"))
+                stopped = _ms(detail.get("stoppedAt")) or now
+                if started is not None and stopped > start and started < end:
+                    jobs.append((fallback, detail))
+    arns = {_container(job).get("containerInstanceArn") for _, job in jobs} - {None}
+    types = container_instance_types(aws, sorted(str(a) for a in arns)) if arns else {}
+    usages = []
+    for fallback, job in jobs:
+        instance_type = types.get(str(_container(job).get("containerInstanceArn")), fallback)
+        share = instance_share(instance_type, _job_resource(job, "VCPU"), _job_resource(job, "GPU"))
+        started, stopped = _ms(job.get("startedAt")), _ms(job.get("stoppedAt")) or now
+        assert started is not None  # kept above only with a start
+        usages.append(Usage(instance_type, started, stopped, share))
     return usages
 
 
-def _job_vcpus(job: Mapping[str, Any]) -> float:
-    container = job.get("container") or {}
+def _container(job: Mapping[str, Any]) -> Mapping[str, Any]:
+    return job.get("container") or {}
+
+
+def _job_resource(job: Mapping[str, Any], kind: str) -> float:
+    container = _container(job)
     for requirement in container.get("resourceRequirements") or []:
-        if requirement.get("type") == "VCPU":
+        if requirement.get("type") == kind:
             return float(requirement["value"])
-    return float(container.get("vcpus") or 1)
+    return float(container.get("vcpus") or 1) if kind == "VCPU" else 0.0
 
 
 def spot_price_history(

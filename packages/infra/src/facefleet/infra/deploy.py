@@ -332,6 +332,46 @@ def plan(
     return result
 
 
+def ensure_batch_service_linked_role(aws: AwsTarget) -> bool:
+    """Create AWS Batch's service-linked role when the account has none (True: created).
+
+    The compute environments name it (template/batch.py); AWS creates it on its own only when a
+    compute environment names no role at all. Needs iam:GetRole and iam:CreateServiceLinkedRole
+    (for batch.amazonaws.com) the first time in an account."""
+    from facefleet.infra.template.batch import BATCH_SERVICE, BATCH_SERVICE_LINKED_ROLE
+
+    iam = aws.client("iam")
+    try:
+        iam.get_role(RoleName=BATCH_SERVICE_LINKED_ROLE)
+        return False
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "NoSuchEntity":
+            raise
+    log.info(
+        "creating the AWS Batch service-linked role", extra={"role": BATCH_SERVICE_LINKED_ROLE}
+    )
+    created = iam.create_service_linked_role(AWSServiceName=BATCH_SERVICE)["Role"]
+    if created["RoleName"] != BATCH_SERVICE_LINKED_ROLE:
+        # moto (5.x) spells it AWSServiceRoleForbatch; AWS returns the documented name.
+        iam.create_role(
+            RoleName=BATCH_SERVICE_LINKED_ROLE,
+            Path=f"/aws-service-role/{BATCH_SERVICE}/",
+            AssumeRolePolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": BATCH_SERVICE},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+        )
+    return True
+
+
 def _failure_events(cloudformation: Any, stack_id: str, since: float) -> list[str]:
     try:
         events = cloudformation.describe_stack_events(StackName=stack_id)["StackEvents"]
@@ -364,6 +404,7 @@ def apply(
         found = outputs(config, aws)
         configure_gallery_notifications(config, aws, found)
         return found
+    ensure_batch_service_linked_role(aws)
     started = time.time()
     log.info(
         "executing change set", extra={"stack": current.stack_name, "changes": len(current.changes)}
@@ -434,11 +475,13 @@ def _refresh_outputs(cloudformation: Any, current: Plan) -> None:
     stack = _stack(cloudformation, current.stack_name)
     if stack is None or declared <= {o["OutputKey"] for o in stack.get("Outputs") or []}:
         return
-    compact = json.dumps(json.loads(current.template_body), separators=(",", ":"), sort_keys=True)
+    # moto compares the template text: re-submit the same template spelled differently (the
+    # change set's body is either indented or, when large, compact).
+    spaced = json.dumps(json.loads(current.template_body), sort_keys=True)
     try:
         cloudformation.update_stack(
             StackName=current.stack_name,
-            TemplateBody=compact,
+            TemplateBody=spaced,
             Capabilities=CAPABILITIES,
             Parameters=[
                 {"ParameterKey": p["ParameterKey"], "UsePreviousValue": True}

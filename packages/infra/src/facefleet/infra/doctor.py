@@ -4,16 +4,27 @@ Each check reads the account (never writes) and ends `ok` or `todo` with what to
 
 - Spot vCPU quota for G instances in the region (Service Quotas L-3819A6DF, "All G and VT Spot
   Instance Requests") against what the compute environments may launch;
-- every subnet has a way out (a default route to an internet or NAT gateway, or the VPC
-  endpoints the workers need) to SQS, S3, ECR, CloudWatch and MongoDB;
+- every subnet has a way out: a default route to an internet or NAT gateway, or every VPC
+  endpoint a container instance needs (ecs, ecs-agent, ecs-telemetry, ecr.api, ecr.dkr, logs,
+  secretsmanager, sqs, monitoring, and the S3 gateway on the subnet's route table);
+- AWS Batch's service-linked role (apply creates it when absent);
 - the MongoDB secrets (existing ARNs) are there, or the URIs to create them are set;
 - the alerts topic has a confirmed subscription (an email one stays PendingConfirmation until
   someone clicks the link);
-- the gallery bucket's event notification points at the indexing queue;
+- the gallery bucket sends the events deploy configures (`gallery_notification_events`:
+  deletions only by default) to the indexing queue;
 - the model pack is in the model bucket;
 - the image tag the job definitions run is in ECR;
 - an existing queue in another account has a queue policy that admits this account's job
-  roles (a cross-account receive needs both the role's policy and the queue's).
+  roles (a cross-account receive needs both the role's policy and the queue's);
+- the existing ingress queue the router reads: its policy admits this account, its key lets a
+  function in this account read it (never the AWS managed key across accounts; a customer key
+  needs kms:Decrypt for the router role), its visibility timeout covers the router's timeout;
+- the existing ECS service's task role may consume the ECS queue `move-ecs-queue` points it at;
+- before a first create, every fixed name the template claims is free (ECR repositories,
+  buckets including the global model bucket name, topics, queues, tables, log groups, secrets).
+
+Every call is a read (Describe, Get, List, Head); role policies are read, not simulated.
 
 Also printed: the command that reads the memory ECS really registers on a running instance, the
 one figure of the instance facts table only a real instance can confirm.
@@ -21,6 +32,7 @@ one figure of the instance facts table only a real instance can confirm.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -31,11 +43,30 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Settings
+from facefleet.infra import template
+from facefleet.infra.lambda_package import ROUTER_HANDLER, LambdaPackage
 from facefleet.infra.stack_config import MONGO_URI_ENV, QueueRef, StackConfig
+from facefleet.infra.template.batch import BATCH_SERVICE_LINKED_ROLE
+from facefleet.infra.template.router import ROUTER_ROLE
 
 G_SPOT_QUOTA = ("ec2", "L-3819A6DF")  # All G and VT Spot Instance Requests (vCPUs)
-# What a worker reaches when a subnet has no default route out.
-ENDPOINT_SERVICES = ("s3", "sqs", "ecr.api", "ecr.dkr", "logs")
+# What a container instance and its jobs reach when a subnet has no default route out (Amazon
+# ECS developer guide, "Amazon ECS interface VPC endpoints": ecs, ecs-agent, ecs-telemetry for
+# the agent; ECR API and Docker endpoints plus the S3 gateway for image layers; logs for the
+# awslogs driver; secretsmanager for injected secrets) and what the workers call (sqs, and
+# monitoring for their metrics). Without them an instance never joins: jobs sit RUNNABLE.
+INTERFACE_ENDPOINTS = (
+    "ecs",
+    "ecs-agent",
+    "ecs-telemetry",
+    "ecr.api",
+    "ecr.dkr",
+    "logs",
+    "secretsmanager",
+    "sqs",
+    "monitoring",
+)
+GATEWAY_ENDPOINTS = ("s3",)
 # What a job role does on its queue (the queue policy of a queue in another account must allow).
 CONSUME_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility")
 
@@ -137,20 +168,44 @@ def subnets_route_out(config: StackConfig, aws: AwsTarget) -> list[Check]:
         endpoints = ec2.describe_vpc_endpoints(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])[
             "VpcEndpoints"
         ]
-        have = {e["ServiceName"].split(f"{aws.region}.", 1)[-1] for e in endpoints}
-        missing = [s for s in ENDPOINT_SERVICES if s not in have]
+        missing = missing_endpoints(
+            endpoints, aws.region, {t["RouteTableId"] for t in tables if "RouteTableId" in t}
+        )
         if missing:
             checks.append(
                 Check(
                     name,
                     False,
-                    "no default route to an internet or NAT gateway and no VPC endpoints for "
-                    f"{', '.join(missing)}: add a NAT gateway route (MongoDB needs a path too)",
+                    "no default route to an internet or NAT gateway, and no VPC endpoint for "
+                    f"{', '.join(missing)}: add a NAT gateway route or those endpoints "
+                    "(container instances never join the cluster without them: jobs sit "
+                    "RUNNABLE; MongoDB needs a path too)",
                 )
             )
         else:
-            checks.append(Check(name, True, "VPC endpoints for " + ", ".join(ENDPOINT_SERVICES)))
+            every = INTERFACE_ENDPOINTS + GATEWAY_ENDPOINTS
+            checks.append(Check(name, True, "VPC endpoints for " + ", ".join(every)))
     return checks
+
+
+def missing_endpoints(
+    endpoints: Iterable[Mapping[str, Any]], region: str, route_tables: set[str]
+) -> list[str]:
+    """The services of INTERFACE_ENDPOINTS / GATEWAY_ENDPOINTS with no usable endpoint: an
+    interface endpoint that is not failed, or a gateway endpoint on one of `route_tables`."""
+    have: set[str] = set()
+    for endpoint in endpoints:
+        if endpoint.get("State", "available").lower() in ("failed", "deleted", "rejected"):
+            continue
+        service = endpoint["ServiceName"].split(f"{region}.", 1)[-1]
+        if endpoint.get("VpcEndpointType", "Interface") == "Gateway":
+            if route_tables & set(endpoint.get("RouteTableIds", [])):
+                have.add(f"gateway:{service}")
+        else:
+            have.add(service)
+    missing = [s for s in INTERFACE_ENDPOINTS if s not in have]
+    missing += [f"{s} (gateway)" for s in GATEWAY_ENDPOINTS if f"gateway:{s}" not in have]
+    return missing
 
 
 def secrets(config: StackConfig, aws: AwsTarget, environ: Mapping[str, str]) -> list[Check]:
@@ -223,8 +278,19 @@ def _queue(value: str | None, region: str) -> QueueRef | None:
     return QueueRef.parse(value, region) if value else None
 
 
+def _covers(configured: Iterable[str], event: str) -> bool:
+    """Does one of the configured S3 event types cover `event` (`s3:ObjectRemoved:*` covers
+    `s3:ObjectRemoved:Delete`)?"""
+    return any(c == event or (c.endswith(":*") and event.startswith(c[:-1])) for c in configured)
+
+
 def gallery_notification(config: StackConfig, aws: AwsTarget, indexing_arn: str | None) -> Check:
+    """The events deploy configures (`gallery_notification_events`: deletions only by default,
+    the existing service's notification keeps the creates) reach the Batch indexing queue."""
     name = f"gallery bucket {config.gallery_bucket} notification"
+    wanted = config.gallery_notification_events
+    if not wanted:
+        return Check(name, True, "not FaceFleet's to configure (gallery_notification_events empty)")
     if indexing_arn is None:
         return Check(name, False, "indexing queue unknown (no stack yet): run doctor after deploy")
     try:
@@ -233,19 +299,20 @@ def gallery_notification(config: StackConfig, aws: AwsTarget, indexing_arn: str 
         )
     except ClientError as error:
         return Check(name, False, f"cannot read it ({_error(error)})")
-    targets = [
-        q
+    configured = [
+        event
         for q in notification.get("QueueConfigurations", [])
         if q.get("QueueArn") == indexing_arn
-        and any(e.startswith("s3:ObjectCreated") for e in q.get("Events", []))
+        for event in q.get("Events", [])
     ]
-    if targets:
-        return Check(name, True, f"ObjectCreated -> {indexing_arn}")
+    missing = [e for e in wanted if not _covers(configured, e)]
+    if not missing:
+        return Check(name, True, f"{', '.join(wanted)} -> {indexing_arn}")
     return Check(
         name,
         False,
-        f"add an ObjectCreated event notification to {indexing_arn} (the queue policy must "
-        "admit s3.amazonaws.com from this bucket)",
+        f"{', '.join(missing)} do not reach {indexing_arn}: `facefleet infra apply` sets them "
+        "(the queue policy admits s3.amazonaws.com from this bucket)",
     )
 
 
@@ -371,6 +438,318 @@ def foreign_queues(config: StackConfig, aws: AwsTarget, account: str) -> list[Ch
     return checks
 
 
+# What the router's event source mapping does on the ingress queue (Lambda developer guide,
+# "Using Lambda with Amazon SQS": the execution role's permissions, which a queue in another
+# account must also grant in its queue policy).
+ROUTER_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes")
+AWS_MANAGED_SQS_KEY = "alias/aws/sqs"
+# Lambda developer guide, "Configuring a queue to use with Lambda": visibility timeout at least
+# the function timeout; six times is the recommendation (room for retries when throttled).
+RECOMMENDED_VISIBILITY_FACTOR = 6
+
+
+def ingress_queue(
+    config: StackConfig,
+    aws: AwsTarget,
+    account: str,
+    router_timeout_s: int | None,
+    router_role_arn: str | None,
+) -> list[Check]:
+    """The existing queue the router Lambda will read: its policy admits this account, its
+    encryption lets a function in this account read it, its visibility timeout fits."""
+    queue = _queue(config.ingress_queue, aws.region)
+    if not config.router or not config.router_lambda or queue is None:
+        return []
+    owner = queue.arn.split(":")[4]
+    name = f"ingress queue {queue.name} ({owner})"
+    try:
+        found = aws.client("sqs").get_queue_attributes(QueueUrl=queue.url, AttributeNames=["All"])
+        attributes: dict[str, str] = {str(k): v for k, v in found["Attributes"].items()}
+    except ClientError as error:
+        return [
+            Check(
+                name,
+                False,
+                f"not readable from {account} ({_error(error)}): its owner must allow "
+                f"{', '.join(ROUTER_ACTIONS)} to arn:aws:iam::{account}:root or the router role",
+            )
+        ]
+    checks: list[Check] = []
+    policy = json.loads(attributes.get("Policy") or "{}")
+    if owner == account:
+        checks.append(Check(f"{name} policy", True, "in this account (the role policy suffices)"))
+    elif queue_policy_admits(policy, account, ROUTER_ACTIONS):
+        checks.append(Check(f"{name} policy", True, f"admits account {account}"))
+    else:
+        statement = {
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+            "Action": list(ROUTER_ACTIONS),
+            "Resource": queue.arn,
+        }
+        checks.append(
+            Check(f"{name} policy", False, f"must admit the router: add {json.dumps(statement)}")
+        )
+    checks.append(_ingress_key(name, attributes, owner, account, aws, router_role_arn))
+    checks.append(_ingress_visibility(name, attributes, router_timeout_s))
+    return checks
+
+
+def _ingress_key(
+    name: str,
+    attributes: Mapping[str, str],
+    owner: str,
+    account: str,
+    aws: AwsTarget,
+    router_role_arn: str | None,
+) -> Check:
+    key = attributes.get("KmsMasterKeyId")
+    name = f"{name} encryption"
+    if not key:
+        how = "SSE-SQS" if attributes.get("SqsManagedSseEnabled") == "true" else "none"
+        return Check(name, True, f"{how}: no KMS key to grant")
+    if key == AWS_MANAGED_SQS_KEY or key.endswith(f":{AWS_MANAGED_SQS_KEY}"):
+        if owner == account:
+            return Check(name, True, "the AWS managed key, in this account")
+        return Check(
+            name,
+            False,
+            f"encrypted with the AWS managed key ({AWS_MANAGED_SQS_KEY}), which cannot trigger a "
+            f"Lambda function in another account ({account}): its owner must switch the queue "
+            "to SSE-SQS or a customer managed key",
+        )
+    wanted = f"kms:Decrypt on {key} for the router role (its policy and the key policy)"
+    if router_role_arn is None:
+        return Check(name, False, f"customer managed key: grant {wanted}")
+    if role_allows(aws, router_role_arn, ("kms:Decrypt",), _key_arn(key, owner, aws.region)):
+        return Check(name, True, f"the router role may kms:Decrypt {key} (key policy not read)")
+    return Check(name, False, f"customer managed key: grant {wanted}")
+
+
+def _key_arn(key: str, owner: str, region: str) -> str:
+    if key.startswith("arn:"):
+        return key
+    kind = "" if key.startswith("alias/") else "key/"
+    return f"arn:aws:kms:{region}:{owner}:{kind}{key}"
+
+
+def _ingress_visibility(
+    name: str, attributes: Mapping[str, str], router_timeout_s: int | None
+) -> Check:
+    name = f"{name} visibility timeout"
+    visibility = int(attributes.get("VisibilityTimeout", "30"))
+    if router_timeout_s is None:
+        return Check(name, True, f"{visibility} s (no router function timeout to compare)")
+    recommended = RECOMMENDED_VISIBILITY_FACTOR * router_timeout_s
+    if visibility < router_timeout_s:
+        return Check(
+            name,
+            False,
+            f"{visibility} s is below the router function's {router_timeout_s} s timeout: Lambda "
+            f"refuses the event source mapping; set it to {recommended} s (6x, AWS's advice)",
+        )
+    note = "" if visibility >= recommended else f"; AWS recommends {recommended} s (6x)"
+    return Check(name, True, f"{visibility} s >= the {router_timeout_s} s function timeout{note}")
+
+
+def _statements(document: Any) -> list[Mapping[str, Any]]:
+    if isinstance(document, str):
+        document = json.loads(document)
+    found = document.get("Statement", [])
+    return found if isinstance(found, list) else [found]
+
+
+def _role_statements(iam: Any, role_name: str) -> list[Mapping[str, Any]]:
+    statements: list[Mapping[str, Any]] = []
+    for page in iam.get_paginator("list_role_policies").paginate(RoleName=role_name):
+        for policy_name in page["PolicyNames"]:
+            document = iam.get_role_policy(RoleName=role_name, PolicyName=policy_name)
+            statements += _statements(document["PolicyDocument"])
+    for page in iam.get_paginator("list_attached_role_policies").paginate(RoleName=role_name):
+        for attached in page["AttachedPolicies"]:
+            arn = attached["PolicyArn"]
+            version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+            document = iam.get_policy_version(PolicyArn=arn, VersionId=version)
+            statements += _statements(document["PolicyVersion"]["Document"])
+    return statements
+
+
+def _matches(patterns: Any, value: str) -> bool:
+    items = patterns if isinstance(patterns, list) else [patterns]
+    return any(fnmatch.fnmatchcase(value.lower(), str(p).lower()) for p in items)
+
+
+def role_allows(aws: AwsTarget, role_arn: str, actions: Iterable[str], resource: str) -> bool:
+    """Do the role's own policies (inline and attached) allow every action on `resource`?
+    Read, not simulated (iam:SimulatePrincipalPolicy is a separate grant few operators
+    hold): conditions, permission boundaries and SCPs are not evaluated; an explicit Deny
+    for the action and resource counts."""
+    statements = _role_statements(aws.client("iam"), role_arn.rsplit("/", 1)[-1])
+
+    def applies(stmt: Mapping[str, Any], action: str) -> bool:
+        return _matches(stmt.get("Action", []), action) and _matches(
+            stmt.get("Resource", []), resource
+        )
+
+    for action in actions:
+        if any(s.get("Effect") == "Deny" and applies(s, action) for s in statements):
+            return False
+        if not any(s.get("Effect") == "Allow" and applies(s, action) for s in statements):
+            return False
+    return True
+
+
+def ecs_task_role_access(
+    config: StackConfig, aws: AwsTarget, account: str, ecs_queue_arn: str
+) -> list[Check]:
+    """The existing ECS service's task role may consume the queue `move-ecs-queue` points it
+    at (the ECS queue): otherwise the service stops processing at the cutover's start."""
+    if not config.ecs_service_arn or not config.router:
+        return []
+    service_arn = config.ecs_service_arn
+    path = service_arn.split(":", 5)[-1].split("/")  # service/cluster/name or service/name
+    cluster, service = (path[1], path[2]) if len(path) == 3 else ("default", path[-1])
+    name = f"ECS service {service} task role"
+    ecs = aws.client("ecs")
+    found = ecs.describe_services(cluster=cluster, services=[service_arn])["services"]
+    if not found:
+        return [Check(name, False, f"{service_arn} not found: fix --ecs-service-arn")]
+    definition = ecs.describe_task_definition(taskDefinition=found[0]["taskDefinition"])
+    role_arn = definition["taskDefinition"].get("taskRoleArn")
+    if not role_arn:
+        return [Check(name, False, f"{service} has no task role: it cannot read any queue")]
+    if role_arn.split(":")[4] != account:
+        return [Check(name, False, f"{role_arn} is in another account: check it there")]
+    if role_allows(aws, role_arn, ECS_CONSUME_ACTIONS, ecs_queue_arn):
+        return [Check(name, True, f"{role_arn} may consume {ecs_queue_arn}")]
+    statement = {"Effect": "Allow", "Action": list(ECS_CONSUME_ACTIONS), "Resource": ecs_queue_arn}
+    return [
+        Check(
+            name,
+            False,
+            f"{role_arn} may not consume {ecs_queue_arn} (the queue move-ecs-queue points the "
+            f"service at): add {json.dumps(statement)}",
+        )
+    ]
+
+
+ECS_CONSUME_ACTIONS = (*CONSUME_ACTIONS, "sqs:GetQueueAttributes")
+
+
+def _fixed_names(rendered: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Resource type -> the fixed names the template gives (what a first create claims)."""
+    keys = {
+        "AWS::ECR::Repository": "RepositoryName",
+        "AWS::S3::Bucket": "BucketName",
+        "AWS::SNS::Topic": "TopicName",
+        "AWS::SQS::Queue": "QueueName",
+        "AWS::DynamoDB::Table": "TableName",
+        "AWS::Logs::LogGroup": "LogGroupName",
+        "AWS::SecretsManager::Secret": "Name",
+    }
+    found: dict[str, list[str]] = {}
+    for resource in rendered["Resources"].values():
+        key = keys.get(resource["Type"])
+        value = resource.get("Properties", {}).get(key) if key else None
+        if isinstance(value, str):
+            found.setdefault(resource["Type"], []).append(value)
+    return found
+
+
+def _taken(kind: str, name: str, aws: AwsTarget) -> str | None:
+    """Why `name` of `kind` cannot be created (None: free). Read-only calls."""
+    try:
+        if kind == "AWS::ECR::Repository":
+            aws.client("ecr").describe_repositories(repositoryNames=[name])
+        elif kind == "AWS::S3::Bucket":
+            aws.client("s3").head_bucket(Bucket=name)
+        elif kind == "AWS::SNS::Topic":
+            account = str(aws.client("sts").get_caller_identity()["Account"])
+            arn = f"arn:aws:sns:{aws.region}:{account}:{name}"
+            aws.client("sns").get_topic_attributes(TopicArn=arn)
+        elif kind == "AWS::SQS::Queue":
+            aws.client("sqs").get_queue_url(QueueName=name)
+        elif kind == "AWS::DynamoDB::Table":
+            aws.client("dynamodb").describe_table(TableName=name)
+        elif kind == "AWS::Logs::LogGroup":
+            groups = aws.client("logs").describe_log_groups(logGroupNamePrefix=name)
+            if not any(g["logGroupName"] == name for g in groups["logGroups"]):
+                return None
+        elif kind == "AWS::SecretsManager::Secret":
+            aws.client("secretsmanager").describe_secret(SecretId=name)
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if kind == "AWS::S3::Bucket" and code in ("403", "AccessDenied", "Forbidden"):
+            return "exists in another account (S3 names are global): pick --model-bucket"
+        # 404, NoSuchBucket, NotFound, *NotFoundException, QueueDoesNotExist,
+        # AWS.SimpleQueueService.NonExistentQueue: the name is free.
+        if code == "404" or any(
+            m in code for m in ("NotFound", "NoSuch", "NonExistent", "DoesNotExist")
+        ):
+            return None
+        raise
+    return "exists in this account"
+
+
+def name_collisions(
+    config: StackConfig, aws: AwsTarget, rendered: Mapping[str, Any]
+) -> list[Check]:
+    """Before a first create: every fixed name the template claims is free (CloudFormation
+    refuses to create a named resource that exists, and the whole create rolls back)."""
+    checks = []
+    for kind, names in sorted(_fixed_names(rendered).items()):
+        label = f"names free ({kind.split('::')[1]} {kind.split('::')[2]})"
+        taken = [f"{n}: {why}" for n in names if (why := _taken(kind, n, aws))]
+        if taken:
+            checks.append(
+                Check(label, False, "; ".join(taken) + " (delete or import it, or change --prefix)")
+            )
+        else:
+            checks.append(Check(label, True, ", ".join(names)))
+    return checks
+
+
+def batch_service_linked_role(aws: AwsTarget) -> Check:
+    name = "Batch service-linked role"
+    try:
+        aws.client("iam").get_role(RoleName=BATCH_SERVICE_LINKED_ROLE)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "NoSuchEntity":
+            raise
+        return Check(
+            name,
+            True,
+            f"{BATCH_SERVICE_LINKED_ROLE} absent: apply creates it (the deploying identity needs "
+            "iam:CreateServiceLinkedRole for batch.amazonaws.com)",
+        )
+    return Check(name, True, f"{BATCH_SERVICE_LINKED_ROLE} exists")
+
+
+def _rendered(config: StackConfig) -> dict[str, Any]:
+    """The template `config` deploys; the Lambda zips' content does not matter here."""
+    placeholder = LambdaPackage(b"", "0" * 64, ())
+    return template.render(config, placeholder, placeholder)
+
+
+def _router_timeout(rendered: Mapping[str, Any]) -> int | None:
+    for resource in rendered["Resources"].values():
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Lambda::Function" and props.get("Handler") == ROUTER_HANDLER:
+            return int(props.get("Timeout", 3))
+    return None
+
+
+def _stack_resource(config: StackConfig, aws: AwsTarget, logical_id: str) -> str | None:
+    """The physical id of one of the deployed stack's resources (None: not there)."""
+    try:
+        found = aws.client("cloudformation").describe_stack_resources(
+            StackName=config.names.stack_name, LogicalResourceId=logical_id
+        )["StackResources"]
+    except ClientError:
+        return None
+    return next((str(r["PhysicalResourceId"]) for r in found if r.get("PhysicalResourceId")), None)
+
+
 def _stack_outputs(config: StackConfig, aws: AwsTarget) -> dict[str, str]:
     try:
         stacks = aws.client("cloudformation").describe_stacks(StackName=config.names.stack_name)
@@ -396,10 +775,15 @@ def run(
 ) -> list[Check]:
     """Every check, printed as it completes; the list comes back for callers and tests."""
     source = os.environ if environ is None else environ
+    rendered = _rendered(config)  # also validates the config
     account = str(aws.client("sts").get_caller_identity()["Account"])
     outputs = _stack_outputs(config, aws)
     indexing = _queue(config.indexing_queue, aws.region)
     indexing_arn = indexing.arn if indexing else outputs.get("IndexingQueueArn")
+    wants_router_role = outputs and config.router_lambda and config.ingress_queue
+    router_role = _stack_resource(config, aws, ROUTER_ROLE) if wants_router_role else None
+    router_role_arn = f"arn:aws:iam::{account}:role/{router_role}" if router_role else None
+    ecs_queue_arn = f"arn:aws:sqs:{aws.region}:{account}:{config.names.ecs_indexing_queue}"
     checks: list[Check] = []
 
     def add(found: Check | list[Check]) -> None:
@@ -411,16 +795,22 @@ def run(
         f"facefleet infra doctor: account {account}, region {aws.region}, stack "
         f"{config.names.stack_name} ({'deployed' if outputs else 'not deployed yet'})"
     )
-    for step in (
+    steps: list[Callable[[], Check | list[Check]]] = [
         lambda: spot_quota(config, aws),
         lambda: subnets_route_out(config, aws),
+        lambda: batch_service_linked_role(aws),
         lambda: secrets(config, aws, source),
         lambda: alerts_subscription(config, aws),
         lambda: gallery_notification(config, aws, indexing_arn),
         lambda: model_pack(config, aws),
         lambda: image_tag(config, aws),
         lambda: foreign_queues(config, aws, account),
-    ):
+        lambda: ingress_queue(config, aws, account, _router_timeout(rendered), router_role_arn),
+        lambda: ecs_task_role_access(config, aws, account, ecs_queue_arn),
+    ]
+    if not outputs:
+        steps.append(lambda: name_collisions(config, aws, rendered))
+    for step in steps:
         try:
             add(step())
         except (ClientError, BotoCoreError) as error:  # a check that cannot run says so

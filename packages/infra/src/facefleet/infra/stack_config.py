@@ -34,6 +34,17 @@ MONGO_URI_ENV: Mapping[str, str] = {
 }
 
 
+# Receives before a queue's redrive moves a message to its dead-letter queue. SQS counts every
+# receive, whatever ended it (SQS developer guide, "Using dead-letter queues": maxReceiveCount):
+# a Spot interruption or SIGTERM that catches a message in work releases it (visibility 0), a
+# hard kill lets its visibility lapse, a long outage releases it. So the budget tolerates as
+# many Spot releases as a job has attempts (the job definitions' retry strategy retries a job
+# that many times on Spot) and as many again for hard kills and outages. A malformed message is
+# made visible at once, so it still reaches the dead-letter queue within seconds.
+SPOT_RELEASES_TOLERATED = NAMES.detection_job.attempts
+DEFAULT_MAX_RECEIVE_COUNT = 2 * SPOT_RELEASES_TOLERATED
+
+
 class StackConfigError(ValueError):
     """A stack setting is missing or malformed; the message names the field."""
 
@@ -96,7 +107,7 @@ class StackConfig:
     gallery_bucket: str = "gallery-images"
     model_bucket: str | None = None  # S3 names are global: default `names.model_bucket`
     face_group_bucket: str = "face-group-images"
-    max_receive_count: int = 5
+    max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT  # see DEFAULT_MAX_RECEIVE_COUNT
     queue_visibility_timeout_s: int = 1800
     message_retention_s: int = 4 * 24 * 3600
     dlq_retention_s: int = 14 * 24 * 3600

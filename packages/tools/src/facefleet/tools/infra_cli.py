@@ -18,14 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import NAMES, Names
 from facefleet.infra import deploy, template
-from facefleet.infra.stack_config import StackConfig, worker_environment
+from facefleet.infra.stack_config import StackConfig, StackConfigError, worker_environment
 
 
 def _aws(args: argparse.Namespace) -> AwsTarget:
@@ -130,7 +133,9 @@ def _apply(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from facefleet.infra import doctor
 
-    checks = doctor.run(build_config(args), _aws(args))
+    config = build_config(args)
+    config.validate()
+    checks = doctor.run(config, _aws(args))
     todo = [c for c in checks if not c.ok]
     print(f"{len(checks) - len(todo)} ok, {len(todo)} to do")
     return 1 if todo else 0
@@ -191,6 +196,20 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifact-bucket", help="bucket for the Lambda zip")
 
 
+def _reported(name: str, handler: Callable[[argparse.Namespace], int]) -> Any:
+    """`handler`, with bad input or an AWS refusal ending as one error line (exit 2), never a
+    traceback: the line names the problem (StackConfigError names each bad field)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (StackConfigError, deploy.DeployError, ClientError, BotoCoreError) as error:
+            print(f"facefleet infra {name}: error: {error}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def register(subparsers: Any) -> None:
     infra = subparsers.add_parser(
         "infra",
@@ -210,4 +229,4 @@ def register(subparsers: Any) -> None:
         _common(parser)
         if name != "destroy":
             _config_flags(parser)
-        parser.set_defaults(func=handler)
+        parser.set_defaults(func=_reported(name, handler))

@@ -12,7 +12,10 @@ bridge.
 
 On a notice the watcher calls `on_notice` once (the consumer's `request_stop`: stop receiving,
 finish or release the batch within SHUTDOWN_DEADLINE_SECONDS, exit with the retryable code) and
-ends. Off EC2 (no metadata service answers) it ends at once, quietly.
+ends. Until the metadata service has answered once, a failed call is retried with exponential
+backoff (`startup_attempts` calls in all, about half a minute by default): a container that
+starts while the instance is still busy, or one dropped connection, must not leave the whole
+job deaf to the notice. Off EC2 (no metadata service ever answers) it then ends, quietly.
 """
 
 from __future__ import annotations
@@ -43,12 +46,16 @@ class SpotNoticeWatcher(threading.Thread):
         endpoint: str = DEFAULT_ENDPOINT,
         poll_s: float = 5.0,
         timeout_s: float = 1.0,
+        startup_attempts: int = 6,
+        startup_backoff_s: float = 1.0,
     ) -> None:
         super().__init__(name="spot-notice", daemon=True)
         self.on_notice = on_notice
         self.endpoint = endpoint.rstrip("/")
         self.poll_s = poll_s
         self.timeout_s = timeout_s
+        self.startup_attempts = max(1, startup_attempts)
+        self.startup_backoff_s = startup_backoff_s
         self.stopped = threading.Event()
         self.notice: dict[str, Any] | None = None
         self._token: str | None = None
@@ -91,16 +98,27 @@ class SpotNoticeWatcher(threading.Thread):
 
     def run(self) -> None:
         reached = False
+        failures = 0
         while not self.stopped.is_set():
             try:
                 notice = self.check()
                 reached = True
             except (OSError, ValueError) as error:
-                if not reached:
-                    log.info("no instance metadata service (%s): Spot notice watcher off", error)
-                    return
-                log.warning("reading the Spot notice failed: %s", error)
                 notice = None
+                if not reached:
+                    failures += 1
+                    if failures >= self.startup_attempts:
+                        log.info(
+                            "no instance metadata service after %d tries (%s): Spot notice "
+                            "watcher off",
+                            failures,
+                            error,
+                        )
+                        return
+                    self._token = None  # a half-done token exchange starts over
+                    self.stopped.wait(self.startup_backoff_s * 2 ** (failures - 1))
+                    continue
+                log.warning("reading the Spot notice failed: %s", error)
             if notice is not None:
                 self.notice = notice
                 log.warning("Spot interruption notice: draining", extra={"notice": notice})

@@ -90,8 +90,13 @@ def tag_list(config: StackConfig) -> list[Json]:
 
 
 def retain(resource: Json, config: StackConfig) -> Json:
+    """Keep production data when the stack is deleted or the resource replaced, except after a
+    failed first create: the retained resources have fixed names, and an orphan left by a
+    rolled-back create would make every retry fail with "already exists" (CloudFormation user
+    guide, DeletionPolicy attribute: RetainExceptOnCreate). UpdateReplacePolicy has no such
+    value (Delete, Retain or Snapshot only)."""
     if config.retain_data:
-        resource["DeletionPolicy"] = "Retain"
+        resource["DeletionPolicy"] = "RetainExceptOnCreate"
         resource["UpdateReplacePolicy"] = "Retain"
     else:
         resource["DeletionPolicy"] = "Delete"

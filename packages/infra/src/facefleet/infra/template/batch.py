@@ -2,13 +2,15 @@
 definitions.
 
 Compute environments are replaceable. Some of their properties cannot change in place (Tags,
-Type, ComputeResources.Type and, with in-place infrastructure updates, little else), and
+Type, ComputeResources.Type, the service role's kind and, with in-place infrastructure updates,
+little else), and
 CloudFormation refuses to replace a resource with a custom name. So each environment's name
 carries a digest of exactly those properties: a change to them gives a new name, CloudFormation
 creates the new environment, points the job queue at it (an in-place queue update) and deletes
 the old one. Everything else (instance types, launch template version, subnets, vCPU caps) is an
 in-place infrastructure update (`ReplaceComputeEnvironment: false`) that lets running jobs
-finish (`UpdatePolicy`).
+finish (`UpdatePolicy`); AWS Batch allows those only to environments on its service-linked role
+(`AWSServiceRoleForBatch`), so the environments use it rather than a role of the stack's.
 
 The launch template carries what the instances need beyond Batch's defaults:
 - the ECS agent settings (user data, MIME multi-part as Batch requires): a stop timeout long
@@ -31,10 +33,12 @@ from facefleet.common.config import (
     ComputeEnvironmentSpec,
     JobDefinitionSpec,
     JobQueueSpec,
+    Names,
     Settings,
 )
 from facefleet.common.instances import ECS_RESERVED_MEMORY_MIB
 from facefleet.infra.stack_config import StackConfig
+from facefleet.infra.template.alerts import SPOT_HOST_REASON
 from facefleet.infra.template.base import (
     DETECTION_JOB_ROLE,
     EXECUTION_ROLE,
@@ -124,9 +128,33 @@ def launch_template(config: StackConfig) -> Json:
     }
 
 
+# The AWS Batch service-linked role. In-place infrastructure updates (instance types, launch
+# template version, subnets, security groups, AMI) need it, and an environment created with a
+# regular service role can never be switched to it (AWS Batch user guide, "Perform
+# infrastructure updates"; UpdateComputeEnvironment, serviceRole). `deploy` creates it in an
+# account that has none yet.
+BATCH_SERVICE = "batch.amazonaws.com"
+BATCH_SERVICE_LINKED_ROLE = "AWSServiceRoleForBatch"
+SERVICE_ROLE_KIND = "service-linked"
+
+
+def batch_service_role_arn() -> Json:
+    return sub(
+        "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/aws-service-role/"
+        f"{BATCH_SERVICE}/{BATCH_SERVICE_LINKED_ROLE}"
+    )
+
+
 def _replacement_digest(spec: ComputeEnvironmentSpec, config: StackConfig) -> str:
-    # Exactly the properties an in-place update cannot change (see the module docstring).
-    fixed = {"type": "MANAGED", "resources": "SPOT", "tags": dict(sorted(config.tags.items()))}
+    # Exactly the properties an in-place update cannot change (see the module docstring). The
+    # service role's kind is one: moving off the regular role renames (replaces) each
+    # environment once, as a blue/green update.
+    fixed = {
+        "type": "MANAGED",
+        "resources": "SPOT",
+        "tags": dict(sorted(config.tags.items())),
+        "service_role": SERVICE_ROLE_KIND,
+    }
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -142,7 +170,7 @@ def _compute_environment(spec: ComputeEnvironmentSpec, config: StackConfig) -> J
             "ComputeEnvironmentName": compute_environment_name(spec, config),
             "Type": "MANAGED",
             "State": "ENABLED",
-            "ServiceRole": get_att("BatchServiceRole", "Arn"),
+            "ServiceRole": batch_service_role_arn(),
             # Instance-level changes roll out in place; a running job may finish first.
             "ReplaceComputeEnvironment": False,
             "UpdatePolicy": {"TerminateJobsOnUpdate": False, "JobExecutionTimeoutMinutes": 30},
@@ -169,7 +197,7 @@ def _compute_environment(spec: ComputeEnvironmentSpec, config: StackConfig) -> J
     }
 
 
-def _job_queue(spec: JobQueueSpec, environment_logical_id: str, config: StackConfig) -> Json:
+def _job_queue(spec: JobQueueSpec, environment_logical_ids: list[str], config: StackConfig) -> Json:
     return {
         "Type": "AWS::Batch::JobQueue",
         "Properties": {
@@ -177,11 +205,25 @@ def _job_queue(spec: JobQueueSpec, environment_logical_id: str, config: StackCon
             "Priority": spec.priority,
             "State": "ENABLED",
             "ComputeEnvironmentOrder": [
-                {"Order": 1, "ComputeEnvironment": ref(environment_logical_id)}
+                {"Order": order, "ComputeEnvironment": ref(logical_id)}
+                for order, logical_id in enumerate(environment_logical_ids, start=1)
             ],
             "Tags": dict(sorted(config.tags.items())),
         },
     }
+
+
+def queue_environments(names: Names) -> dict[str, list[str]]:
+    """Job queue name -> its compute environments, in the order Batch tries them.
+
+    A queue's priority only orders it against queues that share a compute environment (AWS
+    Batch user guide, "Job queue parameters": priority). So the primary queue (100) tries its
+    own environment first and the diversified secondary one next, where its jobs go ahead of
+    the secondary queue's (50) bulk arrays: a single g4dn pool without Spot capacity does not
+    hold up the latency-sensitive jobs. The secondary queue stays on its own environment, so
+    the bulk never takes the primary's pool."""
+    primary, secondary = names.primary_environment.name, names.secondary_environment.name
+    return {names.primary_queue.name: [primary, secondary], names.secondary_queue.name: [secondary]}
 
 
 def retry_strategy(spec: JobDefinitionSpec) -> Json:
@@ -189,7 +231,7 @@ def retry_strategy(spec: JobDefinitionSpec) -> Json:
     return {
         "Attempts": spec.attempts,
         "EvaluateOnExit": [
-            {"OnStatusReason": "Host EC2*", "Action": "RETRY"},
+            {"OnStatusReason": f"{SPOT_HOST_REASON}*", "Action": "RETRY"},
             {"OnExitCode": str(RETRYABLE_EXIT_CODE), "Action": "RETRY"},
             {"OnReason": "*", "Action": "EXIT"},
         ],
@@ -279,9 +321,8 @@ def batch_resources(config: StackConfig, queues: Queues) -> Json:
         ("PrimaryJobQueue", names.primary_queue),
         ("SecondaryJobQueue", names.secondary_queue),
     ):
-        resources[logical_id] = _job_queue(
-            queue, environment_ids[queue.compute_environment], config
-        )
+        order = [environment_ids[name] for name in queue_environments(names)[queue.name]]
+        resources[logical_id] = _job_queue(queue, order, config)
     resources["DetectionJobDefinition"] = _job_definition(
         names.detection_job, DETECTION_JOB_ROLE, config, queues
     )

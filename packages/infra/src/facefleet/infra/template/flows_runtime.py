@@ -30,7 +30,7 @@ from facefleet.infra.template.base import (
     sub,
     tag_list,
 )
-from facefleet.infra.template.iam import metrics_statement
+from facefleet.infra.template.iam import metrics_statement, savings_statements
 from facefleet.infra.template.queues import Queues
 from facefleet.infra.template.router import ECS_QUEUE, INGRESS_QUEUE, RouterQueues
 
@@ -59,6 +59,7 @@ def flow_task_statements(config: StackConfig, queues: Queues) -> list[Json]:
         statement(
             ["batch:DescribeJobs", "batch:ListJobs", "cloudwatch:GetMetricStatistics"], ["*"]
         ),
+        *savings_statements(),
     ]
     if config.router:
         routed = RouterQueues(config)
@@ -138,6 +139,7 @@ def _worker_resources(config: StackConfig) -> Json:
         statement(
             ["iam:PassRole"],
             [get_att(FLOWS_TASK_ROLE, "Arn"), get_att(FLOWS_EXECUTION_ROLE, "Arn")],
+            Condition={"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}},
         ),
         statement(
             ["logs:CreateLogStream", "logs:GetLogEvents", "logs:PutLogEvents"],
@@ -234,6 +236,7 @@ def flows_runtime_resources(config: StackConfig, queues: Queues) -> Json:
             "Type": "AWS::ECR::Repository",
             "Properties": {
                 "RepositoryName": names.flows_repository,
+                "EmptyOnDelete": True,  # rebuilt from source: its images never block destroy
                 "ImageScanningConfiguration": {"ScanOnPush": True},
                 "EncryptionConfiguration": {"EncryptionType": "AES256"},
                 "Tags": tag_list(config),

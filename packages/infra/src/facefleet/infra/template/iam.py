@@ -1,4 +1,5 @@
-"""The IAM roles: Batch service, instance, job execution and the two job roles (least privilege)."""
+"""The IAM roles: instance, job execution and the two job roles (least privilege). The compute
+environments use AWS Batch's service-linked role, not one of the stack's (template/batch.py)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,16 @@ def metrics_statement(namespace: str) -> Json:
         ["*"],
         Condition={"StringEquals": {"cloudwatch:namespace": namespace}},
     )
+
+
+def savings_statements() -> list[Json]:
+    """What the Spot savings flow reads beyond the job listing: the Spot price history and the
+    on-demand price (neither takes a resource-level permission), and the instance type each
+    job's ECS container instance had (in the Batch-managed clusters of this account)."""
+    return [
+        statement(["ec2:DescribeSpotPriceHistory", "pricing:GetProducts"], ["*"]),
+        statement(["ecs:DescribeContainerInstances"], [arn("ecs", "container-instance/*")]),
+    ]
 
 
 CONSUME = [
@@ -87,14 +98,6 @@ def _job_policies(config: StackConfig, queues: Queues) -> dict[str, list[Json]]:
 def iam_resources(config: StackConfig, queues: Queues) -> Json:
     managed = "arn:${AWS::Partition}:iam::aws:policy/service-role/"
     resources: Json = {
-        "BatchServiceRole": {
-            "Type": "AWS::IAM::Role",
-            "Properties": {
-                "AssumeRolePolicyDocument": assume_role("batch.amazonaws.com"),
-                "ManagedPolicyArns": [sub(managed + "AWSBatchServiceRole")],
-                "Tags": tag_list(config),
-            },
-        },
         "InstanceRole": {
             "Type": "AWS::IAM::Role",
             "Properties": {

@@ -113,6 +113,8 @@ def repository(config: StackConfig) -> Json:
                     "RepositoryName": config.names.ecr_repository,
                     "ImageScanningConfiguration": {"ScanOnPush": True},
                     "ImageTagMutability": "MUTABLE",
+                    # Not retained (a local stack): its images must not block the delete.
+                    "EmptyOnDelete": not config.retain_data,
                     "EncryptionConfiguration": {"EncryptionType": "AES256"},
                     "LifecyclePolicy": {
                         "LifecyclePolicyText": json.dumps(lifecycle, sort_keys=True)
