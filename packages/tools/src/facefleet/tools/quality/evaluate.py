@@ -55,17 +55,11 @@ from facefleet.tools.quality.truthful_user import (
     facefleet_ranking,
     scores_after_answers,
 )
-from facefleet.worker.grouping.clustering import (
-    ClusterParams,
-    FaceInput,
-    UserClusterState,
-    add_faces,
-    move_face,
-    name_person,
-    partition,
-)
 from facefleet.worker.grouping.consolidate import consolidate
+from facefleet.worker.grouping.edits import move_face, name_person
 from facefleet.worker.grouping.index import FaceIndex
+from facefleet.worker.grouping.placement import add_faces
+from facefleet.worker.grouping.state import ClusterParams, FaceInput, UserClusterState, partition
 
 CONDITIONS = ("clean", "degraded", "composite")
 LFW_FACE_WIDTH = 97.0  # median detected face width in a 250x250 deep-funneled LFW photo
