@@ -20,7 +20,12 @@ import faiss
 import numpy as np
 
 from facefleet.worker.grouping.index import FaceIndex, threads_for
-from facefleet.worker.grouping.state import IGNORED, ClusterParams, UserClusterState
+from facefleet.worker.grouping.state import (
+    IGNORED,
+    ClusterParams,
+    UserClusterState,
+    trust_radius_array,
+)
 
 # Why Infomap: measured on the developers' LFW split (seed 1: 80 people with 4+ photos and 120
 # one-photo distractors, none of them in the evaluated split; dev model pack), every method on the
@@ -282,10 +287,7 @@ def trust_radii(
     trust: np.ndarray, params: ClusterParams, consolidate_params: ConsolidateParams
 ) -> np.ndarray:
     """Each face's trust radius (`state.trust_radius`, vectorised), less `radius_slack`."""
-    loss = np.maximum(0.0, params.full_quality - trust)
-    return (params.join_sim + params.quality_slope * loss - consolidate_params.radius_slack).astype(
-        np.float32
-    )
+    return trust_radius_array(trust, params, consolidate_params.radius_slack).astype(np.float32)
 
 
 def photo_codes(state: UserClusterState) -> np.ndarray:
@@ -317,8 +319,7 @@ def trusted_core(
     out = labels.copy()
     vectors = state.faces.vectors
     trust = np.asarray(state.trust, dtype=np.float32)
-    loss = np.maximum(0.0, params.full_quality - trust)
-    radius = params.join_sim + params.quality_slope * loss - consolidate_params.move_slack
+    radius = trust_radius_array(trust, params, consolidate_params.move_slack)
     order = np.argsort(labels, kind="stable")
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
     for group in np.split(order, bounds):

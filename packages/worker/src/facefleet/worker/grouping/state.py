@@ -298,6 +298,12 @@ def trust_radius(quality: float, params: ClusterParams) -> float:
     return params.join_sim + params.quality_slope * max(0.0, params.full_quality - quality)
 
 
+def trust_radius_array(trust: np.ndarray, params: ClusterParams, less: float = 0.0) -> np.ndarray:
+    """`trust_radius` of many faces at once (the batch pass), each less `less`."""
+    loss = np.maximum(0.0, params.full_quality - trust)
+    return params.join_sim + params.quality_slope * loss - less
+
+
 def assign(state: UserClusterState, face: int, person: int, update: ClusterUpdate) -> None:
     """Put an unassigned face in `person` (placement and user operations alike)."""
     record = state.people[person]
