@@ -30,8 +30,9 @@ import faiss
 import numpy as np
 
 from facefleet.worker.grouping.answers import apply_answer
-from facefleet.worker.grouping.clustering import ClusterParams, FaceInput, add_faces
 from facefleet.worker.grouping.consolidate import full_recluster
+from facefleet.worker.grouping.placement import add_faces
+from facefleet.worker.grouping.state import ClusterParams, FaceInput
 from facefleet.worker.grouping.store import UserSession, consolidate_session
 from facefleet.worker.grouping.suggest import suggest
 

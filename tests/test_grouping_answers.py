@@ -13,18 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from facefleet.worker.grouping.answers import StaleQuestion, apply_answer
-from facefleet.worker.grouping.clustering import (
-    ClusterParams,
-    FaceInput,
-    UserClusterState,
-    add_faces,
-    are_apart,
-    merge_people,
-    reject_face,
-    separate_people,
-)
 from facefleet.worker.grouping.consolidate import consolidate
+from facefleet.worker.grouping.edits import are_apart, merge_people, reject_face, separate_people
 from facefleet.worker.grouping.index import FaceIndex
+from facefleet.worker.grouping.placement import add_faces
+from facefleet.worker.grouping.state import ClusterParams, FaceInput, UserClusterState
 from facefleet.worker.grouping.suggest import FACE, PEOPLE, suggest
 from tests.test_grouping_clustering import FAST, PARAMS, check_invariants, make_stream, run, streams
 

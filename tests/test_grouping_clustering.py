@@ -14,22 +14,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from facefleet.tools.quality.scores import score
-from facefleet.worker.grouping.clustering import (
+from facefleet.worker.grouping.carry import carry_names
+from facefleet.worker.grouping.edits import merge_people, move_face, name_person, reject_face
+from facefleet.worker.grouping.index import FaceIndex, IndexParams
+from facefleet.worker.grouping.placement import add_faces
+from facefleet.worker.grouping.recluster import agreement, recluster
+from facefleet.worker.grouping.state import (
     STRONG,
     UNASSIGNED,
     ClusterParams,
     FaceInput,
     UserClusterState,
-    add_faces,
     face_tier,
-    merge_people,
-    move_face,
-    name_person,
     partition,
-    reject_face,
 )
-from facefleet.worker.grouping.index import FaceIndex, IndexParams
-from facefleet.worker.grouping.recluster import agreement, carry_names, recluster
 
 PARAMS = ClusterParams()
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,22 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facefleet.worker.grouping.clustering import (
-    UNASSIGNED,
-    UserClusterState,
-    add_faces,
-    merge_people,
-    move_face,
-    name_person,
-    partition,
-    reject_face,
-)
-from facefleet.worker.grouping.consolidate import (
-    ConsolidateParams,
-    _assignment,
-    consolidate,
-    full_recluster,
-)
+from facefleet.worker.grouping.batch_partition import ConsolidateParams
+from facefleet.worker.grouping.consolidate import _assignment, consolidate, full_recluster
+from facefleet.worker.grouping.edits import merge_people, move_face, name_person, reject_face
+from facefleet.worker.grouping.placement import add_faces
+from facefleet.worker.grouping.state import UNASSIGNED, UserClusterState, partition
 from tests.test_grouping_clustering import FAST, PARAMS, check_invariants, make_stream, run, streams
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
@@ -151,12 +140,14 @@ def test_consolidation_merges_split_people_keeping_the_larger_id() -> None:
     person = max(state.people, key=lambda p: len(state.people[p].members))
     members = sorted(state.people[person].members)
     assert len(members) >= 3
-    from facefleet.worker.grouping.clustering import ClusterUpdate, _assign, _unassign
+    from facefleet.worker.grouping.state import ClusterUpdate
+    from facefleet.worker.grouping.state import assign as _assign
+    from facefleet.worker.grouping.state import unassign as _unassign
 
     update = ClusterUpdate()
     split = state.next_person_id
     state.next_person_id += 1
-    from facefleet.worker.grouping.clustering import Person
+    from facefleet.worker.grouping.state import Person
 
     state.people[split] = Person()
     for m in members[: len(members) // 2 - (len(members) % 2 == 0)]:

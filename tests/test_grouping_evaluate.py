@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.tools.quality.evaluate import main, select_photos
+from facefleet.tools.quality.conditions import select_photos
+from facefleet.tools.quality.evaluate import main
 
 
 def test_select_photos_takes_people_and_distractors(faces_dir: Path) -> None:

@@ -10,8 +10,9 @@ import pytest
 
 from facefleet.common.messages import AnswerRequest
 from facefleet.tools.cli import build_parser
-from facefleet.worker.grouping.clustering import ClusterParams, are_apart
 from facefleet.worker.grouping.corrections import Corrections
+from facefleet.worker.grouping.edits import are_apart
+from facefleet.worker.grouping.state import ClusterParams
 from facefleet.worker.grouping.store import load_session
 from tests.grouping_service_helpers import (
     Gallery,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from facefleet.common.documents import FaceDoc
-from facefleet.worker.grouping.consolidate import ConsolidateParams
+from facefleet.worker.grouping.batch_partition import ConsolidateParams
 from tests.grouping_service_helpers import (
     Gallery,
     Identities,

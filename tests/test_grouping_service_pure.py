@@ -6,9 +6,9 @@ import numpy as np
 
 from facefleet.common.config import Settings
 from facefleet.common.documents import FaceDoc
-from facefleet.worker.grouping.clustering import ClusterParams
-from facefleet.worker.grouping.corrections import iou, match_faces
+from facefleet.worker.grouping.carry import iou, match_faces
 from facefleet.worker.grouping.service import cluster_params
+from facefleet.worker.grouping.state import ClusterParams
 
 
 def face(

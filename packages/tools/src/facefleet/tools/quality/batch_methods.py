@@ -21,17 +21,17 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from facefleet.worker.grouping.clustering import ClusterParams, UserClusterState
-from facefleet.worker.grouping.consolidate import (
+from facefleet.worker.grouping.batch_partition import (
     ConsolidateParams,
     Graph,
-    _drop_singletons,
-    _photo_codes,
     batch_labels,
     canonical,
+    drop_singletons,
     knn_graph,
+    photo_codes,
     trust_radii,
 )
+from facefleet.worker.grouping.state import ClusterParams, UserClusterState
 
 METHODS = ("infomap", "leiden", "hdbscan", "average", "finch")
 
@@ -45,7 +45,7 @@ def graph_of(
     graph = knn_graph(
         state.faces.vectors[order],
         radius.astype(np.float32),
-        _photo_codes(state)[order],
+        photo_codes(state)[order],
         cparams.k,
         cparams.edge_sim,
         cparams,
@@ -69,7 +69,7 @@ def _leiden(graph: Graph, params: ClusterParams) -> np.ndarray:
     labels = np.asarray(partition.membership, dtype=np.int64)
     degree = np.bincount(np.concatenate([graph.src, graph.dst]), minlength=graph.n)
     labels[degree == 0] = -1
-    return _drop_singletons(labels)
+    return drop_singletons(labels)
 
 
 def _distances(graph: Graph) -> np.ndarray:
@@ -84,7 +84,7 @@ def _hdbscan(graph: Graph, params: ClusterParams) -> np.ndarray:
     from sklearn.cluster import HDBSCAN
 
     model = HDBSCAN(min_cluster_size=2, metric="precomputed", allow_single_cluster=False)
-    return _drop_singletons(np.asarray(model.fit_predict(_distances(graph)), dtype=np.int64))
+    return drop_singletons(np.asarray(model.fit_predict(_distances(graph)), dtype=np.int64))
 
 
 def _average(graph: Graph, params: ClusterParams) -> np.ndarray:
@@ -95,7 +95,7 @@ def _average(graph: Graph, params: ClusterParams) -> np.ndarray:
         return np.full(graph.n, -1, dtype=np.int64)
     tree = linkage(squareform(_distances(graph), checks=False), method="average")
     labels = fcluster(tree, t=1.0 - params.seed_sim, criterion="distance").astype(np.int64)
-    return _drop_singletons(labels)
+    return drop_singletons(labels)
 
 
 def _finch(graph: Graph, params: ClusterParams, level: int = 2) -> np.ndarray:
@@ -127,7 +127,7 @@ def _finch(graph: Graph, params: ClusterParams, level: int = 2) -> np.ndarray:
         labels = comp[labels].astype(np.int64)
     degree = np.bincount(np.concatenate([src, dst]), minlength=n)
     labels[degree == 0] = -1
-    return _drop_singletons(labels)
+    return drop_singletons(labels)
 
 
 def _infomap(graph: Graph, params: ClusterParams) -> np.ndarray:

@@ -17,13 +17,8 @@ import numpy as np
 
 from facefleet.tools.quality.scores import GroupingScores, score
 from facefleet.worker.grouping.answers import StaleQuestion, apply_answer
-from facefleet.worker.grouping.clustering import (
-    IGNORED,
-    UNASSIGNED,
-    UserClusterState,
-    are_apart,
-    partition,
-)
+from facefleet.worker.grouping.edits import are_apart
+from facefleet.worker.grouping.state import IGNORED, UNASSIGNED, UserClusterState, partition
 from facefleet.worker.grouping.suggest import FACE, PEOPLE, PeopleView, Question, suggest
 
 BUDGETS = (10, 25, 50)  # answers per 100 true people

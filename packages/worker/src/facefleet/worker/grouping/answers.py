@@ -27,8 +27,8 @@ from pymongo.collection import Collection
 from facefleet.common.documents import encode_time, now
 from facefleet.common.repository import LeaseHeld
 from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
-from facefleet.worker.grouping import clustering
-from facefleet.worker.grouping.clustering import ClusterUpdate, UserClusterState
+from facefleet.worker.grouping import edits
+from facefleet.worker.grouping.state import ClusterUpdate, UserClusterState
 from facefleet.worker.grouping.suggest import FACE, MEMBER, PEOPLE, Question
 
 if TYPE_CHECKING:
@@ -57,9 +57,9 @@ def apply_answer(state: UserClusterState, question: Question, answer: str) -> Cl
         if person == other:
             raise StaleQuestion(f"question {question.question_id}: the two are already one person")
         if answer == "different":
-            return clustering.separate_people(state, person, other)
+            return edits.separate_people(state, person, other)
         keep, absorb = sorted((person, other), key=lambda p: (-len(state.people[p].members), p))
-        return clustering.merge_people(state, keep, absorb)
+        return edits.merge_people(state, keep, absorb)
     if question.kind not in (FACE, MEMBER) or question.face_id is None:
         raise ValueError(f"question {question.question_id}: no face to answer about")
     if question.face_id not in state.ordinal_of:
@@ -67,8 +67,8 @@ def apply_answer(state: UserClusterState, question: Question, answer: str) -> Cl
             f"question {question.question_id}: the face is no longer in the library"
         )
     if answer == "same":
-        return clustering.move_face(state, question.face_id, person)
-    return clustering.reject_face(state, question.face_id, person)
+        return edits.move_face(state, question.face_id, person)
+    return edits.reject_face(state, question.face_id, person)
 
 
 def _live(state: UserClusterState, person_id: int, question: Question) -> int:
@@ -137,9 +137,6 @@ class QuestionBook:
             },
             upsert=True,
         )
-
-    def forget_user(self, user_id: str) -> None:
-        self.collection.delete_one({"_id": user_id})
 
 
 # -- the grouping worker's hook ------------------------------------------------------------------

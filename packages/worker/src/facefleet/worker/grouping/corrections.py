@@ -1,22 +1,21 @@
 """User corrections, full re-cluster and model change, applied to the stored grouping state.
 
 Each operation takes the user's lease (so it never interleaves with a grouping worker), rebuilds
-the state from MongoDB, applies a pure operation of `clustering` / `recluster`, writes back what
+the state from MongoDB, applies a pure operation of `edits` / `recluster`, writes back what
 changed (`store.save_changes`) and appends the correction to HUEMN `corrections`. Constraints
 live on the state itself (`pinned`, `not_in`, `merged_into`), so every later automatic decision,
 in any worker, respects them.
 
 A re-cluster that is applied (repair) or a model change replaces the user's state while keeping
 what users see: each new person takes the id of the old person with which it shares the most faces
-(named people first, their names through `carry_names`), other new people get fresh ids, retired
-ids stay retired, and the user's pins and "not this person" constraints are replayed.
+(named people first), other new people get fresh ids, retired ids stay retired, and the user's
+pins and "not this person" constraints are replayed (`carry`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,17 +26,18 @@ import numpy as np
 
 from facefleet.common.documents import FaceDoc
 from facefleet.common.repository import upsert
-from facefleet.worker.grouping import clustering
+from facefleet.worker.grouping import edits
 from facefleet.worker.grouping.answers import QuestionBook, StaleQuestion, apply_answer
-from facefleet.worker.grouping.clustering import (
+from facefleet.worker.grouping.carry import carry_over, match_faces
+from facefleet.worker.grouping.consolidate import full_recluster
+from facefleet.worker.grouping.index import FaceIndex
+from facefleet.worker.grouping.service import worker_id
+from facefleet.worker.grouping.state import (
     UNASSIGNED,
     ClusterParams,
     ClusterUpdate,
     UserClusterState,
 )
-from facefleet.worker.grouping.consolidate import full_recluster
-from facefleet.worker.grouping.index import FaceIndex
-from facefleet.worker.grouping.service import worker_id
 from facefleet.worker.grouping.store import (
     GroupingStore,
     UserSession,
@@ -156,7 +156,7 @@ class Corrections:
     def name(self, user_id: str, person_id: int, name: str | None) -> int:
         """Name (or, with None, unname) a person; returns the live person id named."""
         with self._locked(user_id) as session:
-            update = clustering.name_person(session.state, person_id, name)
+            update = edits.name_person(session.state, person_id, name)
             self._save(session, update)
         self.store.log_correction(user_id, "name", person_id=person_id, name=name)
         return next(iter(update.changed))
@@ -164,17 +164,17 @@ class Corrections:
     def merge(self, user_id: str, keep: int, absorb: int) -> int:
         """`absorb` is the same person as `keep`; returns the person that holds both."""
         with self._locked(user_id) as session:
-            update = clustering.merge_people(session.state, keep, absorb)
+            update = edits.merge_people(session.state, keep, absorb)
             kept = session.state.resolve(keep)
             # Both people's faces are now pinned (confirmed): write the kept ones too.
-            self._save(session, update, faces=clustering.members(session.state, kept))
+            self._save(session, update, faces=edits.members(session.state, kept))
         self.store.log_correction(user_id, "merge", keep=keep, absorb=absorb)
         return kept
 
     def move(self, user_id: str, face_id: str, person_id: int | None) -> int:
         """Put a face in a person (None: a new person of its own); returns that person."""
         with self._locked(user_id) as session:
-            update = clustering.move_face(session.state, face_id, person_id)
+            update = edits.move_face(session.state, face_id, person_id)
             self._save(session, update, faces=[face_id])
             target = session.state.person_of_face(face_id)
         self.store.log_correction(user_id, "move", face_id=face_id, person_id=person_id)
@@ -184,7 +184,7 @@ class Corrections:
     def reject(self, user_id: str, face_id: str, person_id: int) -> None:
         """The face is not `person_id`: it leaves that person and never rejoins it."""
         with self._locked(user_id) as session:
-            update = clustering.reject_face(session.state, face_id, person_id)
+            update = edits.reject_face(session.state, face_id, person_id)
             self._save(session, update, faces=[face_id])
         self.store.log_correction(user_id, "reject", face_id=face_id, person_id=person_id)
 
@@ -226,7 +226,7 @@ class Corrections:
                 raise
             faces = [question.face_id] if question.face_id and answer != "skip" else []
             if question.kind == "people" and answer == "same":
-                faces = clustering.members(session.state, session.state.resolve(question.person))
+                faces = edits.members(session.state, session.state.resolve(question.person))
             self._save(session, update, faces=faces)
             self.questions.record(user_id, question, answer)
         self.store.log_correction(
@@ -277,7 +277,7 @@ class Corrections:
                 seconds=0.0,
             )
             if apply:
-                self._replace(session, state, index, faces, {})
+                self._replace(session, state, index, {})
         self.store.log_correction(user_id, "recluster", applied=apply, ari=report.ari)
         return _with_seconds(report, time.monotonic() - started)
 
@@ -300,7 +300,7 @@ class Corrections:
             face_map = match_faces(old_faces, new_faces)
             state, index = full_recluster([face_input(f) for f in new_faces], self.params)
             old_names = {p: r.name for p, r in session.state.people.items() if r.name}
-            carried = self._replace(session, state, index, new_faces, face_map, new_model)
+            carried = self._replace(session, state, index, face_map, new_model)
             self.store.assignments.delete_many({"user_id": user_id, "model_id": old_model})
         self.store.log_correction(user_id, "migrate", old_model=old_model, new_model=new_model)
         return MigrationReport(
@@ -338,21 +338,13 @@ class Corrections:
         session: UserSession,
         state: UserClusterState,
         index: FaceIndex,
-        faces: Sequence[FaceDoc],
         face_map: Mapping[str, str],
         model_id: str | None = None,
     ) -> dict[int, int]:
         """Swap in a re-clustered state, keeping ids, names and constraints; write it all.
         Returns the named people carried over (old id -> id before renumbering)."""
-        from facefleet.worker.grouping.recluster import carry_names
-
         old = session.state
-        carried = carry_names(old, state, face_map)
-        mapping = _match_people(old, state, face_map, carried)
-        _renumber(state, mapping, old.next_person_id)
-        state.merged_into = dict(old.merged_into)
-        state.apart = {pair for pair in old.apart if all(p in state.people for p in pair)}
-        _replay_constraints(old, state, face_map)
+        carried = carry_over(old, state, face_map)
         fresh = UserSession(
             session.user_id,
             model_id or session.model_id,
@@ -367,86 +359,6 @@ class Corrections:
         )
         save_changes(self.store, fresh, everything, s3=self.s3, bucket=self.bucket)
         return carried
-
-
-def match_faces(old: Sequence[FaceDoc], new: Sequence[FaceDoc]) -> dict[str, str]:
-    """Old face id -> new face id: the same photo and the most overlapping box (IoU >= 0.5)."""
-    by_image: dict[str, list[FaceDoc]] = {}
-    for face in new:
-        by_image.setdefault(face.image_id, []).append(face)
-    mapping: dict[str, str] = {}
-    for face in old:
-        candidates = [
-            (iou(face.bbox, other.bbox), other.doc_id) for other in by_image.get(face.image_id, [])
-        ]
-        if candidates:
-            overlap, best = max(candidates)
-            if overlap >= 0.5:
-                mapping[face.doc_id] = best
-    return mapping
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _match_people(
-    old: UserClusterState,
-    new: UserClusterState,
-    face_map: Mapping[str, str],
-    carried: Mapping[int, int],
-) -> dict[int, int]:
-    """New person id -> the old id it takes over: named people as `carry_names` matched them,
-    then unnamed ones by largest face overlap, one to one."""
-    mapping = {new_id: old_id for old_id, new_id in carried.items()}
-    votes: Counter[tuple[int, int]] = Counter()
-    for ordinal, old_person in enumerate(old.person_of):
-        new_face = face_map.get(old.face_ids[ordinal], old.face_ids[ordinal])
-        if old_person != UNASSIGNED and new_face in new.ordinal_of:
-            target = new.person_of_face(new_face)
-            if target is not None:
-                votes[(target, old_person)] += 1
-    for (new_id, old_id), _ in sorted(votes.items(), key=lambda v: (-v[1], v[0])):
-        if new_id not in mapping and old_id not in mapping.values():
-            mapping[new_id] = old_id
-    return mapping
-
-
-def _renumber(state: UserClusterState, mapping: Mapping[int, int], first_free: int) -> None:
-    """Give matched people their old ids and the rest fresh ids at or above `first_free`."""
-    final: dict[int, int] = dict(mapping)
-    next_id = max([first_free, *(v + 1 for v in mapping.values())])
-    for person in sorted(state.people):
-        if person not in final:
-            final[person] = next_id
-            next_id += 1
-    state.people = {final[p]: record for p, record in state.people.items()}
-    state.person_of[:] = [p if p == UNASSIGNED else final[p] for p in state.person_of]
-    state.next_person_id = next_id
-
-
-def _replay_constraints(
-    old: UserClusterState, new: UserClusterState, face_map: Mapping[str, str]
-) -> None:
-    """The user's pins and "not this person" constraints, on the matching new faces."""
-    for ordinal in sorted(old.pinned):
-        face_id = face_map.get(old.face_ids[ordinal], old.face_ids[ordinal])
-        person = old.person_of[ordinal]
-        if face_id in new.ordinal_of and person in new.people:
-            clustering.move_face(new, face_id, person)
-    for ordinal, barred in sorted(old.not_in.items()):
-        face_id = face_map.get(old.face_ids[ordinal], old.face_ids[ordinal])
-        if face_id not in new.ordinal_of:
-            continue
-        for person in sorted(barred):
-            if person in new.people:
-                clustering.reject_face(new, face_id, person)
-            else:
-                new.not_in.setdefault(new.ordinal_of[face_id], set()).add(person)
 
 
 def _assigned_people(state: UserClusterState) -> int:

@@ -20,7 +20,7 @@ from facefleet.common.messages import ErasureRequest, ForgetRequest, now_ms
 from facefleet.common.privacy import PrivacyRepository
 from facefleet.common.repository import LeaseHeld
 from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
-from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate
+from facefleet.worker.grouping.state import ClusterParams, ClusterUpdate
 from facefleet.worker.grouping.store import (
     GroupingStore,
     load_session,

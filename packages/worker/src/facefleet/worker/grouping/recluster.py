@@ -5,8 +5,7 @@ two, used for model changes and repair.
 then face id), so the result depends on the library, not on the order photos happened to arrive,
 and good faces seed people before poor ones are placed. It trains the IVF index once for the final
 size (it knows every vector up front) and feeds the same `add_faces` in chunks.
-`carry_names` moves names and "not this person" constraints from an old state to a new one (after
-a model change the face ids differ, so the caller maps old face ids to new ones).
+Applying a re-cluster keeps what users see: see `carry`.
 
 Agreement with the incremental result is bounded by the guarantee that a new face never merges
 or dissolves an existing person: two pairs of one identity that seed before the face bridging
@@ -20,22 +19,21 @@ and composite conditions; none matching today's F1 did better than ~0.82 / ~0.87
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from facefleet.worker.grouping.agreement import ari
-from facefleet.worker.grouping.clustering import (
+from facefleet.worker.grouping.index import FaceIndex, IndexParams
+from facefleet.worker.grouping.placement import add_faces
+from facefleet.worker.grouping.state import (
     ClusterParams,
     FaceInput,
     UserClusterState,
-    add_faces,
     face_tier,
     face_trust,
     partition,
 )
-from facefleet.worker.grouping.index import FaceIndex, IndexParams
 
 
 def canonical_order(faces: Sequence[FaceInput], params: ClusterParams) -> list[FaceInput]:
@@ -77,37 +75,3 @@ def agreement(first: UserClusterState, second: UserClusterState) -> float:
     if not common:
         return 1.0
     return ari(partition(first, common), partition(second, common))
-
-
-def carry_names(
-    old: UserClusterState, new: UserClusterState, face_map: Mapping[str, str] | None = None
-) -> dict[int, int]:
-    """Give each named old person's name to the new person holding most of its faces.
-
-    Returns old person id -> new person id for the people carried. `face_map` maps old face ids
-    to new ones (identity when omitted). A new person takes at most one name: the old person
-    with the larger overlap wins.
-    """
-    face_map = face_map or {}
-    candidates: list[tuple[int, int, int]] = []  # (-overlap, old person, new person)
-    for person_id, person in old.people.items():
-        if person.name is None:
-            continue
-        votes: Counter[int] = Counter()
-        for face in person.members:
-            new_face = face_map.get(old.face_ids[face], old.face_ids[face])
-            if new_face in new.ordinal_of:
-                target = new.person_of_face(new_face)
-                if target is not None:
-                    votes[target] += 1
-        for target, count in votes.items():
-            candidates.append((-count, person_id, target))
-    carried: dict[int, int] = {}
-    taken: set[int] = set()
-    for _, person_id, target in sorted(candidates):
-        if person_id in carried or target in taken:
-            continue
-        carried[person_id] = target
-        taken.add(target)
-        new.people[target].name = old.people[person_id].name
-    return carried

@@ -43,8 +43,9 @@ from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, LeaseHeld, connect
 from facefleet.worker.consumer import ConsumerConfig, Outcome, ReceivedMessage, is_outage, serve
 from facefleet.worker.grouping import answers, forget
-from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate, add_faces
-from facefleet.worker.grouping.consolidate import ConsolidateParams
+from facefleet.worker.grouping.batch_partition import ConsolidateParams
+from facefleet.worker.grouping.placement import add_faces
+from facefleet.worker.grouping.state import ClusterParams, ClusterUpdate
 from facefleet.worker.grouping.store import (
     GroupingStore,
     UserSession,

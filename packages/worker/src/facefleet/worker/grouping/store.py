@@ -48,7 +48,10 @@ from facefleet.common.repository import (
     upsert,
 )
 from facefleet.common.s3keys import cover_key
-from facefleet.worker.grouping.clustering import (
+from facefleet.worker.grouping.batch_partition import ConsolidateParams
+from facefleet.worker.grouping.consolidate import consolidate
+from facefleet.worker.grouping.index import FaceIndex
+from facefleet.worker.grouping.state import (
     IGNORED,
     STRONG,
     UNASSIGNED,
@@ -58,8 +61,6 @@ from facefleet.worker.grouping.clustering import (
     Person,
     UserClusterState,
 )
-from facefleet.worker.grouping.consolidate import ConsolidateParams, consolidate
-from facefleet.worker.grouping.index import FaceIndex
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 Three kinds, each about the user's own faces and people only:
 
 - `PEOPLE` "same person?": two people that may be one (a split person). A "same" merges them;
-  a "different" is a cannot-link (`clustering.separate_people`).
+  a "different" is a cannot-link (`edits.separate_people`).
 - `FACE` "is this them?": an unassigned face and the person it may belong to. "same" moves it
   there (pinned), "different" bars it from that person (`not_in`).
 - `MEMBER` "is this them?": a member its person may not own (a wrong merge). "same" confirms it
@@ -22,7 +22,7 @@ to its person; pairs the library already rules out (two people holding faces of 
 face barred from a person, people said to differ, pinned members) and answered questions
 (`answered`: question keys) are never asked.
 
-The likelihoods are logistic in the similarity, with the face's trust (`clustering.face_trust`)
+The likelihoods are logistic in the similarity, with the face's trust (`state.face_trust`)
 for faces: blurred, tiny faces sit close to everyone, so their similarities say less. The
 coefficients were chosen on the developers' LFW split (see `SuggestParams`).
 """
@@ -37,13 +37,9 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from facefleet.worker.grouping.clustering import (
-    IGNORED,
-    UNASSIGNED,
-    UserClusterState,
-    are_apart,
-)
+from facefleet.worker.grouping.edits import are_apart
 from facefleet.worker.grouping.index import threads_for
+from facefleet.worker.grouping.state import IGNORED, UNASSIGNED, UserClusterState
 
 Kind = Literal["people", "face", "member"]
 PEOPLE: Kind = "people"
