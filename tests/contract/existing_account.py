@@ -11,6 +11,7 @@ from typing import Any
 
 from facefleet.common.aws import AwsTarget
 
+ACCOUNT = "123456789012"  # moto's
 CLUSTER = "prod"
 SERVICE = "indexer"
 FAMILY = "indexer"
@@ -85,6 +86,26 @@ def create(aws: AwsTarget, prefix: str = "") -> ExistingAccount:
         QueueName=f"{prefix}ve-inhouse-indexing", Attributes={"VisibilityTimeout": "600"}
     )["QueueUrl"]
     group_face = sqs.create_queue(QueueName=f"{prefix}GroupFace")["QueueUrl"]
+    for url in (indexing, group_face):
+        # The owner's queue policy admits the account FaceFleet deploys in (here: the same).
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                    "Action": [
+                        "sqs:ReceiveMessage",
+                        "sqs:DeleteMessage",
+                        "sqs:ChangeMessageVisibility",
+                        "sqs:GetQueueAttributes",
+                        "sqs:SendMessage",
+                    ],
+                    "Resource": _queue_arn(sqs, url),
+                }
+            ],
+        }
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
     role = iam.create_role(RoleName=f"{prefix}{TASK_ROLE}", AssumeRolePolicyDocument=ECS_TRUST)
     role_arn = role["Role"]["Arn"]
     iam.put_role_policy(

@@ -257,18 +257,33 @@ def _repoint(alarms: list[Any], new_url: str, aws: AwsTarget) -> tuple[str, ...]
     return tuple(moved)
 
 
+ROUTER_EVENT_SOURCE = "RouterEventSource"  # the mapping's logical id in the stack
+
+
 def _mapping(names: Names, aws: AwsTarget) -> tuple[str | None, bool | None]:
-    """The router's event source mapping (uuid, enabled), or (None, None) without one."""
-    outputs = observe.stack_outputs(names, aws) or {}
-    function = outputs.get("RouterFunctionName")
-    if not function:
-        return None, None
-    mappings = aws.client("lambda").list_event_source_mappings(FunctionName=function)
-    found = mappings.get("EventSourceMappings", [])
+    """The stack's router event source mapping (uuid, enabled), or (None, None) without one
+    (no stack, or a stack whose router runs as a process)."""
+    cloudformation = aws.client("cloudformation")
+    try:
+        pages = cloudformation.get_paginator("list_stack_resources").paginate(
+            StackName=names.stack_name
+        )
+        found = [
+            r
+            for page in pages
+            for r in page.get("StackResourceSummaries", [])
+            if r["LogicalResourceId"] == ROUTER_EVENT_SOURCE
+        ]
+    except ClientError as error:
+        if "does not exist" in str(error):
+            return None, None
+        raise
     if not found:
         return None, None
-    mapping = found[0]
-    return str(mapping["UUID"]), mapping.get("State") in ("Enabled", "Enabling")
+    resource = found[0]
+    uuid = str(resource["PhysicalResourceId"])
+    mapping = aws.client("lambda").get_event_source_mapping(UUID=uuid)
+    return uuid, mapping.get("State") in ("Enabled", "Enabling")
 
 
 def set_router_mapping(names: Names, aws: AwsTarget, enabled: bool) -> str:
