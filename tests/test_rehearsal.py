@@ -650,6 +650,13 @@ def test_every_step_of_the_runbook_ran(rehearsal: Runbook) -> None:
     assert rehearsal.results["doctor"] in (0, 1)
     for tick in ("dispatch", "fallback", "after_update"):
         assert "inputs" in rehearsal.results[tick], rehearsal.results[tick]  # ran, not skipped
+    figures = {
+        "steps": rehearsal.steps,
+        "tick_s": {t: rehearsal.results[t]["duration_s"] for t in ("dispatch", "fallback")},
+        "photos": len(rehearsal.sides.sent_at),
+        "max_wait_s": round(max(rehearsal.sides.waited.values()), 1),
+    }
+    print("FIGURES " + json.dumps(figures))
     assert rehearsal.results["savings"]["savings_usd"] >= 0
 
 
