@@ -83,9 +83,7 @@ def flow_task_statements(config: StackConfig, queues: Queues) -> list[Json]:
     statements += [
         statement(["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], depth),
         # One dispatch tick at a time (control/lease.py): a conditional put, then a delete.
-        statement(
-            ["dynamodb:DeleteItem", "dynamodb:PutItem"], [get_att(LEASE_TABLE, "Arn")]
-        ),
+        statement(["dynamodb:DeleteItem", "dynamodb:PutItem"], [get_att(LEASE_TABLE, "Arn")]),
         # observe, the cutover flow, its effects and health find the queues in the outputs.
         statement(
             ["cloudformation:DescribeStacks"],
