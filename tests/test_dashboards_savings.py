@@ -299,7 +299,7 @@ def test_the_flows_task_role_may_make_every_savings_call(env, monkeypatch):
         Recorder,
         allowed,
         permissive_context,
-        requests_with_reads,
+        requests_for_any,
         role_policy,
     )
 
@@ -327,7 +327,7 @@ def test_the_flows_task_role_may_make_every_savings_call(env, monkeypatch):
     denied = [
         request
         for call in calls
-        for request in requests_with_reads(call, account)
+        for request in requests_for_any(call, account)
         if not allowed(policy, request)
     ]
     assert not denied, denied

@@ -14,6 +14,7 @@ import pytest
 
 from facefleet.common.messages import DetectionRequest
 from facefleet.common.s3keys import image_key
+from facefleet.control.cutover import ecs_move
 from facefleet.control.cutover import machine as cut
 from facefleet.control.cutover import status as cutover_status
 from facefleet.control.router import users_by_side, write_weight
@@ -108,11 +109,13 @@ def test_flows_runtime_task_role_and_worker() -> None:
     grants = _grants(rendered, "FlowsTaskRole")
     # The savings flow reads the container instances its jobs ran on (their instance types).
     savings = {"ecs:DescribeContainerInstances"}
-    assert not [
-        a for a in grants if a.startswith(("cloudformation:", "iam:", "ecs:")) and a not in savings
-    ]
+    assert not [a for a in grants if a.startswith(("iam:", "ecs:")) and a not in savings]
     (scope,) = grants["ecs:DescribeContainerInstances"]
     assert json.loads(scope)["Fn::Sub"].endswith(":container-instance/*")
+    # Reading its own stack's outputs, nothing else of CloudFormation.
+    assert [a for a in grants if a.startswith("cloudformation:")] == [
+        "cloudformation:DescribeStacks"
+    ]
     assert {"batch:SubmitJob", "ssm:PutParameter", "sns:Publish", "sqs:SendMessage"} <= set(grants)
     assert grants["sqs:SendMessage"] == [json.dumps({"Fn::GetAtt": ["EcsIndexingQueue", "Arn"]})]
     container = rendered["Resources"]["PrefectWorkerTaskDefinition"]["Properties"][
@@ -178,8 +181,7 @@ def test_status_text_shows_stage_gates_and_sides() -> None:
         1000.0 + 3725,
         uploads=[(u, f"img{i}") for i, u in enumerate(users * 2)],
         routed={"batch": 22, "ecs": 18},
-        ecs_queue="https://q/ecs",
-        expected_ecs_queue="https://q/ecs",
+        ecs_move=ecs_move.MoveCheck("https://q/ecs", "https://q/ecs", True, (), True),
     )
     text = cutover_status.render(status)
     assert "stage 3/5  weight 50 % to Batch" in text
@@ -242,52 +244,98 @@ def test_production_deployments_register_on_an_ecs_pool(env, harness, tmp_path: 
     stack.close()
 
 
-def test_cli_moves_the_ecs_queue_reversibly_and_status_checks_it(env, capsys) -> None:
-    from facefleet.control.cutover import effects
+def test_cli_moves_the_ecs_queue_whole_and_back_and_status_checks_it(env, capsys) -> None:
+    """Every task definition field copied, the task role granted the new queue, the service's
+    scaling alarms repointed (another team's alarm on the queue left alone); `--back` undoes
+    each part. The router's mapping is the rehearsal's (no stack here: no router function)."""
     from facefleet.tools.cli import main
+    from tests.contract import existing_account
     from tests.flows_support import create_queues
 
     names, aws = env.names, env.aws
     urls = create_queues(names, aws)
-    old = aws.client("sqs").create_queue(QueueName=f"{names.prefix}-legacy")["QueueUrl"]
-    ecs = aws.client("ecs")
-    ecs.create_cluster(clusterName="prod")
-    definition = ecs.register_task_definition(
-        family="indexer",
-        containerDefinitions=[
-            {
-                "name": "indexer",
-                "image": "indexer:1",
-                "memory": 512,
-                "environment": [{"name": "QUEUE_URL", "value": old}, {"name": "X", "value": "1"}],
-            }
-        ],
-    )["taskDefinition"]["taskDefinitionArn"]
-    ecs.create_service(
-        cluster="prod", serviceName="indexer", taskDefinition=definition, desiredCount=1
-    )
-    target = ["--prefix", names.prefix, "--ecs-cluster", "prod", "--ecs-service", "indexer"]
+    prefix = f"{names.prefix}-"
+    account = existing_account.create(aws, prefix)
+    cluster, service = f"{prefix}prod", f"{prefix}indexer"
+    target = ["--prefix", names.prefix, "--ecs-cluster", cluster, "--ecs-service", service]
+    ecs_url = urls[names.ecs_indexing_queue]
 
     assert main(["cutover", "status", *target]) == 0
     assert "ECS service reads its own queue: NO" in capsys.readouterr().out
     assert main(["cutover", "move-ecs-queue", *target]) == 0
-    moved = capsys.readouterr().out
-    assert f"--back-to {old}" in moved
-    assert effects.ecs_queue_url("prod", "indexer", aws) == urls[names.ecs_indexing_queue]
+    assert "--back" in capsys.readouterr().out
+    assert ecs_move.ecs_queue_url(cluster, service, aws) == ecs_url
+    ecs = aws.client("ecs")
+    arn = ecs.describe_services(cluster=cluster, services=[service])["services"][0][
+        "taskDefinition"
+    ]
+    assert arn != account.task_definition
+    described = ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"])
+    for key, value in account.fields.items():
+        if key == "tags":
+            assert described["tags"] == value
+        elif key in ("inferenceAccelerators", "enableFaultInjection"):
+            continue  # moto does not keep these two; the request carries them (below)
+        else:
+            assert described["taskDefinition"][key] == value, key
+    environment = described["taskDefinition"]["containerDefinitions"][0]["environment"]
+    assert {"name": "GROUP_FACE_QUEUE_URL", "value": account.group_face_url} in environment
+    new_name = ecs_url.rsplit("/", 1)[-1]
+    for alarm in account.alarms:
+        assert existing_account.alarm_queue(aws, alarm) == new_name
+    other = existing_account.alarm_queue(aws, f"{prefix}oncall-indexing-age")
+    assert other == f"{prefix}ve-inhouse-indexing"
+    assert ecs_move.role_may_consume(account.task_role_arn, ecs_move.queue_arn(ecs_url, aws), aws)
     assert main(["cutover", "status", *target]) == 0
     text = capsys.readouterr().out
     assert "stage 0/5  weight 0 % to Batch" in text
     assert "ECS service reads its own queue: yes" in text
+    assert "task role may consume it: yes" in text
+    assert "scaling alarms on the new queue: yes" in text
     assert main(["cutover", "status", "--json", *target]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ecs_queue_moved"] is True and len(data["gates"]) == 5
-    # The step undone: back to the queue it read before; the other variables kept.
-    assert main(["cutover", "move-ecs-queue", *target, "--back-to", old]) == 0
-    assert effects.ecs_queue_url("prod", "indexer", aws) == old
-    service = ecs.describe_services(cluster="prod", services=["indexer"])["services"][0]
-    latest = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])
-    environment = latest["taskDefinition"]["containerDefinitions"][0]["environment"]
-    assert {"name": "X", "value": "1"} in environment
+
+    # The step undone: back to the queue it read before, every part.
+    assert main(["cutover", "move-ecs-queue", *target, "--back"]) == 0
+    assert ecs_move.ecs_queue_url(cluster, service, aws) == account.indexing_url
+    for alarm in account.alarms:
+        assert existing_account.alarm_queue(aws, alarm) == f"{prefix}ve-inhouse-indexing"
+    assert not ecs_move.role_may_consume(
+        account.task_role_arn, ecs_move.queue_arn(ecs_url, aws), aws
+    )
+    check = ecs_move.check(names, cluster, service, aws)
+    assert not check.moved and check.reads == account.indexing_url
+
+
+def test_the_revision_request_copies_every_field_register_accepts() -> None:
+    """Pure: every field `RegisterTaskDefinition` accepts, as describe returns it, is in the
+    request (the moto server drops two of them, so the request is checked here)."""
+    import boto3
+
+    from tests.contract import existing_account
+
+    ecs = boto3.client("ecs", region_name="us-east-1")
+    accepted = ecs_move._accepted(ecs, "RegisterTaskDefinition")
+    fields = existing_account.task_definition_fields("arn:role/task", "arn:role/exec")
+    tags = fields.pop("tags")
+    described = {
+        **fields,
+        "family": "indexer",
+        "taskDefinitionArn": "arn:td/indexer:3",
+        "revision": 3,
+        "status": "ACTIVE",
+        "compatibilities": ["EC2"],
+        "registeredAt": "2026-01-01",
+        "containerDefinitions": [
+            {"name": "c", "image": "i", "environment": [{"name": "QUEUE_URL", "value": "old"}]}
+        ],
+    }
+    request = ecs_move.revision_request(described, tags, "new", accepted)
+    assert set(request) == accepted  # nothing left behind, nothing describe-only sent
+    assert request["containerDefinitions"][0]["environment"] == [
+        {"name": "QUEUE_URL", "value": "new"}
+    ]
 
 
 def test_flows_image_holds_the_flows_and_no_ml_stack() -> None:
@@ -308,7 +356,6 @@ def test_flows_image_holds_the_flows_and_no_ml_stack() -> None:
 
 
 def test_the_cutover_does_not_start_before_the_ecs_service_reads_its_queue(env) -> None:
-    from facefleet.control.cutover import effects
     from facefleet.flows import cutover as cutover_flows
     from tests.flows_support import create_queues
 
@@ -341,7 +388,7 @@ def test_the_cutover_does_not_start_before_the_ecs_service_reads_its_queue(env) 
     held = cutover_flows.cutover(**params)
     assert (held["action"], held["weight"]) == ("hold", 0)
     assert "move-ecs-queue" in held["reasons"][0]
-    effects.move_ecs_queue("prod", "indexer", urls[names.ecs_indexing_queue], aws)
+    ecs_move.move_ecs_queue(names, "prod", "indexer", aws, queue_url=urls[names.ecs_indexing_queue])
     started = cutover_flows.cutover(**params)
     assert (started["action"], started["weight"]) == ("start", 10)
 

@@ -299,21 +299,50 @@ def denied_requests(
                 yield call, request
 
 
-# -- added for the Spot savings job and rule tests (issue 21) -------------------------------
+# -- more services (the rehearsal's actors) ---------------------------------------------------
+
+UNSCOPED = {
+    # Service Authorization Reference: these take no resource-level permission ("*").
+    ("ecs", "DescribeTaskDefinition"),
+    ("ecs", "RegisterTaskDefinition"),
+    ("ec2", "DescribeSpotPriceHistory"),
+    ("pricing", "GetProducts"),
+    ("batch", "DescribeJobDefinitions"),
+    ("sns", "ListTopics"),
+    ("sts", "GetCallerIdentity"),
+}
 
 
-def requests_with_reads(call: Call, account: str) -> list[Request]:
-    """`requests_for`, plus the read calls of the Spot savings job (EC2 Spot price history and
-    the Pricing API take no resource-level permission; ECS DescribeContainerInstances is
-    scoped to the container instance ARNs)."""
-    if call.service == "ec2" and call.operation == "DescribeSpotPriceHistory":
-        return [Request("ec2:DescribeSpotPriceHistory", "*")]
-    if call.service == "pricing" and call.operation == "GetProducts":
-        return [Request("pricing:GetProducts", "*")]
-    if call.service == "ecs" and call.operation == "DescribeContainerInstances":
+def requests_for_any(call: Call, account: str) -> list[Request]:
+    """`requests_for`, and the ECS, Lambda, SNS, EC2, Pricing and Logs calls the rehearsal's
+    actors make (resource ARNs as the Service Authorization Reference gives them)."""
+    p, region, op = call.params, call.region, call.operation
+    if (call.service, op) in UNSCOPED:
+        return [Request(f"{call.service}:{op}", "*")]
+    if call.service == "ecs" and op in ("DescribeServices", "UpdateService"):
+        cluster = str(p.get("cluster", "default")).rsplit("/", 1)[-1]
+        services = p.get("services") or [p.get("service")]
         return [
-            Request("ecs:DescribeContainerInstances", arn)
-            for arn in call.params["containerInstances"]
+            Request(
+                f"ecs:{op}",
+                s
+                if str(s).startswith("arn:")
+                else f"arn:aws:ecs:{region}:{account}:service/{cluster}/{s}",
+            )
+            for s in services
+        ]
+    if call.service == "ecs" and op == "DescribeContainerInstances":
+        return [Request("ecs:DescribeContainerInstances", arn) for arn in p["containerInstances"]]
+    if call.service == "sns" and op == "Publish":
+        return [Request("sns:Publish", p["TopicArn"])]
+    if call.service == "logs" and op in ("CreateLogStream", "PutLogEvents"):
+        group = p["logGroupName"]
+        stream = p["logStreamName"]
+        return [
+            Request(
+                f"logs:{op}",
+                f"arn:aws:logs:{region}:{account}:log-group:{group}:log-stream:{stream}",
+            )
         ]
     return requests_for(call, account)
 
@@ -343,3 +372,12 @@ def permissive_context(
     return Context(
         region, account, refs={**every, **refs}, attributes=AnyAttribute(region, account)
     )
+
+
+def denied_any(
+    policy: Mapping[str, Any], calls: list[Call], account: str
+) -> Iterator[tuple[Call, Request]]:
+    for call in calls:
+        for request in requests_for_any(call, account):
+            if not allowed(policy, request):
+                yield call, request

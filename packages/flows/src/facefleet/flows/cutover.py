@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.control import observe
-from facefleet.control.cutover import effects, machine
+from facefleet.control.cutover import ecs_move, effects, machine
 from facefleet.control.cutover import health as health_reads
 
 
@@ -53,7 +53,7 @@ def cutover(
         ecs_url = observe.stack_queue_url(
             the_names, aws, "EcsIndexingQueueUrl", the_names.ecs_indexing_queue
         )
-        reads = effects.ecs_queue_url(ecs_cluster, ecs_service, aws)
+        reads = ecs_move.ecs_queue_url(ecs_cluster, ecs_service, aws)
         if reads != ecs_url:
             reason = (
                 f"ECS service {ecs_service} reads {reads or 'no QUEUE_URL'}, not the ECS queue: "

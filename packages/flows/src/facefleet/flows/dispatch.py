@@ -1,10 +1,7 @@
-"""The dispatch flow: observe the queues and jobs, decide with the one policy, submit, record.
-
-Each tick: read queue depth and active jobs (`observe`), call `policy.decide`, submit each
-`Submission` through prefect-aws `batch_submit` (names, queues and definitions from `Names`;
-arrays through `arrayProperties`), then log the decision with its inputs, record a markdown
-artifact and the JobsSubmitted / DispatchBacklog metrics, and persist the cool-down state in SSM
-(the fallback Lambda reads the same parameter).
+"""The dispatch flow: the one dispatch tick (`facefleet.control.dispatch_tick`: lease, observe,
+`policy.decide`, submit through the flow's Batch client, cool-down state in SSM, shared with the
+fallback Lambda), then what only the flow reports: the decision logged with its inputs, a
+markdown artifact, and the JobsSubmitted / DispatchBacklog metrics.
 
 Modes: `aws` submits and lets Batch run the jobs. `local` (the embedded default) also submits to
 the moto server, for the record, and hands each job to the `LocalExecutor`, whose running
@@ -13,32 +10,19 @@ processes count as active jobs on the next tick.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import time
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect_aws import AwsCredentials
-from prefect_aws.batch import batch_submit
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names, Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
-from facefleet.control import observe
-from facefleet.control.lease import DispatchLease
-from facefleet.control.policy import (
-    Decision,
-    DispatchInputs,
-    PolicyParams,
-    Submission,
-    decide,
-    job_request,
-)
+from facefleet.control import dispatch_tick, observe
+from facefleet.control.policy import Decision, DispatchInputs, PolicyParams, Submission
 
 if TYPE_CHECKING:
     from facefleet.localstack.batch import LocalExecutor
@@ -50,24 +34,6 @@ METRICS_SERVICE = "dispatch"  # the Service dimension the dashboards chart dispa
 def names_from(values: Mapping[str, Any] | None) -> Names:
     """`Names` from flow parameters (a deployment passes plain JSON)."""
     return Names(**dict(values or {}))
-
-
-@contextlib.contextmanager
-def aws_endpoint(endpoint_url: str | None) -> Iterator[None]:
-    """prefect-aws `batch_submit` builds its client from the session, ignoring an endpoint in
-    AwsClientParameters; boto3 honours AWS_ENDPOINT_URL, so set it around the submissions."""
-    if endpoint_url is None:
-        yield
-        return
-    previous = os.environ.get("AWS_ENDPOINT_URL")
-    os.environ["AWS_ENDPOINT_URL"] = endpoint_url
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("AWS_ENDPOINT_URL", None)
-        else:
-            os.environ["AWS_ENDPOINT_URL"] = previous
 
 
 def local_executor(state_dir: str | None) -> LocalExecutor:
@@ -151,93 +117,34 @@ def dispatch(
     holds the dispatch lease it shares with the fallback Lambda."""
     logger = get_run_logger()
     the_names = names_from(names)
-    params = PolicyParams(**dict(policy or {}))
     aws = AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
     settings = Settings.from_env()
-    with DispatchLease(the_names.dispatch_lease_table, aws).held(time.time()) as mine:
-        if not mine:
-            logger.info("another dispatch tick holds the lease: nothing to do")
-            return {"submissions": [], "job_ids": [], "jobs": 0, "skipped": "lease held"}
-        urls = observe.queue_urls(
-            the_names,
-            aws,
-            indexing=queue_url or settings.queue_url,
-            group_face=group_face_queue_url or settings.group_face_queue_url,
-        )
-        return _tick(the_names, params, aws, settings, urls, mode, local_batch_dir)
-
-
-def _tick(
-    the_names: Names,
-    params: PolicyParams,
-    aws: AwsTarget,
-    settings: Settings,
-    urls: observe.QueueUrls,
-    mode: Mode,
-    local_batch_dir: str | None,
-) -> dict[str, Any]:
-    logger = get_run_logger()
     executor = local_executor(local_batch_dir) if mode == "local" else None
-    now = time.time()
-    state = observe.load_state(the_names, aws)
-    inputs = observe.observe(
+    done = dispatch_tick.tick(
         the_names,
+        PolicyParams(**dict(policy or {})),
         aws,
-        now_s=now,
-        state=state,
-        urls=urls,
-        extra_active=executor.active_jobs() if executor else (),
+        aws.client("batch"),
+        queue_url=queue_url or settings.queue_url,
+        group_face_queue_url=group_face_queue_url or settings.group_face_queue_url,
+        extra_active=executor.active_jobs if executor else None,
+        on_submitted=_local_start(executor, the_names, aws) if executor else None,
     )
-    decision = decide(inputs, params, the_names)
+    if done.inputs is None or done.decision is None:
+        logger.info("dispatch tick skipped: %s", done.skipped)
+        return done.as_dict()
+    inputs, decision = done.inputs, done.decision
     logger.info(
-        "dispatch decision: %d job(s) in %d submission(s) (%s); inputs %s",
+        "dispatch decision: %d job(s) in %d submission(s) (%s); inputs %s; tick %.2f s",
         decision.jobs,
         len(decision.submissions),
         "; ".join(decision.reasons),
         observe.describe_inputs(inputs),
-    )
-
-    credentials = AwsCredentials(region_name=aws.region)
-    job_ids: list[str] = []
-    with aws_endpoint(aws.endpoint_url):
-        for sequence, submission in enumerate(decision.submissions):
-            request = job_request(submission, now, sequence)
-            extra = {k: v for k, v in request.items() if k not in _POSITIONAL}
-            job_id: str = batch_submit(  # type: ignore[assignment]  # sync call: a str
-                request["jobName"],
-                request["jobQueue"],
-                request["jobDefinition"],
-                credentials,
-                **extra,
-            )
-            job_ids.append(job_id)
-            if executor is not None:
-                from facefleet.localstack.batch import JobSpec
-
-                command, environment, attempts = job_runtime(the_names, submission, aws)
-                pids = executor.start(
-                    JobSpec(
-                        job_id=job_id,
-                        job_name=request["jobName"],
-                        kind=submission.kind,
-                        job_queue=submission.job_queue,
-                        command=command,
-                        environment=environment,
-                        array_size=submission.array_size,
-                        attempts=attempts,
-                        workdir=os.environ.get("FACEFLEET_WORKDIR", os.getcwd()),
-                    )
-                )
-                logger.info("local executor started %s as pid(s) %s", request["jobName"], pids)
-
-    observe.save_state(
-        the_names,
-        state.after(now, inputs.indexing.visible, submitted=bool(decision.submissions)),
-        aws,
+        done.duration_s,
     )
     create_markdown_artifact(
         key=artifact_key(the_names),
-        markdown=decision_markdown(inputs, decision, job_ids),
+        markdown=decision_markdown(inputs, decision, list(done.job_ids)),
         description=f"dispatch decision for {the_names.prefix}",
     )
     MetricsEmitter(
@@ -249,13 +156,30 @@ def _tick(
         prefix=the_names.prefix,
         group_face_backlog=inputs.group_face.visible,
     )
-    return {
-        "submissions": [asdict(s) for s in decision.submissions],
-        "job_ids": job_ids,
-        "jobs": decision.jobs,
-        "reasons": list(decision.reasons),
-        "inputs": observe.describe_inputs(inputs),
-    }
+    return done.as_dict()
 
 
-_POSITIONAL = ("jobName", "jobQueue", "jobDefinition")
+def _local_start(
+    executor: LocalExecutor, names: Names, aws: AwsTarget
+) -> dispatch_tick.OnSubmitted:
+    """`mode: local`: each submitted job also runs as local processes (moto runs none)."""
+    from facefleet.localstack.batch import JobSpec
+
+    def start(submission: Submission, request: dict[str, Any], job_id: str) -> None:
+        command, environment, attempts = job_runtime(names, submission, aws)
+        pids = executor.start(
+            JobSpec(
+                job_id=job_id,
+                job_name=request["jobName"],
+                kind=submission.kind,
+                job_queue=submission.job_queue,
+                command=command,
+                environment=environment,
+                array_size=submission.array_size,
+                attempts=attempts,
+                workdir=os.environ.get("FACEFLEET_WORKDIR", os.getcwd()),
+            )
+        )
+        get_run_logger().info("local executor started %s as pid(s) %s", request["jobName"], pids)
+
+    return start

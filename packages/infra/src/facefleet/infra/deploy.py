@@ -475,13 +475,16 @@ def _refresh_outputs(cloudformation: Any, current: Plan) -> None:
     stack = _stack(cloudformation, current.stack_name)
     if stack is None or declared <= {o["OutputKey"] for o in stack.get("Outputs") or []}:
         return
-    # moto compares the template text: re-submit the same template spelled differently (the
-    # change set's body is either indented or, when large, compact).
-    spaced = json.dumps(json.loads(current.template_body), sort_keys=True)
+    # moto refuses an update whose body is byte-identical to the stack's ("No updates are to be
+    # performed"): send the same template in another layout than the change set's.
+    document = json.loads(current.template_body)
+    body = json.dumps(document, separators=(",", ":"), sort_keys=True)
+    if body == current.template_body:
+        body = json.dumps(document, indent=1, sort_keys=True)
     try:
         cloudformation.update_stack(
             StackName=current.stack_name,
-            TemplateBody=spaced,
+            TemplateBody=body,
             Capabilities=CAPABILITIES,
             Parameters=[
                 {"ParameterKey": p["ParameterKey"], "UsePreviousValue": True}

@@ -6,9 +6,10 @@
         images on each side in the stage (images from the gallery database when
         GALLERY_IMAGES_MONGO_URI is set), routed messages per side, and whether the ECS
         service reads its own queue
-    facefleet cutover move-ecs-queue --ecs-cluster C --ecs-service S [--back-to URL]
-        the cutover's first step: point the ECS service's QUEUE_URL at the ECS queue (or,
-        with --back-to, at the queue it read before: the step undone)
+    facefleet cutover move-ecs-queue --ecs-cluster C --ecs-service S [--back | --back-to URL]
+        the cutover's first step (`facefleet.control.cutover.ecs_move`): the ECS service on the
+        stack's ECS queue (task definition, task role grant, scaling alarms), then the router's
+        event source enabled; with --back (or --back-to URL) all of it undone
 
 Uses the usual AWS environment (AWS_ENDPOINT_URL for the local stack) and FACEFLEET_PREFIX.
 """
@@ -62,18 +63,26 @@ def status(args: argparse.Namespace, names: Names) -> int:
 
 
 def move(args: argparse.Namespace, names: Names) -> int:
-    from facefleet.control.cutover import effects
+    from facefleet.control.cutover import ecs_move
 
     if not (args.ecs_cluster and args.ecs_service):
         print("error: move-ecs-queue needs --ecs-cluster and --ecs-service")
         return 2
     aws = AwsTarget.from_env(region=args.region)
-    target = (
-        args.back_to
-        or aws.client("sqs").get_queue_url(QueueName=names.ecs_indexing_queue)["QueueUrl"]
+    back = bool(args.back or args.back_to)
+    report = ecs_move.move_ecs_queue(
+        names, args.ecs_cluster, args.ecs_service, aws, queue_url=args.back_to, back=back
     )
-    previous = effects.move_ecs_queue(args.ecs_cluster, args.ecs_service, target, aws)
-    print(f"{args.ecs_service} reads {target} (was {previous or 'unset'})")
-    if not args.back_to and previous and previous != target:
-        print(f"undo: facefleet cutover move-ecs-queue ... --back-to {previous}")
+    print(f"{args.ecs_service} reads {report.queue_url} (was {report.previous_url or 'unset'})")
+    print(f"task definition: {report.task_definition}")
+    print(f"task role: {report.role_policy}")
+    print(f"scaling alarms repointed: {', '.join(report.alarms) or 'none'}")
+    print(f"router event source: {report.mapping}")
+    if back:
+        return 0
+    check = ecs_move.check(names, args.ecs_cluster, args.ecs_service, aws, report.queue_url)
+    if not check.moved:
+        print("error: the move is not complete (see above); the router stays disabled")
+        return 1
+    print("undo: facefleet cutover move-ecs-queue --ecs-cluster ... --ecs-service ... --back")
     return 0

@@ -85,6 +85,9 @@ def register(subparsers: Any) -> None:
     cutover.add_argument("--json", action="store_true", help="status: machine-readable")
     cutover.add_argument("--ecs-cluster", default=None, help="the existing ECS service's cluster")
     cutover.add_argument("--ecs-service", default=None, help="the existing ECS service")
+    cutover.add_argument(
+        "--back", action="store_true", help="move-ecs-queue: undo, to the queue read before"
+    )
     cutover.add_argument("--back-to", default=None, help="move-ecs-queue: undo, to this URL")
     _common(cutover)
     cutover.set_defaults(func=run_cutover)
@@ -201,7 +204,9 @@ def run_cutover(args: argparse.Namespace) -> int:
         return cutover_cli.move(args, the_names)
     common = {"names": names, "region": args.region}
     if args.action == "step":
-        _print(cutover.cutover(**common))
+        _print(
+            cutover.cutover(ecs_cluster=args.ecs_cluster, ecs_service=args.ecs_service, **common)
+        )
     elif args.action == "rollback":
         _print(cutover.rollback_flow(reason=args.reason or "manual rollback", **common))
     elif args.action == "pause":

@@ -1,6 +1,6 @@
-"""The cutover's side effects: its state in SSM (and the router's weight), moving the ECS
-service to its own queue, returning waiting messages to the ECS queue, the SNS alert, releasing
-the ECS service, the weight metric."""
+"""The cutover's side effects: its state in SSM (and the router's weight), returning waiting
+messages to the ECS queue, the SNS alert, releasing the ECS service, the weight metric. Moving
+the ECS service to its own queue is `ecs_move`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import logging
 import os
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names, Settings
@@ -108,64 +108,6 @@ def alert(names: Names, subject: str, message: str, aws: AwsTarget) -> bool:
                 return True
     log.warning("alerts topic %s not found; alert not sent: %s", names.alerts_topic, subject)
     return False
-
-
-QUEUE_URL_VARIABLE = "QUEUE_URL"
-
-
-def ecs_queue_url(cluster: str, service: str, aws: AwsTarget) -> str | None:
-    """The QUEUE_URL the ECS service's task definition gives its containers (None: unset)."""
-    ecs = aws.client("ecs")
-    found = ecs.describe_services(cluster=cluster, services=[service])["services"]
-    if not found:
-        raise LookupError(f"ECS service {service} not found in cluster {cluster}")
-    definition = ecs.describe_task_definition(taskDefinition=found[0]["taskDefinition"])
-    for container in definition["taskDefinition"]["containerDefinitions"]:
-        for variable in container.get("environment", []):
-            if variable.get("name") == QUEUE_URL_VARIABLE:
-                return variable.get("value")
-    return None
-
-
-def move_ecs_queue(cluster: str, service: str, queue_url: str, aws: AwsTarget) -> str | None:
-    """Point the ECS service at `queue_url`: a new task definition revision with QUEUE_URL
-    changed, and the service updated to it (ECS replaces the tasks, draining the old ones).
-    Returns the previous URL, so the step is undone by moving back to it. A no-op when the
-    service already reads `queue_url`."""
-    ecs = aws.client("ecs")
-    found = ecs.describe_services(cluster=cluster, services=[service])["services"]
-    if not found:
-        raise LookupError(f"ECS service {service} not found in cluster {cluster}")
-    current = ecs.describe_task_definition(taskDefinition=found[0]["taskDefinition"])
-    definition: dict[str, Any] = dict(current["taskDefinition"])
-    previous = ecs_queue_url(cluster, service, aws)
-    if previous == queue_url:
-        return previous
-    containers: list[Any] = []
-    for container in definition["containerDefinitions"]:
-        environment = [
-            v for v in container.get("environment", []) if v.get("name") != QUEUE_URL_VARIABLE
-        ]
-        environment.append({"name": QUEUE_URL_VARIABLE, "value": queue_url})
-        containers.append({**container, "environment": environment})
-    keep = (
-        "taskRoleArn",
-        "executionRoleArn",
-        "networkMode",
-        "volumes",
-        "placementConstraints",
-        "requiresCompatibilities",
-        "cpu",
-        "memory",
-    )
-    request = {k: definition[k] for k in keep if definition.get(k) is not None}
-    registered = ecs.register_task_definition(
-        family=definition["family"], containerDefinitions=containers, **request
-    )
-    arn = registered["taskDefinition"]["taskDefinitionArn"]
-    ecs.update_service(cluster=cluster, service=service, taskDefinition=arn)
-    log.info("ECS service %s now reads %s (was %s)", service, queue_url, previous)
-    return previous
 
 
 def release_ecs(cluster: str | None, service: str | None, aws: AwsTarget) -> bool:

@@ -13,9 +13,9 @@ from typing import Any
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
-from facefleet.control import observe
-from facefleet.control.cutover import effects
+from facefleet.control.cutover import ecs_move, effects
 from facefleet.control.cutover import health as health_reads
+from facefleet.control.cutover.ecs_move import MoveCheck
 from facefleet.control.cutover.machine import STAGES, CutoverState, Gates, Health, gate_findings
 from facefleet.control.router import BATCH, ECS, METRICS_SERVICE, users_by_side
 
@@ -53,7 +53,8 @@ class CutoverStatus:
     images: Mapping[str, int] = field(default_factory=dict)
     routed: Mapping[str, int] = field(default_factory=dict)  # router metric, since the stage began
     ecs_queue: str | None = None  # what the ECS service reads (None: not checked)
-    ecs_queue_moved: bool | None = None
+    ecs_queue_moved: bool | None = None  # every part of the move verified (`ecs_move.check`)
+    ecs_move: MoveCheck | None = None
 
 
 def gates_of(health: Health, gates: Gates) -> tuple[GateStatus, ...]:
@@ -79,8 +80,7 @@ def describe(
     *,
     uploads: Sequence[tuple[str, str]] = (),
     routed: Mapping[str, int] | None = None,
-    ecs_queue: str | None = None,
-    expected_ecs_queue: str | None = None,
+    ecs_move: MoveCheck | None = None,
 ) -> CutoverStatus:
     """`uploads`: (user id, image id) seen since the stage began; each user's side is the one
     the router gives it at the current weight."""
@@ -89,9 +89,6 @@ def describe(
     sides = users_by_side(users, state.weight)
     on_batch = set(sides[BATCH])
     images = {BATCH: sum(u in on_batch for u in users), ECS: sum(u not in on_batch for u in users)}
-    moved = None
-    if ecs_queue is not None or expected_ecs_queue is not None:
-        moved = ecs_queue is not None and ecs_queue == expected_ecs_queue
     return CutoverStatus(
         status=state.status,
         weight=state.weight,
@@ -103,8 +100,9 @@ def describe(
         users={BATCH: len(sides[BATCH]), ECS: len(sides[ECS])},
         images=images,
         routed=dict(routed or {}),
-        ecs_queue=ecs_queue,
-        ecs_queue_moved=moved,
+        ecs_queue=ecs_move.reads if ecs_move else None,
+        ecs_queue_moved=ecs_move.moved if ecs_move else None,
+        ecs_move=ecs_move,
     )
 
 
@@ -138,10 +136,26 @@ def render(status: CutoverStatus) -> str:
         lines.append(
             f"  routed messages   {status.routed.get(BATCH, 0):>6} {status.routed.get(ECS, 0):>6}"
         )
-    if status.ecs_queue_moved is not None:
-        check = "yes" if status.ecs_queue_moved else "NO: move it before the cutover starts"
-        lines.append(f"ECS service reads its own queue: {check} ({status.ecs_queue or 'unset'})")
+    if status.ecs_move is not None:
+        lines += _move_lines(status.ecs_move)
     return "\n".join(lines)
+
+
+def _yes(value: bool | None, no: str) -> str:
+    return "cannot tell (not readable here)" if value is None else ("yes" if value else no)
+
+
+def _move_lines(check: MoveCheck) -> list[str]:
+    move = "run `facefleet cutover move-ecs-queue`"
+    overall = "yes" if check.moved else f"NO: {move} before the cutover starts"
+    return [
+        f"ECS service reads its own queue: {overall}",
+        f"  QUEUE_URL: {_yes(check.reads == check.expected, 'NO')} ({check.reads or 'unset'})",
+        f"  task role may consume it: {_yes(check.role_access, 'NO: ' + move)}",
+        "  scaling alarms on the new queue: "
+        + ("yes" if not check.alarms_on_old else f"NO: {', '.join(check.alarms_on_old)}"),
+        f"  router mapping enabled: {_yes(check.mapping_enabled, 'NO: ' + move)}",
+    ]
 
 
 def as_dict(status: CutoverStatus) -> dict[str, Any]:
@@ -188,12 +202,9 @@ def read_status(
         )
         for side, metric in ((BATCH, Metric.ROUTED_TO_BATCH), (ECS, Metric.ROUTED_TO_ECS))
     }
-    ecs_queue = expected = None
+    moved = None
     if ecs_cluster and ecs_service:
-        ecs_queue = effects.ecs_queue_url(ecs_cluster, ecs_service, aws)
-        expected = observe.stack_queue_url(
-            names, aws, "EcsIndexingQueueUrl", names.ecs_indexing_queue
-        )
+        moved = ecs_move.check(names, ecs_cluster, ecs_service, aws)
     return describe(
         state,
         health,
@@ -201,6 +212,5 @@ def read_status(
         now,
         uploads=uploads,
         routed=routed,
-        ecs_queue=ecs_queue,
-        expected_ecs_queue=expected,
+        ecs_move=moved,
     )

@@ -7,9 +7,15 @@ nothing more: submit to the stack's job queues and definitions, read queue depth
 messages from the Batch queue to the ECS queue (rollback), read and write the cutover and
 dispatch parameters, read CloudWatch statistics, put metrics in the FaceFleet namespace, publish
 to the alerts topic, and (only when `ecs_service_arn` is given) scale that one ECS service after
-the final soak (and check, at the cutover's start, that it reads the ECS queue). No
-`cloudformation:*`: provisioning runs from a person's shell or CI
+the final soak (and check, at the cutover's start, that it reads the ECS queue). Dispatch takes
+the lease first (PutItem / DeleteItem on the lease table), and every flow reads the stack's
+outputs (production flow runs get no QUEUE_URL): `cloudformation:DescribeStacks` on this stack
+only, nothing else of CloudFormation: provisioning runs from a person's shell or CI
 (`facefleet infra apply`), never from the flow runtime.
+
+The Prefect worker service has a deployment circuit breaker with rollback: a task that cannot
+start (a bad image) fails the deployment back to the previous task definition in minutes, instead
+of keeping the stack IN_PROGRESS for hours (ECS developer guide, "Deployment circuit breaker").
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from facefleet.infra.template.base import (
     sub,
     tag_list,
 )
+from facefleet.infra.template.dispatcher import LEASE_TABLE
 from facefleet.infra.template.iam import metrics_statement, savings_statements
 from facefleet.infra.template.queues import Queues
 from facefleet.infra.template.router import ECS_QUEUE, INGRESS_QUEUE, RouterQueues
@@ -38,6 +45,8 @@ FLOWS_TASK_ROLE = "FlowsTaskRole"
 FLOWS_EXECUTION_ROLE = "FlowsExecutionRole"
 PREFECT_WORKER_ROLE = "PrefectWorkerRole"
 FLOWS_REPOSITORY = "FlowsImageRepository"
+# Every ECS service of the stack: a failed deployment rolls back instead of retrying for hours.
+CIRCUIT_BREAKER: Json = {"DeploymentCircuitBreaker": {"Enable": True, "Rollback": True}}
 
 
 def flows_image(config: StackConfig) -> Any:
@@ -74,6 +83,13 @@ def flow_task_statements(config: StackConfig, queues: Queues) -> list[Json]:
         ]
     statements += [
         statement(["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], depth),
+        # One dispatch tick at a time (control/lease.py): a conditional put, then a delete.
+        statement(["dynamodb:DeleteItem", "dynamodb:PutItem"], [get_att(LEASE_TABLE, "Arn")]),
+        # observe, the cutover flow, its effects and health find the queues in the outputs.
+        statement(
+            ["cloudformation:DescribeStacks"],
+            [arn("cloudformation", f"stack/{names.stack_name}/*")],
+        ),
         statement(
             ["ssm:GetParameter", "ssm:PutParameter"],
             [
@@ -201,6 +217,7 @@ def _worker_resources(config: StackConfig) -> Json:
                 "LaunchType": "FARGATE",
                 "DesiredCount": 1,
                 "TaskDefinition": ref("PrefectWorkerTaskDefinition"),
+                "DeploymentConfiguration": CIRCUIT_BREAKER,
                 "NetworkConfiguration": {
                     "AwsvpcConfiguration": {
                         "Subnets": ref("SubnetIds"),

@@ -7,6 +7,15 @@ creates `Names.ingress_queue`. The ECS service's own queue (`Names.ecs_indexing_
 dead-letter queue) is always created: moving the service's QUEUE_URL there is the cutover's first
 step (docs/infra.md, "Cutover").
 
+The event source mapping is created disabled: enabled at weight 0 it would move production
+messages to the ECS queue before the ECS service reads it. `facefleet cutover move-ecs-queue`
+enables it once the move is verified (and `--back` disables it first). Its
+`ScalingConfig.MaximumConcurrency` caps the router's share of the account's concurrency
+(2-1,000; without it the mapping may take up to 1,000), and the function timeout fits
+`VISIBILITY_TIMEOUT_FACTOR` times in the ingress queue's visibility timeout (Lambda developer
+guide, "Using Lambda with Amazon SQS": at least the function timeout, 6x recommended; doctor
+checks an existing ingress queue).
+
 The router role may receive and delete on the ingress queue (GetQueueAttributes too, which the
 event source mapping needs to poll), send to the two targets, read the weight parameter, and
 write its own logs: nothing else. Its routed-per-side counts are EMF lines in those logs.
@@ -18,7 +27,7 @@ from typing import Any
 
 from facefleet.control.router import WEIGHT, parameter
 from facefleet.infra.lambda_package import ROUTER_HANDLER, LambdaPackage
-from facefleet.infra.stack_config import QueueRef, StackConfig
+from facefleet.infra.stack_config import QueueRef, StackConfig, StackConfigError
 from facefleet.infra.template.base import (
     INDEXING_QUEUE,
     LAMBDA_RUNTIME,
@@ -37,6 +46,12 @@ INGRESS_QUEUE = "IngressQueue"
 ECS_QUEUE = "EcsIndexingQueue"
 ROUTER_ROLE = "RouterFunctionRole"
 ROUTER_FUNCTION = "RouterFunction"
+ROUTER_EVENT_SOURCE = "RouterEventSource"
+ROUTER_TIMEOUT_S = 30
+# Concurrent router invocations at most: each forwards a batch in well under a second, so a few
+# keep up with any upload burst (Lambda's SQS poller scales to this, not to 1,000).
+ROUTER_MAX_CONCURRENCY = 5
+VISIBILITY_TIMEOUT_FACTOR = 6  # AWS recommends a visibility timeout of 6x the function timeout
 
 
 class RouterQueues:
@@ -109,6 +124,13 @@ def router_resources(
         return resources
     if package is None:
         raise ValueError("the router Lambda needs its package (lambda_package.build_router())")
+    if routed.ingress is None and config.queue_visibility_timeout_s < ROUTER_TIMEOUT_S:
+        # Lambda refuses an SQS event source whose visibility timeout is below its timeout.
+        raise StackConfigError(
+            f"queue_visibility_timeout_s={config.queue_visibility_timeout_s}: the router's "
+            f"ingress queue needs a visibility timeout of at least {ROUTER_TIMEOUT_S} s "
+            f"({VISIBILITY_TIMEOUT_FACTOR * ROUTER_TIMEOUT_S} s recommended)"
+        )
     function = names.router_function
     resources.update(
         {
@@ -144,7 +166,7 @@ def router_resources(
                     "Handler": ROUTER_HANDLER,
                     "Code": {"S3Bucket": code_bucket, "S3Key": package.key},
                     "Role": get_att(ROUTER_ROLE, "Arn"),
-                    "Timeout": 30,
+                    "Timeout": ROUTER_TIMEOUT_S,
                     "MemorySize": 256,
                     "Environment": {
                         "Variables": {
@@ -159,7 +181,7 @@ def router_resources(
                     "Tags": tag_list(config),
                 },
             },
-            "RouterEventSource": {
+            ROUTER_EVENT_SOURCE: {
                 "Type": "AWS::Lambda::EventSourceMapping",
                 "Properties": {
                     "EventSourceArn": routed.arn(INGRESS_QUEUE),
@@ -168,7 +190,10 @@ def router_resources(
                     "MaximumBatchingWindowInSeconds": 1,
                     # Only the failed messages of a batch return to the ingress queue.
                     "FunctionResponseTypes": ["ReportBatchItemFailures"],
-                    "Enabled": True,
+                    "ScalingConfig": {"MaximumConcurrency": ROUTER_MAX_CONCURRENCY},
+                    # Enabled by `facefleet cutover move-ecs-queue` once the ECS service reads
+                    # the ECS queue (the router would otherwise fill a queue nobody reads).
+                    "Enabled": False,
                 },
             },
             "RouterErrorsAlarm": _alarm(
