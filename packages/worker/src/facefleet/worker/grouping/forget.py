@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from facefleet.common.messages import ErasureRequest, ForgetRequest, now_ms
 from facefleet.common.privacy import PrivacyRepository
-from facefleet.common.repository import LeaseHeld
+from facefleet.common.repository import LeaseHeld, LeaseLost, fenced_query
 from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
 from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate
 from facefleet.worker.grouping.store import (
@@ -57,7 +57,10 @@ def forget_faces(
     # Every orphan of the user, not only the named photos': a forget cut short is finished too.
     orphans = sorted({r["_id"] for r in rows} - stored)
     if orphans:
-        store.assignments.delete_many({"_id": {"$in": orphans}})
+        lease = store.lease_of(user_id)
+        if lease is not None:
+            lease.check()
+        store.assignments.delete_many(fenced_query({"_id": {"$in": orphans}}, lease))
     before = {p.person_id: p for p in store.people.people_of_user(user_id)}
     session = load_session(store, user_id, params)
     if session.model_id is None:
@@ -133,9 +136,9 @@ def _run(service: GroupingService, request: ForgetRequest | ErasureRequest) -> t
                     s3=service.s3,
                     bucket=service.bucket,
                 )
-    except LeaseHeld:
-        log.info("user is being grouped elsewhere; retrying later", extra={"user_id": user_id})
-        return Outcome.RETRY, False
+    except (LeaseHeld, LeaseLost):
+        log.info("user is being grouped elsewhere; deferred", extra={"user_id": user_id})
+        return Outcome.DEFER, False
     except Exception as error:
         if is_outage(error):
             log.warning("outage while forgetting", extra={"user_id": user_id, "error": repr(error)})

@@ -1,9 +1,11 @@
 """The grouping worker: the shared SQS consumer on GROUP_FACE_QUEUE_URL with a per-user handler.
 
 A batch's requests are grouped by user, so each user's state is loaded once per batch. Each user
-is grouped under the user's MongoDB lease (expiring, so a dead worker's lease lapses): while
-another worker holds it, that user's messages are RETRY (kept in flight, retried with backoff),
-never an error. Under the lease: load the user's state (a cached one only if the stored revision
+is grouped under the user's MongoDB lease (short, renewed while the work goes on, fenced: see
+`store.user_lease`): while another worker holds it, that user's messages are DEFER (back on
+the queue after a short delay) and the worker goes on with the other users: no user waits
+behind another. A holder whose lease was taken over stops writing (`LeaseLost`, DEFER too).
+Under the lease: load the user's state (a cached one only if the stored revision
 is the one this process wrote and the FAISS index holds exactly the state's faces), place the
 request's faces with the pure `add_faces` step, write back what changed (see `store`); when the
 library has grown by `ConsolidateParams.growth_share` since the last consolidation pass, run the
@@ -39,16 +41,24 @@ from facefleet.common.messages import (
     parse_group_queue_message,
 )
 from facefleet.common.metrics import Metric, MetricsEmitter
-from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, LeaseHeld, connect
+from facefleet.common.repository import (
+    GALLERY_DEFAULT_DB,
+    HUEMN_DEFAULT_DB,
+    LeaseHeld,
+    LeaseLost,
+    connect,
+)
 from facefleet.worker.consumer import ConsumerConfig, Outcome, ReceivedMessage, is_outage, serve
 from facefleet.worker.grouping import forget
 from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate, add_faces
 from facefleet.worker.grouping.consolidate import ConsolidateParams
 from facefleet.worker.grouping.store import (
+    LEASE_TTL,
     GroupingStore,
     UserSession,
     consolidate_session,
     consolidation_due,
+    drop_gone_faces,
     face_input,
     load_session,
     save_changes,
@@ -98,7 +108,7 @@ class GroupingService:
         params: ClusterParams | None = None,
         metrics: MetricsEmitter | None = None,
         owner: str | None = None,
-        lease_ttl: timedelta = timedelta(minutes=30),
+        lease_ttl: timedelta = LEASE_TTL,
         consolidate_params: ConsolidateParams | None = None,
     ) -> None:
         self.store = store
@@ -153,9 +163,12 @@ class GroupingService:
         """The outcome of one user's messages, and whether a dependency is down."""
         try:
             self.group_user(user_id, [request for _, request in items])
-        except LeaseHeld:
-            log.info("user is being grouped elsewhere; retrying later", extra={"user_id": user_id})
-            return Outcome.RETRY, False
+        except (LeaseHeld, LeaseLost) as error:
+            log.info(
+                "user is being grouped elsewhere; deferred",
+                extra={"user_id": user_id, "error": str(error)},
+            )
+            return Outcome.DEFER, False
         except Exception as error:
             if is_outage(error):
                 log.warning(
@@ -203,6 +216,17 @@ class GroupingService:
     def _group_locked(self, user_id: str, requests: Sequence[GroupingRequest]) -> UserResult:
         image_ids = list(dict.fromkeys(i for r in requests for i in r.image_ids))
         faces = _arrival_order(self.store.gallery.faces_of_images(user_id, image_ids), image_ids)
+        if drop_gone_faces(self.store, user_id, image_ids, {f.doc_id for f in faces}):
+            # A photo was saved over with new content: its old faces leave the state and their
+            # people are rewritten (as a forget would; this request may come first).
+            self.sessions.pop(user_id, None)
+            session = load_session(self.store, user_id, self.params, _newest_model(faces))
+            if session.model_id is not None:
+                save_changes(self.store, session, ClusterUpdate(), s3=self.s3, bucket=self.bucket)
+        if not faces:
+            # Nothing to place: the photos have no faces (none found, deleted, or erased since).
+            log.info("no faces to group", extra={"user_id": user_id, "images": len(image_ids)})
+            return UserResult(0, 0, 0)
         session = self.session(user_id, _newest_model(faces))
         mine = [f for f in faces if f.model_id == session.model_id]
         if len(mine) < len(faces):
@@ -215,6 +239,8 @@ class GroupingService:
                 },
             )
         if not mine:
+            if session.model_id is None:
+                self.sessions.pop(user_id, None)
             return UserResult(0, 0, len(faces))
         update = self.add(session, mine)
         save_changes(self.store, session, update, s3=self.s3, bucket=self.bucket)
@@ -256,6 +282,8 @@ class GroupingService:
 def _still_valid(session: UserSession, doc: dict[str, Any]) -> bool:
     """A cached session is used only when nobody wrote the user since and the index holds
     exactly the state's faces (a cache is never trusted blindly)."""
+    if session.model_id is None:
+        return False  # a user with no state yet is never cached as empty
     if doc.get("revision") != session.revision or doc.get("model_id") != session.model_id:
         return False
     faces = len(session.state.face_ids)
@@ -297,8 +325,9 @@ def build_service(settings: Settings, metrics: MetricsEmitter | None = None) -> 
         bucket=settings.face_group_bucket_name,
         params=cluster_params(settings),
         metrics=metrics,
-        # Longer than one batch may take: the heartbeat keeps the messages, this keeps the user.
-        lease_ttl=timedelta(seconds=settings.message_visibility_timeout),
+        # Short: the lease is renewed while the work goes on, and an abandoned one frees the
+        # user within a minute.
+        lease_ttl=LEASE_TTL,
     )
 
 
