@@ -24,8 +24,9 @@ from facefleet.common.s3keys import image_key
 from facefleet.worker.consumer import Consumer, ConsumerConfig, Outcome, ReceivedMessage
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService
-from facefleet.worker.grouping.service import GroupingService, build_service
+from facefleet.worker.grouping.service import GroupingService
 from facefleet.worker.grouping.store import GroupingStore
+from facefleet.worker.privacy.worker import build_service
 from tests.grouping_service_helpers import Gallery, Identities, Setup, make_setup, store_for
 from tests.sqs_helpers import counts
 from tests.test_detection_service import USER, Stack

@@ -21,18 +21,16 @@ import dataclasses
 import logging
 import os
 import socket
-import sys
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from facefleet.common.config import Settings, load_service_settings
+from facefleet.common.config import Settings
 from facefleet.common.documents import FaceDoc
-from facefleet.common.logs import configure_logging
 from facefleet.common.messages import (
     ErasureRequest,
     ForgetRequest,
@@ -48,8 +46,7 @@ from facefleet.common.repository import (
     LeaseLost,
     connect,
 )
-from facefleet.worker.consumer import ConsumerConfig, Outcome, ReceivedMessage, is_outage, serve
-from facefleet.worker.grouping import forget
+from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
 from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate, add_faces
 from facefleet.worker.grouping.consolidate import ConsolidateParams
 from facefleet.worker.grouping.store import (
@@ -68,6 +65,24 @@ from facefleet.worker.grouping.store import (
 log = logging.getLogger(__name__)
 
 CACHED_USERS = 8
+T = TypeVar("T")
+
+
+class PrivacyHooks(Protocol):
+    """What the privacy package (`worker.privacy.forget.PrivacyRequests`) does for the grouping
+    worker: grouping never imports privacy; the deployed worker (`worker.privacy.worker`)
+    plugs it in."""
+
+    def handle(
+        self,
+        service: GroupingService,
+        items: Sequence[tuple[ReceivedMessage, ForgetRequest | ErasureRequest]],
+        outage: bool,
+    ) -> dict[str, Outcome]: ...
+
+    def split_opted_out(
+        self, service: GroupingService, by_user: dict[str, list[tuple[ReceivedMessage, T]]]
+    ) -> tuple[dict[str, list[tuple[ReceivedMessage, T]]], dict[str, Outcome]]: ...
 
 
 def cluster_params(settings: Settings) -> ClusterParams:
@@ -110,8 +125,10 @@ class GroupingService:
         owner: str | None = None,
         lease_ttl: timedelta = LEASE_TTL,
         consolidate_params: ConsolidateParams | None = None,
+        privacy: PrivacyHooks | None = None,
     ) -> None:
         self.store = store
+        self.privacy = privacy
         self.consolidate_params = consolidate_params or ConsolidateParams()
         self.s3 = s3
         self.bucket = bucket
@@ -142,8 +159,9 @@ class GroupingService:
                 continue
             by_user.setdefault(parsed.user_id, []).append((message, parsed))
         # Users who turned face recognition off: nothing is grouped (what is left is erased).
-        by_user, off = forget.split_opted_out(self, by_user)
-        outcomes.update(off)
+        if self.privacy is not None:
+            by_user, off = self.privacy.split_opted_out(self, by_user)
+            outcomes.update(off)
         outage = False
         for user_id, items in by_user.items():
             # After an outage the rest would only time out one by one: retry them together.
@@ -154,7 +172,11 @@ class GroupingService:
             for message, _ in items:
                 outcomes[message.message_id] = outcome
         # After this batch's grouping, so a forget also cleans what it just wrote.
-        outcomes.update(forget.handle_privacy(self, privacy, outage))
+        if self.privacy is not None:
+            outcomes.update(self.privacy.handle(self, privacy, outage))
+        elif privacy:
+            log.error("forget/erase requests but no privacy hooks: kept for a full worker")
+            outcomes.update({message.message_id: Outcome.RETRY for message, _ in privacy})
         return outcomes
 
     def _handle_user(
@@ -305,7 +327,13 @@ def _arrival_order(faces: Sequence[FaceDoc], image_ids: Sequence[str]) -> list[F
     return sorted(faces, key=lambda f: (position.get(f.image_id, len(position)), f.index))
 
 
-def build_service(settings: Settings, metrics: MetricsEmitter | None = None) -> GroupingService:
+def build_service(
+    settings: Settings,
+    metrics: MetricsEmitter | None = None,
+    privacy: PrivacyHooks | None = None,
+) -> GroupingService:
+    """The grouping handler from the settings; the deployed worker passes the privacy hooks
+    (`worker.privacy.worker.build_service`)."""
     assert settings.gallery_images_mongo_uri and settings.huemn_mongo_uri
     assert settings.face_group_bucket_name
     store = GroupingStore(
@@ -328,22 +356,5 @@ def build_service(settings: Settings, metrics: MetricsEmitter | None = None) -> 
         # Short: the lease is renewed while the work goes on, and an abandoned one frees the
         # user within a minute.
         lease_ttl=LEASE_TTL,
+        privacy=privacy,
     )
-
-
-def main() -> int:
-    """Entry point of `python3 run_grouping_service.py` (Batch job `face-grouping-job`)."""
-    settings = load_service_settings("grouping")
-    configure_logging("grouping")
-    metrics = MetricsEmitter(
-        settings.metrics_namespace,
-        {"Service": "grouping"},
-        cloudwatch=settings.aws if settings.metrics_to_cloudwatch else None,
-    )
-    service = build_service(settings, metrics)
-    config = ConsumerConfig.from_settings(settings, settings.group_face_queue_url)
-    return serve(config, service.handle, service="grouping", settings=settings, metrics=metrics)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

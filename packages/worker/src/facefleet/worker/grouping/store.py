@@ -281,6 +281,8 @@ def _restore_people(session: UserSession, docs: Mapping[int, PersonDoc]) -> None
             state.people[person_id] = Person()
         if person_id not in state.people:
             session.stale_people.add(person_id)
+            # Known, so the cover copy goes with the person (`_delete_covers`).
+            session.covers[person_id] = (doc.cover_face_id, doc.cover_key)
             continue
         state.people[person_id].name = doc.name
         session.covers[person_id] = (doc.cover_face_id, doc.cover_key)

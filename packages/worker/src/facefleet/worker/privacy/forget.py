@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from facefleet.common.messages import ErasureRequest, ForgetRequest, now_ms
 from facefleet.common.privacy import PrivacyRepository
 from facefleet.common.repository import LeaseHeld, LeaseLost, fenced_query
 from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
 from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate
+from facefleet.worker.grouping.service import GroupingService
 from facefleet.worker.grouping.store import (
     GroupingStore,
     load_session,
@@ -28,9 +29,6 @@ from facefleet.worker.grouping.store import (
     user_lease,
 )
 from facefleet.worker.privacy.erasure import erase_user, has_face_data
-
-if TYPE_CHECKING:
-    from facefleet.worker.grouping.service import GroupingService
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +90,24 @@ def forget_faces(
 
 
 # -- the grouping worker's hooks -----------------------------------------------------------------
+
+
+class PrivacyRequests:
+    """The grouping worker's privacy hooks (`grouping.service.PrivacyHooks`): forget and erase
+    requests, and the users who turned face recognition off."""
+
+    def handle(
+        self,
+        service: GroupingService,
+        items: Sequence[tuple[ReceivedMessage, ForgetRequest | ErasureRequest]],
+        outage: bool,
+    ) -> dict[str, Outcome]:
+        return handle_privacy(service, items, outage)
+
+    def split_opted_out(
+        self, service: GroupingService, by_user: dict[str, list[tuple[ReceivedMessage, T]]]
+    ) -> tuple[dict[str, list[tuple[ReceivedMessage, T]]], dict[str, Outcome]]:
+        return split_opted_out(service, by_user)
 
 
 def handle_privacy(
