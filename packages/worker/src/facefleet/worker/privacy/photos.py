@@ -81,7 +81,10 @@ def store_version(
     if claim is None:
         return StoreResult(stored=False)
     if claim.unchanged:
-        return StoreResult(stored=True, unchanged=True)
+        # Still finish a replacement a crash may have cut short (idempotent, usually nothing).
+        _point(fault, "supersede")
+        replaced = _remove(gallery, s3, face_bucket, _superseded(gallery, image, claim.token))
+        return StoreResult(stored=True, unchanged=True, replaced=replaced)
     for face in faces:
         face.claim, face.requested_at, face.sequencer = claim.token, order.at_ms, order.sequencer
         face.version = image.version
@@ -94,17 +97,19 @@ def store_version(
         _abandon(gallery, s3, face_bucket, image)
         return StoreResult(stored=False)
     _point(fault, "supersede")
-    replaced = _remove(
-        gallery,
-        s3,
-        face_bucket,
-        [
-            f
-            for f in gallery.faces_of_image(image.user_id, image.image_id)
-            if f.get("claim") != claim.token and not happened_after(stored_order(f), order)
-        ],
-    )
+    replaced = _remove(gallery, s3, face_bucket, _superseded(gallery, image, claim.token))
     return StoreResult(stored=True, replaced=replaced)
+
+
+def _superseded(gallery: GalleryRepository, image: ImageDoc, claim: str) -> list[Document]:
+    """Faces of the photo another store wrote under an order not later than this one's: older
+    versions, and stores cut short (a later store's faces are never touched)."""
+    order = EventOrder(image.requested_at, image.sequencer)
+    return [
+        f
+        for f in gallery.faces_of_image(image.user_id, image.image_id)
+        if f.get("claim") != claim and not happened_after(stored_order(f), order)
+    ]
 
 
 def _abandon(gallery: GalleryRepository, s3: Any, face_bucket: str, image: ImageDoc) -> None:
