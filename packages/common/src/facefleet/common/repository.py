@@ -203,6 +203,28 @@ class GalleryRepository:
                 return True
         raise Contention(f"image {doc_id!r}: {attempts} deletes lost to other writers")
 
+    # -- what erasure and the opt-out need ----------------------------------------------------
+
+    def has_faces(self, user_id: str) -> bool:
+        return self.faces.find_one({"user_id": user_id}, {"_id": 1}) is not None
+
+    def face_ids_of_user(self, user_id: str) -> set[str]:
+        return {d["_id"] for d in self.faces.find({"user_id": user_id}, {"_id": 1})}
+
+    def crop_keys_of_user(self, user_id: str) -> set[str]:
+        found = self.faces.find({"user_id": user_id}, {"crop_key": 1})
+        return {d["crop_key"] for d in found if d.get("crop_key")}
+
+    def erase_faces_of_user(self, user_id: str) -> tuple[int, int]:
+        """Delete the user's faces; the image documents keep only that the photo exists
+        (`face_count` 0, `faces_erased_at`). Returns (faces deleted, images cleared)."""
+        faces = self.faces.delete_many({"user_id": user_id}).deleted_count
+        cleared = self.images.update_many(
+            {"user_id": user_id, "face_count": {"$gt": 0}},
+            {"$set": {"face_count": 0, "faces_erased_at": encode_time(now())}},
+        ).modified_count
+        return faces, cleared
+
     def mark_failed(self, image: ImageDoc, reason: str) -> None:
         image.status = ImageStatus.FAILED
         image.reason = reason
@@ -359,6 +381,24 @@ class PeopleRepository:
                 lease.check()
             query = {"user_id": user_id, "person_id": {"$in": ids}}
             self.people.delete_many(fenced_query(query, lease))
+
+    def has_people(self, user_id: str) -> bool:
+        return self.people.find_one({"user_id": user_id}, {"_id": 1}) is not None
+
+    def cover_keys_of_user(self, user_id: str) -> set[str]:
+        found = self.people.find({"user_id": user_id}, {"cover_key": 1})
+        return {d["cover_key"] for d in found if d.get("cover_key")}
+
+    def erase_people_of_user(self, user_id: str) -> int:
+        return self.people.delete_many({"user_id": user_id}).deleted_count
+
+    def end_other_leases(self, user_id: str, owner: str) -> int:
+        """Expire any lease of the user that `owner` does not hold (the document and its fence
+        stay, so a stalled holder's late writes are still refused)."""
+        return self.leases.update_many(
+            {"_id": user_id, "owner": {"$nin": [owner, None]}},
+            {"$set": {"owner": None, "expires_at": 0, "token": None}},
+        ).modified_count
 
     def people_of_user(self, user_id: str) -> list[PersonDoc]:
         cursor = self.people.find({"user_id": user_id}).sort("person_id", ASCENDING)

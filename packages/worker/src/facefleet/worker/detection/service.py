@@ -308,7 +308,9 @@ class DetectionService:
                 elif not enabled[request.user_id]:
                     image = self._image_doc(work)
                     image.reason = "face recognition is off for this user"
-                    self.repository.save_result(image, [])
+                    bucket = self.settings.face_group_bucket_name
+                    assert bucket is not None
+                    store_version(self.repository, self.s3, bucket, image, [], lambda _: None)
                     opted_out.add(request.user_id)
                     log.info("face recognition off: image marked processed", extra=context)
                 else:
@@ -324,7 +326,7 @@ class DetectionService:
     def _erase_if_needed(self, user_id: str) -> None:
         """Switching face recognition off erases what is left: the grouping worker does it."""
         try:
-            if self.repository.faces.find_one({"user_id": user_id}, {"_id": 1}) is None:
+            if not self.repository.has_faces(user_id):
                 return
             body = ErasureRequest(user_id, reason="opt_out").to_body()
             self.sqs.send_message(QueueUrl=self.settings.group_face_queue_url, MessageBody=body)

@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 # An abandoned lease (a killed worker or CLI) frees its user after this long; a live holder
 # renews it every third of it (`_Renewal`), so no batch is too long for it.
 LEASE_TTL = timedelta(seconds=60)
+RECEIPTS = "erasure_receipts"  # HUEMN: proofs of erasure (ids, times, counts; no face data)
 
 
 def face_input(face: FaceDoc) -> FaceInput:
@@ -202,6 +203,37 @@ class GroupingStore:
 
     def user_doc(self, user_id: str) -> Document | None:
         return self.users.find_one({"_id": user_id})
+
+    def assignment_ids(self, user_id: str) -> set[str]:
+        return {r["_id"] for r in self.assignments.find({"user_id": user_id}, {"_id": 1})}
+
+    def has_assignments(self, user_id: str) -> bool:
+        return self.assignments.find_one({"user_id": user_id}, {"_id": 1}) is not None
+
+    def delete_assignments(self, face_ids: Iterable[str], lease: Lease | None) -> int:
+        ids = sorted(set(face_ids))
+        if not ids:
+            return 0
+        if lease is not None:
+            lease.check()
+        query = fenced_query({"_id": {"$in": ids}}, lease)
+        return self.assignments.delete_many(query).deleted_count
+
+    def erase_user_state(self, user_id: str) -> dict[str, int]:
+        """Delete the user's assignments, corrections and user document; counts per store."""
+        by_user = {"user_id": user_id}
+        return {
+            "huemn_assignments": self.assignments.delete_many(by_user).deleted_count,
+            "huemn_corrections": self.corrections.delete_many(by_user).deleted_count,
+            "huemn_grouping_users": self.users.delete_many({"_id": user_id}).deleted_count,
+        }
+
+    def save_receipt(self, receipt: Document) -> None:
+        self.users.database[RECEIPTS].insert_one(receipt)
+
+    def receipts_of(self, user_id: str) -> list[Document]:
+        found = self.users.database[RECEIPTS].find({"user_id": user_id})
+        return list(found.sort("completed_at"))
 
     def log_correction(self, user_id: str, operation: str, **arguments: Any) -> None:
         self.corrections.insert_one(
@@ -355,10 +387,7 @@ def drop_gone_faces(
     gone = sorted({r["_id"] for r in store.assignments.find(query, {"_id": 1})} - present)
     if not gone:
         return 0
-    lease = store.lease_of(user_id)
-    if lease is not None:
-        lease.check()
-    store.assignments.delete_many(fenced_query({"_id": {"$in": gone}}, lease))
+    store.delete_assignments(gone, store.lease_of(user_id))
     return len(gone)
 
 
@@ -468,15 +497,19 @@ def _cover(
 ) -> tuple[str | None, str | None]:
     """The member with the best (tier, quality, size) is the cover; its crop is copied only when
     the cover face changed or its copy is missing."""
+    stored_face, stored_key = session.covers.get(person_id, (None, None))
     if not ordinals:
+        # A named person left empty keeps no copy of a face that is gone.
+        _delete_covers(session, [person_id], s3, bucket)
         return None, None
     state = session.state
     best = max(ordinals, key=lambda m: (state.tier[m], state.quality[m], state.size_px[m], -m))
     face_id = state.face_ids[best]
-    stored_face, stored_key = session.covers.get(person_id, (None, None))
     if stored_face == face_id and stored_key is not None:
         return face_id, stored_key
     key = _copy_crop(session.user_id, person_id, state.faces.crop_keys[best], s3, bucket)
+    if key is None and stored_key is not None:
+        s3.delete_object(Bucket=bucket, Key=stored_key)  # the old cover shows another face
     session.covers[person_id] = (face_id, key)
     return face_id, key
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from facefleet.common.messages import ErasureRequest, ForgetRequest, now_ms
 from facefleet.common.privacy import PrivacyRepository
-from facefleet.common.repository import LeaseHeld, LeaseLost, fenced_query
+from facefleet.common.repository import LeaseHeld, LeaseLost
 from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
 from facefleet.worker.grouping.clustering import ClusterParams, ClusterUpdate
 from facefleet.worker.grouping.service import GroupingService
@@ -50,15 +50,9 @@ def forget_faces(
     s3: Any,
     bucket: str,
 ) -> ForgetResult:
-    stored = {d["_id"] for d in store.gallery.faces.find({"user_id": user_id}, {"_id": 1})}
-    rows = store.assignments.find({"user_id": user_id}, {"_id": 1})
     # Every orphan of the user, not only the named photos': a forget cut short is finished too.
-    orphans = sorted({r["_id"] for r in rows} - stored)
-    if orphans:
-        lease = store.lease_of(user_id)
-        if lease is not None:
-            lease.check()
-        store.assignments.delete_many(fenced_query({"_id": {"$in": orphans}}, lease))
+    orphans = sorted(store.assignment_ids(user_id) - store.gallery.face_ids_of_user(user_id))
+    store.delete_assignments(orphans, store.lease_of(user_id))
     before = {p.person_id: p for p in store.people.people_of_user(user_id)}
     session = load_session(store, user_id, params)
     if session.model_id is None:
