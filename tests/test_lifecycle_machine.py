@@ -18,7 +18,9 @@ drain (every pending event delivered, the group queue worked empty):
   crop or cover without its face; no person holds a face of a deleted or replaced version, and
   no face is in two people; named people keep their names; person ids are unique.
 
-CI runs a fixed number of examples (about 300 steps, ~2 min on 2 cores); `--run-slow` many more.
+CI runs 10 fixed (derandomized) examples of up to 30 steps (about 270 steps and 40 faces, ~20 s
+on the shared 2-core host; LIFECYCLE_EXAMPLES=N runs more); `--run-slow` runs 200 fresh random
+examples of up to 50 steps. Every failure it found is a fixed example at the end of this file.
 """
 
 from __future__ import annotations
@@ -405,14 +407,21 @@ def analyzer(models_dir: Path) -> FaceAnalyzer:
     return FaceAnalyzer.from_pack(models_dir)
 
 
-def _run(env: Any, analyzer: FaceAnalyzer, faces_dir: Path, examples: int, steps: int) -> None:
+def _run(
+    env: Any,
+    analyzer: FaceAnalyzer,
+    faces_dir: Path,
+    examples: int,
+    steps: int,
+    derandomize: bool = True,
+) -> None:
     world = World(env, analyzer, load_photos(faces_dir))
     machine = lifecycle_machine(world)
     machine.TestCase.settings = settings(
         max_examples=examples,
         stateful_step_count=steps,
         deadline=None,
-        derandomize=True,
+        derandomize=derandomize,
         suppress_health_check=list(HealthCheck),
         database=None,
     )
@@ -427,12 +436,14 @@ def _run(env: Any, analyzer: FaceAnalyzer, faces_dir: Path, examples: int, steps
 
 
 def test_the_index_follows_the_gallery(env, analyzer: FaceAnalyzer, faces_dir: Path) -> None:
-    _run(env, analyzer, faces_dir, examples=int(os.environ.get("LIFECYCLE_EXAMPLES", 10)), steps=30)
+    examples = int(os.environ.get("LIFECYCLE_EXAMPLES", 10))
+    _run(env, analyzer, faces_dir, examples, steps=30)
 
 
 @pytest.mark.slow
 def test_the_index_follows_the_gallery_long(env, analyzer: FaceAnalyzer, faces_dir: Path) -> None:
-    _run(env, analyzer, faces_dir, examples=200, steps=50)
+    # Fresh random examples every run (CI's are fixed).
+    _run(env, analyzer, faces_dir, examples=200, steps=50, derandomize=False)
 
 
 # -- what the machine found (each a fixed example; failed before its fix) ------------------------
