@@ -24,6 +24,7 @@ from facefleet.common.s3keys import image_key
 from facefleet.worker.consumer import Consumer, ConsumerConfig, Outcome, ReceivedMessage
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService
+from facefleet.worker.grouping.corrections import Corrections
 from facefleet.worker.grouping.service import GroupingService
 from facefleet.worker.grouping.store import GroupingStore
 from facefleet.worker.privacy.worker import build_service
@@ -295,6 +296,9 @@ def test_a_lease_lost_mid_write_fences_the_old_holder(setup: Setup) -> None:
 def test_abandoned_leases_expire_in_about_a_minute(setup: Setup) -> None:
     service = build_service(Settings.from_env())
     assert service.lease_ttl <= timedelta(seconds=90)
+    # `facefleet people consolidate` and the other corrections: a killed one frees the user too.
+    corrections = Corrections(service.store, s3=service.s3, bucket=service.bucket)
+    assert corrections.lease_ttl <= timedelta(seconds=90)
 
 
 def test_a_leased_user_does_not_hold_up_the_others(setup: Setup) -> None:

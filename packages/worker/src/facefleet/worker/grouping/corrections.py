@@ -38,6 +38,7 @@ from facefleet.worker.grouping.consolidate import full_recluster
 from facefleet.worker.grouping.index import FaceIndex
 from facefleet.worker.grouping.service import worker_id
 from facefleet.worker.grouping.store import (
+    LEASE_TTL,
     GroupingStore,
     UserSession,
     consolidate_session,
@@ -103,7 +104,7 @@ class Corrections:
         s3: Any,
         bucket: str,
         params: ClusterParams | None = None,
-        lease_ttl: timedelta = timedelta(minutes=30),
+        lease_ttl: timedelta = LEASE_TTL,
         lease_wait_seconds: float = 30.0,
     ) -> None:
         self.store = store
