@@ -2,7 +2,7 @@
 
 import sys
 
-from facefleet.worker.grouping.service import main
+from facefleet.worker.privacy.worker import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,7 +35,7 @@ from facefleet.worker.consumer import Consumer, ConsumerConfig, ReceivedMessage
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService
 from facefleet.worker.grouping.corrections import Corrections
-from facefleet.worker.grouping.service import build_service
+from facefleet.worker.privacy.worker import build_service
 from tests.e2e_support import FAST_WORKER_ENV, ROOT, E2EStack, provision_stack, queue_counts
 from tests.flows_support import prefect_harness
 

@@ -140,14 +140,15 @@ def test_a_held_lease_retries_and_an_expired_one_is_taken_over(setup: Setup) -> 
 
     outcomes = service.handle(batch)
 
-    assert outcomes == {"m1": Outcome.RETRY, "m2": Outcome.DONE}  # bob is not held up
+    assert outcomes == {"m1": Outcome.DEFER, "m2": Outcome.DONE}  # bob is not held up
     assert people(setup.env, "alice") == {}
     # The other worker died: its lease expires and this worker takes the user over.
     past = datetime.now(UTC) - timedelta(seconds=1)
     store.people.leases.update_one({"_id": "alice"}, {"$set": {"expires_at": encode_time(past)}})
     assert service.handle(batch[:1]) == {"m1": Outcome.DONE}
     assert len(people(setup.env, "alice")) == 2
-    assert store.people.leases.find_one({"_id": "alice"}) is None  # released after the work
+    released = store.people.leases.find_one({"_id": "alice"})
+    assert released["owner"] is None and released["expires_at"] == 0  # released after the work
 
 
 def test_malformed_requests_go_to_the_dead_letter_queue(setup: Setup) -> None:

@@ -9,11 +9,14 @@ fixed) and the test after it shows the repository's way around it.
 Known deviations of nx-27017 and what the repositories do about them:
 - a top-level datetime written by `$set` to an existing document is stored as a string (MongoDB
   keeps a BSON date): documents hold times as epoch-millisecond ints (`encode_time`);
-- a ReplaceOne upsert ignores the filter's `_id`: writes are `$set` upserts (`upsert`).
+- a ReplaceOne upsert ignores the filter's `_id`: writes are `$set` upserts (`upsert`);
+- `find_one_and_update` ignores an `_id` beside a top-level `$or` (it matched another user's
+  expired lease): the lease filter puts both under `$and`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +39,7 @@ from facefleet.common.repository import (
     HUEMN_DEFAULT_DB,
     GalleryRepository,
     LeaseHeld,
+    LeaseLost,
     PeopleRepository,
     connect,
     upsert,
@@ -198,7 +202,43 @@ def test_lease_expires_after_renewals(people: PeopleRepository) -> None:
     people.release_lease("u1", "worker-a")  # not the owner: no effect
     assert people.leases.find_one({"_id": "u1"}) is not None
     people.release_lease("u1", "worker-b")
-    assert people.leases.find_one({"_id": "u1"}) is None
+    # Released: expired at once, its fence kept (the next holder's fence is one more).
+    released = people.leases.find_one({"_id": "u1"})
+    assert released["expires_at"] == 0 and released["fence"] == 3
+    assert people.acquire_lease("u1", "worker-c", ttl).fence == 4
+
+
+def test_deviation_find_one_and_update_drops_id_beside_or(people: PeopleRepository) -> None:
+    people.leases.insert_one({"_id": "other", "owner": None, "expires_at": 0})
+    loose = {"_id": "mine", "$or": [{"owner": "w"}, {"expires_at": {"$lt": 10}}]}
+    assert list(people.leases.find(loose)) == []  # find honours the _id
+    taken = people.leases.find_one_and_update(loose, {"$set": {"owner": "w"}})
+    assert taken is not None and taken["_id"] == "other"  # MongoDB: None
+
+
+def test_lease_of_one_user_never_takes_another_users(people: PeopleRepository) -> None:
+    people.acquire_lease("u1", "worker-a", timedelta(minutes=1))
+    people.release_lease("u1", "worker-a")  # expired, kept for its fence
+    lease = people.acquire_lease("u2", "worker-b", timedelta(minutes=1))
+    assert lease.fence == 1 and people.leases.find_one({"_id": "u1"})["owner"] is None
+
+
+def test_fenced_writes_land_only_where_no_later_holder_wrote(people: PeopleRepository) -> None:
+    """A conditional `$set` upsert on an existing `_id` that the condition excludes raises the
+    duplicate-key error (as MongoDB does): the stale holder learns it lost the lease."""
+    old = people.acquire_lease("u1", "worker-a", timedelta(minutes=1))
+    people.leases.update_one({"_id": "u1"}, {"$set": {"expires_at": 0}})
+    new = people.acquire_lease("u1", "worker-b", timedelta(minutes=1))
+    assert new.fence == old.fence + 1
+    person = PersonDoc("u1", 1, "dev", ["f1"], "f1", np.ones(4, dtype=np.float32))
+    people.save_people([person], new)
+    with pytest.raises(LeaseLost):
+        people.save_people([dataclasses.replace(person, name="stale")], old)
+    assert old.lost and people.people_of_user("u1")[0].name is None
+    people.save_people([dataclasses.replace(person, name="Ann")], new)
+    assert people.people_of_user("u1")[0].name == "Ann"
+    with pytest.raises(LeaseLost):
+        people.renew_lease(old)
 
 
 def test_sorting_on_times_written_by_different_paths(gallery: GalleryRepository) -> None:

@@ -118,8 +118,8 @@ def test_purge_erases_inactive_users_only_with_receipts_and_once(
     def create(at: int) -> DetectionRequest:
         return DetectionRequest(old, "late.jpg", "g", image_key(old, "late.jpg"), 1, at)
 
-    assert privacy.blocked([create(current - 801 * DAY_MS)]) == {(old, "late.jpg"): "user erased"}
-    assert privacy.blocked([create(current)]) == {}
+    assert privacy.blocked([create(current - 801 * DAY_MS)]) == ["user erased"]
+    assert privacy.blocked([create(current)]) == [None]
 
     # Idempotent: the second run finds nobody and writes no receipt.
     after = snapshot(setup, users)
@@ -154,7 +154,7 @@ def test_a_tombstone_blocks_late_creates_until_its_window_ends(env) -> None:
     # 89 days on (inside the 90-day window, past the 56 days a message can live): kept, and a
     # late create of the deleted photo is still refused.
     assert purge_tombstones(gallery, days=90, now=deleted_at + 89 * DAY_MS) == 0
-    assert privacy.blocked([late]) == {(user, "a.jpg"): "photo deleted"}
+    assert privacy.blocked([late]) == ["photo deleted"]
     # Past the window: the dry run counts it, the run deletes it, the second run deletes nothing.
     past = deleted_at + 91 * DAY_MS
     assert purge_tombstones(gallery, days=90, now=past, dry_run=True) == 1

@@ -38,7 +38,7 @@ from facefleet.localstack import servers as local
 from facefleet.worker.consumer import Consumer, ConsumerConfig
 from facefleet.worker.detection.service import DetectionService
 from facefleet.worker.grouping import store as grouping_store
-from facefleet.worker.grouping.service import build_service
+from facefleet.worker.privacy.worker import build_service
 from tests.conftest import FACES_DIR, MODELS_DIR
 from tests.contract.conftest import EXISTING_GROUP_FACE, EXISTING_INDEXING, PRODUCTION
 from tests.contract.iam_support import (

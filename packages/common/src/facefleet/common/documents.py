@@ -62,10 +62,16 @@ def image_doc_id(user_id: str, image_id: str) -> str:
     return f"{user_id}/{image_id}"
 
 
-def face_doc_id(user_id: str, image_id: str, model_id: str, index: int) -> str:
-    """Stable face id: the same image, model and face index always give the same id."""
-    digest = hashlib.sha1(f"{user_id}\0{image_id}\0{model_id}\0{index}".encode()).hexdigest()
-    return digest[:24]
+def face_doc_id(
+    user_id: str, image_id: str, model_id: str, index: int, version: str | None = None
+) -> str:
+    """Stable face id: the same photo version (its bytes: S3's ETag or version id), model and
+    face index always give the same id; an edit saved over the same key is a new version, so
+    its faces are new faces. Faces stored before versions existed have `version` None."""
+    text = f"{user_id}\0{image_id}\0{model_id}\0{index}"
+    if version:
+        text += f"\0{version}"
+    return hashlib.sha1(text.encode()).hexdigest()[:24]
 
 
 def person_doc_id(user_id: str, person_id: int) -> str:
@@ -101,6 +107,10 @@ class ImageDoc:
     # (a photo re-uploaded since) leaves the faces alone.
     requested_at: int | None = None
     sequencer: str | None = None
+    # The photo version stored (S3 version id or ETag) and the claim of the store that wrote
+    # it: every store is a compare-and-set on `claim` (`GalleryRepository.claim_image`).
+    version: str | None = None
+    claim: str | None = None
 
     @property
     def doc_id(self) -> str:
@@ -141,10 +151,16 @@ class FaceDoc:
     # The recogniser's raw embedding norm before L2 normalisation (None: detected before it was
     # stored); grouping's trust signal, with size and detection score.
     embedding_norm: float | None = None
+    # The photo version the face belongs to, the claim of the store that wrote it, and that
+    # store's event order: a delete or a newer store removes exactly the faces it supersedes.
+    version: str | None = None
+    claim: str | None = None
+    requested_at: int | None = None
+    sequencer: str | None = None
 
     @property
     def doc_id(self) -> str:
-        return face_doc_id(self.user_id, self.image_id, self.model_id, self.index)
+        return face_doc_id(self.user_id, self.image_id, self.model_id, self.index, self.version)
 
     @property
     def width_px(self) -> float:
@@ -166,6 +182,10 @@ class FaceDoc:
             "crop_key": self.crop_key,
             "created_at": encode_time(self.created_at),
             "embedding_norm": None if self.embedding_norm is None else float(self.embedding_norm),
+            "version": self.version,
+            "claim": self.claim,
+            "requested_at": self.requested_at,
+            "sequencer": self.sequencer,
         }
 
     @classmethod
@@ -185,6 +205,10 @@ class FaceDoc:
             embedding_norm=(
                 None if data.get("embedding_norm") is None else float(data["embedding_norm"])
             ),
+            version=data.get("version"),
+            claim=data.get("claim"),
+            requested_at=data.get("requested_at"),
+            sequencer=data.get("sequencer"),
         )
 
 

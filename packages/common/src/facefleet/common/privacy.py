@@ -97,24 +97,33 @@ class PrivacyRepository:
         )
         return erased_at
 
-    def blocked(self, requests: Iterable[DetectionRequest]) -> dict[tuple[str, str], str]:
-        """(user, image) -> why its create must be skipped, for creates that a deletion or an
-        erasure already overtook. One query for the whole batch."""
+    def blocked(self, requests: Iterable[DetectionRequest]) -> list[str | None]:
+        """Per request (in order): why its create must be skipped, for creates that a deletion
+        or an erasure already overtook, else None. Each create is judged by its own event
+        order, never by its key: an older create's block never skips a re-upload of the same
+        photo in the same batch. One query for the whole batch."""
         work = list(requests)
         ids = {r.user_id for r in work} | {image_doc_id(r.user_id, r.image_id) for r in work}
         found = {d["_id"]: d for d in self.tombstones.find({"_id": {"$in": sorted(ids)}})}
-        reasons: dict[tuple[str, str], str] = {}
+        reasons: list[str | None] = []
         for request in work:
             image = found.get(image_doc_id(request.user_id, request.image_id))
             user = found.get(request.user_id)
             if image is not None and not happened_after(request.order, _order(image)):
-                reasons[(request.user_id, request.image_id)] = "photo deleted"
+                reasons.append("photo deleted")
             elif user is not None and not (
                 request.requested_at is not None
                 and request.requested_at > int(user.get("erased_at") or 0)
             ):
-                reasons[(request.user_id, request.image_id)] = "user erased"
+                reasons.append("user erased")
+            else:
+                reasons.append(None)
         return reasons
+
+    def deletion_of(self, user_id: str, image_id: str) -> EventOrder | None:
+        """The order of the photo's latest recorded deletion, if any."""
+        doc = self.tombstones.find_one({"_id": image_doc_id(user_id, image_id)})
+        return None if doc is None else _order(doc)
 
 
 def _order(doc: dict[str, Any]) -> EventOrder:

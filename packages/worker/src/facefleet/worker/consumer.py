@@ -31,6 +31,10 @@ Outcomes, keyed by `ReceivedMessage.message_id`:
   (so an outage does not push good messages towards the DLQ). After `max_outage_seconds` they are
   released (visibility 0) and the loop goes on.
 
+- `Outcome.DEFER`: the message cannot be worked on by this worker now (another worker holds its
+  user's lease). It goes back to the queue after `defer_seconds` (visibility set to that) and
+  the loop goes on with the rest of the batch: no message waits behind another's user.
+
 A message missing from the returned dict counts as RETRY. A handler that raises an outage error
 (`is_outage`: pymongo ConnectionFailure / ServerSelectionTimeoutError, botocore endpoint,
 timeout, throttling and 5xx errors) turns the whole batch into RETRY; any other exception makes
@@ -96,6 +100,7 @@ class Outcome(StrEnum):
     DONE = "done"
     MALFORMED = "malformed"
     RETRY = "retry"
+    DEFER = "defer"
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,9 @@ class ConsumerConfig:
     queue_url: str
     batch_size: int = 5
     visibility_timeout: int = 1800
+    # A deferred message is back on the queue after this long (about a lease's renewal period:
+    # each redelivery counts towards the queue's maxReceiveCount).
+    defer_seconds: int = 20
     poll_wait_seconds: int = 20
     idle_exit_seconds: float = 60.0
     shutdown_deadline_seconds: float = 90.0
@@ -332,8 +340,16 @@ class Consumer:
                     return
                 done = [m for m in pending if outcomes.get(m.message_id) == Outcome.DONE]
                 malformed = [m for m in pending if outcomes.get(m.message_id) == Outcome.MALFORMED]
-                retry = [m for m in pending if m not in done and m not in malformed]
+                deferred = [m for m in pending if outcomes.get(m.message_id) == Outcome.DEFER]
+                settled = {m.message_id for m in (*done, *malformed, *deferred)}
+                retry = [m for m in pending if m.message_id not in settled]
                 self.delete(done)
+                if deferred:
+                    log.info(
+                        "messages deferred",
+                        extra={"count": len(deferred), "delay_s": self.config.defer_seconds},
+                    )
+                    self.change_visibility(deferred, self.config.defer_seconds)
                 if malformed:
                     log.error(
                         "malformed messages left for the dead-letter queue",

@@ -2,10 +2,12 @@
 
 Per message batch (`pipeline.run_pipeline`): MAX_FACE_WORKERS threads download and decode every
 image while the inference streams detect and embed the images already decoded (on a GPU:
-detection in batches, then one recognition pass over all faces of the batch). Results are stored
-idempotently (deterministic face ids, the image turns DONE only after its faces), crops go to
-FACE_GROUP_BUCKET_NAME, then one `GroupingRequest` per user of the batch goes to
-GROUP_FACE_QUEUE_URL. Only then is a message DONE.
+detection in batches, then one recognition pass over all faces of the batch). Each photo version
+is stored by `privacy.photos.store_version` (deterministic face ids per version, a
+compare-and-set on the image document ordered by the create's event order, the image DONE only
+after its faces; an edit over the same key replaces the old version's faces), crops go to
+FACE_GROUP_BUCKET_NAME, then per user of the batch a `ForgetRequest` for replaced versions and
+one `GroupingRequest` go to GROUP_FACE_QUEUE_URL. Only then is a message DONE.
 
 Bad input never blocks the queue:
 - malformed body                     -> MALFORMED: redelivered until maxReceiveCount, then the DLQ;
@@ -16,6 +18,7 @@ Bad input never blocks the queue:
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -65,7 +68,14 @@ from facefleet.worker.detection.pipeline import PipelineResult, StageClock, run_
 from facefleet.worker.models import resolve_pack_dir
 from facefleet.worker.privacy.activity import ActivityRepository, upload_times
 from facefleet.worker.privacy.consent import REASONS, Recognition, recognition_of
-from facefleet.worker.privacy.photos import delete_photo, drop_image_docs, remove_faces
+from facefleet.worker.privacy.photos import (
+    FaultHook,
+    StoreResult,
+    delete_photo,
+    remove_faces,
+    remove_faces_before,
+    store_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +109,9 @@ class ImageWork:
     failure: ImageError | None = None
     outage: BaseException | None = None
     error: BaseException | None = None
+    # The photo version read (S3 version id, else ETag) and what storing it did.
+    version: str | None = None
+    result: StoreResult | None = None
 
 
 class DetectionService:
@@ -124,6 +137,7 @@ class DetectionService:
         self.metrics = metrics
         self.privacy = PrivacyRepository(repository.faces.database)
         self.activity = ActivityRepository(repository.faces.database)  # retention's clock
+        self.fault: FaultHook | None = None  # test hook: fault injection before each write
         self.executor = executor or ThreadPoolExecutor(
             max_workers=settings.max_face_workers, thread_name_prefix="fetch"
         )
@@ -202,19 +216,26 @@ class DetectionService:
             elif problem is not None:
                 work.error = problem
 
-        stored: dict[str, list[str]] = defaultdict(list)  # user -> image ids with faces
+        stored: dict[str, list[str]] = defaultdict(list)  # user -> image ids with new faces
+        replaced: dict[str, list[str]] = defaultdict(list)  # user -> images with faces gone
         for work in works:
             outcome = self._store(work)
             if outcome is not Outcome.DONE:
                 outcomes[work.message_id] = _worse(outcomes[work.message_id], outcome)
-            elif work.failure is None and work.faces:
+                continue
+            stored_as = work.result
+            if stored_as is not None and stored_as.replaced:
+                replaced[work.request.user_id].append(work.request.image_id)
+            # The same bytes again are asked again too: a crash after the store and before this
+            # request must not leave faces ungrouped (grouping skips what it placed already).
+            if stored_as is not None and stored_as.stored and work.faces and not work.failure:
                 stored[work.request.user_id].append(work.request.image_id)
-        for work in self._overtaken(works, stored):
+        for work in self._overtaken(works, stored, replaced):
             outcomes[work.message_id] = _worse(outcomes[work.message_id], Outcome.RETRY)
 
-        if stored and not self._request_grouping(stored):
+        users = set(stored) | set(replaced)
+        if users and not self._request_grouping(stored, replaced):
             # Grouping must hear about these images: redo the (idempotent) batch later.
-            users = set(stored)
             for work in works:
                 if work.request.user_id in users:
                     outcomes[work.message_id] = _worse(outcomes[work.message_id], Outcome.RETRY)
@@ -226,7 +247,7 @@ class DetectionService:
         """Tombstone, crops and faces of each deleted photo; then one `ForgetRequest` per user
         to the grouping worker, then the image documents. Unknown photos are a no-op (DONE)."""
         outcomes: dict[str, Outcome] = {}
-        forget: dict[str, list[tuple[str, str]]] = defaultdict(list)  # user -> (message, image)
+        forget: dict[str, list[tuple[str, DeleteRequest]]] = defaultdict(list)
         bucket = self.settings.face_group_bucket_name
         assert bucket is not None
         for message_id, request in deletes:
@@ -244,15 +265,18 @@ class DetectionService:
             )
             outcomes[message_id] = Outcome.DONE
             if result.known and not result.stale:
-                forget[request.user_id].append((message_id, request.image_id))
+                forget[request.user_id].append((message_id, request))
         for user_id, items in forget.items():
-            image_ids = tuple(sorted({image_id for _, image_id in items}))
+            image_ids = tuple(sorted({request.image_id for _, request in items}))
             try:
                 self.sqs.send_message(
                     QueueUrl=self.settings.group_face_queue_url,
                     MessageBody=ForgetRequest(user_id, image_ids).to_body(),
                 )
-                drop_image_docs(self.repository, user_id, image_ids)
+                for _, request in items:
+                    # Unless a later create holds it (a compare-and-set on its order).
+                    self._point("drop-image")
+                    self.repository.drop_image(user_id, request.image_id, request.order)
             except Exception as error:
                 if not is_outage(error):
                     raise
@@ -281,17 +305,19 @@ class DetectionService:
             return []
         kept: list[ImageWork] = []
         opted_out: set[str] = set()
-        for work in works:
+        for position, work in enumerate(works):
             request = work.request
             context = {"user_id": request.user_id, "image_id": request.image_id}
-            why = blocked.get((request.user_id, request.image_id))
+            why = blocked[position]
             try:
                 if why is not None:
                     log.info("create skipped: " + why, extra=context)
                 elif recognition[request.user_id] is not Recognition.ON:
                     image = self._image_doc(work)
                     image.reason = REASONS[recognition[request.user_id]]
-                    self.repository.save_result(image, [])
+                    bucket = self.settings.face_group_bucket_name
+                    assert bucket is not None
+                    store_version(self.repository, self.s3, bucket, image, [], lambda _: None)
                     if recognition[request.user_id] is Recognition.OFF:
                         opted_out.add(request.user_id)
                     log.info(f"not indexed: {image.reason}", extra=context)
@@ -308,7 +334,7 @@ class DetectionService:
     def _erase_if_needed(self, user_id: str) -> None:
         """Switching face recognition off erases what is left: the grouping worker does it."""
         try:
-            if self.repository.faces.find_one({"user_id": user_id}, {"_id": 1}) is None:
+            if not self.repository.has_faces(user_id):
                 return
             body = ErasureRequest(user_id, reason="opt_out").to_body()
             self.sqs.send_message(QueueUrl=self.settings.group_face_queue_url, MessageBody=body)
@@ -317,10 +343,17 @@ class DetectionService:
                 raise
             log.warning("opt-out erasure not requested", extra={"user_id": user_id})
 
-    def _overtaken(self, works: list[ImageWork], stored: dict[str, list[str]]) -> list[ImageWork]:
+    def _overtaken(
+        self,
+        works: list[ImageWork],
+        stored: dict[str, list[str]],
+        replaced: dict[str, list[str]],
+    ) -> list[ImageWork]:
         """After storing: a delete or erasure that arrived meanwhile wins. Its tombstone was
         written before it removed faces, and these faces were written before this check, so one
-        of the two always sees the other. Returns works whose removal met an outage."""
+        of the two always sees the other. Only what the delete covers goes (faces of creates
+        not later than it): a newer version stored by another worker stays. Returns works
+        whose removal met an outage."""
         done = [w for w in works if w.request.image_id in stored.get(w.request.user_id, ())]
         if not done:
             return []
@@ -333,13 +366,23 @@ class DetectionService:
             return done
         bucket = self.settings.face_group_bucket_name
         assert bucket is not None
-        for work in done:
+        for work, why in zip(done, blocked, strict=True):
             request = work.request
-            if (request.user_id, request.image_id) not in blocked:
+            if why is None:
                 continue
             try:
-                remove_faces(self.repository, self.s3, bucket, request.user_id, [request.image_id])
-                drop_image_docs(self.repository, request.user_id, [request.image_id])
+                if why == "user erased":
+                    remove_faces(
+                        self.repository, self.s3, bucket, request.user_id, [request.image_id]
+                    )
+                    self.repository.drop_image(request.user_id, request.image_id, request.order)
+                else:
+                    deleted = self.privacy.deletion_of(request.user_id, request.image_id)
+                    assert deleted is not None
+                    remove_faces_before(
+                        self.repository, self.s3, bucket, request.user_id, request.image_id, deleted
+                    )
+                    self.repository.drop_image(request.user_id, request.image_id, deleted)
             except Exception as error:
                 if not is_outage(error):
                     raise
@@ -358,6 +401,7 @@ class DetectionService:
         started = time.perf_counter()
         try:
             response = self.s3.get_object(Bucket=request.bucket, Key=request.key)
+            work.version = _version_of(response)
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in _MISSING_CODES:
@@ -402,7 +446,12 @@ class DetectionService:
             timings_ms=work.clock.timings_ms() if work.clock else {},
             requested_at=request.requested_at,
             sequencer=request.sequencer,
+            version=work.version,
         )
+
+    def _point(self, step: str) -> None:
+        if self.fault is not None:
+            self.fault(step)
 
     def _store(self, work: ImageWork) -> Outcome:
         request = work.request
@@ -424,14 +473,23 @@ class DetectionService:
         image = self._image_doc(work)
         try:
             if work.failure is not None:
-                return self._fail(image, work.failure, context)
+                return self._fail(work, image, work.failure, context)
             faces = self._face_docs(work)
-            self._upload_crops(faces, work)
             if work.clock is not None:
                 # The total is the image's elapsed wall time, not a sum of its stages.
                 work.clock.record("store", started)
                 image.timings_ms = work.clock.timings_ms()
-            self.repository.save_result(image, faces)
+            bucket = self.settings.face_group_bucket_name
+            assert bucket is not None
+            work.result = store_version(
+                self.repository,
+                self.s3,
+                bucket,
+                image,
+                faces,
+                lambda docs: self._upload_crops(docs, work),
+                fault=self.fault,
+            )
         except Exception as error:
             if is_outage(error):
                 log.warning(
@@ -440,7 +498,7 @@ class DetectionService:
                 return Outcome.RETRY
             log.error("storing the image failed", exc_info=True, extra=context)
             try:
-                return self._fail(image, _processing_error(error), context)
+                return self._fail(work, image, _processing_error(error), context)
             except Exception as again:
                 if is_outage(again):
                     return Outcome.RETRY
@@ -460,9 +518,24 @@ class DetectionService:
         )
         return Outcome.DONE
 
-    def _fail(self, image: ImageDoc, failure: ImageError, context: dict[str, str]) -> Outcome:
-        """Every image that cannot be processed ends `failed` with its reason (then DONE)."""
-        self.repository.mark_failed(image, str(failure))
+    def _fail(
+        self, work: ImageWork, image: ImageDoc, failure: ImageError, context: dict[str, str]
+    ) -> Outcome:
+        """Every image that cannot be processed ends `failed` with its reason (then DONE),
+        unless a later create or delete of the photo is stored already."""
+        image.reason = str(failure)
+        bucket = self.settings.face_group_bucket_name
+        assert bucket is not None
+        work.result = store_version(
+            self.repository,
+            self.s3,
+            bucket,
+            image,
+            [],
+            lambda docs: None,
+            status=ImageStatus.FAILED,
+            fault=self.fault,
+        )
         log.warning(
             "image failed", extra={**context, "reason": failure.reason, "detail": failure.detail}
         )
@@ -475,7 +548,9 @@ class DetectionService:
         back = 1.0 / decoded.scale  # to the original image's pixels
         docs = []
         for index, face in enumerate(work.faces):
-            face_id = face_doc_id(request.user_id, request.image_id, self.analyzer.model_id, index)
+            face_id = face_doc_id(
+                request.user_id, request.image_id, self.analyzer.model_id, index, work.version
+            )
             docs.append(
                 FaceDoc(
                     user_id=request.user_id,
@@ -491,6 +566,7 @@ class DetectionService:
                     crop_key=crop_key(request.user_id, request.image_id, face_id)
                     if face.crop is not None
                     else None,
+                    version=work.version,
                 )
             )
         return docs
@@ -518,9 +594,22 @@ class DetectionService:
         for upload in uploads:
             upload.result()  # an outage surfaces here, before the image turns DONE
 
-    def _request_grouping(self, stored: Mapping[str, list[str]]) -> bool:
-        for user_id, image_ids in stored.items():
-            body = GroupingRequest(user_id, tuple(sorted(set(image_ids)))).to_body()
+    def _request_grouping(
+        self, stored: Mapping[str, list[str]], replaced: Mapping[str, list[str]]
+    ) -> bool:
+        """Per user: a forget for photos whose older version's faces went, then a grouping
+        request for the new faces."""
+        bodies = [
+            ForgetRequest(user_id, tuple(sorted(set(image_ids)))).to_body()
+            for user_id, image_ids in replaced.items()
+            if image_ids
+        ] + [
+            GroupingRequest(user_id, tuple(sorted(set(image_ids)))).to_body()
+            for user_id, image_ids in stored.items()
+            if image_ids
+        ]
+        for body in bodies:
+            user_id = json.loads(body)["user_id"]
             try:
                 self.sqs.send_message(QueueUrl=self.settings.group_face_queue_url, MessageBody=body)
             except Exception as error:
@@ -544,7 +633,17 @@ def _processing_error(error: BaseException) -> ImageError:
     )
 
 
-_SEVERITY = {Outcome.DONE: 0, Outcome.MALFORMED: 1, Outcome.RETRY: 2}
+_SEVERITY = {Outcome.DONE: 0, Outcome.MALFORMED: 1, Outcome.DEFER: 2, Outcome.RETRY: 3}
+
+
+def _version_of(response: Mapping[str, Any]) -> str | None:
+    """The photo version read: S3's version id on a versioned bucket, else the ETag (a digest
+    of the bytes: the same bytes saved again are the same version)."""
+    version_id = response.get("VersionId")
+    if version_id and version_id != "null":
+        return f"v:{version_id}"
+    etag = str(response.get("ETag") or "").strip('"')
+    return f"e:{etag}" if etag else None
 
 
 def _worse(current: Outcome, new: Outcome) -> Outcome:

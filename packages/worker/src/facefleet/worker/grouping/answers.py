@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pymongo.collection import Collection
+from pymongo.database import Database
 
 from facefleet.common.documents import encode_time, now
 from facefleet.common.repository import LeaseHeld
@@ -93,11 +94,22 @@ class Book:
         return next((q for q in self.open if q.question_id == question_id), None)
 
 
+QUESTIONS = "questions"
+
+
 class QuestionBook:
     """HUEMN `questions`: one document per user (never anything of another user's)."""
 
     def __init__(self, collection: Collection[Any]) -> None:
         self.collection = collection
+
+    @classmethod
+    def of(cls, huemn: Database[Any]) -> QuestionBook:
+        return cls(huemn[QUESTIONS])
+
+    def erase(self, user_id: str) -> int:
+        """Erasure: the user's questions name their faces and people."""
+        return self.collection.delete_many({"_id": user_id}).deleted_count
 
     def load(self, user_id: str) -> Book:
         doc = self.collection.find_one({"_id": user_id}) or {}

@@ -39,6 +39,7 @@ from facefleet.worker.grouping.state import (
     UserClusterState,
 )
 from facefleet.worker.grouping.store import (
+    LEASE_TTL,
     GroupingStore,
     UserSession,
     consolidate_session,
@@ -105,7 +106,7 @@ class Corrections:
         s3: Any,
         bucket: str,
         params: ClusterParams | None = None,
-        lease_ttl: timedelta = timedelta(minutes=30),
+        lease_ttl: timedelta = LEASE_TTL,
         lease_wait_seconds: float = 30.0,
     ) -> None:
         self.store = store
@@ -192,7 +193,7 @@ class Corrections:
 
     @property
     def questions(self) -> QuestionBook:
-        return QuestionBook(self.store.assignments.database["questions"])
+        return QuestionBook.of(self.store.assignments.database)
 
     def suggest(self, user_id: str, params: SuggestParams | None = None) -> list[Question]:
         """The user's open questions, best first: the stored ones while the library is

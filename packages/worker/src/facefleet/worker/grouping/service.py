@@ -1,9 +1,11 @@
 """The grouping worker: the shared SQS consumer on GROUP_FACE_QUEUE_URL with a per-user handler.
 
 A batch's requests are grouped by user, so each user's state is loaded once per batch. Each user
-is grouped under the user's MongoDB lease (expiring, so a dead worker's lease lapses): while
-another worker holds it, that user's messages are RETRY (kept in flight, retried with backoff),
-never an error. Under the lease: load the user's state (a cached one only if the stored revision
+is grouped under the user's MongoDB lease (short, renewed while the work goes on, fenced: see
+`store.user_lease`): while another worker holds it, that user's messages are DEFER (back on
+the queue after a short delay) and the worker goes on with the other users: no user waits
+behind another. A holder whose lease was taken over stops writing (`LeaseLost`, DEFER too).
+Under the lease: load the user's state (a cached one only if the stored revision
 is the one this process wrote and the FAISS index holds exactly the state's faces), place the
 request's faces with the pure `add_faces` step, write back what changed (see `store`); when the
 library has grown by `ConsolidateParams.growth_share` since the last consolidation pass, run the
@@ -19,18 +21,16 @@ import dataclasses
 import logging
 import os
 import socket
-import sys
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from facefleet.common.config import Settings, load_service_settings
+from facefleet.common.config import Settings
 from facefleet.common.documents import FaceDoc
-from facefleet.common.logs import configure_logging
 from facefleet.common.messages import (
     AnswerRequest,
     ErasureRequest,
@@ -40,17 +40,25 @@ from facefleet.common.messages import (
     parse_group_queue_message,
 )
 from facefleet.common.metrics import Metric, MetricsEmitter
-from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, LeaseHeld, connect
-from facefleet.worker.consumer import ConsumerConfig, Outcome, ReceivedMessage, is_outage, serve
-from facefleet.worker.grouping import answers, forget
+from facefleet.common.repository import (
+    GALLERY_DEFAULT_DB,
+    HUEMN_DEFAULT_DB,
+    LeaseHeld,
+    LeaseLost,
+    connect,
+)
+from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
+from facefleet.worker.grouping import answers
 from facefleet.worker.grouping.batch_partition import ConsolidateParams
 from facefleet.worker.grouping.placement import add_faces
 from facefleet.worker.grouping.state import ClusterParams, ClusterUpdate
 from facefleet.worker.grouping.store import (
+    LEASE_TTL,
     GroupingStore,
     UserSession,
     consolidate_session,
     consolidation_due,
+    drop_gone_faces,
     face_input,
     load_session,
     save_changes,
@@ -60,6 +68,24 @@ from facefleet.worker.grouping.store import (
 log = logging.getLogger(__name__)
 
 CACHED_USERS = 8
+T = TypeVar("T")
+
+
+class PrivacyHooks(Protocol):
+    """What the privacy package (`worker.privacy.forget.PrivacyRequests`) does for the grouping
+    worker: grouping never imports privacy; the deployed worker (`worker.privacy.worker`)
+    plugs it in."""
+
+    def handle(
+        self,
+        service: GroupingService,
+        items: Sequence[tuple[ReceivedMessage, ForgetRequest | ErasureRequest]],
+        outage: bool,
+    ) -> dict[str, Outcome]: ...
+
+    def split_opted_out(
+        self, service: GroupingService, by_user: dict[str, list[tuple[ReceivedMessage, T]]]
+    ) -> tuple[dict[str, list[tuple[ReceivedMessage, T]]], dict[str, Outcome]]: ...
 
 
 def cluster_params(settings: Settings) -> ClusterParams:
@@ -100,10 +126,12 @@ class GroupingService:
         params: ClusterParams | None = None,
         metrics: MetricsEmitter | None = None,
         owner: str | None = None,
-        lease_ttl: timedelta = timedelta(minutes=30),
+        lease_ttl: timedelta = LEASE_TTL,
         consolidate_params: ConsolidateParams | None = None,
+        privacy: PrivacyHooks | None = None,
     ) -> None:
         self.store = store
+        self.privacy = privacy
         self.consolidate_params = consolidate_params or ConsolidateParams()
         self.s3 = s3
         self.bucket = bucket
@@ -138,8 +166,9 @@ class GroupingService:
                 continue
             by_user.setdefault(parsed.user_id, []).append((message, parsed))
         # Users who turned face recognition off: nothing is grouped (what is left is erased).
-        by_user, off = forget.split_opted_out(self, by_user)
-        outcomes.update(off)
+        if self.privacy is not None:
+            by_user, off = self.privacy.split_opted_out(self, by_user)
+            outcomes.update(off)
         outage = False
         for user_id, items in by_user.items():
             # After an outage the rest would only time out one by one: retry them together.
@@ -152,7 +181,11 @@ class GroupingService:
         # After this batch's grouping, so an answer sees the faces just placed.
         outcomes.update(answers.handle_answers(self, answered, outage))
         # After this batch's grouping, so a forget also cleans what it just wrote.
-        outcomes.update(forget.handle_privacy(self, privacy, outage))
+        if self.privacy is not None:
+            outcomes.update(self.privacy.handle(self, privacy, outage))
+        elif privacy:
+            log.error("forget/erase requests but no privacy hooks: kept for a full worker")
+            outcomes.update({message.message_id: Outcome.RETRY for message, _ in privacy})
         return outcomes
 
     def _handle_user(
@@ -161,9 +194,12 @@ class GroupingService:
         """The outcome of one user's messages, and whether a dependency is down."""
         try:
             self.group_user(user_id, [request for _, request in items])
-        except LeaseHeld:
-            log.info("user is being grouped elsewhere; retrying later", extra={"user_id": user_id})
-            return Outcome.RETRY, False
+        except (LeaseHeld, LeaseLost) as error:
+            log.info(
+                "user is being grouped elsewhere; deferred",
+                extra={"user_id": user_id, "error": str(error)},
+            )
+            return Outcome.DEFER, False
         except Exception as error:
             if is_outage(error):
                 log.warning(
@@ -211,6 +247,17 @@ class GroupingService:
     def _group_locked(self, user_id: str, requests: Sequence[GroupingRequest]) -> UserResult:
         image_ids = list(dict.fromkeys(i for r in requests for i in r.image_ids))
         faces = _arrival_order(self.store.gallery.faces_of_images(user_id, image_ids), image_ids)
+        if drop_gone_faces(self.store, user_id, image_ids, {f.doc_id for f in faces}):
+            # A photo was saved over with new content: its old faces leave the state and their
+            # people are rewritten (as a forget would; this request may come first).
+            self.sessions.pop(user_id, None)
+            session = load_session(self.store, user_id, self.params, _newest_model(faces))
+            if session.model_id is not None:
+                save_changes(self.store, session, ClusterUpdate(), s3=self.s3, bucket=self.bucket)
+        if not faces:
+            # Nothing to place: the photos have no faces (none found, deleted, or erased since).
+            log.info("no faces to group", extra={"user_id": user_id, "images": len(image_ids)})
+            return UserResult(0, 0, 0)
         session = self.session(user_id, _newest_model(faces))
         mine = [f for f in faces if f.model_id == session.model_id]
         if len(mine) < len(faces):
@@ -223,6 +270,8 @@ class GroupingService:
                 },
             )
         if not mine:
+            if session.model_id is None:
+                self.sessions.pop(user_id, None)
             return UserResult(0, 0, len(faces))
         update = self.add(session, mine)
         save_changes(self.store, session, update, s3=self.s3, bucket=self.bucket)
@@ -264,6 +313,8 @@ class GroupingService:
 def _still_valid(session: UserSession, doc: dict[str, Any]) -> bool:
     """A cached session is used only when nobody wrote the user since and the index holds
     exactly the state's faces (a cache is never trusted blindly)."""
+    if session.model_id is None:
+        return False  # a user with no state yet is never cached as empty
     if doc.get("revision") != session.revision or doc.get("model_id") != session.model_id:
         return False
     faces = len(session.state.face_ids)
@@ -285,7 +336,13 @@ def _arrival_order(faces: Sequence[FaceDoc], image_ids: Sequence[str]) -> list[F
     return sorted(faces, key=lambda f: (position.get(f.image_id, len(position)), f.index))
 
 
-def build_service(settings: Settings, metrics: MetricsEmitter | None = None) -> GroupingService:
+def build_service(
+    settings: Settings,
+    metrics: MetricsEmitter | None = None,
+    privacy: PrivacyHooks | None = None,
+) -> GroupingService:
+    """The grouping handler from the settings; the deployed worker passes the privacy hooks
+    (`worker.privacy.worker.build_service`)."""
     assert settings.gallery_images_mongo_uri and settings.huemn_mongo_uri
     assert settings.face_group_bucket_name
     store = GroupingStore(
@@ -305,27 +362,8 @@ def build_service(settings: Settings, metrics: MetricsEmitter | None = None) -> 
         bucket=settings.face_group_bucket_name,
         params=cluster_params(settings),
         metrics=metrics,
-        # Longer than one batch may take: the heartbeat keeps the messages, this keeps the user.
-        lease_ttl=timedelta(seconds=settings.message_visibility_timeout),
+        # Short: the lease is renewed while the work goes on, and an abandoned one frees the
+        # user within a minute.
+        lease_ttl=LEASE_TTL,
+        privacy=privacy,
     )
-
-
-def main() -> int:
-    """Entry point of `python3 run_grouping_service.py` (Batch job `face-grouping-job`)."""
-    settings = load_service_settings("grouping")
-    configure_logging("grouping")
-    metrics = MetricsEmitter(
-        settings.metrics_namespace,
-        {"Service": "grouping"},
-        cloudwatch=settings.aws if settings.metrics_to_cloudwatch else None,
-    )
-    service = build_service(settings, metrics)
-    from facefleet.worker.privacy import retention  # the scheduled retention purge (README)
-
-    retention.run_if_due(service.store, service.s3, service.bucket, settings, owner=service.owner)
-    config = ConsumerConfig.from_settings(settings, settings.group_face_queue_url)
-    return serve(config, service.handle, service="grouping", settings=settings, metrics=metrics)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,11 +21,17 @@ Homes (all in the HUEMN database except the faces themselves):
 Writes go assignments, then people, then the user document, all idempotent `$set` upserts. A
 crash in between leaves assignments ahead of people; the next load notices people documents
 that disagree with the assignments and rewrites them.
+
+Every write happens under the user's lease (`user_lease`): short (LEASE_TTL), renewed by a
+heartbeat while the holder works, and fenced: each write carries the acquisition's fence and
+lands only where no later holder wrote (`repository.fenced`), so a holder that stalled past its
+lease (and was taken over) fails with `LeaseLost` instead of writing over its successor.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -43,9 +49,12 @@ from facefleet.common.documents import FaceDoc, PersonDoc, encode_time, now
 from facefleet.common.repository import (
     Document,
     GalleryRepository,
+    Lease,
     LeaseHeld,
     PeopleRepository,
-    upsert,
+    fenced,
+    fenced_query,
+    write_fenced,
 )
 from facefleet.common.s3keys import cover_key
 from facefleet.worker.grouping.batch_partition import ConsolidateParams
@@ -63,6 +72,11 @@ from facefleet.worker.grouping.state import (
 )
 
 log = logging.getLogger(__name__)
+
+# An abandoned lease (a killed worker or CLI) frees its user after this long; a live holder
+# renews it every third of it (`_Renewal`), so no batch is too long for it.
+LEASE_TTL = timedelta(seconds=60)
+RECEIPTS = "erasure_receipts"  # HUEMN: proofs of erasure (ids, times, counts; no face data)
 
 
 def face_input(face: FaceDoc) -> FaceInput:
@@ -102,18 +116,41 @@ class UserSession:
         return self.index
 
 
+class _Renewal(threading.Thread):
+    """The lease's heartbeat: renews it every third of its TTL; a renewal that finds the lease
+    taken over marks it lost, and the holder's next write raises `LeaseLost`."""
+
+    def __init__(self, people: PeopleRepository, lease: Lease) -> None:
+        super().__init__(name=f"lease-{lease.user_id}", daemon=True)
+        self.people = people
+        self.lease = lease
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = max(0.05, self.lease.ttl.total_seconds() / 3)
+        while not self.stopped.wait(interval) and not self.lease.lost:
+            try:
+                self.people.renew_lease(self.lease)
+            except Exception as error:  # an outage: the holder's own writes will meet it
+                log.warning(
+                    "lease renewal failed",
+                    extra={"user_id": self.lease.user_id, "error": repr(error)},
+                )
+
+
 @contextmanager
 def user_lease(
     store: GroupingStore,
     user_id: str,
     owner: str,
-    ttl: timedelta,
+    ttl: timedelta = LEASE_TTL,
     *,
     wait_seconds: float = 0.0,
     poll_seconds: float = 0.5,
-) -> Iterator[None]:
+) -> Iterator[Lease]:
     """Hold the user's grouping lease for the block: every writer of a user's state (the
-    grouping worker, corrections, consolidation) goes through here, so none interleave.
+    grouping worker, corrections, consolidation, erasure) goes through here, so none
+    interleave; the store's writes for the user are fenced with it while the block runs.
 
     Waits up to `wait_seconds` for another holder (then raises `LeaseHeld`). A failed release is
     logged, not raised: the lease expires on its own and the work is already durable.
@@ -121,17 +158,25 @@ def user_lease(
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            store.people.acquire_lease(user_id, owner, ttl)
+            lease = store.people.acquire_lease(user_id, owner, ttl)
             break
         except LeaseHeld:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(poll_seconds)
+    renewal = _Renewal(store.people, lease)
+    renewal.start()
+    store.held[user_id] = lease
     try:
-        yield
+        yield lease
     finally:
+        renewal.stopped.set()
+        renewal.join()  # a renewal in flight must not extend the lease after its release
+        if store.held.get(user_id) is lease:
+            del store.held[user_id]
         try:
-            store.people.release_lease(user_id, owner)
+            if not lease.lost:
+                store.people.release_lease(user_id, owner)
         except Exception as error:
             log.warning("lease release failed", extra={"user_id": user_id, "error": repr(error)})
 
@@ -145,6 +190,11 @@ class GroupingStore:
         self.assignments = huemn["assignments"]
         self.users = huemn["grouping_users"]
         self.corrections = huemn["corrections"]
+        # The lease this process holds per user while it writes (set by `user_lease`).
+        self.held: dict[str, Lease] = {}
+
+    def lease_of(self, user_id: str) -> Lease | None:
+        return self.held.get(user_id)
 
     def ensure_indexes(self) -> None:
         self.people.ensure_indexes()
@@ -155,6 +205,37 @@ class GroupingStore:
 
     def user_doc(self, user_id: str) -> Document | None:
         return self.users.find_one({"_id": user_id})
+
+    def assignment_ids(self, user_id: str) -> set[str]:
+        return {r["_id"] for r in self.assignments.find({"user_id": user_id}, {"_id": 1})}
+
+    def has_assignments(self, user_id: str) -> bool:
+        return self.assignments.find_one({"user_id": user_id}, {"_id": 1}) is not None
+
+    def delete_assignments(self, face_ids: Iterable[str], lease: Lease | None) -> int:
+        ids = sorted(set(face_ids))
+        if not ids:
+            return 0
+        if lease is not None:
+            lease.check()
+        query = fenced_query({"_id": {"$in": ids}}, lease)
+        return self.assignments.delete_many(query).deleted_count
+
+    def erase_user_state(self, user_id: str) -> dict[str, int]:
+        """Delete the user's assignments, corrections and user document; counts per store."""
+        by_user = {"user_id": user_id}
+        return {
+            "huemn_assignments": self.assignments.delete_many(by_user).deleted_count,
+            "huemn_corrections": self.corrections.delete_many(by_user).deleted_count,
+            "huemn_grouping_users": self.users.delete_many({"_id": user_id}).deleted_count,
+        }
+
+    def save_receipt(self, receipt: Document) -> None:
+        self.users.database[RECEIPTS].insert_one(receipt)
+
+    def receipts_of(self, user_id: str) -> list[Document]:
+        found = self.users.database[RECEIPTS].find({"user_id": user_id})
+        return list(found.sort("completed_at"))
 
     def log_correction(self, user_id: str, operation: str, **arguments: Any) -> None:
         self.corrections.insert_one(
@@ -235,6 +316,8 @@ def _restore_people(session: UserSession, docs: Mapping[int, PersonDoc]) -> None
             state.people[person_id] = Person()
         if person_id not in state.people:
             session.stale_people.add(person_id)
+            # Known, so the cover copy goes with the person (`_delete_covers`).
+            session.covers[person_id] = (doc.cover_face_id, doc.cover_key)
             continue
         state.people[person_id].name = doc.name
         session.covers[person_id] = (doc.cover_face_id, doc.cover_key)
@@ -298,6 +381,19 @@ def consolidation_due(
 # -- writing ------------------------------------------------------------------------------------
 
 
+def drop_gone_faces(
+    store: GroupingStore, user_id: str, image_ids: Iterable[str], present: set[str]
+) -> int:
+    """Delete the assignments of these photos' faces that no longer exist (an older version of
+    a photo saved over); returns how many. The caller reloads the state."""
+    query = {"user_id": user_id, "image_id": {"$in": sorted(set(image_ids))}}
+    gone = sorted({r["_id"] for r in store.assignments.find(query, {"_id": 1})} - present)
+    if not gone:
+        return 0
+    store.delete_assignments(gone, store.lease_of(user_id))
+    return len(gone)
+
+
 def save_changes(
     store: GroupingStore,
     session: UserSession,
@@ -311,13 +407,14 @@ def save_changes(
     """Write back what `update` changed (plus faces/people a correction touched), then publish a
     new revision. `touched_faces` carry constraint changes that moved no face."""
     state = session.state
+    lease = store.lease_of(session.user_id)
     faces = set(update.assignments) | set(touched_faces)
     _write_assignments(store, session, faces)
     people = set(update.changed) | set(update.created) | set(touched_people) | session.dirty_people
     live = sorted(p for p in people if p in state.people)
-    store.people.save_people(_person_doc(session, p, s3, bucket) for p in live)
+    store.people.save_people([_person_doc(session, p, s3, bucket) for p in live], lease)
     gone = sorted((set(update.removed) | session.stale_people) - set(state.people))
-    store.people.delete_people(session.user_id, gone)
+    store.people.delete_people(session.user_id, gone, lease)
     _delete_covers(session, gone, s3, bucket)
     session.dirty_people.clear()
     session.stale_people.clear()
@@ -326,12 +423,13 @@ def save_changes(
 
 def _write_assignments(store: GroupingStore, session: UserSession, face_ids: set[str]) -> None:
     state = session.state
+    lease = store.lease_of(session.user_id)
     operations = []
     for face_id in sorted(face_ids, key=state.ordinal_of.__getitem__):
         ordinal = state.ordinal_of[face_id]
         person = state.person_of[ordinal]
         operations.append(
-            upsert(
+            fenced(
                 {
                     "_id": face_id,
                     "user_id": session.user_id,
@@ -341,19 +439,21 @@ def _write_assignments(store: GroupingStore, session: UserSession, face_ids: set
                     "person_id": None if person == UNASSIGNED else person,
                     "pinned": ordinal in state.pinned,
                     "not_in": sorted(state.not_in.get(ordinal, ())),
-                }
+                },
+                lease,
             )
         )
-    if operations:
-        store.assignments.bulk_write(operations, ordered=False)
+    write_fenced(store.assignments, operations, lease)
 
 
 def _write_user(store: GroupingStore, session: UserSession) -> None:
     state = session.state
+    lease = store.lease_of(session.user_id)
     session.revision = uuid.uuid4().hex
-    store.users.bulk_write(
+    write_fenced(
+        store.users,
         [
-            upsert(
+            fenced(
                 {
                     "_id": session.user_id,
                     "model_id": session.model_id,
@@ -365,9 +465,11 @@ def _write_user(store: GroupingStore, session: UserSession) -> None:
                     "consolidated_faces": session.consolidated_faces,
                     "people_count": len(state.people),
                     "updated_at": encode_time(now()),
-                }
+                },
+                lease,
             )
-        ]
+        ],
+        lease,
     )
 
 
@@ -399,15 +501,19 @@ def _cover(
 ) -> tuple[str | None, str | None]:
     """The member with the best (tier, quality, size) is the cover; its crop is copied only when
     the cover face changed or its copy is missing."""
+    stored_face, stored_key = session.covers.get(person_id, (None, None))
     if not ordinals:
+        # A named person left empty keeps no copy of a face that is gone.
+        _delete_covers(session, [person_id], s3, bucket)
         return None, None
     state = session.state
     best = max(ordinals, key=lambda m: (state.tier[m], state.quality[m], state.size_px[m], -m))
     face_id = state.face_ids[best]
-    stored_face, stored_key = session.covers.get(person_id, (None, None))
     if stored_face == face_id and stored_key is not None:
         return face_id, stored_key
     key = _copy_crop(session.user_id, person_id, state.faces.crop_keys[best], s3, bucket)
+    if key is None and stored_key is not None:
+        s3.delete_object(Bucket=bucket, Key=stored_key)  # the old cover shows another face
     session.covers[person_id] = (face_id, key)
     return face_id, key
 

@@ -7,9 +7,9 @@ Under the user's grouping lease (so no grouping worker interleaves), in this ord
    crop or cover key a face or person document names elsewhere;
 3. gallery: the user's face documents; the image documents keep only that the photo exists
    (`face_count` 0, `faces_erased_at`);
-4. HUEMN: assignments, people (centroids, covers, names), corrections, suggested questions,
-   the grouping user document (its revision: every cached session and FAISS index of the user
-   is then invalid), leases;
+4. HUEMN: assignments, people (centroids, covers, names), corrections, suggested questions, the
+   grouping user document (its revision: every cached session and FAISS index of the user is
+   then invalid); others' leases end (the lease document stays, ids and a fence only);
 5. the receipt in HUEMN `erasure_receipts`: user id, reason, when asked and done, counts per store.
 Every step is a delete by user id, so a second run (or a retry after a crash) completes what is
 left and its receipt counts zero.
@@ -24,16 +24,14 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
-from facefleet.common.documents import encode_time, now
 from facefleet.common.messages import ErasureReason, now_ms
 from facefleet.common.privacy import PrivacyRepository
 from facefleet.common.s3keys import FACES_PREFIX, PEOPLE_PREFIX
-from facefleet.worker.grouping.store import GroupingStore, user_lease
+from facefleet.worker.grouping.answers import QuestionBook
+from facefleet.worker.grouping.store import LEASE_TTL, GroupingStore, user_lease
 from facefleet.worker.privacy.s3objects import delete_keys, keys_under
 
 log = logging.getLogger(__name__)
-
-RECEIPTS = "erasure_receipts"
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ def erase_user(
     owner: str,
     requested_at: int | None = None,
     reason: ErasureReason = "request",
-    lease_ttl: timedelta = timedelta(minutes=30),
+    lease_ttl: timedelta = LEASE_TTL,
     lease_wait_seconds: float = 0.0,
 ) -> ErasureReceipt:
     """Erase the user's faces everywhere; raises `LeaseHeld` if a grouping worker keeps the
@@ -72,10 +70,7 @@ def erase_user(
         gallery, people = store.gallery, store.people
         PrivacyRepository(gallery.faces.database).mark_erased(user_id, requested)
 
-        by_user = {"user_id": user_id}
-        named = [d.get("crop_key") for d in gallery.faces.find(by_user, {"crop_key": 1})]
-        named += [d.get("cover_key") for d in people.people.find(by_user, {"cover_key": 1})]
-        keys: set[str] = {k for k in named if k}
+        keys = gallery.crop_keys_of_user(user_id) | people.cover_keys_of_user(user_id)
         crops = set(keys_under(s3, bucket, f"{FACES_PREFIX}/{user_id}/"))
         covers = set(keys_under(s3, bucket, f"{PEOPLE_PREFIX}/{user_id}/"))
         elsewhere = keys - crops - covers
@@ -83,25 +78,16 @@ def erase_user(
             "s3_crops": delete_keys(s3, bucket, crops),
             "s3_covers": delete_keys(s3, bucket, covers),
             "s3_other_keys": delete_keys(s3, bucket, elsewhere),
-            "gallery_faces": gallery.faces.delete_many(by_user).deleted_count,
-            "gallery_images_cleared": gallery.images.update_many(
-                {"user_id": user_id, "face_count": {"$gt": 0}},
-                {"$set": {"face_count": 0, "faces_erased_at": encode_time(now())}},
-            ).modified_count,
-            "huemn_assignments": store.assignments.delete_many(by_user).deleted_count,
-            "huemn_people": people.people.delete_many(by_user).deleted_count,
-            "huemn_corrections": store.corrections.delete_many(by_user).deleted_count,
-            "huemn_grouping_users": store.users.delete_many({"_id": user_id}).deleted_count,
-            # Suggested questions name the user's faces and people (`grouping.answers`).
-            "huemn_questions": store.assignments.database["questions"]
-            .delete_many({"_id": user_id})
-            .deleted_count,
-            # Leases left by others (expired: ours was taken over them); ours goes last, uncounted.
-            "huemn_leases": people.leases.delete_many(
-                {"_id": user_id, "owner": {"$ne": owner}}
-            ).deleted_count,
         }
-        people.leases.delete_many({"_id": user_id})
+        counts["gallery_faces"], counts["gallery_images_cleared"] = gallery.erase_faces_of_user(
+            user_id
+        )
+        counts.update(store.erase_user_state(user_id))
+        counts["huemn_people"] = people.erase_people_of_user(user_id)
+        counts["huemn_questions"] = QuestionBook.of(store.users.database).erase(user_id)
+        # Leases of others (expired: ours was taken over them) end; the lease document stays,
+        # released with ours, so its fence keeps refusing a stalled holder's late writes.
+        counts["huemn_leases"] = people.end_other_leases(user_id, owner)
     receipt = ErasureReceipt(
         receipt_id=uuid.uuid4().hex,
         user_id=user_id,
@@ -111,7 +97,7 @@ def erase_user(
         seconds=round(time.monotonic() - started, 3),
         counts=counts,
     )
-    store.users.database[RECEIPTS].insert_one(receipt.to_mongo())
+    store.save_receipt(receipt.to_mongo())
     log.info(
         "user erased",
         extra={"user_id": user_id, "reason": reason, "counts": counts, "seconds": receipt.seconds},
@@ -120,13 +106,13 @@ def erase_user(
 
 
 def receipts_of(store: GroupingStore, user_id: str) -> list[dict[str, Any]]:
-    return list(store.users.database[RECEIPTS].find({"user_id": user_id}).sort("completed_at"))
+    return store.receipts_of(user_id)
 
 
 def has_face_data(store: GroupingStore, user_id: str) -> bool:
     """Anything left to erase (cheap: one indexed lookup per collection)."""
-    by_user = {"user_id": user_id}
-    return any(
-        collection.find_one(by_user, {"_id": 1}) is not None
-        for collection in (store.gallery.faces, store.assignments, store.people.people)
+    return (
+        store.gallery.has_faces(user_id)
+        or store.has_assignments(user_id)
+        or store.people.has_people(user_id)
     )

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from facefleet.common.messages import ErasureRequest, ForgetRequest, now_ms
 from facefleet.common.privacy import PrivacyRepository
-from facefleet.common.repository import LeaseHeld
+from facefleet.common.repository import LeaseHeld, LeaseLost
 from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
+from facefleet.worker.grouping.service import GroupingService
 from facefleet.worker.grouping.state import ClusterParams, ClusterUpdate
 from facefleet.worker.grouping.store import (
     GroupingStore,
@@ -28,9 +29,6 @@ from facefleet.worker.grouping.store import (
     user_lease,
 )
 from facefleet.worker.privacy.erasure import erase_user, has_face_data
-
-if TYPE_CHECKING:
-    from facefleet.worker.grouping.service import GroupingService
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,12 +50,9 @@ def forget_faces(
     s3: Any,
     bucket: str,
 ) -> ForgetResult:
-    stored = {d["_id"] for d in store.gallery.faces.find({"user_id": user_id}, {"_id": 1})}
-    rows = store.assignments.find({"user_id": user_id}, {"_id": 1})
     # Every orphan of the user, not only the named photos': a forget cut short is finished too.
-    orphans = sorted({r["_id"] for r in rows} - stored)
-    if orphans:
-        store.assignments.delete_many({"_id": {"$in": orphans}})
+    orphans = sorted(store.assignment_ids(user_id) - store.gallery.face_ids_of_user(user_id))
+    store.delete_assignments(orphans, store.lease_of(user_id))
     before = {p.person_id: p for p in store.people.people_of_user(user_id)}
     session = load_session(store, user_id, params)
     if session.model_id is None:
@@ -89,6 +84,24 @@ def forget_faces(
 
 
 # -- the grouping worker's hooks -----------------------------------------------------------------
+
+
+class PrivacyRequests:
+    """The grouping worker's privacy hooks (`grouping.service.PrivacyHooks`): forget and erase
+    requests, and the users who turned face recognition off."""
+
+    def handle(
+        self,
+        service: GroupingService,
+        items: Sequence[tuple[ReceivedMessage, ForgetRequest | ErasureRequest]],
+        outage: bool,
+    ) -> dict[str, Outcome]:
+        return handle_privacy(service, items, outage)
+
+    def split_opted_out(
+        self, service: GroupingService, by_user: dict[str, list[tuple[ReceivedMessage, T]]]
+    ) -> tuple[dict[str, list[tuple[ReceivedMessage, T]]], dict[str, Outcome]]:
+        return split_opted_out(service, by_user)
 
 
 def handle_privacy(
@@ -133,9 +146,9 @@ def _run(service: GroupingService, request: ForgetRequest | ErasureRequest) -> t
                     s3=service.s3,
                     bucket=service.bucket,
                 )
-    except LeaseHeld:
-        log.info("user is being grouped elsewhere; retrying later", extra={"user_id": user_id})
-        return Outcome.RETRY, False
+    except (LeaseHeld, LeaseLost):
+        log.info("user is being grouped elsewhere; deferred", extra={"user_id": user_id})
+        return Outcome.DEFER, False
     except Exception as error:
         if is_outage(error):
             log.warning("outage while forgetting", extra={"user_id": user_id, "error": repr(error)})
