@@ -26,7 +26,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 typecheck: venv
-	$(BIN)/mypy packages/common/src packages/control/src packages/worker/src packages/infra/src packages/localstack/src packages/flows/src packages/tools/src dashboards/src
+	$(BIN)/mypy packages/common/src packages/control/src packages/worker/src packages/infra/src packages/embedded/src packages/flows/src packages/tools/src dashboards/src
 
 unit: venv
 	$(BIN)/pytest -q

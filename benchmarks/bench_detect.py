@@ -50,7 +50,7 @@ RSS_LIMIT_BYTES = int(1.5 * 2**30)
 RSS_PHOTOS, RSS_SIZE = 10, (4000, 3000)  # ten 12-megapixel photos, one message batch
 
 from facefleet.common.aws import AwsTarget  # noqa: E402
-from facefleet.localstack import servers as local  # noqa: E402
+from facefleet.embedded import servers as local  # noqa: E402
 from facefleet.worker.detection.analyzer import FaceAnalyzer  # noqa: E402
 from facefleet.worker.detection.imaging import decode_image  # noqa: E402
 from facefleet.worker.detection.pipeline import StageClock, run_pipeline  # noqa: E402

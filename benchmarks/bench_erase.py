@@ -1,6 +1,6 @@
 """Time to erase one user with N faces (default 10,000) on the local stack, and the receipt.
 
-Starts its own moto server and nx-27017 (`facefleet.localstack.servers`), writes a synthetic
+Starts its own moto server and nx-27017 (`facefleet.embedded.servers`), writes a synthetic
 user as the workers would leave it: one photo per face (image and face documents with 128-d
 embeddings), a crop per face in the face-group bucket, an assignment per face, people of about
 20 faces each with a cover object, a grouping user document and a correction; another user of
@@ -28,7 +28,7 @@ from facefleet.common.aws import AwsTarget
 from facefleet.common.documents import FaceDoc, ImageDoc, ImageStatus, PersonDoc
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, connect
 from facefleet.common.s3keys import cover_key, crop_key, image_key
-from facefleet.localstack import servers as local
+from facefleet.embedded import servers as local
 from facefleet.worker.grouping.store import GroupingStore
 from facefleet.worker.privacy.erasure import erase_user
 

@@ -55,7 +55,7 @@ SET_VERSION = "v1"  # change when the way the set is made changes
 from bench_detect import Inference, pipelined, wide_sessions  # noqa: E402
 from facefleet.common import instances  # noqa: E402
 from facefleet.common.aws import AwsTarget  # noqa: E402
-from facefleet.localstack import servers as local  # noqa: E402
+from facefleet.embedded import servers as local  # noqa: E402
 from facefleet.worker.detection import imaging  # noqa: E402
 from facefleet.worker.detection.analyzer import FaceAnalyzer  # noqa: E402
 from facefleet.worker.detection.pipeline import StageClock  # noqa: E402

@@ -25,7 +25,7 @@ export FACEFLEET_SHARED=$shared
 export FACEFLEET_TRT_CACHE=${FACEFLEET_TRT_CACHE:-$root/.trt-cache}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 src=$root/packages
-export PYTHONPATH=$src/common/src:$src/control/src:$src/worker/src:$src/infra/src:$src/localstack/src
+export PYTHONPATH=$src/common/src:$src/control/src:$src/worker/src:$src/infra/src:$src/embedded/src
 dry_run=0
 
 case "${1:-}" in

@@ -16,7 +16,7 @@ import pytest
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
-from facefleet.localstack import servers as local
+from facefleet.embedded import servers as local
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEFLEET_SHARED", ROOT.parent / "shared")).resolve()

@@ -24,10 +24,10 @@ from typing import Any
 from facefleet.common.config import Names
 from facefleet.common.documents import ImageStatus
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, connect
+from facefleet.embedded import servers as local
+from facefleet.embedded.batch import FINAL, ChildStatus, LocalExecutor
 from facefleet.flows.dispatch import dispatch
 from facefleet.infra.stack_config import worker_environment
-from facefleet.localstack import servers as local
-from facefleet.localstack.batch import FINAL, ChildStatus, LocalExecutor
 from facefleet.tools.demo.gallery import Photo, requests, send, upload
 
 ROOT = Path(__file__).resolve().parents[1]

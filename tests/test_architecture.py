@@ -71,7 +71,7 @@ def test_flows_install_carries_prefect_but_not_the_worker() -> None:
     names = _exported("facefleet-flows")
     assert {"prefect", "prefect-aws"} <= names
     assert {"facefleet-control", "facefleet-infra", "facefleet-dashboards"} <= names
-    assert not names & {"facefleet-worker", "facefleet-localstack", "facefleet-tools"}
+    assert not names & {"facefleet-worker", "facefleet-embedded", "facefleet-tools"}
 
 
 def test_dashboards_and_flows_installs_draw_nothing() -> None:
@@ -108,7 +108,7 @@ MEMBERS = {
     "control": ROOT / "packages/control",
     "worker": ROOT / "packages/worker",
     "infra": ROOT / "packages/infra",
-    "localstack": ROOT / "packages/localstack",
+    "embedded": ROOT / "packages/embedded",
     "flows": ROOT / "packages/flows",
     "tools": ROOT / "packages/tools",
     "dashboards": ROOT / "dashboards",

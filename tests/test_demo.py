@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.localstack import servers as local
+from facefleet.embedded import servers as local
 from facefleet.tools.demo.run import DemoOptions, DemoSummary, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]

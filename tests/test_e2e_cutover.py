@@ -24,9 +24,9 @@ import pytest
 from facefleet.common.documents import ImageStatus
 from facefleet.control.cutover import machine as cut
 from facefleet.control.router import BATCH, ECS, read_weight, users_by_side
+from facefleet.embedded import servers as local
 from facefleet.flows import cutover as cutover_flows
 from facefleet.infra.stack_config import worker_environment
-from facefleet.localstack import servers as local
 from facefleet.tools.demo.gallery import Photo, lfw_bulk, requests, send, upload
 from tests.e2e_support import (
     FAST_WORKER_ENV,

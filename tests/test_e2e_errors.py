@@ -22,7 +22,7 @@ import pytest
 from facefleet.common.documents import ImageStatus
 from facefleet.common.messages import DetectionRequest
 from facefleet.common.s3keys import image_key
-from facefleet.localstack import servers as local
+from facefleet.embedded import servers as local
 from facefleet.tools.demo.gallery import lfw_bulk
 from tests.e2e_support import (
     ROOT,

@@ -20,8 +20,8 @@ import pytest
 
 from facefleet.common.config import Names
 from facefleet.control.policy import PolicyParams
+from facefleet.embedded.batch import LocalExecutor
 from facefleet.flows.dispatch import dispatch
-from facefleet.localstack.batch import LocalExecutor
 from tests.e2e_support import fill_backlog, queue_counts
 from tests.flows_support import (
     batch_jobs,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.localstack.batch import ChildStatus
+from facefleet.embedded.batch import ChildStatus
 from facefleet.tools.demo.gallery import Photo, lfw_bulk
 from tests.e2e_support import (
     INTERRUPTIBLE_WORKER,

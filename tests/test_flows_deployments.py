@@ -84,8 +84,8 @@ def test_reprovisioning_the_local_stack_applies_job_definition_changes(
     """moto cannot update a Batch job definition through CloudFormation: a re-provision once
     reported UPDATE_COMPLETE and kept the old definitions. And `source stack.env` then gives the
     stack's worker environment (FACE_GROUP_BUCKET_NAME and the rest)."""
+    from facefleet.embedded import servers as local
     from facefleet.flows.provisioning import provision
-    from facefleet.localstack import servers as local
     from tests.flows_support import prefect_harness
 
     prefect_harness()

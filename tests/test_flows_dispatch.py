@@ -15,8 +15,8 @@ from facefleet.common.config import Names
 from facefleet.control import observe
 from facefleet.control.lambda_dispatch import handler
 from facefleet.control.policy import PolicyParams, decide
+from facefleet.embedded.batch import LocalExecutor
 from facefleet.flows.dispatch import artifact_key, dispatch
-from facefleet.localstack.batch import LocalExecutor
 from tests.flows_support import (
     SLEEP,
     batch_jobs,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from facefleet.common.config import RETRYABLE_EXIT_CODE
-from facefleet.localstack.batch import JobSpec, LocalExecutor, local_command, new_job_id
+from facefleet.embedded.batch import JobSpec, LocalExecutor, local_command, new_job_id
 
 RECORD = (
     "import json, os, sys; "
@@ -97,8 +97,8 @@ def test_the_containers_model_root_is_mounted_from_the_local_models(
     FACEFLEET_LOCAL_MODELS (stack.env) points, so `facefleet provision` then `facefleet flows
     serve` loads models without any rewrite of the job definitions."""
     from facefleet.common.config import MODEL_ROOT
-    from facefleet.localstack.batch import environment_here
-    from facefleet.localstack.servers import LOCAL_MODELS_ENV
+    from facefleet.embedded.batch import environment_here
+    from facefleet.embedded.servers import LOCAL_MODELS_ENV
 
     monkeypatch.setenv(LOCAL_MODELS_ENV, str(tmp_path / "models"))
     mapped = environment_here({"MODEL_DIR": f"{MODEL_ROOT}/facefleet-dev", "COLOUR": "blue"})

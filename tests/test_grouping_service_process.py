@@ -10,7 +10,7 @@ from pathlib import Path
 
 from facefleet.common.config import RETRYABLE_EXIT_CODE
 from facefleet.common.repository import LeaseHeld
-from facefleet.localstack import servers as local
+from facefleet.embedded import servers as local
 from facefleet.worker.consumer import ReceivedMessage
 from facefleet.worker.grouping.service import GroupingService
 from tests.grouping_service_helpers import Gallery, Identities, make_setup, people, store_for

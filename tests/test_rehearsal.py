@@ -45,8 +45,8 @@ from facefleet.common.messages import DetectionRequest, parse_detection_message
 from facefleet.control.cutover import ecs_move
 from facefleet.control.cutover import machine as cut
 from facefleet.control.router import BATCH, ECS, users_by_side
+from facefleet.embedded import servers as local
 from facefleet.infra import template
-from facefleet.localstack import servers as local
 from facefleet.tools.cli import main
 from facefleet.tools.demo.gallery import Photo, lfw_bulk
 from tests.conftest import FACES_DIR, MODELS_DIR

@@ -18,9 +18,9 @@ from facefleet.control.cutover import ecs_move
 from facefleet.control.cutover import machine as cut
 from facefleet.control.cutover import status as cutover_status
 from facefleet.control.router import users_by_side, write_weight
+from facefleet.embedded import servers as local
 from facefleet.infra import lambda_package, template
 from facefleet.infra.stack_config import StackConfig
-from facefleet.localstack import servers as local
 from tests.e2e_support import provision_stack, queue_counts, wait_until
 from tests.flows_support import prefect_harness
 

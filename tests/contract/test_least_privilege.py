@@ -33,8 +33,8 @@ from facefleet.common.aws import AwsTarget
 from facefleet.common.config import NAMES, Settings
 from facefleet.common.messages import DetectionRequest
 from facefleet.common.s3keys import cover_key, image_key
+from facefleet.embedded import servers as local
 from facefleet.infra import lambda_package, template
-from facefleet.localstack import servers as local
 from facefleet.worker.consumer import Consumer, ConsumerConfig
 from facefleet.worker.detection.service import DetectionService
 from facefleet.worker.grouping import store as grouping_store

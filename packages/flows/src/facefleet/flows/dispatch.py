@@ -25,7 +25,7 @@ from facefleet.control import dispatch_tick, observe
 from facefleet.control.policy import Decision, DispatchInputs, PolicyParams, Submission
 
 if TYPE_CHECKING:
-    from facefleet.localstack.batch import LocalExecutor
+    from facefleet.embedded.batch import LocalExecutor
 
 Mode = Literal["local", "aws"]
 METRICS_SERVICE = "dispatch"  # the Service dimension the dashboards chart dispatch under
@@ -39,7 +39,7 @@ def names_from(values: Mapping[str, Any] | None) -> Names:
 def local_executor(state_dir: str | None) -> LocalExecutor:
     """`mode: local` only: the embedded stack's Batch executor (the flows package's `local`
     extra), imported here so a production install of the flows needs no local stack."""
-    from facefleet.localstack.batch import LocalExecutor
+    from facefleet.embedded.batch import LocalExecutor
 
     return LocalExecutor(state_dir)
 
@@ -163,7 +163,7 @@ def _local_start(
     executor: LocalExecutor, names: Names, aws: AwsTarget
 ) -> dispatch_tick.OnSubmitted:
     """`mode: local`: each submitted job also runs as local processes (moto runs none)."""
-    from facefleet.localstack.batch import JobSpec
+    from facefleet.embedded.batch import JobSpec
 
     def start(submission: Submission, request: dict[str, Any], job_id: str) -> None:
         command, environment, attempts = job_runtime(names, submission, aws)

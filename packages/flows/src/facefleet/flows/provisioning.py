@@ -56,8 +56,8 @@ def record_local_environment(outputs: Mapping[str, str]) -> str | None:
     """On the embedded stack started by `facefleet local up` (its stack.env names its state
     folder), add the stack's worker environment to stack.env, so a shell that sources it has
     QUEUE_URL, BUCKET_NAME, FACE_GROUP_BUCKET_NAME, ... for `facefleet people` and workers."""
+    from facefleet.embedded import servers as local
     from facefleet.infra.stack_config import worker_environment
-    from facefleet.localstack import servers as local
 
     state_dir = os.environ.get(local.STATE_DIR_ENV)
     if not state_dir or not local.record_worker_environment(state_dir, worker_environment(outputs)):
@@ -70,9 +70,9 @@ def emulator_job_definitions(
     config: StackConfig, aws: AwsTarget, outputs: Mapping[str, str]
 ) -> list[str]:
     """moto's CloudFormation keeps a changed Batch job definition's old revision; register the
-    template's, as AWS would (`facefleet.localstack.jobdefs`)."""
+    template's, as AWS would (`facefleet.embedded.jobdefs`)."""
+    from facefleet.embedded.jobdefs import apply_job_definitions
     from facefleet.infra.template import render as render_template
-    from facefleet.localstack.jobdefs import apply_job_definitions
 
     return apply_job_definitions(aws.client("batch"), render_template(config), outputs)
 

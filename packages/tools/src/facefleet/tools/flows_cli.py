@@ -236,7 +236,7 @@ def run_provision(args: argparse.Namespace) -> int:
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    from facefleet.localstack.batch import LocalExecutor
+    from facefleet.embedded.batch import LocalExecutor
 
     executor = LocalExecutor(args.local_batch_dir)
     if args.action == "stop":

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from facefleet.localstack import servers as local
+from facefleet.embedded import servers as local
 
 DEFAULT_STATE_DIR = ".facefleet/local"
 

@@ -37,8 +37,8 @@ from facefleet.common.repository import (
 from facefleet.control.cutover.machine import STAGES
 from facefleet.control.observe import QueueUrls
 from facefleet.control.router import write_weight
-from facefleet.localstack import servers as local
-from facefleet.localstack.batch import LocalExecutor
+from facefleet.embedded import servers as local
+from facefleet.embedded.batch import LocalExecutor
 from facefleet.tools.demo.gallery import Photo, demo_gallery, requests, send, upload
 from facefleet.tools.demo.progress import Progress, publish_queue_depth, read_progress
 from facefleet.tools.demo.report import collect, write_report

@@ -6,7 +6,7 @@ executor, which runs the job definition's command (`python3 run_detection_servic
 job's environment, the way a Batch container would:
 
 - an array job of size N is N child jobs, each with AWS_BATCH_JOB_ARRAY_INDEX set;
-- each child runs under a small supervisor process (`python -m facefleet.localstack.batch
+- each child runs under a small supervisor process (`python -m facefleet.embedded.batch
   supervise ...`) that applies the retry strategy: up to `attempts` tries with
   AWS_BATCH_JOB_ATTEMPT set, retrying on the retryable exit code (a worker that drained on
   SIGTERM) and on death by a signal (the local analogue of Batch's "Host EC2* terminated"
@@ -34,7 +34,7 @@ from typing import Any
 
 from facefleet.common.config import MODEL_ROOT, RETRYABLE_EXIT_CODE
 from facefleet.control.policy import ActiveJob
-from facefleet.localstack.servers import LOCAL_MODELS_ENV
+from facefleet.embedded.servers import LOCAL_MODELS_ENV
 
 DEFAULT_STATE_DIR = ".facefleet/local/batch"
 STATE_DIR_ENV = "FACEFLEET_LOCAL_BATCH_DIR"
@@ -154,7 +154,7 @@ class LocalExecutor:
             args = [
                 sys.executable,
                 "-m",
-                "facefleet.localstack.batch",
+                "facefleet.embedded.batch",
                 "supervise",
                 str(spec_path),
             ]
@@ -329,7 +329,7 @@ def supervise(spec_path: Path, index: int | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m facefleet.localstack.batch")
+    parser = argparse.ArgumentParser(prog="python -m facefleet.embedded.batch")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("supervise", help="run one local Batch (child) job with retries")
     run.add_argument("spec", type=Path)
