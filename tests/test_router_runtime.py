@@ -132,6 +132,58 @@ def test_flows_runtime_task_role_and_worker() -> None:
     assert "PrefectWorkerService" not in template.render(BASE)["Resources"]
 
 
+def test_production_dispatch_is_served_by_a_service_with_the_flow_task_role() -> None:
+    """The minutely dispatch runs inside a long-lived Fargate service (no task per tick): it
+    runs the serving entry point, with the flow task role, which holds what the dispatch flow
+    calls; no dispatch deployment goes on the ECS work pool."""
+    from facefleet.flows.deployments import (
+        ProductionRuntime,
+        production_deployments,
+        serve_production_command,
+        served_production_deployments,
+    )
+
+    config = StackConfig(
+        vpc_id="vpc-1", subnet_ids=("subnet-1",), prefect_api_url="https://prefect.example/api"
+    )
+    resources = template.render(config)["Resources"]
+    task = resources["DispatchServiceTaskDefinition"]["Properties"]
+    assert task["TaskRoleArn"] == {"Fn::GetAtt": ["FlowsTaskRole", "Arn"]}
+    (container,) = task["ContainerDefinitions"]
+    names = {"prefix": config.names.prefix, "grouping_prefix": config.names.grouping_prefix}
+    assert container["Command"] == serve_production_command(names)
+    assert container["Image"] == {"Fn::Sub": "${FlowsImageRepository.RepositoryUri}:latest"}
+    environment = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert environment["PREFECT_API_URL"] == config.prefect_api_url
+    service = resources["DispatchService"]["Properties"]
+    assert service["DesiredCount"] == 1 and service["LaunchType"] == "FARGATE"
+    assert service["TaskDefinition"] == {"Ref": "DispatchServiceTaskDefinition"}
+    assert service["DeploymentConfiguration"]["DeploymentCircuitBreaker"]["Enable"]
+    grants = _grants(template.render(config), "FlowsTaskRole")
+    used = (
+        "dynamodb:PutItem",  # the lease
+        "dynamodb:DeleteItem",
+        "cloudformation:DescribeStacks",  # the queues from the outputs
+        "sqs:GetQueueAttributes",
+        "batch:SubmitJob",
+        "batch:ListJobs",
+        "ssm:GetParameter",  # the cool-down state
+        "ssm:PutParameter",
+    )
+    assert set(used) <= set(grants), set(used) - set(grants)
+    runtime = ProductionRuntime(image="flows:latest", task_role_arn="arn:aws:iam::1:role/flows")
+    assert "dispatch" not in {d.flow_name for d in production_deployments(runtime, names)}
+    (served,) = served_production_deployments(names)
+    assert (served.flow_name, served.name, served.work_pool_name) == (
+        "dispatch",
+        "production",
+        None,
+    )
+    assert served.parameters["mode"] == "aws" and served.parameters["names"] == names
+    # Without a Prefect API there is no Prefect to serve to.
+    assert "DispatchService" not in template.render(BASE)["Resources"]
+
+
 def test_router_process_is_part_of_the_local_stack(tmp_path: Path, monkeypatch) -> None:
     prefix = "trouterproc"
     monkeypatch.setenv("FACEFLEET_PREFIX", prefix)
@@ -220,8 +272,8 @@ def test_production_deployments_register_on_an_ecs_pool(env, harness, tmp_path: 
         {"prefix": env.names.prefix, "grouping_prefix": env.names.grouping_prefix},
         pool=pool,
     )
+    # Dispatch is served by the stack's dispatch service, not a Fargate task per tick.
     assert set(registered) == {
-        "dispatch/production",
         "cutover/production",
         "cutover-rollback/production",
         "cutover-pause/production",
@@ -239,8 +291,6 @@ def test_production_deployments_register_on_an_ecs_pool(env, harness, tmp_path: 
             assert variables["network_configuration"]["subnets"] == ["subnet-1"]
             assert deployment.entrypoint.startswith("facefleet.flows.")
             assert load_flow_from_entrypoint(deployment.entrypoint).name == name.split("/")[0]
-            if name == "dispatch/production":
-                assert deployment.parameters["mode"] == "aws"
     stack.close()
 
 
