@@ -258,6 +258,14 @@ def test_the_served_production_dispatch_runs_a_tick_in_the_serving_process(env, 
             wait_until(served, 120, "the serving process to register dispatch/production")
         run = run_deployment("dispatch/production", timeout=180)
         assert run.state is not None and run.state.is_completed(), run.state  # type: ignore[union-attr]
+        with get_client(sync_client=True) as client:
+            done = client.read_flow_run(run.id)
+        assert done.created and done.start_time and done.end_time
+        # docs/infra.md, "What the flows runtime costs": the served tick's latency.
+        print(
+            f"served tick: requested -> running {(done.start_time - done.created).total_seconds():.1f}"
+            f" s, running -> done {(done.end_time - done.start_time).total_seconds():.1f} s"
+        )
         jobs = [(j["definition"], j["queue"], j["array_size"]) for j in batch_jobs(names, env.aws)]
         assert sorted(jobs, key=str) == sorted(
             ((s.job_definition, s.job_queue, s.array_size) for s in expected.submissions), key=str

@@ -92,6 +92,12 @@ def register(subparsers: Any) -> None:
         "--back", action="store_true", help="move-ecs-queue: undo, to the queue read before"
     )
     cutover.add_argument("--back-to", default=None, help="move-ecs-queue: undo, to this URL")
+    cutover.add_argument(
+        "--task-role-granted",
+        action="store_true",
+        help="move-ecs-queue: the task role's owner has added the printed policy (a role this "
+        "account may not change); the router is then enabled",
+    )
     _common(cutover)
     cutover.set_defaults(func=run_cutover)
 
