@@ -262,10 +262,9 @@ def test_the_served_production_dispatch_runs_a_tick_in_the_serving_process(env, 
             done = client.read_flow_run(run.id)
         assert done.created and done.start_time and done.end_time
         # docs/infra.md, "What the flows runtime costs": the served tick's latency.
-        print(
-            f"served tick: requested -> running {(done.start_time - done.created).total_seconds():.1f}"
-            f" s, running -> done {(done.end_time - done.start_time).total_seconds():.1f} s"
-        )
+        pickup = (done.start_time - done.created).total_seconds()
+        running = (done.end_time - done.start_time).total_seconds()
+        print(f"served tick: requested -> running {pickup:.1f} s, running -> done {running:.1f} s")
         jobs = [(j["definition"], j["queue"], j["array_size"]) for j in batch_jobs(names, env.aws)]
         assert sorted(jobs, key=str) == sorted(
             ((s.job_definition, s.job_queue, s.array_size) for s in expected.submissions), key=str
