@@ -272,6 +272,9 @@ def test_the_served_production_dispatch_runs_a_tick_in_the_serving_process(env, 
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=60)
+    # Stopped as ECS stops a task (SIGTERM), its schedule is left running for the next task.
+    with get_client(sync_client=True) as client:
+        assert not client.read_deployment_by_name("dispatch/production").paused
     # The serving process took the old registration off the pool and ran this very flow run.
     assert "removed dispatch/production from its work pool" in output, output[-2000:]
     assert str(run.id) in output, output[-2000:]

@@ -369,9 +369,11 @@ def deploy_production(
     return registered
 
 
-def serve_all(deployments: list[RunnerDeployment], limit: int | None = None) -> None:
+def serve_all(
+    deployments: list[RunnerDeployment], limit: int | None = None, pause_on_shutdown: bool = True
+) -> None:
     """Register the deployments and run their scheduled and manual runs until interrupted."""
-    serve(*deployments, limit=limit)
+    serve(*deployments, limit=limit, pause_on_shutdown=pause_on_shutdown)
 
 
 def served_production_deployments(
@@ -422,7 +424,9 @@ def serve_production(
     deployments = served_production_deployments(names, dispatch_interval_s=dispatch_interval_s)
     for name in forget_pool_registrations(deployments):
         print(f"removed {name} from its work pool: this process serves it now")
-    serve_all(deployments)
+    # ECS starts the new task before it stops the old one (a rolling deployment): the old
+    # one's shutdown must not pause the schedule the new one serves.
+    serve_all(deployments, pause_on_shutdown=False)
 
 
 def serve_production_command(names: dict[str, Any] | None = None) -> list[str]:
