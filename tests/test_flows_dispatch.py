@@ -198,3 +198,83 @@ def test_lambda_decides_like_the_flow(env, stack, monkeypatch) -> None:
     assert from_lambda["submissions"] == from_flow["submissions"]
     assert from_lambda["submissions"] == [asdict(s) for s in expected.submissions]
     assert len(batch_jobs(names, env.aws)) == 2 * len(expected.submissions)
+
+
+def test_the_served_production_dispatch_runs_a_tick_in_the_serving_process(env, stack) -> None:
+    """The stack's dispatch service runs `python -m facefleet.flows.deployments serve-production`
+    (template/flows_runtime.py): `prefect deployment run dispatch/production` is executed by that
+    process (no work pool, no task per tick) and submits what `policy.decide` says. A
+    registration left on the ECS pool by an older stack is taken off it (no race for runs)."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    from facefleet.flows.deployments import (
+        ProductionRuntime,
+        ensure_production_pool,
+        serve_production_command,
+    )
+    from tests.e2e_support import wait_until
+
+    names = env.names
+    fill(stack[names.indexing_queue], 5, env.aws)
+    fill(stack[names.group_face_queue], 2, env.aws)
+    urls = observe.QueueUrls(stack[names.indexing_queue], stack[names.group_face_queue])
+    expected = decide(observe.observe(names, env.aws, now_s=0.0, urls=urls), PolicyParams(), names)
+    assert expected.submissions
+    # An older stack's registration: dispatch/production on the ECS pool, a task per tick.
+    pool = f"{names.prefix}-ecs"
+    ensure_production_pool(pool)
+    old = dispatch.to_deployment(
+        name="production",
+        work_pool_name=pool,
+        job_variables=ProductionRuntime(image="img", task_role_arn="arn").job_variables(),
+    )
+    old.apply()  # type: ignore[union-attr]
+    the_names = {"prefix": names.prefix, "grouping_prefix": names.grouping_prefix}
+    # A day-long interval: only the manual run below executes while the test looks.
+    command = [sys.executable, *serve_production_command(the_names)[1:]]
+    server = subprocess.Popen(
+        [*command, "--dispatch-interval", "86400"],
+        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with get_client(sync_client=True) as client:
+
+            def served() -> bool:
+                try:
+                    found = client.read_deployment_by_name("dispatch/production")
+                except Exception:
+                    return False
+                return found.work_pool_name is None
+
+            wait_until(served, 120, "the serving process to register dispatch/production")
+        run = run_deployment("dispatch/production", timeout=180)
+        assert run.state is not None and run.state.is_completed(), run.state  # type: ignore[union-attr]
+        with get_client(sync_client=True) as client:
+            done = client.read_flow_run(run.id)
+        assert done.created and done.start_time and done.end_time
+        # docs/infra.md, "What the flows runtime costs": the served tick's latency.
+        pickup = (done.start_time - done.created).total_seconds()
+        running = (done.end_time - done.start_time).total_seconds()
+        print(f"served tick: requested -> running {pickup:.1f} s, running -> done {running:.1f} s")
+        jobs = [(j["definition"], j["queue"], j["array_size"]) for j in batch_jobs(names, env.aws)]
+        assert sorted(jobs, key=str) == sorted(
+            ((s.job_definition, s.job_queue, s.array_size) for s in expected.submissions), key=str
+        )
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=60)
+    # Stopped as ECS stops a task (SIGTERM), its schedule is left running for the next task.
+    with get_client(sync_client=True) as client:
+        assert not client.read_deployment_by_name("dispatch/production").paused
+    # The serving process took the old registration off the pool and ran this very flow run.
+    assert "removed dispatch/production from its work pool" in output, output[-2000:]
+    assert str(run.id) in output, output[-2000:]

@@ -284,6 +284,19 @@ def test_the_ingress_queue_must_admit_the_router(env) -> None:
     assert run(role)[f"{prefix} encryption"].ok
 
 
+def test_an_existing_queue_without_a_policy_is_a_check_line(env) -> None:
+    """GetQueueAttributes omits `Attributes` when the queue has none of those asked (no Policy,
+    no KMS key: AWS and moto alike): doctor says what the queue needs instead of a KeyError."""
+    name = f"{env.names.prefix}-existing-indexing"
+    env.aws.client("sqs").create_queue(QueueName=name)
+    config = replace(local_stack_config(env.names, env.aws), indexing_queue=_foreign_url(env, name))
+    account = env.aws.client("sts").get_caller_identity()["Account"]
+    checks = _by_name(doctor.foreign_queues(config, env.aws, account))
+    check = checks[f"indexing queue {name} (444455556666)"]
+    assert not check.ok and check.detail.startswith("no queue policy")
+    assert f"arn:aws:iam::{account}:root" in check.detail and "sqs:DeleteMessage" in check.detail
+
+
 def _role(env, suffix: str, statements: list[dict[str, Any]]) -> str:
     iam = env.aws.client("iam")
     name = f"{env.names.prefix}-{suffix}"

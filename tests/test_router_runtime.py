@@ -132,6 +132,58 @@ def test_flows_runtime_task_role_and_worker() -> None:
     assert "PrefectWorkerService" not in template.render(BASE)["Resources"]
 
 
+def test_production_dispatch_is_served_by_a_service_with_the_flow_task_role() -> None:
+    """The minutely dispatch runs inside a long-lived Fargate service (no task per tick): it
+    runs the serving entry point, with the flow task role, which holds what the dispatch flow
+    calls; no dispatch deployment goes on the ECS work pool."""
+    from facefleet.flows.deployments import (
+        ProductionRuntime,
+        production_deployments,
+        serve_production_command,
+        served_production_deployments,
+    )
+
+    config = StackConfig(
+        vpc_id="vpc-1", subnet_ids=("subnet-1",), prefect_api_url="https://prefect.example/api"
+    )
+    resources = template.render(config)["Resources"]
+    task = resources["DispatchServiceTaskDefinition"]["Properties"]
+    assert task["TaskRoleArn"] == {"Fn::GetAtt": ["FlowsTaskRole", "Arn"]}
+    (container,) = task["ContainerDefinitions"]
+    names = {"prefix": config.names.prefix, "grouping_prefix": config.names.grouping_prefix}
+    assert container["Command"] == serve_production_command(names)
+    assert container["Image"] == {"Fn::Sub": "${FlowsImageRepository.RepositoryUri}:latest"}
+    environment = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert environment["PREFECT_API_URL"] == config.prefect_api_url
+    service = resources["DispatchService"]["Properties"]
+    assert service["DesiredCount"] == 1 and service["LaunchType"] == "FARGATE"
+    assert service["TaskDefinition"] == {"Ref": "DispatchServiceTaskDefinition"}
+    assert service["DeploymentConfiguration"]["DeploymentCircuitBreaker"]["Enable"]
+    grants = _grants(template.render(config), "FlowsTaskRole")
+    used = (
+        "dynamodb:PutItem",  # the lease
+        "dynamodb:DeleteItem",
+        "cloudformation:DescribeStacks",  # the queues from the outputs
+        "sqs:GetQueueAttributes",
+        "batch:SubmitJob",
+        "batch:ListJobs",
+        "ssm:GetParameter",  # the cool-down state
+        "ssm:PutParameter",
+    )
+    assert set(used) <= set(grants), set(used) - set(grants)
+    runtime = ProductionRuntime(image="flows:latest", task_role_arn="arn:aws:iam::1:role/flows")
+    assert "dispatch" not in {d.flow_name for d in production_deployments(runtime, names)}
+    (served,) = served_production_deployments(names)
+    assert (served.flow_name, served.name, served.work_pool_name) == (
+        "dispatch",
+        "production",
+        None,
+    )
+    assert served.parameters["mode"] == "aws" and served.parameters["names"] == names
+    # Without a Prefect API there is no Prefect to serve to.
+    assert "DispatchService" not in template.render(BASE)["Resources"]
+
+
 def test_router_process_is_part_of_the_local_stack(tmp_path: Path, monkeypatch) -> None:
     prefix = "trouterproc"
     monkeypatch.setenv("FACEFLEET_PREFIX", prefix)
@@ -220,8 +272,8 @@ def test_production_deployments_register_on_an_ecs_pool(env, harness, tmp_path: 
         {"prefix": env.names.prefix, "grouping_prefix": env.names.grouping_prefix},
         pool=pool,
     )
+    # Dispatch is served by the stack's dispatch service, not a Fargate task per tick.
     assert set(registered) == {
-        "dispatch/production",
         "cutover/production",
         "cutover-rollback/production",
         "cutover-pause/production",
@@ -239,8 +291,6 @@ def test_production_deployments_register_on_an_ecs_pool(env, harness, tmp_path: 
             assert variables["network_configuration"]["subnets"] == ["subnet-1"]
             assert deployment.entrypoint.startswith("facefleet.flows.")
             assert load_flow_from_entrypoint(deployment.entrypoint).name == name.split("/")[0]
-            if name == "dispatch/production":
-                assert deployment.parameters["mode"] == "aws"
     stack.close()
 
 
@@ -306,6 +356,121 @@ def test_cli_moves_the_ecs_queue_whole_and_back_and_status_checks_it(env, capsys
     )
     check = ecs_move.check(names, cluster, service, aws)
     assert not check.moved and check.reads == account.indexing_url
+
+
+def _router_stack(names, aws, ingress_url: str, ecs_url: str) -> str:  # type: ignore[no-untyped-def]
+    """A stack holding only the router's mapping (created disabled, as the template does), its
+    function and the ECS queue output: what `move-ecs-queue` reads and enables. Its uuid."""
+    ingress_arn = ecs_move.queue_arn(ingress_url, aws)
+    body = {
+        "Resources": {
+            "RouterRole": {
+                "Type": "AWS::IAM::Role",
+                "Properties": {
+                    "AssumeRolePolicyDocument": {
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Principal": {"Service": "lambda.amazonaws.com"},
+                                "Action": "sts:AssumeRole",
+                            }
+                        ]
+                    }
+                },
+            },
+            "RouterFunction": {
+                "Type": "AWS::Lambda::Function",
+                "Properties": {
+                    "Runtime": "python3.11",
+                    "Handler": "index.handler",
+                    "Role": {"Fn::GetAtt": ["RouterRole", "Arn"]},
+                    "Code": {"ZipFile": "def handler(event, context):\n    return {}\n"},
+                },
+            },
+            ecs_move.ROUTER_EVENT_SOURCE: {
+                "Type": "AWS::Lambda::EventSourceMapping",
+                "Properties": {
+                    "FunctionName": {"Ref": "RouterFunction"},
+                    "EventSourceArn": ingress_arn,
+                    "Enabled": False,
+                },
+            },
+        },
+        "Outputs": {"EcsIndexingQueueUrl": {"Value": ecs_url}},
+    }
+    aws.client("cloudformation").create_stack(
+        StackName=names.stack_name, TemplateBody=json.dumps(body)
+    )
+    uuid, enabled = ecs_move._mapping(names, aws)
+    assert uuid is not None and enabled is False
+    return uuid
+
+
+def test_a_task_role_in_another_account_is_granted_by_its_owner_then_confirmed(env, capsys) -> None:
+    """The ECS task role belongs to another account: the move never puts the policy on a role
+    of the same name here, prints the policy for its owner and leaves the router disabled;
+    `--task-role-granted` records the owner's grant and enables the router; `cutover status`
+    verifies what it can (IAM simulation where permitted) and says the rest is confirmed."""
+    from facefleet.tools.cli import main
+    from tests.contract import existing_account
+    from tests.flows_support import create_queues
+
+    names, aws = env.names, env.aws
+    urls = create_queues(names, aws)
+    prefix = f"{names.prefix}-"
+    account = existing_account.create(aws, prefix)
+    cluster, service = f"{prefix}prod", f"{prefix}indexer"
+    ecs = aws.client("ecs")
+    # The same service, its task role now another account's (a role of that name exists here).
+    foreign_role = f"arn:aws:iam::444455556666:role/{prefix}{existing_account.TASK_ROLE}"
+    described = ecs.describe_task_definition(taskDefinition=account.task_definition)
+    request = ecs_move.revision_request(
+        {**described["taskDefinition"], "taskRoleArn": foreign_role},
+        [],
+        account.indexing_url,
+        ecs_move._accepted(ecs, "RegisterTaskDefinition"),
+    )
+    revision = ecs.register_task_definition(**request)["taskDefinition"]["taskDefinitionArn"]
+    ecs.update_service(cluster=cluster, service=service, taskDefinition=revision)
+    _router_stack(names, aws, account.indexing_url, urls[names.ecs_indexing_queue])
+    target = ["--prefix", names.prefix, "--ecs-cluster", cluster, "--ecs-service", service]
+
+    assert main(["cutover", "move-ecs-queue", *target]) == 1
+    out = capsys.readouterr().out
+    assert "is in account 444455556666" in out and "--task-role-granted" in out
+    assert ecs_move.queue_arn(urls[names.ecs_indexing_queue], aws) in out  # the policy to add
+    assert "the router stays disabled" in out
+    assert ecs_move._mapping(names, aws)[1] is False
+    local_role = _role_name_policies(aws, f"{prefix}{existing_account.TASK_ROLE}")
+    assert ecs_move.GRANT_POLICY not in local_role  # the same-named role here is left alone
+    check = ecs_move.check(names, cluster, service, aws)
+    assert check.role_access is False and not check.moved
+
+    # Confirmed: the library with the test's names (its stack holds the mapping), then the CLI.
+    report = ecs_move.move_ecs_queue(names, cluster, service, aws, role_granted=True)
+    assert report.mapping == "enabled" and "--task-role-granted" in report.role_policy
+    assert ecs_move._mapping(names, aws)[1] is True
+    check = ecs_move.check(names, cluster, service, aws)
+    assert check.moved and check.role_access is None
+    assert check.role_how.startswith("operator-confirmed")
+    assert main(["cutover", "move-ecs-queue", *target, "--task-role-granted"]) == 0
+    assert "task role access: operator-confirmed" in capsys.readouterr().out
+    assert main(["cutover", "status", *target]) == 0
+    text = capsys.readouterr().out
+    assert "ECS service reads its own queue: yes" in text
+    assert "judged by: operator-confirmed (--task-role-granted)" in text
+    # The confirmation names this role and queue: another queue is not confirmed by it.
+    other = ecs_move.queue_arn(urls[names.indexing_queue], aws)
+    assert ecs_move.role_access(names, foreign_role, other, aws)[0] is False
+
+    # Undone: the router off first, the service back on the queue it read.
+    ecs_move.move_ecs_queue(names, cluster, service, aws, back=True)
+    assert ecs_move._mapping(names, aws)[1] is False
+    assert ecs_move.ecs_queue_url(cluster, service, aws) == account.indexing_url
+
+
+def _role_name_policies(aws, role: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return list(aws.client("iam").list_role_policies(RoleName=role)["PolicyNames"])
 
 
 def test_the_revision_request_copies_every_field_register_accepts() -> None:

@@ -123,11 +123,12 @@ def test_the_bill_adds_every_line_with_its_price() -> None:
     assert lines["network (nat)"] == pytest.approx(gb * 0.045 + hours * 0.045)
     assert lines["EBS root volumes"] == pytest.approx(200.0 * 100 * 0.08 / 730)
     assert lines["CloudWatch metrics"] == pytest.approx(12 * 0.30)  # one month
-    # The Prefect worker service (0.5 vCPU, 1 GB) and a 1 vCPU / 2 GB flow run a minute, each
-    # billed a minute: two tasks' worth, always on.
+    # The Prefect worker and the dispatch services (0.5 vCPU, 1 GB each, always on) and seven
+    # 1 vCPU / 2 GB flow runs an hour (cutover every 10 minutes, savings hourly), each billed a
+    # minute; no task per dispatch tick.
     vcpu_h, gb_h = price["fargate_vcpu_hour"], price["fargate_gb_hour"]
     assert lines["flows runtime (Fargate)"] == pytest.approx(
-        hours * ((0.5 * vcpu_h + 1.0 * gb_h) + (1.0 * vcpu_h + 2.0 * gb_h))
+        hours * (2 * (0.5 * vcpu_h + 1.0 * gb_h) + 7 / 60 * (1.0 * vcpu_h + 2.0 * gb_h))
     )
     assert lines["Lambda"] > 0 and lines["DynamoDB"] > 0
     # The ECS service has no flows, Lambda or lease table; the rest it pays alike.

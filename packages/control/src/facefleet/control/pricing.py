@@ -329,15 +329,18 @@ class BillParams:
     interface_endpoints: int = 8
     availability_zones: int = 2
     root_volume_gib: int = 100  # the launch template's gp3 root volume (stack_config.py)
-    # The flows runtime (docs/infra.md): the Prefect ECS worker, a one-task Fargate service of
-    # 0.5 vCPU / 1 GB (template/flows_runtime.py), and each flow run its own Fargate task at
-    # prefect-aws's default 1 vCPU / 2 GB: the dispatch flow once a tick (60 s), each billed at
-    # least Fargate's one-minute minimum, so about one such task always on.
+    # The flows runtime (docs/infra.md, template/flows_runtime.py): two one-task Fargate
+    # services of 0.5 vCPU / 1 GB, the Prefect ECS worker and the dispatch service (which runs
+    # each minutely tick in-process: no task per tick); and the flow runs the worker starts, each
+    # its own Fargate task at prefect-aws's default 1 vCPU / 2 GB billed at least Fargate's
+    # one-minute minimum: the cutover flow every 10 minutes and the hourly savings flow.
     flows_worker_vcpu: float = 0.5
     flows_worker_gib: float = 1.0
+    dispatch_service_vcpu: float = 0.5
+    dispatch_service_gib: float = 1.0
     flow_run_vcpu: float = 1.0
     flow_run_gib: float = 2.0
-    flow_runs_per_hour: float = 60.0
+    flow_runs_per_hour: float = 7.0
     flow_run_billed_s: float = 60.0
     # The fallback dispatcher: one 256-MB Lambda a minute of about 1 s; the lease: two DynamoDB
     # writes a dispatch tick, from each dispatcher.
@@ -402,6 +405,7 @@ def bill(
     if setup == BATCH:
         vcpu_h, gb_h = p["fargate_vcpu_hour"], p["fargate_gb_hour"]
         worker = params.flows_worker_vcpu * vcpu_h + params.flows_worker_gib * gb_h
+        worker += params.dispatch_service_vcpu * vcpu_h + params.dispatch_service_gib * gb_h
         run_hours = params.flow_runs_per_hour * params.flow_run_billed_s / HOUR_S
         runs = run_hours * (params.flow_run_vcpu * vcpu_h + params.flow_run_gib * gb_h)
         lines["flows runtime (Fargate)"] = hours * (worker + runs)

@@ -25,10 +25,18 @@ worker as a Fargate service). Each flow run is a Fargate task from the flows ima
 (`FlowsImageUri`) with the stack's `FlowsTaskRoleArn`; entrypoints are module paths, importable
 from the image's installed packages. `provision` is not deployed there: the flow task role has no
 `cloudformation:*` (provisioning runs from a person's shell or CI).
+
+Except dispatch: a Fargate task per minutely tick is ~1,440 image pulls a day and a minute of
+start-up per tick. The stack's dispatch service (`python -m facefleet.flows.deployments
+serve-production`, with the flow task role) serves `dispatch/production` with its schedule, so
+each tick is a subprocess of that long-lived process; `prefect deployment run
+dispatch/production` still works. Cutover, rollback and savings stay Fargate tasks: they run
+every 10 minutes at most, and the rollback does not depend on the dispatcher's process.
 """
 
 from __future__ import annotations
 
+import argparse
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,22 +145,27 @@ def build(
         local_batch_dir=local_batch_dir,
         cutover_schedule=cutover_schedule,
     ):
-        options: dict[str, Any] = {}
-        if spec.interval_s is not None:
-            options["interval"] = spec.interval_s
-        if spec.cron is not None:
-            options["cron"] = spec.cron
-        if spec.description is not None:
-            options["description"] = spec.description
-        if spec.one_at_a_time:
-            options["concurrency_limit"] = ONE_AT_A_TIME
         deployments.append(
             spec.flow.to_deployment(
-                name=spec.name, parameters=spec.parameters, tags=list(spec.tags), **options
+                name=spec.name, parameters=spec.parameters, tags=list(spec.tags), **_options(spec)
             )
         )
     # Called outside an event loop, `to_deployment` returns the deployment, not a coroutine.
     return [cast(RunnerDeployment, deployment) for deployment in deployments]
+
+
+def _options(spec: DeploymentSpec) -> dict[str, Any]:
+    """`to_deployment` keywords for the spec's schedule, description and concurrency."""
+    options: dict[str, Any] = {}
+    if spec.interval_s is not None:
+        options["interval"] = spec.interval_s
+    if spec.cron is not None:
+        options["cron"] = spec.cron
+    if spec.description is not None:
+        options["description"] = spec.description
+    if spec.one_at_a_time:
+        options["concurrency_limit"] = ONE_AT_A_TIME
+    return options
 
 
 # ---- prefect.yaml ------------------------------------------------------------------------
@@ -164,6 +177,9 @@ PRODUCTION_POOL_TYPE = "ecs"  # prefect-aws ECS worker (push pools are Prefect C
 PRODUCTION_NAME = "production"
 # Flows the production runtime does not run (its task role has no cloudformation:*).
 NOT_IN_PRODUCTION = frozenset({"provision"})
+# Flows the stack's dispatch service serves in-process (`serve_production`), not on the pool.
+SERVED_IN_PRODUCTION = frozenset({"dispatch"})
+SERVE_PRODUCTION_MODULE = "facefleet.flows.deployments"
 
 PREFECT_YAML_HEADER = """\
 # GENERATED from packages/flows/src/facefleet/flows/deployments.py (`specs`): do not edit.
@@ -293,20 +309,12 @@ def production_deployments(
     pool: str = PRODUCTION_POOL,
     cutover_interval_min: int = CUTOVER_INTERVAL_MIN,
 ) -> list[RunnerDeployment]:
-    """The production deployments (`mode: aws`), from the same `specs` as the local ones."""
+    """The production deployments on the ECS pool (`mode: aws`), from the same `specs` as the
+    local ones; not dispatch, which the stack's dispatch service serves."""
     deployments = []
     for spec in specs(names, mode="aws", cutover_interval_min=cutover_interval_min):
-        if spec.flow.name in NOT_IN_PRODUCTION:
+        if spec.flow.name in NOT_IN_PRODUCTION | SERVED_IN_PRODUCTION:
             continue
-        options: dict[str, Any] = {}
-        if spec.interval_s is not None:
-            options["interval"] = spec.interval_s
-        if spec.cron is not None:
-            options["cron"] = spec.cron
-        if spec.description is not None:
-            options["description"] = spec.description
-        if spec.one_at_a_time:
-            options["concurrency_limit"] = ONE_AT_A_TIME
         deployment = cast(
             RunnerDeployment,
             spec.flow.to_deployment(
@@ -316,7 +324,7 @@ def production_deployments(
                 work_pool_name=pool,
                 job_variables=runtime.job_variables(),
                 entrypoint_type=EntrypointType.MODULE_PATH,
-                **options,
+                **_options(spec),
             ),
         )
         deployments.append(deployment)
@@ -361,10 +369,93 @@ def deploy_production(
     return registered
 
 
-def serve_all(deployments: list[RunnerDeployment], limit: int | None = None) -> None:
+def serve_all(
+    deployments: list[RunnerDeployment], limit: int | None = None, pause_on_shutdown: bool = True
+) -> None:
     """Register the deployments and run their scheduled and manual runs until interrupted."""
-    serve(*deployments, limit=limit)
+    serve(*deployments, limit=limit, pause_on_shutdown=pause_on_shutdown)
+
+
+def served_production_deployments(
+    names: dict[str, Any] | None = None, *, dispatch_interval_s: int = DISPATCH_INTERVAL_S
+) -> list[RunnerDeployment]:
+    """What the stack's dispatch service serves: `dispatch/production` (`mode: aws`), its
+    schedule and one-at-a-time limit, on no work pool (the serving process runs its runs)."""
+    return [
+        cast(
+            RunnerDeployment,
+            spec.flow.to_deployment(
+                name=PRODUCTION_NAME,
+                parameters=spec.parameters,
+                tags=[*spec.tags, PRODUCTION_NAME],
+                **_options(spec),
+            ),
+        )
+        for spec in specs(names, mode="aws", dispatch_interval_s=dispatch_interval_s)
+        if spec.flow.name in SERVED_IN_PRODUCTION
+    ]
+
+
+def forget_pool_registrations(deployments: list[RunnerDeployment]) -> list[str]:
+    """Delete these deployments where they are registered on a work pool (a stack upgraded
+    from a Fargate task per tick): the ECS worker would otherwise race the serving process for
+    each run. Their `flow/name`s."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    forgotten = []
+    with get_client(sync_client=True) as client:
+        for deployment in deployments:
+            name = f"{deployment.flow_name}/{deployment.name}"
+            try:
+                found = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            if found.work_pool_name:
+                client.delete_deployment(found.id)
+                forgotten.append(name)
+    return forgotten
+
+
+def serve_production(
+    names: dict[str, Any] | None = None, *, dispatch_interval_s: int = DISPATCH_INTERVAL_S
+) -> None:
+    """The dispatch service's process: serve `dispatch/production` until stopped."""
+    deployments = served_production_deployments(names, dispatch_interval_s=dispatch_interval_s)
+    for name in forget_pool_registrations(deployments):
+        print(f"removed {name} from its work pool: this process serves it now")
+    # ECS starts the new task before it stops the old one (a rolling deployment): the old
+    # one's shutdown must not pause the schedule the new one serves.
+    serve_all(deployments, pause_on_shutdown=False)
+
+
+def serve_production_command(names: dict[str, Any] | None = None) -> list[str]:
+    """The dispatch service's container command (the flows image has no `facefleet` CLI)."""
+    command = ["python", "-m", SERVE_PRODUCTION_MODULE, "serve-production"]
+    for key in ("prefix", "grouping_prefix"):
+        if names and names.get(key):
+            command += [f"--{key.replace('_', '-')}", str(names[key])]
+    return command
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {SERVE_PRODUCTION_MODULE}")
+    parser.add_argument("action", choices=("serve-local", "serve-production"), nargs="?")
+    parser.add_argument("--prefix", default=None)
+    parser.add_argument("--grouping-prefix", default=None)
+    parser.add_argument("--dispatch-interval", type=int, default=DISPATCH_INTERVAL_S)
+    args = parser.parse_args(argv)
+    names = {
+        key: value
+        for key, value in (("prefix", args.prefix), ("grouping_prefix", args.grouping_prefix))
+        if value
+    }
+    if args.action == "serve-production":
+        serve_production(names or None, dispatch_interval_s=args.dispatch_interval)
+    else:
+        serve_all(build(names or None, dispatch_interval_s=args.dispatch_interval))
+    return 0
 
 
 if __name__ == "__main__":
-    serve_all(build())
+    raise SystemExit(main())

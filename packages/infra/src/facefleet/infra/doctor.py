@@ -397,7 +397,7 @@ def foreign_queues(config: StackConfig, aws: AwsTarget, account: str) -> list[Ch
         try:
             attributes = sqs.get_queue_attributes(
                 QueueUrl=queue.url, AttributeNames=["Policy", "KmsMasterKeyId"]
-            )["Attributes"]
+            ).get("Attributes", {})  # absent when the queue has neither (AWS and moto)
         except ClientError as error:
             if owner == account:
                 checks.append(Check(name, False, f"not readable ({_error(error)})"))
@@ -417,24 +417,26 @@ def foreign_queues(config: StackConfig, aws: AwsTarget, account: str) -> list[Ch
         if owner == account:
             checks.append(Check(name, True, f"in this account (the role policies suffice){note}"))
             continue
-        policy = json.loads(attributes.get("Policy") or "{}")
-        if queue_policy_admits(policy, account, actions):
+        statement = {
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+            "Action": [*actions, "sqs:GetQueueAttributes"],
+            "Resource": queue.arn,
+        }
+        if not attributes.get("Policy"):
+            detail = (
+                f"no queue policy: owned by {owner}, it needs one admitting {account}; add "
+                f"{json.dumps(statement)}{note}"
+            )
+            checks.append(Check(name, False, detail))
+        elif queue_policy_admits(json.loads(attributes["Policy"]), account, actions):
             checks.append(Check(name, True, f"queue policy admits account {account}{note}"))
         else:
-            statement = {
-                "Effect": "Allow",
-                "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
-                "Action": [*actions, "sqs:GetQueueAttributes"],
-                "Resource": queue.arn,
-            }
-            checks.append(
-                Check(
-                    name,
-                    False,
-                    f"owned by {owner}: its queue policy must admit {account}; add "
-                    f"{json.dumps(statement)}{note}",
-                )
+            detail = (
+                f"owned by {owner}: its queue policy must admit {account}; add "
+                f"{json.dumps(statement)}{note}"
             )
+            checks.append(Check(name, False, detail))
     return checks
 
 
@@ -464,7 +466,7 @@ def ingress_queue(
     name = f"ingress queue {queue.name} ({owner})"
     try:
         found = aws.client("sqs").get_queue_attributes(QueueUrl=queue.url, AttributeNames=["All"])
-        attributes: dict[str, str] = {str(k): v for k, v in found["Attributes"].items()}
+        attributes: dict[str, str] = {str(k): v for k, v in found.get("Attributes", {}).items()}
     except ClientError as error:
         return [
             Check(

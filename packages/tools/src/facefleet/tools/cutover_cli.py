@@ -7,9 +7,12 @@
         GALLERY_IMAGES_MONGO_URI is set), routed messages per side, and whether the ECS
         service reads its own queue
     facefleet cutover move-ecs-queue --ecs-cluster C --ecs-service S [--back | --back-to URL]
+                                     [--task-role-granted]
         the cutover's first step (`facefleet.control.cutover.ecs_move`): the ECS service on the
         stack's ECS queue (task definition, task role grant, scaling alarms), then the router's
-        event source enabled; with --back (or --back-to URL) all of it undone
+        event source enabled; with --back (or --back-to URL) all of it undone. A task role this
+        account may not change (another account's): the command prints the policy to add; once
+        its owner has, `--task-role-granted` records that and enables the router
 
 Uses the usual AWS environment (AWS_ENDPOINT_URL for the local stack) and FACEFLEET_PREFIX.
 """
@@ -59,6 +62,8 @@ def status(args: argparse.Namespace, names: Names) -> int:
         print(json.dumps(cutover_status.as_dict(status), indent=1, default=str))
     else:
         print(cutover_status.render(status))
+        if status.ecs_move is not None and status.ecs_move.role_how:
+            print(f"  task role access judged by: {status.ecs_move.role_how}")
     return 0
 
 
@@ -71,7 +76,13 @@ def move(args: argparse.Namespace, names: Names) -> int:
     aws = AwsTarget.from_env(region=args.region)
     back = bool(args.back or args.back_to)
     report = ecs_move.move_ecs_queue(
-        names, args.ecs_cluster, args.ecs_service, aws, queue_url=args.back_to, back=back
+        names,
+        args.ecs_cluster,
+        args.ecs_service,
+        aws,
+        queue_url=args.back_to,
+        back=back,
+        role_granted=bool(getattr(args, "task_role_granted", False)),
     )
     print(f"{args.ecs_service} reads {report.queue_url} (was {report.previous_url or 'unset'})")
     print(f"task definition: {report.task_definition}")
@@ -81,6 +92,7 @@ def move(args: argparse.Namespace, names: Names) -> int:
     if back:
         return 0
     check = ecs_move.check(names, args.ecs_cluster, args.ecs_service, aws, report.queue_url)
+    print(f"task role access: {check.role_how}")
     if not check.moved:
         print("error: the move is not complete (see above); the router stays disabled")
         return 1

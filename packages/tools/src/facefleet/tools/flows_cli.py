@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ def register(subparsers: Any) -> None:
     flows.add_argument(
         "--production",
         action="store_true",
-        help="deploy: the production deployments (ECS work pool, flows image, flow task role)",
+        help="deploy: the production deployments (ECS work pool, flows image, flow task role); "
+        "serve: serve dispatch/production in this process (what the stack's dispatch service "
+        "runs)",
     )
     flows.add_argument(
         "--outputs",
@@ -89,6 +92,12 @@ def register(subparsers: Any) -> None:
         "--back", action="store_true", help="move-ecs-queue: undo, to the queue read before"
     )
     cutover.add_argument("--back-to", default=None, help="move-ecs-queue: undo, to this URL")
+    cutover.add_argument(
+        "--task-role-granted",
+        action="store_true",
+        help="move-ecs-queue: the task role's owner has added the printed policy (a role this "
+        "account may not change); the router is then enabled",
+    )
     _common(cutover)
     cutover.set_defaults(func=run_cutover)
 
@@ -122,6 +131,11 @@ def run_flows(args: argparse.Namespace) -> int:
         return 0
     if args.action == "deploy":
         return deploy_flows(args)
+    if args.action == "serve" and args.production:
+        from facefleet.flows.deployments import serve_production
+
+        serve_production(_names(args), dispatch_interval_s=args.dispatch_interval)
+        return 0
     deployments = build(
         _names(args),
         mode=args.mode,
@@ -167,6 +181,7 @@ def deploy_flows(args: argparse.Namespace) -> int:
     if args.image:
         runtime = replace(runtime, image=args.image)
     _print(deploy_production(runtime, _names(args)))
+    print("dispatch/production: served by the stack's dispatch service", file=sys.stderr)
     return 0
 
 

@@ -6,7 +6,10 @@ Moving means four things, each verified by `check` (what `facefleet cutover stat
    accepts (read from the API model, so a field AWS adds later is copied too) but QUEUE_URL, and
    the service updated to it;
 2. the service's task role may consume the new queue: an inline policy on the role when the
-   caller may put one, else the exact policy JSON for the role's owner to add;
+   caller may put one, else the exact policy JSON for the role's owner to add (a role in another
+   account always); once added, `--task-role-granted` records the operator's confirmation, and
+   `check` verifies by IAM policy simulation where it is permitted, else reports the grant as
+   operator-confirmed;
 3. the service's scaling alarms (CloudWatch alarms whose actions are the service's Application
    Auto Scaling policies and whose dimensions name the old queue) watch the new queue;
 4. only then the router's SQS event source mapping is enabled (it is created disabled: enabled
@@ -24,7 +27,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import Names
@@ -50,6 +54,11 @@ def previous_parameter(names: Names) -> str:
     return router.parameter(names, "ecs-previous-queue-url")
 
 
+def granted_parameter(names: Names) -> str:
+    """Where `--task-role-granted` records the operator's word: {"role": ARN, "queue": ARN}."""
+    return router.parameter(names, "ecs-task-role-granted")
+
+
 @dataclass(frozen=True)
 class MoveReport:
     queue_url: str
@@ -70,6 +79,7 @@ class MoveCheck:
     role_access: bool | None
     alarms_on_old: tuple[str, ...]
     mapping_enabled: bool | None
+    role_how: str = ""  # how role_access was judged (inline policy, simulation, operator)
 
     @property
     def moved(self) -> bool:
@@ -149,10 +159,26 @@ def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+def _account(arn: str) -> str:
+    return arn.split(":")[4]
+
+
+def _caller_account(aws: AwsTarget) -> str:
+    return str(aws.client("sts").get_caller_identity()["Account"])
+
+
 def _grant(role_arn: str | None, arn: str, aws: AwsTarget) -> tuple[str, bool]:
     if not role_arn:
         return "the task definition has no task role: nothing to grant", False
     document = json.dumps(grant_policy(arn))
+    owner = _account(role_arn)
+    if owner != _caller_account(aws):
+        # A role of the same name here is another role: never put the policy on it.
+        return (
+            f"{role_arn} is in account {owner}: its owner adds this inline policy "
+            f"({GRANT_POLICY}), then run this again with --task-role-granted: {document}",
+            False,
+        )
     try:
         aws.client("iam").put_role_policy(
             RoleName=_role_name(role_arn), PolicyName=GRANT_POLICY, PolicyDocument=document
@@ -161,8 +187,8 @@ def _grant(role_arn: str | None, arn: str, aws: AwsTarget) -> tuple[str, bool]:
         if _code(error) not in (*DENIED, "NoSuchEntity"):
             raise
         return (
-            f"add this inline policy ({GRANT_POLICY}) to {role_arn}, then run this again: "
-            f"{document}",
+            f"add this inline policy ({GRANT_POLICY}) to {role_arn}, then run this again with "
+            f"--task-role-granted: {document}",
             False,
         )
     return f"put {GRANT_POLICY} on {role_arn}", True
@@ -180,9 +206,64 @@ def _revoke(role_arn: str | None, aws: AwsTarget) -> str:
     return f"removed {GRANT_POLICY} from {role_arn}"
 
 
+def role_access(
+    names: Names, role_arn: str | None, arn: str, aws: AwsTarget
+) -> tuple[bool | None, str]:
+    """Whether the task role may consume `arn`, and how that was judged: the move's inline
+    policy; else IAM policy simulation (principals of this account, when the caller may);
+    else the operator's `--task-role-granted` for this role and queue (None: not verifiable
+    here); else not granted (False) or not readable (None)."""
+    if not role_arn:
+        return None, "no task role"
+    local = _account(role_arn) == _caller_account(aws)
+    inline = role_may_consume(role_arn, arn, aws) if local else False
+    if inline:
+        return True, f"{GRANT_POLICY} on the role"
+    simulated = _simulate(role_arn, arn, aws)
+    if simulated is not None:
+        return simulated, "IAM policy simulation"
+    if _confirmed(names, role_arn, arn, aws):
+        return None, "operator-confirmed (--task-role-granted); not verifiable from this account"
+    if inline is None:
+        return None, "the role's policies are not readable here"
+    return False, "not granted: add the policy move-ecs-queue prints, then --task-role-granted"
+
+
+def _simulate(role_arn: str, arn: str, aws: AwsTarget) -> bool | None:
+    """iam:SimulatePrincipalPolicy of the consumer actions on `arn` (identity policies only);
+    None where the call is not permitted or not possible (a role in another account)."""
+    try:
+        results = aws.client("iam").simulate_principal_policy(
+            PolicySourceArn=role_arn, ActionNames=list(CONSUMER_ACTIONS), ResourceArns=[arn]
+        )["EvaluationResults"]
+    except (ClientError, BotoCoreError, ResponseParserError):
+        # Denied, a principal of another account, or a server without it (moto answers 500).
+        return None
+    return all(r.get("EvalDecision") == "allowed" for r in results) and bool(results)
+
+
+def _confirmed(names: Names, role_arn: str, arn: str, aws: AwsTarget) -> bool:
+    try:
+        value = aws.client("ssm").get_parameter(Name=granted_parameter(names))["Parameter"]["Value"]
+    except ClientError as error:
+        if _code(error) in ("ParameterNotFound", *DENIED):
+            return False
+        raise
+    return bool(json.loads(value) == {"role": role_arn, "queue": arn})
+
+
+def _record_granted(names: Names, role_arn: str, arn: str, aws: AwsTarget) -> None:
+    aws.client("ssm").put_parameter(
+        Name=granted_parameter(names),
+        Value=json.dumps({"role": role_arn, "queue": arn}),
+        Type="String",
+        Overwrite=True,
+    )
+
+
 def role_may_consume(role_arn: str | None, arn: str, aws: AwsTarget) -> bool | None:
     """Whether the move's policy on the task role grants consuming `arn` (None: the role is
-    not readable here, as for a role in another account)."""
+    not readable here)."""
     if not role_arn:
         return None
     try:
@@ -317,10 +398,12 @@ def move_ecs_queue(
     *,
     queue_url: str | None = None,
     back: bool = False,
+    role_granted: bool = False,
 ) -> MoveReport:
     """Move the service to `queue_url` (default: the stack's ECS queue), or `back` to the queue
     it read before the move (or `queue_url` when given). Idempotent: a second run finds each
-    part done and redoes nothing but the checks."""
+    part done and redoes nothing but the checks. `role_granted`: the operator confirms the
+    task role's owner added the printed policy (a role this caller may not change)."""
     ssm = aws.client("ssm")
     if back:
         target = (
@@ -345,13 +428,16 @@ def move_ecs_queue(
         grant, added = _revoke(role, aws), False
     else:
         grant, added = _grant(role, queue_arn(target, aws), aws)
+        if not added and role and role_granted:
+            _record_granted(names, role, queue_arn(target, aws), aws)
+            grant += " (confirmed added: --task-role-granted)"
     alarms = (
         _repoint(service_alarms(cluster, service, previous, aws), target, aws) if previous else ()
     )
     if not back:
         # Enabled only once the service reads the ECS queue and may consume it.
         verified = ecs_queue_url(cluster, service, aws) == target
-        may = role_may_consume(role, queue_arn(target, aws), aws)
+        may, _ = role_access(names, role, queue_arn(target, aws), aws)
         mapping = (
             set_router_mapping(names, aws, True)
             if verified and may is not False
@@ -382,10 +468,12 @@ def check(
     if previous and previous != expected:
         on_old = tuple(a["AlarmName"] for a in service_alarms(cluster, service, previous, aws))
     _, enabled = _mapping(names, aws)
+    access, how = role_access(names, definition.get("taskRoleArn"), queue_arn(expected, aws), aws)
     return MoveCheck(
         reads=reads,
         expected=expected,
-        role_access=role_may_consume(definition.get("taskRoleArn"), queue_arn(expected, aws), aws),
+        role_access=access,
         alarms_on_old=on_old,
         mapping_enabled=enabled,
+        role_how=how,
     )

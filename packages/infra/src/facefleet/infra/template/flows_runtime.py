@@ -1,6 +1,11 @@
 """Where the Prefect flows run in production: the flows image repository, the flow runs'
 least-privilege task role and execution role, and (with `StackConfig.prefect_api_url`) a Prefect
-ECS worker as a Fargate service that starts each flow run as a Fargate task.
+ECS worker as a Fargate service that starts each flow run as a Fargate task, plus the dispatch
+service: a long-lived Fargate task with the flow task role that serves `dispatch/production`
+(`python -m facefleet.flows.deployments serve-production`), so the minutely tick runs in that
+process instead of starting a Fargate task (an image pull and a minute of start-up) each minute.
+It is a service of its own, not a second container of the worker's task, because a task has one
+task role: the worker's may run tasks and pass roles, the dispatcher's may submit Batch jobs.
 
 The flow task role (`FlowsTaskRole`) may do what the dispatch, cutover and savings flows do and
 nothing more: submit to the stack's job queues and definitions, read queue depths, move waiting
@@ -44,6 +49,10 @@ from facefleet.infra.template.router import ECS_QUEUE, INGRESS_QUEUE, RouterQueu
 FLOWS_TASK_ROLE = "FlowsTaskRole"
 FLOWS_EXECUTION_ROLE = "FlowsExecutionRole"
 PREFECT_WORKER_ROLE = "PrefectWorkerRole"
+DISPATCH_SERVICE = "DispatchService"
+# What the dispatch service runs (facefleet.flows.deployments.serve_production_command: infra
+# does not import flows; tests/test_router_runtime.py checks the two agree).
+SERVE_PRODUCTION = ["python", "-m", "facefleet.flows.deployments", "serve-production"]
 FLOWS_REPOSITORY = "FlowsImageRepository"
 # Every ECS service of the stack: a failed deployment rolls back instead of retrying for hours.
 CIRCUIT_BREAKER: Json = {"DeploymentCircuitBreaker": {"Enable": True, "Rollback": True}}
@@ -162,12 +171,12 @@ def _worker_resources(config: StackConfig) -> Json:
             [arn("logs", f"log-group:{names.flows_log_group}:*")],
         ),
     ]
-    environment = [
+    environment: list[Json] = [
         {"Name": "PREFECT_API_URL", "Value": config.prefect_api_url},
         {"Name": "PREFECT_SERVER_ANALYTICS_ENABLED", "Value": "false"},
         {"Name": "DO_NOT_TRACK", "Value": "1"},
     ]
-    secrets = []
+    secrets: list[Json] = []
     if config.prefect_api_key_secret_arn:
         secrets.append({"Name": "PREFECT_API_KEY", "ValueFrom": config.prefect_api_key_secret_arn})
     return {
@@ -209,24 +218,81 @@ def _worker_resources(config: StackConfig) -> Json:
                 "Tags": tag_list(config),
             },
         },
-        "PrefectWorkerService": {
-            "Type": "AWS::ECS::Service",
-            "Properties": {
-                "ServiceName": f"{names.prefix}-prefect-worker",
-                "Cluster": ref("FlowsCluster"),
-                "LaunchType": "FARGATE",
-                "DesiredCount": 1,
-                "TaskDefinition": ref("PrefectWorkerTaskDefinition"),
-                "DeploymentConfiguration": CIRCUIT_BREAKER,
-                "NetworkConfiguration": {
-                    "AwsvpcConfiguration": {
-                        "Subnets": ref("SubnetIds"),
-                        "SecurityGroups": [get_att("WorkerSecurityGroup", "GroupId")],
-                        "AssignPublicIp": "DISABLED",
-                    }
-                },
+        "PrefectWorkerService": _service(
+            f"{names.prefix}-prefect-worker", ref("PrefectWorkerTaskDefinition")
+        ),
+        **_dispatch_service(config, environment, secrets),
+    }
+
+
+def _service(name: str, task_definition: Any) -> Json:
+    """A one-task Fargate service in the flows cluster, on the stack's subnets."""
+    return {
+        "Type": "AWS::ECS::Service",
+        "Properties": {
+            "ServiceName": name,
+            "Cluster": ref("FlowsCluster"),
+            "LaunchType": "FARGATE",
+            "DesiredCount": 1,
+            "TaskDefinition": task_definition,
+            "DeploymentConfiguration": CIRCUIT_BREAKER,
+            "NetworkConfiguration": {
+                "AwsvpcConfiguration": {
+                    "Subnets": ref("SubnetIds"),
+                    "SecurityGroups": [get_att("WorkerSecurityGroup", "GroupId")],
+                    "AssignPublicIp": "DISABLED",
+                }
             },
         },
+    }
+
+
+def _dispatch_service(config: StackConfig, environment: list[Json], secrets: list[Json]) -> Json:
+    """The process serving `dispatch/production`: its flow runs are its subprocesses, with the
+    flow task role (the lease table, DescribeStacks, queue depths, Batch submit and list)."""
+    names = config.names
+    command = [*SERVE_PRODUCTION, "--prefix", names.prefix]
+    command += ["--grouping-prefix", names.grouping_prefix]
+    return {
+        f"{DISPATCH_SERVICE}TaskDefinition": {
+            "Type": "AWS::ECS::TaskDefinition",
+            "Properties": {
+                "Family": f"{names.prefix}-dispatch",
+                "RequiresCompatibilities": ["FARGATE"],
+                "NetworkMode": "awsvpc",
+                # The serving process and one tick's subprocess (Prefect, boto3): ~0.5 GB.
+                "Cpu": "512",
+                "Memory": "1024",
+                "TaskRoleArn": get_att(FLOWS_TASK_ROLE, "Arn"),
+                "ExecutionRoleArn": get_att(FLOWS_EXECUTION_ROLE, "Arn"),
+                "ContainerDefinitions": [
+                    {
+                        "Name": "dispatch",
+                        "Image": flows_image(config),
+                        "Essential": True,
+                        "Command": command,
+                        "Environment": [
+                            *environment,
+                            {"Name": "AWS_DEFAULT_REGION", "Value": ref("AWS::Region")},
+                            {"Name": "ALERTS_TOPIC_ARN", "Value": ref("AlertsTopic")},
+                        ],
+                        "Secrets": secrets,
+                        "LogConfiguration": {
+                            "LogDriver": "awslogs",
+                            "Options": {
+                                "awslogs-group": names.flows_log_group,
+                                "awslogs-region": ref("AWS::Region"),
+                                "awslogs-stream-prefix": "dispatch",
+                            },
+                        },
+                    }
+                ],
+                "Tags": tag_list(config),
+            },
+        },
+        DISPATCH_SERVICE: _service(
+            f"{names.prefix}-dispatch", ref(f"{DISPATCH_SERVICE}TaskDefinition")
+        ),
     }
 
 
