@@ -12,14 +12,8 @@ import pytest
 from pymongo.errors import ServerSelectionTimeoutError
 
 from facefleet.common.config import RETRYABLE_EXIT_CODE
-from facefleet.worker.consumer import (
-    Consumer,
-    ConsumerConfig,
-    Outcome,
-    ReceivedMessage,
-    backoff_delay,
-    is_outage,
-)
+from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig, ReceivedMessage, backoff_delay
+from facefleet.worker.runtime.outcome import is_outage, Outcome
 from tests.sqs_helpers import counts, create_queue, receive_all, send, spawn, wait_for
 
 
@@ -149,7 +143,8 @@ def test_stop_releases_an_unfinished_batch_within_the_deadline(env) -> None:
 CHILD = """
 import sys, time
 from facefleet.common.logs import configure_logging
-from facefleet.worker.consumer import ConsumerConfig, Outcome, serve
+from facefleet.worker.runtime.consumer import ConsumerConfig, serve
+from facefleet.worker.runtime.outcome import Outcome
 from facefleet.common.aws import AwsTarget
 configure_logging("test-consumer")
 def handle(batch):

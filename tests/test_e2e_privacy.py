@@ -31,7 +31,7 @@ from facefleet.common.messages import DeleteRequest, DetectionRequest, ErasureRe
 from facefleet.common.s3keys import image_key
 from facefleet.infra.stack_config import worker_environment
 from facefleet.tools.cli import main as facefleet
-from facefleet.worker.consumer import Consumer, ConsumerConfig, ReceivedMessage
+from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig, ReceivedMessage
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService
 from facefleet.worker.grouping.corrections import Corrections

@@ -41,7 +41,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from facefleet.common.config import Settings
 from facefleet.common.messages import ErasureRequest, now_ms
 from facefleet.common.s3keys import image_key
-from facefleet.worker.consumer import Outcome, ReceivedMessage
+from facefleet.worker.runtime.consumer import ReceivedMessage
+from facefleet.worker.runtime.outcome import Outcome
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService
 from facefleet.worker.grouping.corrections import Corrections

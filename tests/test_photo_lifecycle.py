@@ -21,7 +21,8 @@ from facefleet.common.config import Settings
 from facefleet.common.documents import ImageStatus
 from facefleet.common.messages import GroupingRequest
 from facefleet.common.s3keys import image_key
-from facefleet.worker.consumer import Consumer, ConsumerConfig, Outcome, ReceivedMessage
+from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig, ReceivedMessage
+from facefleet.worker.runtime.outcome import Outcome
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService
 from facefleet.worker.grouping.corrections import Corrections

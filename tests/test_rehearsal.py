@@ -301,7 +301,8 @@ class Runbook:
 
     def run_jobs(self, tick: dict[str, Any]) -> None:
         """Batch runs the submitted jobs: each a consumer with its job role."""
-        from facefleet.worker.consumer import Consumer, ConsumerConfig, Outcome
+        from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig
+        from facefleet.worker.runtime.outcome import Outcome
         from facefleet.worker.detection.service import DetectionService
         from facefleet.worker.grouping.service import build_service
 

@@ -35,7 +35,7 @@ from facefleet.common.messages import DetectionRequest
 from facefleet.common.s3keys import cover_key, image_key
 from facefleet.embedded import servers as local
 from facefleet.infra import lambda_package, template
-from facefleet.worker.consumer import Consumer, ConsumerConfig
+from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig
 from facefleet.worker.detection.service import DetectionService
 from facefleet.worker.grouping import store as grouping_store
 from facefleet.worker.privacy.worker import build_service

@@ -27,10 +27,11 @@ from pymongo.database import Database
 
 from facefleet.common.documents import encode_time, now
 from facefleet.common.repository import LeaseHeld
-from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
 from facefleet.worker.grouping import edits
 from facefleet.worker.grouping.state import ClusterUpdate, UserClusterState
 from facefleet.worker.grouping.suggest import FACE, MEMBER, PEOPLE, Question
+from facefleet.worker.runtime.consumer import ReceivedMessage
+from facefleet.worker.runtime.outcome import Outcome, is_outage
 
 if TYPE_CHECKING:
     from facefleet.common.messages import AnswerRequest

@@ -47,7 +47,6 @@ from facefleet.common.repository import (
     LeaseLost,
     connect,
 )
-from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
 from facefleet.worker.grouping import answers
 from facefleet.worker.grouping.batch_partition import ConsolidateParams
 from facefleet.worker.grouping.placement import add_faces
@@ -64,6 +63,8 @@ from facefleet.worker.grouping.store import (
     save_changes,
     user_lease,
 )
+from facefleet.worker.runtime.consumer import ReceivedMessage
+from facefleet.worker.runtime.outcome import Outcome, is_outage
 
 log = logging.getLogger(__name__)
 

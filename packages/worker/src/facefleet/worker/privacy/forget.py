@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from facefleet.common.messages import ErasureRequest, ForgetRequest, now_ms
 from facefleet.common.privacy import PrivacyRepository
 from facefleet.common.repository import LeaseHeld, LeaseLost
-from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
 from facefleet.worker.grouping.service import GroupingService
 from facefleet.worker.grouping.state import ClusterParams, ClusterUpdate
 from facefleet.worker.grouping.store import (
@@ -29,6 +28,8 @@ from facefleet.worker.grouping.store import (
     user_lease,
 )
 from facefleet.worker.privacy.erasure import erase_user, has_face_data
+from facefleet.worker.runtime.consumer import ReceivedMessage
+from facefleet.worker.runtime.outcome import Outcome, is_outage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -41,10 +41,10 @@ from facefleet.common.documents import decode_time, encode_time
 from facefleet.common.messages import now_ms
 from facefleet.common.privacy import PrivacyRepository
 from facefleet.common.repository import Document, LeaseHeld
-from facefleet.worker.consumer import is_outage
 from facefleet.worker.grouping.store import GroupingStore
 from facefleet.worker.privacy.activity import ActivityRepository
 from facefleet.worker.privacy.erasure import erase_user, has_face_data
+from facefleet.worker.runtime.outcome import is_outage
 
 log = logging.getLogger(__name__)
 
