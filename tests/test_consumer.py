@@ -12,8 +12,13 @@ import pytest
 from pymongo.errors import ServerSelectionTimeoutError
 
 from facefleet.common.config import RETRYABLE_EXIT_CODE
-from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig, ReceivedMessage, backoff_delay
-from facefleet.worker.runtime.outcome import is_outage, Outcome
+from facefleet.worker.runtime.consumer import (
+    Consumer,
+    ConsumerConfig,
+    ReceivedMessage,
+    backoff_delay,
+)
+from facefleet.worker.runtime.outcome import Outcome, is_outage
 from tests.sqs_helpers import counts, create_queue, receive_all, send, spawn, wait_for
 
 
@@ -143,7 +148,8 @@ def test_stop_releases_an_unfinished_batch_within_the_deadline(env) -> None:
 CHILD = """
 import sys, time
 from facefleet.common.logs import configure_logging
-from facefleet.worker.runtime.consumer import ConsumerConfig, serve
+from facefleet.worker.runtime.consumer import ConsumerConfig
+from facefleet.worker.runtime.serve import serve
 from facefleet.worker.runtime.outcome import Outcome
 from facefleet.common.aws import AwsTarget
 configure_logging("test-consumer")

@@ -62,19 +62,15 @@ from facefleet.worker.detection.records import (
 from facefleet.worker.detection.screening import PrivacyScreen
 from facefleet.worker.models import resolve_pack_dir
 from facefleet.worker.privacy.photos import FaultHook, store_version
-from facefleet.worker.runtime.consumer import (
-    ConsumerConfig,
-    ReceivedMessage,
-    batch_job_context,
-    serve,
-)
+from facefleet.worker.runtime.consumer import ConsumerConfig, ReceivedMessage
 from facefleet.worker.runtime.outcome import OutageGuard, Outcome, classify, worse
+from facefleet.worker.runtime.serve import batch_job_context, serve
 
 log = logging.getLogger(__name__)
 
 
 class DetectionService:
-    """The batch handler: `handle(batch) -> {message_id: Outcome}` for `consumer.serve`."""
+    """The batch handler: `handle(batch) -> {message_id: Outcome}` for `runtime.serve`."""
 
     def __init__(
         self,

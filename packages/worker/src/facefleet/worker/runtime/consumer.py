@@ -4,7 +4,8 @@ API
 ---
 A handler receives the messages of one receive call and says what became of each::
 
-    from facefleet.worker.runtime.consumer import ConsumerConfig, ReceivedMessage, serve
+    from facefleet.worker.runtime.consumer import ConsumerConfig, ReceivedMessage
+    from facefleet.worker.runtime.serve import serve
     from facefleet.worker.runtime.outcome import Outcome
 
     def handle(batch: list[ReceivedMessage]) -> dict[str, Outcome]:
@@ -59,20 +60,19 @@ Loop semantics (settings in `ConsumerConfig`, read from `Settings`):
   is worked on; deletion only after DONE.
 - drain-and-exit: `run()` returns 0 once no message arrived for IDLE_EXIT_SECONDS.
 - SIGTERM/SIGINT, or the Spot notice in instance metadata (`spot.SpotNoticeWatcher`, started by
-  `serve`): stop receiving, wait for the in-flight batch until
+  `serve.serve`): stop receiving, wait for the in-flight batch until
   SHUTDOWN_DEADLINE_SECONDS, delete what is DONE, release the rest (visibility 0) and return
   `RETRYABLE_EXIT_CODE`, which the job definitions' retry strategy retries.
 
 The handler runs in a worker thread so the main thread can keep the deadline even when a handler
-hangs; `serve()` ends the process hard in that case (the abandoned handler's writes are idempotent).
+hangs; `serve.serve()` ends the process hard in that case (the abandoned handler's writes are
+idempotent).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -85,7 +85,6 @@ from facefleet.common.aws import AwsTarget
 from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.worker.runtime.outcome import Outcome, classify
-from facefleet.worker.runtime.spot import SpotNoticeWatcher
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef
@@ -427,61 +426,3 @@ class Consumer:
 
 def _chunks(messages: Sequence[ReceivedMessage]) -> list[Sequence[ReceivedMessage]]:
     return [messages[i : i + SQS_MAX_BATCH] for i in range(0, len(messages), SQS_MAX_BATCH)]
-
-
-def batch_job_context(settings: Settings) -> dict[str, Any]:
-    """The Batch job fields every worker logs at start (array index, attempt, job id)."""
-    return {
-        "batch_job_id": settings.batch_job_id,
-        "batch_job_array_index": settings.batch_job_array_index,
-        "batch_job_attempt": settings.batch_job_attempt,
-    }
-
-
-def serve(
-    config: ConsumerConfig,
-    handler: Handler,
-    *,
-    service: str,
-    settings: Settings | None = None,
-    metrics: MetricsEmitter | None = None,
-    on_exit: Callable[[], None] | None = None,
-) -> int:
-    """Run a consumer in this process with signal handlers installed; return its exit code.
-
-    When the shutdown deadline left a handler running, the process ends here (os._exit) so the
-    abandoned thread cannot hold the exit past the Spot notice.
-    """
-    consumer = Consumer(config, handler, metrics=metrics)
-    consumer.install_signal_handlers()
-    watcher = None
-    if settings is not None and settings.spot_notice_poll_seconds > 0:
-        # Batch jobs never get ECS's Spot draining: the worker reads the notice itself.
-        watcher = SpotNoticeWatcher(
-            lambda notice: consumer.request_stop(),
-            endpoint=settings.instance_metadata_endpoint,
-            poll_s=settings.spot_notice_poll_seconds,
-        )
-        watcher.start()
-    log.info(
-        "%s worker starting",
-        service,
-        extra={
-            "queue_url": config.queue_url,
-            "batch_size": config.batch_size,
-            "visibility_timeout_s": config.visibility_timeout,
-            "idle_exit_s": config.idle_exit_seconds,
-            **(batch_job_context(settings) if settings else {}),
-        },
-    )
-    code = consumer.run()
-    if watcher is not None:
-        watcher.stop()
-    log.info("%s worker exiting", service, extra={"exit_code": code})
-    if on_exit is not None:
-        with contextlib.suppress(Exception):
-            on_exit()
-    if consumer.abandoned_handler:
-        logging.shutdown()
-        os._exit(code)
-    return code
