@@ -172,10 +172,10 @@ def test_arbitrary_objects_never_crash_the_parser(data: dict[str, Any]) -> None:
 def test_every_key_layout_comes_from_s3keys() -> None:
     from facefleet.common import s3keys
     from facefleet.worker.detection import records
-    from facefleet.worker.grouping import store
+    from facefleet.worker.grouping import writeback
 
     assert records.crop_key is s3keys.crop_key
-    assert store.cover_key is s3keys.cover_key
+    assert writeback.cover_key is s3keys.cover_key
     assert s3keys.image_key("u1", "img1.jpg") == "users/u1/img1.jpg"
     assert s3keys.crop_key("u1", "img1", "f1") == "faces/u1/img1/f1.jpg"
     assert s3keys.cover_key("u1", 7, s3keys.crop_key("u1", "img1", "f1")) == "people/u1/000007.jpg"

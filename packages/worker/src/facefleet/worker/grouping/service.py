@@ -60,9 +60,9 @@ from facefleet.worker.grouping.store import (
     drop_gone_faces,
     face_input,
     load_session,
-    save_changes,
     user_lease,
 )
+from facefleet.worker.grouping.writeback import save_changes
 from facefleet.worker.runtime.consumer import ReceivedMessage
 from facefleet.worker.runtime.outcome import OutageGuard, Outcome, classify
 

@@ -24,9 +24,9 @@ from facefleet.worker.grouping.state import ClusterParams, ClusterUpdate
 from facefleet.worker.grouping.store import (
     GroupingStore,
     load_session,
-    save_changes,
     user_lease,
 )
+from facefleet.worker.grouping.writeback import save_changes
 from facefleet.worker.privacy.erasure import erase_user, has_face_data
 from facefleet.worker.runtime.consumer import ReceivedMessage
 from facefleet.worker.runtime.outcome import OutageGuard, Outcome, classify
