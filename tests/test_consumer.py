@@ -214,3 +214,37 @@ def test_outage_classification_and_backoff() -> None:
     )
     assert not is_outage(ValueError("bad"))
     assert [backoff_delay(a, 1, 8) for a in range(5)] == [1, 2, 4, 8, 8]
+
+
+def test_the_consumer_adds_no_retry_layer_over_the_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One retry layer (issue 25): an SQS call the client gave up on after its own retries is
+    not retried again by the consumer (it once was, 6 times: up to 6 x 8 attempts)."""
+    import socket
+
+    from facefleet.common.aws import AwsTarget
+
+    with socket.socket() as probe:  # a loopback port nobody listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    aws = AwsTarget("us-east-1", f"http://127.0.0.1:{port}")
+    sqs = aws.client("sqs", retries="quick")
+    attempts = {"count": 0}
+
+    def count(**_: Any) -> None:
+        attempts["count"] += 1
+
+    sqs.meta.events.register("before-send.sqs.*", count)
+    queue_url = f"http://127.0.0.1:{port}/000000000000/q"
+    entries = [{"Id": "0", "ReceiptHandle": "r"}]
+    with pytest.raises(Exception) as raised:
+        sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+    assert is_outage(raised.value)
+    by_the_client = attempts["count"]
+    assert by_the_client > 1  # the client's own retries
+
+    attempts["count"] = 0
+    consumer = Consumer(ConsumerConfig(queue_url=queue_url, aws=aws), lambda b: {}, sqs=sqs)
+    consumer.delete([ReceivedMessage("m", "r", "body")])  # logged, never raised
+    assert attempts["count"] == by_the_client
