@@ -248,3 +248,20 @@ def test_the_consumer_adds_no_retry_layer_over_the_clients(monkeypatch: pytest.M
     consumer = Consumer(ConsumerConfig(queue_url=queue_url, aws=aws), lambda b: {}, sqs=sqs)
     consumer.delete([ReceivedMessage("m", "r", "body")])  # logged, never raised
     assert attempts["count"] == by_the_client
+
+
+def test_classify_and_the_outage_guard() -> None:
+    """One place turns errors into outcomes: an outage keeps the message, anything else is the
+    message's own fault; the guard catches outages only."""
+    from facefleet.worker.runtime.outcome import OutageGuard, classify, worse
+
+    assert classify(ServerSelectionTimeoutError("down")) is Outcome.RETRY
+    assert classify(ValueError("bad")) is Outcome.MALFORMED
+    with OutageGuard() as guard:
+        raise ServerSelectionTimeoutError("down")
+    assert guard.hit and isinstance(guard.error, ServerSelectionTimeoutError)
+    with pytest.raises(ValueError), OutageGuard() as other:
+        raise ValueError("bad")
+    assert not other.hit
+    assert worse(Outcome.MALFORMED, Outcome.RETRY) is Outcome.RETRY
+    assert worse(Outcome.RETRY, Outcome.DONE) is Outcome.RETRY
