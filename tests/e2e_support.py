@@ -482,3 +482,20 @@ def localized_stack(
         yield provisioned
     finally:
         provisioned.close()
+
+
+def start_router(
+    state: local.StackState, prefix: str, log_dir: Path, **env: str
+) -> subprocess.Popen[bytes]:
+    """One more router process for another `Names` prefix on this stack's moto server (tests
+    run many stacks on one server); the caller stops it (SIGTERM its process group)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / f"router-{prefix}.out").open("ab") as out:
+        return subprocess.Popen(
+            local.service_command("router", 0, log_dir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **local.router_environment(state, prefix), **env},
+            start_new_session=True,
+        )

@@ -14,10 +14,10 @@ from facefleet.common.messages import GroupingRequest
 from facefleet.common.metrics import MetricsEmitter
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, connect
 from facefleet.common.s3keys import image_key
-from facefleet.worker.consumer import Consumer, ConsumerConfig, Handler
 from facefleet.worker.grouping.service import GroupingService
 from facefleet.worker.grouping.store import GroupingStore
 from facefleet.worker.privacy.worker import build_service
+from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig, Handler
 from tests.sqs_helpers import TestQueue, create_bucket, create_queue, send
 
 DIM = 128

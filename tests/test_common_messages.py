@@ -16,11 +16,10 @@ from facefleet.common.messages import (
     DetectionRequest,
     GroupingRequest,
     MalformedMessage,
-    image_id_from_key,
-    parse_detection_message,
     parse_grouping_message,
+    parse_indexing_message,
 )
-from facefleet.common.s3keys import image_key
+from facefleet.common.s3keys import image_id_from_key, image_key
 
 identifiers = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._@:-]{0,40}\Z")
 buckets = st.from_regex(r"\A[a-z0-9][a-z0-9.-]{2,40}\Z")
@@ -34,7 +33,7 @@ def detection_requests(draw: st.DrawFn) -> DetectionRequest:
 
 @given(detection_requests())
 def test_detection_request_round_trips(request: DetectionRequest) -> None:
-    assert parse_detection_message(request.to_body()) == [request]
+    assert parse_indexing_message(request.to_body()) == [request]
 
 
 @given(identifiers, st.lists(identifiers, max_size=20))
@@ -53,18 +52,18 @@ def s3_event(bucket: str, *keys: str, event: str = "ObjectCreated:Put") -> str:
 
 @given(detection_requests())
 def test_s3_notification_parses_to_the_same_request(request: DetectionRequest) -> None:
-    parsed = parse_detection_message(s3_event(request.bucket, request.key))
+    parsed = parse_indexing_message(s3_event(request.bucket, request.key))
     # The notification has no eventTime here, so no position; the photo is the same.
     assert parsed == [replace(request, requested_at=None)]
 
 
 def test_s3_notification_with_several_records_and_encoded_keys() -> None:
     body = s3_event("gallery", "users/u1/my photo+1.jpg", "users/u1/b.png")
-    parsed = parse_detection_message(body)
+    parsed = parse_indexing_message(body)
     assert [p.key for p in parsed] == ["users/u1/my photo+1.jpg", "users/u1/b.png"]
     assert parsed[1].image_id == "b.png"
     # A name that is no identifier still maps to one stable, valid image id.
-    again = parse_detection_message(body)[0].image_id
+    again = parse_indexing_message(body)[0].image_id
     assert parsed[0].image_id == again and again.startswith("k") and " " not in again
 
 
@@ -94,7 +93,7 @@ def test_image_key_and_image_id_from_key_agree(user: str, image: str) -> None:
 
 
 def test_s3_test_event_yields_nothing() -> None:
-    assert parse_detection_message(json.dumps({"Event": "s3:TestEvent"})) == []
+    assert parse_indexing_message(json.dumps({"Event": "s3:TestEvent"})) == []
 
 
 def valid() -> dict[str, Any]:
@@ -120,7 +119,7 @@ def test_malformed_detection_requests_say_what_is_wrong(change: Any, fragment: s
     data = valid()
     change(data)
     with pytest.raises(MalformedMessage, match=fragment.replace("(", r"\(").replace(".", r"\.")):
-        parse_detection_message(json.dumps(data))
+        parse_indexing_message(json.dumps(data))
 
 
 @pytest.mark.parametrize(
@@ -130,7 +129,7 @@ def test_malformed_detection_requests_say_what_is_wrong(change: Any, fragment: s
         ("[1, 2]", "must be a JSON object"),
         (json.dumps({"Records": []}), "non-empty list"),
         (
-            s3_event("gallery", "users/u1/a.jpg", event="ObjectRemoved:Delete"),
+            s3_event("gallery", "users/u1/a.jpg", event="ObjectTagging:Put"),
             "not an ObjectCreated",
         ),
         (s3_event("gallery", "elsewhere/a.jpg"), "is not under 'users/<user id>/'"),
@@ -142,14 +141,14 @@ def test_malformed_detection_requests_say_what_is_wrong(change: Any, fragment: s
 )
 def test_malformed_bodies(body: str | bytes, fragment: str) -> None:
     with pytest.raises(MalformedMessage, match=fragment.replace("(", r"\(")):
-        parse_detection_message(body)
+        parse_indexing_message(body)
     with pytest.raises(MalformedMessage):
         parse_grouping_message(body)
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     body = json.dumps({**valid(), "note": "[" * 1000})
-    assert parse_detection_message(body)[0].image_id == "img1"
+    assert parse_indexing_message(body)[0].image_id == "img1"
 
 
 def test_malformed_grouping_requests() -> None:
@@ -165,18 +164,18 @@ def test_malformed_grouping_requests() -> None:
     st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=8)), max_size=6)
 )
 def test_arbitrary_objects_never_crash_the_parser(data: dict[str, Any]) -> None:
-    for parse in (parse_detection_message, parse_grouping_message):
+    for parse in (parse_indexing_message, parse_grouping_message):
         with contextlib.suppress(MalformedMessage):
             parse(json.dumps(data))
 
 
 def test_every_key_layout_comes_from_s3keys() -> None:
     from facefleet.common import s3keys
-    from facefleet.worker.detection import service
-    from facefleet.worker.grouping import store
+    from facefleet.worker.detection import records
+    from facefleet.worker.grouping import writeback
 
-    assert service.crop_key is s3keys.crop_key
-    assert store.cover_key is s3keys.cover_key
+    assert records.crop_key is s3keys.crop_key
+    assert writeback.cover_key is s3keys.cover_key
     assert s3keys.image_key("u1", "img1.jpg") == "users/u1/img1.jpg"
     assert s3keys.crop_key("u1", "img1", "f1") == "faces/u1/img1/f1.jpg"
     assert s3keys.cover_key("u1", 7, s3keys.crop_key("u1", "img1", "f1")) == "people/u1/000007.jpg"

@@ -25,6 +25,7 @@ from facefleet.common.repository import (
     LeaseHeld,
     PeopleRepository,
     connect,
+    upsert,
 )
 from tests.conftest import ServerEnv
 
@@ -86,7 +87,7 @@ def test_saving_an_image_twice_never_duplicates_faces(env: ServerEnv) -> None:
     image = ImageDoc(
         "u1", "img", "gallery", "users/u1/img.jpg", ImageStatus.PROCESSING, model_id="dev"
     )
-    repo.mark_processing(image)
+    repo.images.bulk_write([upsert(image.to_mongo())])  # the upsert every write path uses
     assert repo.get_image("u1", "img").status is ImageStatus.PROCESSING  # type: ignore[union-attr]
     for _ in range(2):
         repo.save_result(image, [face("img", i) for i in range(3)])

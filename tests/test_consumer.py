@@ -12,14 +12,13 @@ import pytest
 from pymongo.errors import ServerSelectionTimeoutError
 
 from facefleet.common.config import RETRYABLE_EXIT_CODE
-from facefleet.worker.consumer import (
+from facefleet.worker.runtime.consumer import (
     Consumer,
     ConsumerConfig,
-    Outcome,
     ReceivedMessage,
     backoff_delay,
-    is_outage,
 )
+from facefleet.worker.runtime.outcome import Outcome, is_outage
 from tests.sqs_helpers import counts, create_queue, receive_all, send, spawn, wait_for
 
 
@@ -149,7 +148,9 @@ def test_stop_releases_an_unfinished_batch_within_the_deadline(env) -> None:
 CHILD = """
 import sys, time
 from facefleet.common.logs import configure_logging
-from facefleet.worker.consumer import ConsumerConfig, Outcome, serve
+from facefleet.worker.runtime.consumer import ConsumerConfig
+from facefleet.worker.runtime.serve import serve
+from facefleet.worker.runtime.outcome import Outcome
 from facefleet.common.aws import AwsTarget
 configure_logging("test-consumer")
 def handle(batch):
@@ -213,3 +214,54 @@ def test_outage_classification_and_backoff() -> None:
     )
     assert not is_outage(ValueError("bad"))
     assert [backoff_delay(a, 1, 8) for a in range(5)] == [1, 2, 4, 8, 8]
+
+
+def test_the_consumer_adds_no_retry_layer_over_the_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One retry layer (issue 25): an SQS call the client gave up on after its own retries is
+    not retried again by the consumer (it once was, 6 times: up to 6 x 8 attempts)."""
+    import socket
+
+    from facefleet.common.aws import AwsTarget
+
+    with socket.socket() as probe:  # a loopback port nobody listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    aws = AwsTarget("us-east-1", f"http://127.0.0.1:{port}")
+    sqs = aws.client("sqs", retries="quick")
+    attempts = {"count": 0}
+
+    def count(**_: Any) -> None:
+        attempts["count"] += 1
+
+    sqs.meta.events.register("before-send.sqs.*", count)
+    queue_url = f"http://127.0.0.1:{port}/000000000000/q"
+    entries = [{"Id": "0", "ReceiptHandle": "r"}]
+    with pytest.raises(Exception) as raised:
+        sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+    assert is_outage(raised.value)
+    by_the_client = attempts["count"]
+    assert by_the_client > 1  # the client's own retries
+
+    attempts["count"] = 0
+    consumer = Consumer(ConsumerConfig(queue_url=queue_url, aws=aws), lambda b: {}, sqs=sqs)
+    consumer.delete([ReceivedMessage("m", "r", "body")])  # logged, never raised
+    assert attempts["count"] == by_the_client
+
+
+def test_classify_and_the_outage_guard() -> None:
+    """One place turns errors into outcomes: an outage keeps the message, anything else is the
+    message's own fault; the guard catches outages only."""
+    from facefleet.worker.runtime.outcome import OutageGuard, classify, worse
+
+    assert classify(ServerSelectionTimeoutError("down")) is Outcome.RETRY
+    assert classify(ValueError("bad")) is Outcome.MALFORMED
+    with OutageGuard() as guard:
+        raise ServerSelectionTimeoutError("down")
+    assert guard.hit and isinstance(guard.error, ServerSelectionTimeoutError)
+    with pytest.raises(ValueError), OutageGuard() as other:
+        raise ValueError("bad")
+    assert not other.hit
+    assert worse(Outcome.MALFORMED, Outcome.RETRY) is Outcome.RETRY
+    assert worse(Outcome.RETRY, Outcome.DONE) is Outcome.RETRY

@@ -20,9 +20,10 @@ from facefleet.common.documents import ImageStatus
 from facefleet.common.messages import DetectionRequest
 from facefleet.common.repository import GALLERY_DEFAULT_DB, GalleryRepository, connect
 from facefleet.common.s3keys import image_key
-from facefleet.worker.consumer import Consumer, ConsumerConfig, Outcome, ReceivedMessage
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService
+from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig, ReceivedMessage
+from facefleet.worker.runtime.outcome import Outcome
 from tests.sqs_helpers import counts, create_bucket, create_queue, receive_all, spawn, wait_for
 from tests.test_detection_imaging import png_header_only
 

@@ -24,7 +24,6 @@ import pytest
 from facefleet.common.documents import ImageStatus
 from facefleet.control.cutover import machine as cut
 from facefleet.control.router import BATCH, ECS, read_weight, users_by_side
-from facefleet.embedded import servers as local
 from facefleet.flows import cutover as cutover_flows
 from facefleet.infra.stack_config import worker_environment
 from facefleet.tools.demo.gallery import Photo, lfw_bulk, requests, send, upload
@@ -34,6 +33,7 @@ from tests.e2e_support import (
     E2EStack,
     provision_stack,
     queue_counts,
+    start_router,
     stop_process,
     wait_until,
 )
@@ -148,7 +148,7 @@ def test_cutover_by_user_through_the_router(
     gates = {"soak_s": {str(w): 0 for w in cut.STAGES}}
 
     # The router: a process of the local stack (the Lambda's stand-in), for this test's names.
-    router = local.start_router(env.stack, names.prefix, tmp_path, WEIGHT_CACHE_S="0")
+    router = start_router(env.stack, names.prefix, tmp_path, WEIGHT_CACHE_S="0")
     # The ECS side: a plain detection worker on the ECS queue.
     ecs_log = tmp_path / "ecs-side.log"
     ecs_env = {

@@ -31,11 +31,11 @@ from facefleet.common.messages import DeleteRequest, DetectionRequest, ErasureRe
 from facefleet.common.s3keys import image_key
 from facefleet.infra.stack_config import worker_environment
 from facefleet.tools.cli import main as facefleet
-from facefleet.worker.consumer import Consumer, ConsumerConfig, ReceivedMessage
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService
 from facefleet.worker.grouping.corrections import Corrections
 from facefleet.worker.privacy.worker import build_service
+from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig, ReceivedMessage
 from tests.e2e_support import FAST_WORKER_ENV, ROOT, E2EStack, provision_stack, queue_counts
 from tests.flows_support import prefect_harness
 

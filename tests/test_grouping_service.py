@@ -11,8 +11,9 @@ import pytest
 from facefleet.common.documents import encode_time
 from facefleet.common.messages import GroupingRequest
 from facefleet.common.metrics import MetricsEmitter
-from facefleet.worker.consumer import Outcome, ReceivedMessage
 from facefleet.worker.grouping.corrections import Corrections
+from facefleet.worker.runtime.consumer import ReceivedMessage
+from facefleet.worker.runtime.outcome import Outcome
 from tests.grouping_service_helpers import (
     Gallery,
     Identities,

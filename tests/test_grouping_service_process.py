@@ -11,8 +11,8 @@ from pathlib import Path
 from facefleet.common.config import RETRYABLE_EXIT_CODE
 from facefleet.common.repository import LeaseHeld
 from facefleet.embedded import servers as local
-from facefleet.worker.consumer import ReceivedMessage
 from facefleet.worker.grouping.service import GroupingService
+from facefleet.worker.runtime.consumer import ReceivedMessage
 from tests.grouping_service_helpers import Gallery, Identities, make_setup, people, store_for
 from tests.sqs_helpers import counts, receive_all, spawn, wait_for
 

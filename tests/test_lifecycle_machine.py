@@ -41,12 +41,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from facefleet.common.config import Settings
 from facefleet.common.messages import ErasureRequest, now_ms
 from facefleet.common.s3keys import image_key
-from facefleet.worker.consumer import Outcome, ReceivedMessage
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService
 from facefleet.worker.grouping.corrections import Corrections
 from facefleet.worker.grouping.service import GroupingService
 from facefleet.worker.privacy.worker import build_service
+from facefleet.worker.runtime.consumer import ReceivedMessage
+from facefleet.worker.runtime.outcome import Outcome
 from tests.sqs_helpers import create_bucket, create_queue
 
 PHOTOS = [

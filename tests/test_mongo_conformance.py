@@ -98,7 +98,7 @@ def test_deviation_set_of_a_datetime_on_an_existing_document_stores_a_string(
 def test_times_keep_their_type_through_every_write_path(gallery: GalleryRepository) -> None:
     """The way around: documents store times as ints, which every path keeps."""
     image = ImageDoc("u1", "a.jpg", "bucket", "users/u1/a.jpg", ImageStatus.PROCESSING)
-    gallery.mark_processing(image)  # upsert that inserts
+    gallery.images.bulk_write([upsert(image.to_mongo())])  # upsert that inserts
     gallery.save_result(image, [_face("a.jpg", 0)])  # `$set` on the existing image
     gallery.save_result(image, [_face("a.jpg", 0)])  # and on the existing face (reprocessing)
     gallery.mark_failed(image, "test")

@@ -21,13 +21,14 @@ from facefleet.common.config import Settings
 from facefleet.common.documents import ImageStatus
 from facefleet.common.messages import GroupingRequest
 from facefleet.common.s3keys import image_key
-from facefleet.worker.consumer import Consumer, ConsumerConfig, Outcome, ReceivedMessage
 from facefleet.worker.detection.analyzer import FaceAnalyzer
 from facefleet.worker.detection.service import DetectionService
 from facefleet.worker.grouping.corrections import Corrections
 from facefleet.worker.grouping.service import GroupingService
 from facefleet.worker.grouping.store import GroupingStore
 from facefleet.worker.privacy.worker import build_service
+from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig, ReceivedMessage
+from facefleet.worker.runtime.outcome import Outcome
 from tests.grouping_service_helpers import Gallery, Identities, Setup, make_setup, store_for
 from tests.sqs_helpers import counts
 from tests.test_detection_service import USER, Stack

@@ -25,10 +25,11 @@ from facefleet.common.messages import (
 )
 from facefleet.common.privacy import PrivacyRepository
 from facefleet.common.s3keys import image_key
-from facefleet.worker.consumer import Outcome, ReceivedMessage
 from facefleet.worker.grouping.corrections import Corrections
 from facefleet.worker.privacy.erasure import erase_user, receipts_of
 from facefleet.worker.privacy.photos import delete_photo, drop_image_docs
+from facefleet.worker.runtime.consumer import ReceivedMessage
+from facefleet.worker.runtime.outcome import Outcome
 from tests.grouping_service_helpers import Gallery, Identities, Setup, make_setup, people, store_for
 from tests.sqs_helpers import send
 

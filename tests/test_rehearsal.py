@@ -41,7 +41,7 @@ import pytest
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import NAMES, Settings
-from facefleet.common.messages import DetectionRequest, parse_detection_message
+from facefleet.common.messages import DetectionRequest, parse_indexing_message
 from facefleet.control.cutover import ecs_move
 from facefleet.control.cutover import machine as cut
 from facefleet.control.router import BATCH, ECS, users_by_side
@@ -126,7 +126,7 @@ class Sides:
     waited: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def processed(self, body: str, side: str) -> None:
-        requests = parse_detection_message(body)
+        requests = parse_indexing_message(body)
         if not requests:  # S3's test event, sent when deploy configures the notification
             return
         (request,) = requests
@@ -301,9 +301,10 @@ class Runbook:
 
     def run_jobs(self, tick: dict[str, Any]) -> None:
         """Batch runs the submitted jobs: each a consumer with its job role."""
-        from facefleet.worker.consumer import Consumer, ConsumerConfig, Outcome
         from facefleet.worker.detection.service import DetectionService
         from facefleet.worker.grouping.service import build_service
+        from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig
+        from facefleet.worker.runtime.outcome import Outcome
 
         kinds = {s["kind"] for s in tick["submissions"]}
         if "detection" in kinds:

@@ -17,8 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
-from facefleet.worker.consumer import ConsumerConfig, Outcome, serve
-from facefleet.worker.spot import NOTICE_PATH, TOKEN_PATH, SpotNoticeWatcher
+from facefleet.worker.runtime.consumer import ConsumerConfig
+from facefleet.worker.runtime.outcome import Outcome
+from facefleet.worker.runtime.serve import serve
+from facefleet.worker.runtime.spot import NOTICE_PATH, TOKEN_PATH, SpotNoticeWatcher
 from tests.sqs_helpers import counts, create_queue, send
 
 TOKEN = "imds-token-1"

@@ -35,10 +35,10 @@ from facefleet.common.messages import DetectionRequest
 from facefleet.common.s3keys import cover_key, image_key
 from facefleet.embedded import servers as local
 from facefleet.infra import lambda_package, template
-from facefleet.worker.consumer import Consumer, ConsumerConfig
 from facefleet.worker.detection.service import DetectionService
-from facefleet.worker.grouping import store as grouping_store
+from facefleet.worker.grouping import writeback as grouping_writeback
 from facefleet.worker.privacy.worker import build_service
+from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig
 from tests.conftest import FACES_DIR, MODELS_DIR
 from tests.contract.conftest import EXISTING_GROUP_FACE, EXISTING_INDEXING, PRODUCTION
 from tests.contract.iam_support import (
@@ -316,7 +316,7 @@ def _grouping_batch(result: Run, become: Any, mongo: str) -> None:
     bucket = settings.face_group_bucket_name
     assert bucket
     # The store's own calls for a missing crop and a removed person's cover.
-    missing = grouping_store._copy_crop(USER, 999, f"faces/{USER}/gone/0.jpg", s3, bucket)
+    missing = grouping_writeback._copy_crop(USER, 999, f"faces/{USER}/gone/0.jpg", s3, bucket)
     result.results["missing_crop_cover"] = missing
     covers = s3.list_objects_v2(Bucket=bucket, Prefix=f"people/{USER}/").get("Contents", [])
     result.results["covers"] = [c["Key"] for c in covers]

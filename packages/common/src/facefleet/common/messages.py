@@ -23,12 +23,9 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-# The key layout (and the ids allowed in keys) is `s3keys`; re-exported for existing callers.
+# The key layout (and the ids allowed in keys) is `s3keys`.
 from facefleet.common.s3keys import ID_PATTERN as _ID_PATTERN
-from facefleet.common.s3keys import USER_KEY_PREFIX as USER_KEY_PREFIX
-from facefleet.common.s3keys import image_id_from_key as image_id_from_key
-from facefleet.common.s3keys import image_key as image_key
-from facefleet.common.s3keys import user_key_prefix as user_key_prefix
+from facefleet.common.s3keys import USER_KEY_PREFIX, image_id_from_key, user_key_prefix
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
@@ -381,22 +378,6 @@ def parse_indexing_message(body: str | bytes) -> list[IndexingRequest]:
     if kind != "detect":
         raise MalformedMessage(f"field 'type' must be 'detect' or 'delete', got {kind!r}")
     return [_detection_from_request(data)]
-
-
-def parse_detection_message(body: str | bytes) -> list[DetectionRequest]:
-    """Parse a body that must hold only creates: a FaceFleet request or an S3 ObjectCreated
-    notification (callers that handle deletes use `parse_indexing_message`).
-
-    An S3 test event (sent once when notifications are configured) yields no requests.
-    """
-    data = _load(body)
-    if data.get("type") not in (None, "detect") and "Records" not in data:
-        raise MalformedMessage(f"field 'type' must be 'detect', got {data.get('type')!r}")
-    requests = parse_indexing_message(body)
-    for position, request in enumerate(requests):
-        if not isinstance(request, DetectionRequest):
-            raise MalformedMessage(f"Records[{position}].eventName is not an ObjectCreated event")
-    return requests  # type: ignore[return-value]
 
 
 def _image_ids(data: dict[str, Any]) -> tuple[str, ...]:

@@ -99,11 +99,6 @@ class GalleryRepository:
         self.faces.create_index([("user_id", ASCENDING), ("model_id", ASCENDING)])
         self.faces.create_index([("user_id", ASCENDING), ("image_id", ASCENDING)])
 
-    def mark_processing(self, image: ImageDoc) -> None:
-        image.status = ImageStatus.PROCESSING
-        image.updated_at = now()
-        self.images.bulk_write([upsert(image.to_mongo())])
-
     def save_result(self, image: ImageDoc, faces: list[FaceDoc]) -> None:
         """Store an image's faces, drop faces a previous run of the same model left beyond them,
         then mark the image done: the image turns DONE only after its faces are durable."""

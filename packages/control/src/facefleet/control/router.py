@@ -157,11 +157,6 @@ class Router:
     def url(self, side: str) -> str:
         return self.batch_queue_url if side == BATCH else self.ecs_queue_url
 
-    def route(self, message: str | bytes | Mapping[str, Any]) -> str:
-        """The queue URL a single-request message belongs on."""
-        body = json.dumps(message) if isinstance(message, Mapping) else message
-        return self.url(side_of(user_id_of(body), self.weight()))
-
     def forward(
         self,
         message: str | bytes | Mapping[str, Any],

@@ -148,7 +148,8 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def _command(service: str, port: int, state_dir: Path) -> list[str]:
+def service_command(service: str, port: int, state_dir: Path) -> list[str]:
+    """The command line of one service of the stack (tests start extra routers with it)."""
     if service == "moto":
         return [_bin("moto_server"), "-H", LOOPBACK, "-p", str(port)]
     if service == "mongo":
@@ -256,7 +257,7 @@ def start_service(
         env.pop("PREFECT_API_URL", None)
     with log.open("ab") as out:
         process = subprocess.Popen(
-            _command(service, port, state_dir),
+            service_command(service, port, state_dir),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -331,23 +332,6 @@ def router_environment(state: StackState, prefix: str | None = None) -> dict[str
     if chosen:
         env[ROUTER_PREFIX_ENV] = chosen
     return env
-
-
-def start_router(
-    state: StackState, prefix: str, log_dir: Path, **env: str
-) -> subprocess.Popen[bytes]:
-    """One more router process for another `Names` prefix on this stack's moto server (tests
-    run many stacks on one server); the caller stops it (SIGTERM its process group)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with (log_dir / f"router-{prefix}.out").open("ab") as out:
-        return subprocess.Popen(
-            _command("router", 0, log_dir),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **router_environment(state, prefix), **env},
-            start_new_session=True,
-        )
 
 
 def down(state_dir: str | Path) -> list[str]:

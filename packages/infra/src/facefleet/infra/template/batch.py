@@ -18,7 +18,7 @@ The launch template carries what the instances need beyond Batch's defaults:
 - a root volume for the CUDA image and the model pack;
 - IMDSv2 required, hop limit 2: the worker container (one network hop beyond the instance in
   bridge mode) reads the Spot interruption notice from instance metadata itself
-  (`facefleet.worker.spot`), because ECS stops only service tasks on a Spot notice, never a
+  (`facefleet.worker.runtime.spot`), because ECS stops only service tasks on a Spot notice, never a
   Batch job's standalone task.
 """
 

@@ -27,10 +27,11 @@ from pymongo.database import Database
 
 from facefleet.common.documents import encode_time, now
 from facefleet.common.repository import LeaseHeld
-from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
 from facefleet.worker.grouping import edits
 from facefleet.worker.grouping.state import ClusterUpdate, UserClusterState
 from facefleet.worker.grouping.suggest import FACE, MEMBER, PEOPLE, Question
+from facefleet.worker.runtime.consumer import ReceivedMessage
+from facefleet.worker.runtime.outcome import Outcome, classify
 
 if TYPE_CHECKING:
     from facefleet.common.messages import AnswerRequest
@@ -194,12 +195,11 @@ def handle_answers(
             )
             outcomes[message.message_id] = Outcome.DONE
         except Exception as error:
-            if is_outage(error):
+            outcomes[message.message_id] = classify(error)
+            if outcomes[message.message_id] is Outcome.RETRY:
                 outage = True
-                outcomes[message.message_id] = Outcome.RETRY
                 continue
             log.exception("answer failed", extra={"user_id": request.user_id})
-            outcomes[message.message_id] = Outcome.MALFORMED
         finally:
             service.sessions.pop(request.user_id, None)
     return outcomes

@@ -2,7 +2,7 @@
 
 Each operation takes the user's lease (so it never interleaves with a grouping worker), rebuilds
 the state from MongoDB, applies a pure operation of `edits` / `recluster`, writes back what
-changed (`store.save_changes`) and appends the correction to HUEMN `corrections`. Constraints
+changed (`writeback.save_changes`) and appends the correction to HUEMN `corrections`. Constraints
 live on the state itself (`pinned`, `not_in`, `merged_into`), so every later automatic decision,
 in any worker, respects them.
 
@@ -45,10 +45,10 @@ from facefleet.worker.grouping.store import (
     consolidate_session,
     face_input,
     load_session,
-    save_changes,
     user_lease,
 )
 from facefleet.worker.grouping.suggest import Question, SuggestParams, suggest
+from facefleet.worker.grouping.writeback import save_changes
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,6 @@ from facefleet.common.repository import (
     LeaseLost,
     connect,
 )
-from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
 from facefleet.worker.grouping import answers
 from facefleet.worker.grouping.batch_partition import ConsolidateParams
 from facefleet.worker.grouping.placement import add_faces
@@ -61,9 +60,11 @@ from facefleet.worker.grouping.store import (
     drop_gone_faces,
     face_input,
     load_session,
-    save_changes,
     user_lease,
 )
+from facefleet.worker.grouping.writeback import save_changes
+from facefleet.worker.runtime.consumer import ReceivedMessage
+from facefleet.worker.runtime.outcome import OutageGuard, Outcome, classify
 
 log = logging.getLogger(__name__)
 
@@ -201,13 +202,14 @@ class GroupingService:
             )
             return Outcome.DEFER, False
         except Exception as error:
-            if is_outage(error):
+            outcome = classify(error)
+            if outcome is Outcome.RETRY:
                 log.warning(
                     "outage while grouping", extra={"user_id": user_id, "error": repr(error)}
                 )
-                return Outcome.RETRY, True
-            log.exception("grouping failed", extra={"user_id": user_id})
-            return Outcome.MALFORMED, False
+            else:
+                log.exception("grouping failed", extra={"user_id": user_id})
+            return outcome, outcome is Outcome.RETRY
         return Outcome.DONE, False
 
     # -- one user -----------------------------------------------------------------------------
@@ -349,13 +351,11 @@ def build_service(
         connect(settings.gallery_images_mongo_uri, GALLERY_DEFAULT_DB),
         connect(settings.huemn_mongo_uri, HUEMN_DEFAULT_DB),
     )
-    try:
+    with OutageGuard() as guard:
         store.ensure_indexes()
-    except Exception as error:
-        if not is_outage(error):
-            raise
+    if guard.hit:
         # Indexes only speed queries up; an outage at start-up is the consumer's to ride out.
-        log.warning("could not ensure indexes", extra={"error": repr(error)})
+        log.warning("could not ensure indexes", extra={"error": repr(guard.error)})
     return GroupingService(
         store,
         s3=settings.aws.client("s3"),

@@ -19,16 +19,17 @@ from typing import Any, TypeVar
 from facefleet.common.messages import ErasureRequest, ForgetRequest, now_ms
 from facefleet.common.privacy import PrivacyRepository
 from facefleet.common.repository import LeaseHeld, LeaseLost
-from facefleet.worker.consumer import Outcome, ReceivedMessage, is_outage
 from facefleet.worker.grouping.service import GroupingService
 from facefleet.worker.grouping.state import ClusterParams, ClusterUpdate
 from facefleet.worker.grouping.store import (
     GroupingStore,
     load_session,
-    save_changes,
     user_lease,
 )
+from facefleet.worker.grouping.writeback import save_changes
 from facefleet.worker.privacy.erasure import erase_user, has_face_data
+from facefleet.worker.runtime.consumer import ReceivedMessage
+from facefleet.worker.runtime.outcome import OutageGuard, Outcome, classify
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,11 +151,12 @@ def _run(service: GroupingService, request: ForgetRequest | ErasureRequest) -> t
         log.info("user is being grouped elsewhere; deferred", extra={"user_id": user_id})
         return Outcome.DEFER, False
     except Exception as error:
-        if is_outage(error):
+        outcome = classify(error)
+        if outcome is Outcome.RETRY:
             log.warning("outage while forgetting", extra={"user_id": user_id, "error": repr(error)})
-            return Outcome.RETRY, True
-        log.exception("forgetting failed", extra={"user_id": user_id})
-        return Outcome.MALFORMED, False
+        else:
+            log.exception("forgetting failed", extra={"user_id": user_id})
+        return outcome, outcome is Outcome.RETRY
     finally:
         service.sessions.pop(user_id, None)
     return Outcome.DONE, False
@@ -167,13 +169,11 @@ def split_opted_out(
     doing nothing); a user who still has face data is erased first (switching off erases)."""
     if not by_user:
         return by_user, {}
-    try:
+    with OutageGuard() as guard:
         enabled = PrivacyRepository(service.store.gallery.faces.database).recognition_enabled(
             by_user
         )
-    except Exception as error:
-        if not is_outage(error):
-            raise
+    if guard.hit:
         return by_user, {}  # grouping itself will meet the outage and retry
     keep = {u: items for u, items in by_user.items() if enabled.get(u, True)}
     outcomes: dict[str, Outcome] = {}
@@ -181,12 +181,10 @@ def split_opted_out(
         if user_id in keep:
             continue
         outcome = Outcome.DONE
-        try:
+        with OutageGuard() as guard:
             if has_face_data(service.store, user_id):
                 outcome, _ = _run(service, ErasureRequest(user_id, now_ms(), "opt_out"))
-        except Exception as error:
-            if not is_outage(error):
-                raise
+        if guard.hit:
             outcome = Outcome.RETRY
         log.info("face recognition is off: nothing grouped", extra={"user_id": user_id})
         for message, _ in items:

@@ -41,10 +41,10 @@ from facefleet.common.documents import decode_time, encode_time
 from facefleet.common.messages import now_ms
 from facefleet.common.privacy import PrivacyRepository
 from facefleet.common.repository import Document, LeaseHeld
-from facefleet.worker.consumer import is_outage
 from facefleet.worker.grouping.store import GroupingStore
 from facefleet.worker.privacy.activity import ActivityRepository
 from facefleet.worker.privacy.erasure import erase_user, has_face_data
+from facefleet.worker.runtime.outcome import Outcome, classify
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def run_if_due(
     except Exception as error:
         log.warning(
             "retention purge failed: retried at the next run",
-            exc_info=not is_outage(error),
+            exc_info=classify(error) is not Outcome.RETRY,
             extra={"error": repr(error)},
         )
         return None

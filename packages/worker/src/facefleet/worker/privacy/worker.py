@@ -12,11 +12,12 @@ import sys
 from facefleet.common.config import Settings, load_service_settings
 from facefleet.common.logs import configure_logging
 from facefleet.common.metrics import MetricsEmitter
-from facefleet.worker.consumer import ConsumerConfig, serve
 from facefleet.worker.grouping import service as grouping
 from facefleet.worker.grouping.service import GroupingService
 from facefleet.worker.privacy import retention
 from facefleet.worker.privacy.forget import PrivacyRequests
+from facefleet.worker.runtime.consumer import ConsumerConfig
+from facefleet.worker.runtime.serve import serve
 
 
 def build_service(settings: Settings, metrics: MetricsEmitter | None = None) -> GroupingService:

@@ -4,7 +4,9 @@ API
 ---
 A handler receives the messages of one receive call and says what became of each::
 
-    from facefleet.worker.consumer import Consumer, ConsumerConfig, Outcome, ReceivedMessage
+    from facefleet.worker.runtime.consumer import ConsumerConfig, ReceivedMessage
+    from facefleet.worker.runtime.serve import serve
+    from facefleet.worker.runtime.outcome import Outcome
 
     def handle(batch: list[ReceivedMessage]) -> dict[str, Outcome]:
         outcomes = {}
@@ -35,13 +37,21 @@ Outcomes, keyed by `ReceivedMessage.message_id`:
   user's lease). It goes back to the queue after `defer_seconds` (visibility set to that) and
   the loop goes on with the rest of the batch: no message waits behind another's user.
 
-A message missing from the returned dict counts as RETRY. A handler that raises an outage error
-(`is_outage`: pymongo ConnectionFailure / ServerSelectionTimeoutError, botocore endpoint,
-timeout, throttling and 5xx errors) turns the whole batch into RETRY; any other exception makes
-the consumer run the handler again on each message alone, so only the message that raises counts
-as MALFORMED (redelivered, then dead-lettered) and its batch-mates are processed: a poison message
-can neither crash the worker nor take good messages to the DLQ. Handlers may use `is_outage` to
-classify per-message errors themselves.
+A message missing from the returned dict counts as RETRY. A handler raises, and
+`outcome.classify` (the one place errors become outcomes) decides: an outage error (pymongo
+ConnectionFailure / ServerSelectionTimeoutError, botocore endpoint, timeout, throttling and 5xx
+errors) turns the whole batch into RETRY; any other exception makes the consumer run the handler
+again on each message alone, so only the message that raises counts as MALFORMED (redelivered,
+then dead-lettered) and its batch-mates are processed: a poison message can neither crash the
+worker nor take good messages to the DLQ. Handlers that settle parts of a batch themselves use
+`classify` on the part's error.
+
+Retries: one layer per dependency. AWS calls retry inside botocore (adaptive mode, 8 attempts,
+`common.aws`); the consumer does not wrap them again. An outage that outlasts those (and any
+MongoDB error: the driver retries a read once, writes not at all) reaches the consumer as
+RETRY, and its backoff (`backoff_initial_seconds` doubling to `backoff_max_seconds`, for at most
+`max_outage_seconds`) is the one explicit policy above them: it keeps the message in flight
+instead of multiplying attempts.
 
 Loop semantics (settings in `ConsumerConfig`, read from `Settings`):
 
@@ -50,42 +60,31 @@ Loop semantics (settings in `ConsumerConfig`, read from `Settings`):
   is worked on; deletion only after DONE.
 - drain-and-exit: `run()` returns 0 once no message arrived for IDLE_EXIT_SECONDS.
 - SIGTERM/SIGINT, or the Spot notice in instance metadata (`spot.SpotNoticeWatcher`, started by
-  `serve`): stop receiving, wait for the in-flight batch until
+  `serve.serve`): stop receiving, wait for the in-flight batch until
   SHUTDOWN_DEADLINE_SECONDS, delete what is DONE, release the rest (visibility 0) and return
   `RETRYABLE_EXIT_CODE`, which the job definitions' retry strategy retries.
 
 The handler runs in a worker thread so the main thread can keep the deadline even when a handler
-hangs; `serve()` ends the process hard in that case (the abandoned handler's writes are idempotent).
+hangs; `serve.serve()` ends the process hard in that case (the abandoned handler's writes are
+idempotent).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
-from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
 
 from facefleet.common.aws import AwsTarget
 from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
-from facefleet.worker.spot import SpotNoticeWatcher
+from facefleet.worker.runtime.outcome import Outcome, classify
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef
@@ -94,13 +93,6 @@ log = logging.getLogger(__name__)
 
 IDLE_EXIT_CODE = 0
 SQS_MAX_BATCH = 10
-
-
-class Outcome(StrEnum):
-    DONE = "done"
-    MALFORMED = "malformed"
-    RETRY = "retry"
-    DEFER = "defer"
 
 
 @dataclass(frozen=True)
@@ -124,38 +116,6 @@ class ReceivedMessage:
 
 
 Handler = Callable[[list[ReceivedMessage]], Mapping[str, Outcome]]
-
-_RETRYABLE_AWS_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "SlowDown",
-        "ServiceUnavailable",
-        "InternalError",
-        "InternalFailure",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "ProvisionedThroughputExceededException",
-    }
-)
-
-
-def is_outage(error: BaseException) -> bool:
-    """True for errors of an unreachable or overloaded dependency: retry later, keep the message."""
-    if isinstance(error, ConnectionFailure | ExecutionTimeout | WTimeoutError):
-        return True  # includes ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout
-    if isinstance(
-        error,
-        EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError | ConnectionClosedError,
-    ):
-        return True
-    if isinstance(error, ClientError):
-        response = error.response
-        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        code = str(response.get("Error", {}).get("Code", ""))
-        return status >= 500 or status == 429 or code in _RETRYABLE_AWS_CODES
-    return isinstance(error, ConnectionError | TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -292,7 +252,7 @@ class Consumer:
                 batch = self.receive(wait)
                 receive_failures = 0
             except Exception as error:
-                if not is_outage(error):
+                if classify(error) is not Outcome.RETRY:
                     raise
                 delay = backoff_delay(
                     receive_failures, config.backoff_initial_seconds, config.backoff_max_seconds
@@ -399,7 +359,7 @@ class Consumer:
             else:
                 run.join(0.2)
         if run.error is not None:
-            if is_outage(run.error):
+            if classify(run.error) is Outcome.RETRY:
                 log.warning("handler hit an outage", extra={"error": repr(run.error)})
                 return {m.message_id: Outcome.RETRY for m in batch}
             if len(batch) > 1:
@@ -426,7 +386,7 @@ class Consumer:
             entries = [
                 {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)
             ]
-            response = self._sqs_retrying(
+            response = self._sqs_call(
                 "delete_message_batch", QueueUrl=self.config.queue_url, Entries=entries
             )
             if response and response.get("Failed"):
@@ -453,76 +413,16 @@ class Consumer:
             except Exception as error:  # a lost heartbeat means a redelivery, never a loss
                 log.warning("change visibility failed", extra={"error": repr(error)})
 
-    def _sqs_retrying(self, operation: str, **kwargs: Any) -> Any:
-        for attempt in range(6):
-            try:
-                return getattr(self.sqs, operation)(**kwargs)
-            except Exception as error:
-                if not is_outage(error) or attempt == 5:
-                    # Not deleting is safe: the message comes back and the writes are idempotent.
-                    log.warning("%s failed", operation, extra={"error": repr(error)})
-                    return None
-                time.sleep(backoff_delay(attempt, 0.5, 5.0))
-        return None
+    def _sqs_call(self, operation: str, **kwargs: Any) -> Any:
+        # One retry layer: the client retries adaptively (common.aws.RETRY_CONFIG, 8 attempts
+        # with backoff and client-side rate limiting); a failure after those is left alone, as
+        # not deleting is safe: the message comes back and the writes are idempotent.
+        try:
+            return getattr(self.sqs, operation)(**kwargs)
+        except Exception as error:
+            log.warning("%s failed", operation, extra={"error": repr(error)})
+            return None
 
 
 def _chunks(messages: Sequence[ReceivedMessage]) -> list[Sequence[ReceivedMessage]]:
     return [messages[i : i + SQS_MAX_BATCH] for i in range(0, len(messages), SQS_MAX_BATCH)]
-
-
-def batch_job_context(settings: Settings) -> dict[str, Any]:
-    """The Batch job fields every worker logs at start (array index, attempt, job id)."""
-    return {
-        "batch_job_id": settings.batch_job_id,
-        "batch_job_array_index": settings.batch_job_array_index,
-        "batch_job_attempt": settings.batch_job_attempt,
-    }
-
-
-def serve(
-    config: ConsumerConfig,
-    handler: Handler,
-    *,
-    service: str,
-    settings: Settings | None = None,
-    metrics: MetricsEmitter | None = None,
-    on_exit: Callable[[], None] | None = None,
-) -> int:
-    """Run a consumer in this process with signal handlers installed; return its exit code.
-
-    When the shutdown deadline left a handler running, the process ends here (os._exit) so the
-    abandoned thread cannot hold the exit past the Spot notice.
-    """
-    consumer = Consumer(config, handler, metrics=metrics)
-    consumer.install_signal_handlers()
-    watcher = None
-    if settings is not None and settings.spot_notice_poll_seconds > 0:
-        # Batch jobs never get ECS's Spot draining: the worker reads the notice itself.
-        watcher = SpotNoticeWatcher(
-            lambda notice: consumer.request_stop(),
-            endpoint=settings.instance_metadata_endpoint,
-            poll_s=settings.spot_notice_poll_seconds,
-        )
-        watcher.start()
-    log.info(
-        "%s worker starting",
-        service,
-        extra={
-            "queue_url": config.queue_url,
-            "batch_size": config.batch_size,
-            "visibility_timeout_s": config.visibility_timeout,
-            "idle_exit_s": config.idle_exit_seconds,
-            **(batch_job_context(settings) if settings else {}),
-        },
-    )
-    code = consumer.run()
-    if watcher is not None:
-        watcher.stop()
-    log.info("%s worker exiting", service, extra={"exit_code": code})
-    if on_exit is not None:
-        with contextlib.suppress(Exception):
-            on_exit()
-    if consumer.abandoned_handler:
-        logging.shutdown()
-        os._exit(code)
-    return code
