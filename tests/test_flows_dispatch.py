@@ -213,7 +213,7 @@ def test_the_served_production_dispatch_runs_a_tick_in_the_serving_process(env, 
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    from facefleet.flows.deployments import (
+    from facefleet.flows.production import (
         ProductionRuntime,
         ensure_production_pool,
         serve_production_command,

@@ -10,6 +10,8 @@ from dataclasses import replace
 from typing import Any
 
 from facefleet.infra import deploy, doctor
+from facefleet.infra.doctor.queues import ROUTER_ACTIONS, queue_policy_admits
+from facefleet.infra.doctor.roles import CONSUME_ACTIONS
 from facefleet.infra.stack_config import StackConfig, local_stack_config
 from facefleet.tools import cli
 from tests.contract.iam_support import Call, Recorder
@@ -152,11 +154,11 @@ def test_a_foreign_queue_policy_must_admit_this_account() -> None:
             }
         ]
     }
-    assert doctor.queue_policy_admits(admits, account, doctor.CONSUME_ACTIONS)
+    assert queue_policy_admits(admits, account, CONSUME_ACTIONS)
     other = json.loads(json.dumps(admits).replace(account, "444455556666"))
-    assert not doctor.queue_policy_admits(other, account, doctor.CONSUME_ACTIONS)
+    assert not queue_policy_admits(other, account, CONSUME_ACTIONS)
     receive_only = {"Statement": [{**admits["Statement"][0], "Action": "sqs:ReceiveMessage"}]}
-    assert not doctor.queue_policy_admits(receive_only, account, doctor.CONSUME_ACTIONS)
+    assert not queue_policy_admits(receive_only, account, CONSUME_ACTIONS)
 
 
 def _private_subnet(env) -> tuple[str, str, str]:
@@ -260,7 +262,7 @@ def test_the_ingress_queue_must_admit_the_router(env) -> None:
             {
                 "Effect": "Allow",
                 "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
-                "Action": list(doctor.ROUTER_ACTIONS),
+                "Action": list(ROUTER_ACTIONS),
                 "Resource": "*",
             }
         ]

@@ -14,7 +14,7 @@ import pytest
 
 from facefleet.common.messages import DetectionRequest
 from facefleet.common.s3keys import image_key
-from facefleet.control.cutover import ecs_move
+from facefleet.control.cutover import ecs_move, ecs_task_role
 from facefleet.control.cutover import machine as cut
 from facefleet.control.cutover import status as cutover_status
 from facefleet.control.router import users_by_side, write_weight
@@ -136,7 +136,7 @@ def test_production_dispatch_is_served_by_a_service_with_the_flow_task_role() ->
     """The minutely dispatch runs inside a long-lived Fargate service (no task per tick): it
     runs the serving entry point, with the flow task role, which holds what the dispatch flow
     calls; no dispatch deployment goes on the ECS work pool."""
-    from facefleet.flows.deployments import (
+    from facefleet.flows.production import (
         ProductionRuntime,
         production_deployments,
         serve_production_command,
@@ -257,7 +257,7 @@ def test_production_deployments_register_on_an_ecs_pool(env, harness, tmp_path: 
     from prefect.client.orchestration import get_client
     from prefect.flows import load_flow_from_entrypoint
 
-    from facefleet.flows.deployments import (
+    from facefleet.flows.production import (
         PRODUCTION_POOL_TYPE,
         ProductionRuntime,
         deploy_production,
@@ -335,7 +335,9 @@ def test_cli_moves_the_ecs_queue_whole_and_back_and_status_checks_it(env, capsys
         assert existing_account.alarm_queue(aws, alarm) == new_name
     other = existing_account.alarm_queue(aws, f"{prefix}oncall-indexing-age")
     assert other == f"{prefix}ve-inhouse-indexing"
-    assert ecs_move.role_may_consume(account.task_role_arn, ecs_move.queue_arn(ecs_url, aws), aws)
+    assert ecs_task_role.role_may_consume(
+        account.task_role_arn, ecs_move.queue_arn(ecs_url, aws), aws
+    )
     assert main(["cutover", "status", *target]) == 0
     text = capsys.readouterr().out
     assert "stage 0/5  weight 0 % to Batch" in text
@@ -351,7 +353,7 @@ def test_cli_moves_the_ecs_queue_whole_and_back_and_status_checks_it(env, capsys
     assert ecs_move.ecs_queue_url(cluster, service, aws) == account.indexing_url
     for alarm in account.alarms:
         assert existing_account.alarm_queue(aws, alarm) == f"{prefix}ve-inhouse-indexing"
-    assert not ecs_move.role_may_consume(
+    assert not ecs_task_role.role_may_consume(
         account.task_role_arn, ecs_move.queue_arn(ecs_url, aws), aws
     )
     check = ecs_move.check(names, cluster, service, aws)
@@ -442,7 +444,7 @@ def test_a_task_role_in_another_account_is_granted_by_its_owner_then_confirmed(e
     assert "the router stays disabled" in out
     assert ecs_move._mapping(names, aws)[1] is False
     local_role = _role_name_policies(aws, f"{prefix}{existing_account.TASK_ROLE}")
-    assert ecs_move.GRANT_POLICY not in local_role  # the same-named role here is left alone
+    assert ecs_task_role.GRANT_POLICY not in local_role  # the same-named role here is left alone
     check = ecs_move.check(names, cluster, service, aws)
     assert check.role_access is False and not check.moved
 
@@ -461,7 +463,7 @@ def test_a_task_role_in_another_account_is_granted_by_its_owner_then_confirmed(e
     assert "judged by: operator-confirmed (--task-role-granted)" in text
     # The confirmation names this role and queue: another queue is not confirmed by it.
     other = ecs_move.queue_arn(urls[names.indexing_queue], aws)
-    assert ecs_move.role_access(names, foreign_role, other, aws)[0] is False
+    assert ecs_task_role.role_access(names, foreign_role, other, aws)[0] is False
 
     # Undone: the router off first, the service back on the queue it read.
     ecs_move.move_ecs_queue(names, cluster, service, aws, back=True)

@@ -14,13 +14,9 @@ from facefleet.control import policy as dispatch
 from facefleet.control.policy import PolicyParams
 from facefleet.control.pricing import PriceTable, SpotSeries
 from facefleet.tools.simulate.compare import batch_metrics, compare, ecs_metrics
-from facefleet.tools.simulate.model import (
-    ModelParams,
-    RunResult,
-    simulate_batch,
-    simulate_ecs,
-    weighted_percentile,
-)
+from facefleet.tools.simulate.model import simulate_batch, simulate_ecs
+from facefleet.tools.simulate.params import ModelParams
+from facefleet.tools.simulate.results import RunResult, weighted_percentile
 from facefleet.tools.simulate.trace import Trace
 
 SPOT = 0.2104

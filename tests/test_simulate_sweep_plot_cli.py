@@ -7,7 +7,7 @@ from pathlib import Path
 from facefleet.control.policy import PolicyParams
 from facefleet.tools.cli import main
 from facefleet.tools.simulate.compare import Metrics, compare
-from facefleet.tools.simulate.model import ModelParams
+from facefleet.tools.simulate.params import ModelParams
 from facefleet.tools.simulate.plot import plot
 from facefleet.tools.simulate.sweep import SweepPoint, format_sweep, frontier, recommend, sweep
 from facefleet.tools.simulate.trace import generate

@@ -132,7 +132,7 @@ def run_flows(args: argparse.Namespace) -> int:
     if args.action == "deploy":
         return deploy_flows(args)
     if args.action == "serve" and args.production:
-        from facefleet.flows.deployments import serve_production
+        from facefleet.flows.production import serve_production
 
         serve_production(_names(args), dispatch_interval_s=args.dispatch_interval)
         return 0
@@ -157,7 +157,7 @@ def deploy_flows(args: argparse.Namespace) -> int:
     from prefect.yaml)."""
     from dataclasses import replace
 
-    from facefleet.flows.deployments import ProductionRuntime, deploy_production
+    from facefleet.flows.production import ProductionRuntime, deploy_production
 
     if not args.production:
         print("error: `flows deploy` registers the production deployments: add --production")

@@ -50,7 +50,7 @@ FLOWS_TASK_ROLE = "FlowsTaskRole"
 FLOWS_EXECUTION_ROLE = "FlowsExecutionRole"
 PREFECT_WORKER_ROLE = "PrefectWorkerRole"
 DISPATCH_SERVICE = "DispatchService"
-# What the dispatch service runs (facefleet.flows.deployments.serve_production_command: infra
+# What the dispatch service runs (facefleet.flows.production.serve_production_command: infra
 # does not import flows; tests/test_router_runtime.py checks the two agree).
 SERVE_PRODUCTION = ["python", "-m", "facefleet.flows.deployments", "serve-production"]
 FLOWS_REPOSITORY = "FlowsImageRepository"

@@ -22,7 +22,7 @@ from facefleet.control.pricing import (
 )
 from facefleet.tools.simulate import trace as traces
 from facefleet.tools.simulate.compare import DEFAULT_ECS_TASKS, compare, format_comparison
-from facefleet.tools.simulate.model import DEFAULT_IMAGES_PER_S, ModelParams, images_per_s_for
+from facefleet.tools.simulate.params import DEFAULT_IMAGES_PER_S, ModelParams, images_per_s_for
 from facefleet.tools.simulate.sweep import (
     DEFAULT_GRID,
     DEFAULT_LATENCY_TARGET_S,

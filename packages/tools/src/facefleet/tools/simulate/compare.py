@@ -24,15 +24,9 @@ from facefleet.control.pricing import (
     bill,
     per_1000,
 )
-from facefleet.tools.simulate.model import (
-    DEFAULT_MODEL,
-    DEFAULT_POLICY,
-    ModelParams,
-    RunResult,
-    simulate_batch,
-    simulate_ecs,
-    weighted_percentile,
-)
+from facefleet.tools.simulate.model import simulate_batch, simulate_ecs
+from facefleet.tools.simulate.params import DEFAULT_MODEL, DEFAULT_POLICY, ModelParams
+from facefleet.tools.simulate.results import RunResult, weighted_percentile
 from facefleet.tools.simulate.trace import Trace
 
 DEFAULT_ECS_TASKS = 2

@@ -1,45 +1,17 @@
 """A discrete-event model of detection on AWS Batch Spot, driven by the real dispatch policy.
 
-What is modelled, and what is assumed (every figure is a `ModelParams` field):
-- The indexing queue (SQS) as a FIFO of lots (a trace row's images). Workers receive up to
-  `batch_size` messages at a time, hold them in flight while they work, and delete them when the
-  faces are stored; a long poll hands a new message to an idle worker at once.
-- Every `tick_s` the dispatch flow calls `facefleet.control.policy.decide` itself (not a copy) with
-  the simulated queue depth, the jobs active per job queue and the time of the last submission;
-  the policy owns the cool-down, the array sizing and the vCPU headroom.
-- A job needs one g4dn.xlarge (4 vCPU, 1 GPU). Batch launches an instance per RUNNABLE job up to
-  the compute environment's vCPU cap (16 -> 4 instances, 256 -> 64); a cold start (Spot request,
-  boot, ECS agent, image pull, model load) takes uniform(`cold_start_s`), a job placed on an idle
-  instance Batch has not yet scaled in starts in `warm_start_s`. Jobs beyond the cap wait RUNNABLE.
-- A running job processes `images_per_s`: by default the instance throughput table's figure
-  (`facefleet.common.instances.THROUGHPUT`) for the default format mix (iPhone-heavy) on the
-  slowest type a job may land on, min(decode per vCPU measured by `make bench-phone` x 4 vCPUs,
-  the T4's rate anchored from published figures): the CPU decoding HEICs is the limit, not the
-  GPU. `images_per_s_for(mix)` gives another mix's figure.
-- A job exits after `idle_exit_s` without messages (the consumer's IDLE_EXIT_SECONDS: scale to
-  zero); Batch terminates an idle instance after `scale_down_s`. Instances are billed from launch
-  to termination.
-- Spot interruptions arrive per instance at `interruptions_per_hour` (exponential). The worker's
-  SIGTERM drain releases its in-flight messages (visible again after `return_delay_s`; 0 = on the
-  notice, MESSAGE_VISIBILITY_TIMEOUT if the host vanished) and exits RETRYABLE_EXIT_CODE; the job
-  definition's retry strategy puts the job back to RUNNABLE until `attempts` are used up.
-- The grouping queue is not modelled (the GroupFace backlog is reported as empty).
-
+What is modelled and assumed is written with its parameters, `facefleet.tools.simulate.params`.
 The current setup (`simulate_ecs`) is the same queue served by N always-on on-demand workers.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.typing import NDArray
 
-from facefleet.common.config import NAMES, Names, Settings
-from facefleet.common.instances import DEFAULT_MIX
+from facefleet.common.config import NAMES, Names
 from facefleet.control import policy as dispatch
 from facefleet.control.policy import (
     DETECTION,
@@ -47,145 +19,24 @@ from facefleet.control.policy import (
     DispatchInputs,
     PolicyParams,
     QueueDepth,
-    job_images_per_s,
 )
-from facefleet.tools.simulate.trace import DAY_S, Trace
-
-_DEFAULTS = Settings()
-
-
-def images_per_s_for(mix: str | dict[str, float]) -> float:
-    """Images/s one detection job sustains for a format mix (the instance throughput table)."""
-    return round(job_images_per_s(mix), 2)
-
-
-# Images per second one detection job sustains, default mix: see above.
-DEFAULT_IMAGES_PER_S = images_per_s_for(DEFAULT_MIX)
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    images_per_s: float = DEFAULT_IMAGES_PER_S
-    batch_size: int = _DEFAULTS.batch_size
-    tick_s: float = 60.0
-    cold_start_s: tuple[float, float] = (180.0, 360.0)
-    warm_start_s: float = 30.0
-    idle_exit_s: float = _DEFAULTS.idle_exit_seconds
-    scale_down_s: float = 300.0
-    interruptions_per_hour: float = 0.01
-    return_delay_s: float = 0.0
-    attempts: int | None = None  # None: the detection job definition's retry attempts
-    seed: int = 0
-    record_timeline: bool = True
-    # Give up when the backlog is still not drained this long after the trace ends.
-    max_overrun_s: float = 30 * DAY_S
-
-    def __post_init__(self) -> None:
-        if self.images_per_s <= 0:
-            raise ValueError("images_per_s must be positive")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if self.tick_s <= 0:
-            raise ValueError("tick_s must be positive")
-        low, high = self.cold_start_s
-        if not 0 <= low <= high:
-            raise ValueError("cold_start_s must be (low, high) with 0 <= low <= high")
-        if min(self.warm_start_s, self.idle_exit_s, self.scale_down_s, self.return_delay_s) < 0:
-            raise ValueError("start, idle, scale-down and return delays must not be negative")
-        if self.interruptions_per_hour < 0:
-            raise ValueError("interruptions_per_hour must not be negative")
-        if self.attempts is not None and self.attempts < 1:
-            raise ValueError("attempts must be at least 1")
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What happened: completions per lot, instance lifetimes, and the backlog over time."""
-
-    setup: str
-    trace: Trace
-    done_lot: NDArray[np.int64]  # trace row each completion belongs to
-    done_count: NDArray[np.int64]  # images in that completion
-    done_s: NDArray[np.float64]  # when the faces were stored
-    instance_start_s: NDArray[np.float64]
-    instance_end_s: NDArray[np.float64]
-    end_s: float
-    peak_backlog: int
-    timeline_s: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
-    timeline_backlog: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
-    timeline_instances: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
-    jobs_submitted: int = 0
-    submissions: int = 0
-    interruptions: int = 0
-    retries: int = 0
-    failed_jobs: int = 0
-
-    @property
-    def images(self) -> int:
-        return int(self.done_count.sum())
-
-    @property
-    def latencies_s(self) -> NDArray[np.float64]:
-        """Upload to faces stored, one entry per completion (weight with `done_count`)."""
-        return np.asarray(self.done_s - self.trace.offsets_s[self.done_lot], dtype=np.float64)
-
-    @property
-    def instance_seconds(self) -> float:
-        return float(np.sum(self.instance_end_s - self.instance_start_s))
-
+from facefleet.tools.simulate.fleet import (
+    FAILED,
+    RUNNABLE,
+    RUNNING,
+    STARTING,
+    SUCCEEDED,
+    Environment,
+    Instance,
+    Job,
+)
+from facefleet.tools.simulate.params import DEFAULT_MODEL, DEFAULT_POLICY, ModelParams
+from facefleet.tools.simulate.results import RunResult
+from facefleet.tools.simulate.trace import Trace
 
 # Event kinds, in the order they are handled when they fall on the same instant: arrivals first,
 # so a dispatch tick at the same moment sees them.
 _ARRIVAL, _RETURN, _INTERRUPT, _BATCH_DONE, _READY, _IDLE, _SCALE_IN, _TICK = range(8)
-
-_RUNNABLE, _STARTING, _RUNNING, _SUCCEEDED, _FAILED = range(5)
-
-
-class _Instance:
-    __slots__ = ("ended", "environment", "epoch", "job", "launched")
-
-    def __init__(self, environment: _Environment, launched: float) -> None:
-        self.environment = environment
-        self.launched = launched
-        self.ended: float | None = None
-        self.job: _Job | None = None
-        self.epoch = 0
-
-
-class _Job:
-    __slots__ = (
-        "attempt",
-        "batch",
-        "batch_n",
-        "environment",
-        "epoch",
-        "id",
-        "instance",
-        "queue",
-        "state",
-    )
-
-    def __init__(self, job_id: int, queue: str, environment: _Environment) -> None:
-        self.id = job_id
-        self.queue = queue
-        self.environment = environment
-        self.attempt = 1
-        self.state = _RUNNABLE
-        self.instance: _Instance | None = None
-        self.batch: list[list[int]] | None = None
-        self.batch_n = 0
-        self.epoch = 0
-
-
-class _Environment:
-    __slots__ = ("alive", "cap", "idle", "name", "waiting")
-
-    def __init__(self, name: str, cap: int) -> None:
-        self.name = name
-        self.cap = cap
-        self.alive: set[_Instance] = set()
-        self.idle: list[_Instance] = []
-        self.waiting: deque[_Job] = deque()
 
 
 class _Engine:
@@ -213,10 +64,10 @@ class _Engine:
         self.visible = 0
         self.in_flight = 0
         self.pending_arrivals = len(trace.counts)
-        self.idle_jobs: dict[int, _Job] = {}
+        self.idle_jobs: dict[int, Job] = {}
         self.active: dict[str, int] = {}
         self.last_submission: float | None = None
-        self.environments: dict[str, _Environment] = {}
+        self.environments: dict[str, Environment] = {}
         instance_jobs = names.instance_vcpus // names.detection_job.vcpus
         if instance_jobs != 1:
             raise ValueError("the model places exactly one job per instance (GPU)")
@@ -224,10 +75,10 @@ class _Engine:
             spec = next(
                 e for e in names.compute_environments if e.name == queue.compute_environment
             )
-            self.environments[queue.name] = _Environment(
+            self.environments[queue.name] = Environment(
                 spec.name, spec.max_vcpus // names.instance_vcpus
             )
-        self.instances: list[_Instance] = []
+        self.instances: list[Instance] = []
         self.n_alive = 0
         self.jobs = 0
         self.submissions = 0
@@ -250,7 +101,7 @@ class _Engine:
 
     # -- the queue ------------------------------------------------------------------------------
 
-    def _take(self, job: _Job) -> None:
+    def _take(self, job: Job) -> None:
         """Give `job` a batch from the head of the queue and schedule its completion."""
         pieces: list[list[int]] = []
         want = self.model.batch_size
@@ -282,13 +133,13 @@ class _Engine:
                 job_id = list(self.idle_jobs)[int(self.rng.integers(len(self.idle_jobs)))]
             self._take(self.idle_jobs.pop(job_id))
 
-    def _go_idle(self, job: _Job) -> None:
+    def _go_idle(self, job: Job) -> None:
         self.idle_jobs[job.id] = job
         job.epoch += 1
         if not self.always_on:
             self._at(self.now + self.model.idle_exit_s, _IDLE, job, job.epoch)
 
-    def _work_or_idle(self, job: _Job) -> None:
+    def _work_or_idle(self, job: Job) -> None:
         if self.visible > 0:
             self._take(job)
         else:
@@ -303,8 +154,8 @@ class _Engine:
 
     # -- instances and jobs ---------------------------------------------------------------------
 
-    def _launch(self, environment: _Environment) -> _Instance:
-        instance = _Instance(environment, self.now)
+    def _launch(self, environment: Environment) -> Instance:
+        instance = Instance(environment, self.now)
         environment.alive.add(instance)
         self.instances.append(instance)
         self.n_alive += 1
@@ -313,11 +164,11 @@ class _Engine:
             self._at(self.now + self.rng.exponential(3600.0 / rate), _INTERRUPT, instance)
         return instance
 
-    def _assign(self, job: _Job, instance: _Instance, delay: float) -> None:
+    def _assign(self, job: Job, instance: Instance, delay: float) -> None:
         instance.job = job
         instance.epoch += 1  # cancels a pending scale-in
         job.instance = instance
-        job.state = _STARTING
+        job.state = STARTING
         job.epoch += 1
         self._at(self.now + delay, _READY, job, job.epoch)
 
@@ -325,7 +176,7 @@ class _Engine:
         low, high = self.model.cold_start_s
         return low if high == low else float(self.rng.uniform(low, high))
 
-    def _place(self, job: _Job) -> None:
+    def _place(self, job: Job) -> None:
         """A RUNNABLE job: onto an idle instance, a new one within the cap, or wait."""
         environment = job.environment
         if environment.idle:
@@ -333,10 +184,10 @@ class _Engine:
         elif len(environment.alive) < environment.cap:
             self._assign(job, self._launch(environment), self._cold_start())
         else:
-            job.state = _RUNNABLE
+            job.state = RUNNABLE
             environment.waiting.append(job)
 
-    def _release(self, instance: _Instance) -> None:
+    def _release(self, instance: Instance) -> None:
         instance.job = None
         environment = instance.environment
         if environment.waiting:
@@ -346,7 +197,7 @@ class _Engine:
         instance.epoch += 1
         self._at(self.now + self.model.scale_down_s, _SCALE_IN, instance, instance.epoch)
 
-    def _terminate(self, instance: _Instance) -> None:
+    def _terminate(self, instance: Instance) -> None:
         instance.ended = self.now
         environment = instance.environment
         environment.alive.discard(instance)
@@ -358,7 +209,7 @@ class _Engine:
                 environment.waiting.popleft(), self._launch(environment), self._cold_start()
             )
 
-    def _finish(self, job: _Job, state: int) -> None:
+    def _finish(self, job: Job, state: int) -> None:
         job.state = state
         self.active[job.queue] -= 1
         self.idle_jobs.pop(job.id, None)
@@ -368,11 +219,11 @@ class _Engine:
         for _ in range(count):
             self.jobs += 1
             self.active[queue] = self.active.get(queue, 0) + 1
-            self._place(_Job(self.jobs, queue, environment))
+            self._place(Job(self.jobs, queue, environment))
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _on_batch_done(self, job: _Job) -> None:
+    def _on_batch_done(self, job: Job) -> None:
         t = self.now
         assert job.batch is not None
         for lot, k in job.batch:
@@ -384,7 +235,7 @@ class _Engine:
         job.batch_n = 0
         self._work_or_idle(job)
 
-    def _on_interrupt(self, instance: _Instance) -> None:
+    def _on_interrupt(self, instance: Instance) -> None:
         if instance.ended is not None:
             return
         self.interruptions += 1
@@ -403,7 +254,7 @@ class _Engine:
                 self._return(pieces)
         if job.attempt >= self.attempts:
             self.failed += 1
-            self._finish(job, _FAILED)
+            self._finish(job, FAILED)
             return
         job.attempt += 1
         self.retries += 1
@@ -450,10 +301,10 @@ class _Engine:
         for lot in range(len(trace.counts)):
             self._at(float(trace.offsets_s[lot]), _ARRIVAL, lot)
         if self.always_on:
-            environment = _Environment("ecs", self.always_on)
+            environment = Environment("ecs", self.always_on)
             self.active["ecs"] = 0
             for job_id in range(self.always_on):
-                job = _Job(-1 - job_id, "ecs", environment)
+                job = Job(-1 - job_id, "ecs", environment)
                 self.active["ecs"] += 1
                 self._assign(job, self._launch(environment), 0.0)
         else:
@@ -473,29 +324,29 @@ class _Engine:
                     self.visible += count
                     self._feed()
             elif kind == _BATCH_DONE:
-                assert isinstance(obj, _Job)
+                assert isinstance(obj, Job)
                 if epoch == obj.epoch:
                     self._on_batch_done(obj)
             elif kind == _TICK:
                 self._on_tick()
             elif kind == _READY:
-                assert isinstance(obj, _Job)
+                assert isinstance(obj, Job)
                 if epoch == obj.epoch:
-                    obj.state = _RUNNING
+                    obj.state = RUNNING
                     self._work_or_idle(obj)
             elif kind == _IDLE:
-                assert isinstance(obj, _Job)
+                assert isinstance(obj, Job)
                 if epoch == obj.epoch and obj.instance is not None:
                     instance = obj.instance
                     obj.instance = None
-                    self._finish(obj, _SUCCEEDED)
+                    self._finish(obj, SUCCEEDED)
                     self._release(instance)
             elif kind == _SCALE_IN:
-                assert isinstance(obj, _Instance)
+                assert isinstance(obj, Instance)
                 if epoch == obj.epoch and obj.job is None and obj.ended is None:
                     self._terminate(obj)
             elif kind == _INTERRUPT:
-                assert isinstance(obj, _Instance)
+                assert isinstance(obj, Instance)
                 self._on_interrupt(obj)
             elif kind == _RETURN:
                 assert isinstance(obj, list)
@@ -548,10 +399,6 @@ class _Engine:
         )
 
 
-DEFAULT_MODEL = ModelParams()
-DEFAULT_POLICY = PolicyParams()
-
-
 def simulate_batch(
     trace: Trace,
     model: ModelParams = DEFAULT_MODEL,
@@ -569,13 +416,3 @@ def simulate_ecs(trace: Trace, tasks: int, model: ModelParams = DEFAULT_MODEL) -
     return _Engine(trace, model, DEFAULT_POLICY, NAMES, always_on=tasks).run(
         f"ECS on demand x{tasks}"
     )
-
-
-def weighted_percentile(values: NDArray[np.float64], weights: NDArray[np.int64], q: float) -> float:
-    """The smallest value with at least `q` percent of the weight at or below it."""
-    if len(values) == 0 or weights.sum() == 0:
-        return math.nan
-    order = np.argsort(values, kind="stable")
-    cum = np.cumsum(weights[order])
-    index = int(np.searchsorted(cum, q / 100.0 * cum[-1], side="left"))
-    return float(values[order][min(index, len(order) - 1)])

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from facefleet.control.pricing import HOUR_S
 from facefleet.tools.simulate.compare import Comparison, batch_instance_costs
-from facefleet.tools.simulate.model import RunResult
+from facefleet.tools.simulate.results import RunResult
 
 _GRID_POINTS = 4000
 

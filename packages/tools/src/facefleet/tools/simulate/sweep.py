@@ -17,12 +17,8 @@ from facefleet.common.config import NAMES, Names
 from facefleet.control.policy import PolicyParams
 from facefleet.control.pricing import DEFAULT_PRICES, PriceTable
 from facefleet.tools.simulate.compare import Metrics, batch_metrics, duration
-from facefleet.tools.simulate.model import (
-    DEFAULT_MODEL,
-    DEFAULT_POLICY,
-    ModelParams,
-    simulate_batch,
-)
+from facefleet.tools.simulate.model import simulate_batch
+from facefleet.tools.simulate.params import DEFAULT_MODEL, DEFAULT_POLICY, ModelParams
 from facefleet.tools.simulate.trace import Trace
 
 # The thresholds swept, as PolicyParams field -> values. job_minutes sets the job capacity
