@@ -110,7 +110,7 @@ def test_batch_resources_come_from_names() -> None:
 
 
 def test_dispatch_policy_submits_only_to_what_the_template_creates() -> None:
-    names = Names(prefix="acme", grouping_prefix="acme-grouping")
+    names = Names.for_prefix("acme")
     rendered = template.render(StackConfig(names=names))
     definitions = {
         r["Properties"]["JobDefinitionName"]

@@ -34,14 +34,6 @@ log = logging.getLogger(__name__)
 log.setLevel(logging.INFO)
 
 
-def names_from_env(environ: Mapping[str, str]) -> Names:
-    defaults = Names()
-    return Names(
-        prefix=environ.get("FACEFLEET_PREFIX", defaults.prefix),
-        grouping_prefix=environ.get("FACEFLEET_GROUPING_PREFIX", defaults.grouping_prefix),
-    )
-
-
 def params_from_env(environ: Mapping[str, str]) -> PolicyParams:
     overrides: dict[str, Any] = {}
     for f in fields(PolicyParams):
@@ -55,7 +47,7 @@ def handler(event: Mapping[str, Any] | None, context: Any) -> dict[str, Any]:
     """One dispatch tick. `event` may carry `names` (Names fields) and `policy` overrides."""
     event = event or {}
     environ = os.environ
-    names = Names(**event["names"]) if event.get("names") else names_from_env(environ)
+    names = Names.from_params(event["names"]) if event.get("names") else Names.from_env(environ)
     params = PolicyParams(**event["policy"]) if event.get("policy") else params_from_env(environ)
     aws = AwsTarget.from_env(environ)
     settings = Settings.from_env(environ)

@@ -24,7 +24,7 @@ def _setup(
     names: Mapping[str, Any] | None, region: str | None, endpoint_url: str | None
 ) -> tuple[Names, AwsTarget]:
     """Flow parameters to `Names` and the AWS target (unset parts from the environment)."""
-    return Names(**dict(names or {})), AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
+    return Names.from_params(names), AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
 
 
 @flow(name="cutover", log_prints=True)

@@ -33,7 +33,7 @@ METRICS_SERVICE = "dispatch"  # the Service dimension the dashboards chart dispa
 
 def names_from(values: Mapping[str, Any] | None) -> Names:
     """`Names` from flow parameters (a deployment passes plain JSON)."""
-    return Names(**dict(values or {}))
+    return Names.from_params(values)
 
 
 def local_executor(state_dir: str | None) -> LocalExecutor:

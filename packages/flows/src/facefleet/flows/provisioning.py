@@ -96,7 +96,7 @@ def provision(
     `local`: the embedded stack (default VPC, buckets created); otherwise `config` carries the
     production `StackConfig` fields (vpc_id, subnet_ids, existing queues, ...)."""
     logger = get_run_logger()
-    the_names = Names(**dict(names or {}))
+    the_names = Names.from_params(names)
     aws = AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
     stack_config = render(the_names, aws, local, config)
     validate(stack_config)

@@ -25,7 +25,7 @@ def spot_savings(
     hour: str | None = None,
 ) -> dict[str, Any]:
     """One hour's saving (`hour`: ISO start; default the previous full hour), published."""
-    the_names = Names(**dict(names or {}))
+    the_names = Names.from_params(names)
     aws = AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
     start = datetime.fromisoformat(hour) if hour else None
     saving = run_savings_job(the_names, aws, start)

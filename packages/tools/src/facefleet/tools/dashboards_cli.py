@@ -73,7 +73,7 @@ def _queues(names: Names, aws: AwsTarget, settings: Settings) -> Any:
 
 
 def _names(args: argparse.Namespace) -> Names:
-    return dataclasses.replace(Names(), prefix=args.prefix, metrics_namespace=args.namespace)
+    return dataclasses.replace(Names.for_prefix(args.prefix), metrics_namespace=args.namespace)
 
 
 def run(args: argparse.Namespace) -> int:
