@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.embedded import servers as local
 
 ROOT = Path(__file__).resolve().parents[1]

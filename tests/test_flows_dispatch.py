@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.control import observe
 from facefleet.control.lambda_dispatch import handler
 from facefleet.control.policy import PolicyParams, decide

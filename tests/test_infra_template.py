@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from facefleet.common.config import NAMES, RETRYABLE_EXIT_CODE, Names
+from facefleet.common.names import NAMES, RETRYABLE_EXIT_CODE, Names
 from facefleet.control.policy import DispatchInputs, PolicyParams, QueueDepth, decide
 from facefleet.infra import deploy, lambda_package, template
 from facefleet.infra.stack_config import (
@@ -349,7 +349,7 @@ def test_lambda_package_holds_the_handler_and_only_facefleet_code() -> None:
         "facefleet/control/lambda_dispatch.py",
         "facefleet/control/policy.py",
         "facefleet/control/observe.py",
-        "facefleet/common/config.py",
+        "facefleet/common/names.py",
         "facefleet/common/aws.py",
     } <= names
     assert not any(n.startswith("facefleet/worker") for n in names)

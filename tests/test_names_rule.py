@@ -7,8 +7,8 @@ from dataclasses import asdict
 
 import pytest
 
-from facefleet.common.config import NAMES, Names
 from facefleet.common.instances import INSTANCES, PRIMARY_INSTANCE_TYPES
+from facefleet.common.names import NAMES, Names
 from facefleet.tools import dashboards_cli, flows_cli, infra_cli
 
 

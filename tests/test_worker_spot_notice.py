@@ -16,7 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
+from facefleet.common.config import Settings
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.worker.consumer import ConsumerConfig, Outcome, serve
 from facefleet.worker.spot import NOTICE_PATH, TOKEN_PATH, SpotNoticeWatcher
 from tests.sqs_helpers import counts, create_queue, send

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.dashboards.alarms import AlarmQueues, AlarmThresholds, build_alarms
 from facefleet.dashboards.dashboard import build_dashboard, put_dashboard_input
 

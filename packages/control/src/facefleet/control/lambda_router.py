@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.metrics import MetricsEmitter
+from facefleet.common.names import Names
 from facefleet.control.router import METRICS_SERVICE, Router, lambda_attributes
 
 

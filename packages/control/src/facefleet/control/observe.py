@@ -27,7 +27,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.control.policy import (
     ACTIVE_STATES,
     DETECTION,

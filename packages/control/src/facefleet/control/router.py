@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.messages import MalformedMessage, parse_indexing_message
 from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.common.names import Names
 
 WEIGHT = "weight"
 STAGE = "stage"

@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.control import observe
 from facefleet.control.cutover import ecs_move, effects, machine
 from facefleet.control.cutover import health as health_reads

@@ -39,7 +39,7 @@ from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.flows.cutover import cutover, pause_flow, resume_flow, rollback_flow
 from facefleet.flows.dispatch import dispatch
 from facefleet.flows.provisioning import provision

@@ -19,8 +19,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names, Settings
+from facefleet.common.config import Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.common.names import Names
 from facefleet.control import dispatch_tick, observe
 from facefleet.control.policy import Decision, DispatchInputs, PolicyParams, Submission
 

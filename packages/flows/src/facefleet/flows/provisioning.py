@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.dashboards.apply import apply_dashboards
 from facefleet.infra import deploy
 from facefleet.infra.stack_config import StackConfig

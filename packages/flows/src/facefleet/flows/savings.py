@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.dashboards.savings import run_savings_job
 
 SAVINGS_CRON = "5 * * * *"  # after the hour's last metrics have landed

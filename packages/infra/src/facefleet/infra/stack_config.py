@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import ENV_NAMES, NAMES, Names
+from facefleet.common.config import ENV_NAMES
+from facefleet.common.names import NAMES, Names
 
 QUEUE_ARN = re.compile(
     r"^arn:(?P<partition>[\w-]+):sqs:(?P<region>[\w-]+):(?P<account>\d{12}):(?P<name>[\w.-]+)$"

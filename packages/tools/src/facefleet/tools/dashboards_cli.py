@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names, Settings
+from facefleet.common.config import Settings
+from facefleet.common.names import Names
 
 DEFAULT_PNG = Path(".facefleet/dashboard.png")
 DEFAULT_EXPORT = Path(".facefleet/cloudwatch")

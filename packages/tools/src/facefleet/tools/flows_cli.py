@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 
 
 def _names(args: argparse.Namespace) -> dict[str, Any] | None:

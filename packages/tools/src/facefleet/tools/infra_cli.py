@@ -26,7 +26,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import NAMES, Names
+from facefleet.common.names import NAMES, Names
 from facefleet.infra import deploy, template
 from facefleet.infra.stack_config import StackConfig, StackConfigError, worker_environment
 

@@ -83,8 +83,9 @@ from botocore.exceptions import (
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
+from facefleet.common.config import Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.worker.spot import SpotNoticeWatcher
 
 if TYPE_CHECKING:

@@ -11,8 +11,9 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names, Settings
+from facefleet.common.config import Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.common.names import Names
 from facefleet.control import observe, router
 from facefleet.control.cutover.machine import CutoverState
 

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
+from facefleet.common.names import Names
 from facefleet.control import observe, router
 from facefleet.control.cutover.machine import CutoverState, Health
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
+from facefleet.common.names import Names
 from facefleet.control.cutover import ecs_move, effects
 from facefleet.control.cutover import health as health_reads
 from facefleet.control.cutover.ecs_move import MoveCheck

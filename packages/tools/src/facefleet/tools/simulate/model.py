@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from facefleet.common.config import NAMES, Names, Settings
+from facefleet.common.config import Settings
 from facefleet.common.instances import DEFAULT_MIX
+from facefleet.common.names import NAMES, Names
 from facefleet.control import policy as dispatch
 from facefleet.control.policy import (
     DETECTION,
