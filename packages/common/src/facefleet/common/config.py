@@ -144,6 +144,8 @@ class Settings(BaseSettings):
     )
     metrics_namespace: str = _env("METRICS_NAMESPACE", NAMES.metrics_namespace)
     metrics_to_cloudwatch: bool = _env("METRICS_TO_CLOUDWATCH", False)
+    # The flow runtime's alerts topic (its role may publish to it, not list topics).
+    alerts_topic_arn: str | None = _env("ALERTS_TOPIC_ARN")
     batch_job_array_index: int | None = _env("AWS_BATCH_JOB_ARRAY_INDEX")
     batch_job_attempt: int | None = _env("AWS_BATCH_JOB_ATTEMPT")
     batch_job_id: str | None = _env("AWS_BATCH_JOB_ID")
