@@ -10,7 +10,6 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from facefleet.common.aws import AwsTarget, topic_arn_by_name
-from facefleet.common.config import Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.common.names import Names
 from facefleet.control import observe, router
@@ -18,6 +17,9 @@ from facefleet.control.cutover.machine import CutoverState
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
+
+    # Passed in by the flow (its entry point); the control core installs without pydantic.
+    from facefleet.common.config import Settings
 
 METRICS_SERVICE = "cutover"
 
