@@ -4,7 +4,6 @@ the ECS service to its own queue is `ecs_move`."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING
 from facefleet.common.aws import AwsTarget, topic_arn_by_name
 from facefleet.common.metrics import Metric, MetricsEmitter
 from facefleet.common.names import Names
-from facefleet.control import observe, router
+from facefleet.control import observe, parameters, router
 from facefleet.control.cutover.machine import CutoverState
 
 if TYPE_CHECKING:
@@ -31,21 +30,18 @@ def state_parameter(names: Names) -> str:
 
 
 def load_state(names: Names, aws: AwsTarget) -> CutoverState:
-    ssm = aws.client("ssm")
-    try:
-        raw = ssm.get_parameter(Name=state_parameter(names))["Parameter"]["Value"]
-    except ssm.exceptions.ParameterNotFound:
+    """The cutover's record, with the weight from the one parameter the router reads (the
+    record does not repeat it: a weight stored twice can disagree)."""
+    data = parameters.read_json(aws, state_parameter(names))
+    if data is None:
         return CutoverState()
-    return CutoverState(**json.loads(raw))
+    data.pop("weight", None)  # written by versions that stored it twice
+    return CutoverState(**data, weight=router.read_weight(names, aws))
 
 
 def save_state(names: Names, state: CutoverState, aws: AwsTarget) -> None:
-    aws.client("ssm").put_parameter(
-        Name=state_parameter(names),
-        Value=json.dumps(asdict(state)),
-        Type="String",
-        Overwrite=True,
-    )
+    record = {k: v for k, v in asdict(state).items() if k != "weight"}
+    parameters.write_json(aws, state_parameter(names), record)
     router.write_weight(names, state.weight, state.stage, aws)
 
 
