@@ -23,11 +23,9 @@ from facefleet.control.cutover import health as health_reads
 
 def _setup(
     names: Mapping[str, Any] | None, region: str | None, endpoint_url: str | None
-) -> tuple[Names, AwsTarget, Settings]:
-    """Flow parameters to `Names` and the AWS target (unset parts from the environment), and the
-    flow run's settings (ALERTS_TOPIC_ARN, METRICS_*): a flow run is an entry point."""
-    aws = AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
-    return Names.from_params(names), aws, Settings.from_env()
+) -> tuple[Names, AwsTarget]:
+    """Flow parameters to `Names` and the AWS target (unset parts from the environment)."""
+    return Names.from_params(names), AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
 
 
 @flow(name="cutover", log_prints=True)
@@ -42,7 +40,8 @@ def cutover(
 ) -> dict[str, Any]:
     """One scheduled cutover step: read health, evaluate, apply to SSM, emit the weight."""
     logger = get_run_logger()
-    the_names, aws, settings = _setup(names, region, endpoint_url)
+    the_names, aws = _setup(names, region, endpoint_url)
+    settings = Settings.from_env()  # ALERTS_TOPIC_ARN, METRICS_*: a flow run is an entry point
     the_gates = machine.gates_from(gates)
     now = time.time()
     state = effects.load_state(the_names, aws)
@@ -106,7 +105,8 @@ def rollback_flow(
     endpoint_url: str | None = None,
 ) -> dict[str, Any]:
     """Send all traffic back to ECS now, return waiting Batch messages to the ECS queue, alert."""
-    the_names, aws, settings = _setup(names, region, endpoint_url)
+    the_names, aws = _setup(names, region, endpoint_url)
+    settings = Settings.from_env()  # ALERTS_TOPIC_ARN, METRICS_*: a flow run is an entry point
     state = machine.rollback(reason, time.time())
     effects.save_state(the_names, state, aws)
     moved = effects.rollback_effects(the_names, state, aws, settings)
@@ -123,7 +123,7 @@ def pause_flow(
     endpoint_url: str | None = None,
 ) -> dict[str, Any]:
     """Freeze the cutover at its current weight (the router keeps splitting as it is)."""
-    the_names, aws, _ = _setup(names, region, endpoint_url)
+    the_names, aws = _setup(names, region, endpoint_url)
     state = machine.pause(effects.load_state(the_names, aws), reason)
     effects.save_state(the_names, state, aws)
     return asdict(state)
@@ -136,7 +136,7 @@ def resume_flow(
     endpoint_url: str | None = None,
 ) -> dict[str, Any]:
     """Continue a paused cutover, or restart a rolled-back one from the first stage."""
-    the_names, aws, _ = _setup(names, region, endpoint_url)
+    the_names, aws = _setup(names, region, endpoint_url)
     state = machine.resume(effects.load_state(the_names, aws), time.time())
     state = replace(state, dead_letters_at_entry=health_reads.dead_letter_count(the_names, aws))
     effects.save_state(the_names, state, aws)
