@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.embedded import servers as local
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,11 +57,7 @@ class ServerEnv:
 
     @property
     def names(self) -> Names:
-        return Names(
-            prefix=f"t{self.namespace}",
-            grouping_prefix=f"t{self.namespace}-grouping",
-            stack_name=f"t{self.namespace}",
-        )
+        return replace(Names.for_prefix(f"t{self.namespace}"), stack_name=f"t{self.namespace}")
 
     @property
     def endpoint_url(self) -> str:

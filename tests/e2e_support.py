@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facefleet.common.config import Names
 from facefleet.common.documents import ImageStatus
+from facefleet.common.names import Names
 from facefleet.common.repository import GALLERY_DEFAULT_DB, HUEMN_DEFAULT_DB, connect
 from facefleet.embedded import servers as local
 from facefleet.embedded.batch import FINAL, ChildStatus, LocalExecutor

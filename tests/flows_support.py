@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import RETRYABLE_EXIT_CODE, Names
+from facefleet.common.names import RETRYABLE_EXIT_CODE, Names
 
 ROLE_POLICY = json.dumps(
     {

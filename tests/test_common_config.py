@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from facefleet.common.config import (
-    NAMES,
-    ConfigError,
-    Settings,
-    load_service_settings,
-)
+from facefleet.common.config import ConfigError, Settings, load_service_settings
+from facefleet.common.names import NAMES
 
 CONTRACT = (
     "AWS_DEFAULT_REGION",

@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 from pymongo.errors import ServerSelectionTimeoutError
 
-from facefleet.common.config import RETRYABLE_EXIT_CODE
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.worker.runtime.consumer import (
     Consumer,
     ConsumerConfig,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from botocore.validate import ParamValidator
 
-from facefleet.common.config import NAMES, Names
 from facefleet.common.metrics import Metric
+from facefleet.common.names import NAMES, Names
 from facefleet.dashboards.alarms import AlarmThresholds, build_alarms, runbook_markdown
 from facefleet.dashboards.dashboard import build_dashboard, put_dashboard_input
 from facefleet.dashboards.widgets import (

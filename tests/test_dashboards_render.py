@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
+from facefleet.common.names import Names
 from facefleet.dashboards.dashboard import build_dashboard
 from facefleet.tools.cli import main
 from facefleet.tools.dashboard_render import fetch_widget, render_dashboard

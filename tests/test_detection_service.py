@@ -15,9 +15,10 @@ import pytest
 from botocore.config import Config
 from PIL import Image
 
-from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
+from facefleet.common.config import Settings
 from facefleet.common.documents import ImageStatus
 from facefleet.common.messages import DetectionRequest
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.common.repository import GALLERY_DEFAULT_DB, GalleryRepository, connect
 from facefleet.common.s3keys import image_key
 from facefleet.worker.detection.analyzer import FaceAnalyzer

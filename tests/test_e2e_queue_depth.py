@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.control.policy import PolicyParams
 from facefleet.embedded.batch import LocalExecutor
 from facefleet.flows.dispatch import dispatch

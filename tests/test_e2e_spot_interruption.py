@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.common.config import RETRYABLE_EXIT_CODE
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.embedded.batch import ChildStatus
 from facefleet.tools.demo.gallery import lfw_bulk
 from tests.e2e_support import (

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.control import observe
 from facefleet.control.lambda_dispatch import handler
 from facefleet.control.policy import PolicyParams, decide
@@ -151,9 +151,8 @@ def test_backlog_already_covered_by_running_local_jobs(env, executor, monkeypatc
 
 def test_vcpu_cap_is_never_exceeded(env, executor, monkeypatch) -> None:
     # One job fits the primary environment, two the secondary.
-    names = Names(
-        prefix=env.names.prefix,
-        grouping_prefix=env.names.grouping_prefix,
+    names = replace(
+        env.names,
         primary_max_vcpus=4,
         secondary_max_vcpus=8,
     )

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from facefleet.common.config import RETRYABLE_EXIT_CODE
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.embedded.batch import JobSpec, LocalExecutor, local_command, new_job_id
 
 RECORD = (
@@ -96,7 +96,7 @@ def test_the_containers_model_root_is_mounted_from_the_local_models(
     """A job definition's MODEL_DIR is the image's path; a local job finds the pack where
     FACEFLEET_LOCAL_MODELS (stack.env) points, so `facefleet provision` then `facefleet flows
     serve` loads models without any rewrite of the job definitions."""
-    from facefleet.common.config import MODEL_ROOT
+    from facefleet.common.names import MODEL_ROOT
     from facefleet.embedded.batch import environment_here
     from facefleet.embedded.servers import LOCAL_MODELS_ENV
 

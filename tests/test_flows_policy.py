@@ -8,7 +8,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.control.policy import (
     DETECTION,
     GROUPING,

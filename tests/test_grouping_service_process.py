@@ -8,7 +8,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-from facefleet.common.config import RETRYABLE_EXIT_CODE
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.common.repository import LeaseHeld
 from facefleet.embedded import servers as local
 from facefleet.worker.grouping.service import GroupingService

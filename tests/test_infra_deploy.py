@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from facefleet.common.config import RETRYABLE_EXIT_CODE
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.infra import deploy, lambda_package
 from facefleet.infra.stack_config import StackConfig, local_stack_config, worker_environment
 from facefleet.infra.template.batch import compute_environment_name, queue_environments

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from facefleet.common.config import NAMES, RETRYABLE_EXIT_CODE, Names
+from facefleet.common.names import NAMES, RETRYABLE_EXIT_CODE, Names
 from facefleet.control.policy import DispatchInputs, PolicyParams, QueueDepth, decide
 from facefleet.infra import deploy, lambda_package, template
 from facefleet.infra.stack_config import (
@@ -110,7 +110,7 @@ def test_batch_resources_come_from_names() -> None:
 
 
 def test_dispatch_policy_submits_only_to_what_the_template_creates() -> None:
-    names = Names(prefix="acme", grouping_prefix="acme-grouping")
+    names = Names.for_prefix("acme")
     rendered = template.render(StackConfig(names=names))
     definitions = {
         r["Properties"]["JobDefinitionName"]
@@ -349,7 +349,7 @@ def test_lambda_package_holds_the_handler_and_only_facefleet_code() -> None:
         "facefleet/control/lambda_dispatch.py",
         "facefleet/control/policy.py",
         "facefleet/control/observe.py",
-        "facefleet/common/config.py",
+        "facefleet/common/names.py",
         "facefleet/common/aws.py",
     } <= names
     assert not any(n.startswith("facefleet/worker") for n in names)

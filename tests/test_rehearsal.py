@@ -40,8 +40,9 @@ from typing import Any
 import pytest
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import NAMES, Settings
+from facefleet.common.config import Settings
 from facefleet.common.messages import DetectionRequest, parse_indexing_message
+from facefleet.common.names import NAMES
 from facefleet.control.cutover import ecs_move
 from facefleet.control.cutover import machine as cut
 from facefleet.control.router import BATCH, ECS, users_by_side

@@ -193,9 +193,9 @@ def test_router_process_is_part_of_the_local_stack(tmp_path: Path, monkeypatch) 
     try:
         assert local.status(tmp_path) == {"moto": True, "router": True}
         from facefleet.common.aws import AwsTarget
-        from facefleet.common.config import Names
+        from facefleet.common.names import Names
 
-        names, aws = Names(prefix=prefix), AwsTarget("us-east-1", state.moto_url)
+        names, aws = Names.for_prefix(prefix), AwsTarget("us-east-1", state.moto_url)
         sqs = aws.client("sqs")
         urls = {
             q: sqs.create_queue(QueueName=q)["QueueUrl"]

@@ -16,7 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
+from facefleet.common.config import Settings
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.worker.runtime.consumer import ConsumerConfig
 from facefleet.worker.runtime.outcome import Outcome
 from facefleet.worker.runtime.serve import serve

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from facefleet.common.config import RETRYABLE_EXIT_CODE
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.infra import deploy, lambda_package, template
 from facefleet.infra.stack_config import StackConfig
 from facefleet.infra.template.batch import compute_environment_name

@@ -136,7 +136,7 @@ def test_first_plan_waits_through_create_pending_for_the_changes(cloudformation:
     ]
     stubber.add_response("describe_change_set", complete, describe)
 
-    plan = deploy.plan(CONFIG, aws, sleep=lambda s: None)
+    plan = deploy.plan(CONFIG, aws)
 
     assert plan.change_set_type == "CREATE" and plan.change_set_id == CHANGE_SET_ID
     assert [c.logical_id for c in plan.changes] == ["IndexingQueue"]
@@ -152,7 +152,7 @@ def test_an_empty_change_set_fails_late_and_is_no_changes(cloudformation: Any) -
     stubber.add_response("describe_change_set", _change_set("FAILED", NO_CHANGES), describe)
     stubber.add_response("delete_change_set", {}, describe)
 
-    plan = deploy.plan(CONFIG, aws, sleep=lambda s: None)
+    plan = deploy.plan(CONFIG, aws)
 
     assert plan.no_changes and plan.change_set_type == "UPDATE"
 
@@ -168,7 +168,7 @@ def test_a_failed_change_set_with_another_reason_is_an_error(cloudformation: Any
     stubber.add_response("delete_change_set", {}, describe)
 
     with pytest.raises(deploy.DeployError, match="must have values"):
-        deploy.plan(CONFIG, aws, sleep=lambda s: None)
+        deploy.plan(CONFIG, aws)
 
 
 def test_apply_waits_from_review_in_progress_to_create_complete(cloudformation: Any) -> None:
@@ -196,7 +196,7 @@ def test_apply_waits_from_review_in_progress_to_create_complete(cloudformation: 
     stubber.add_response("describe_stacks", _stack("CREATE_COMPLETE"), by_name)  # outputs check
     stubber.add_response("describe_stacks", _stack("CREATE_COMPLETE"), by_name)  # outputs
 
-    outputs = deploy.apply(CONFIG, aws, plan=plan, sleep=lambda s: None)
+    outputs = deploy.apply(CONFIG, aws, plan=plan)
 
     assert outputs == {"Region": "ap-south-1"}
     iam_stubber.assert_no_pending_responses()  # the existing role was looked up, not created

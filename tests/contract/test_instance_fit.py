@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from facefleet.common.config import NAMES
 from facefleet.common.instances import GPU_INSTANCES, INSTANCES, SECONDARY_INSTANCE_TYPES, fits
+from facefleet.common.names import NAMES
 from facefleet.control import pricing
 from facefleet.infra import template
 from tests.contract.conftest import PRODUCTION

@@ -30,8 +30,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import NAMES, Settings
+from facefleet.common.config import Settings
 from facefleet.common.messages import DetectionRequest
+from facefleet.common.names import NAMES
 from facefleet.common.s3keys import cover_key, image_key
 from facefleet.embedded import servers as local
 from facefleet.infra import lambda_package, template

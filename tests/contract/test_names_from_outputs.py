@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from facefleet.common.config import NAMES
+from facefleet.common.names import NAMES
 from facefleet.control import observe
 from facefleet.dashboards.alarms import AlarmQueues, build_alarms
 from facefleet.flows.dispatch import dispatch

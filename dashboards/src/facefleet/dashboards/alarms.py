@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from facefleet.common.aws import queue_name
-from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
+from facefleet.common.names import Names
 from facefleet.dashboards.widgets import (
     DETECTION,
     EVENTS_NAMESPACE,

@@ -13,8 +13,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.aws import AwsTarget, topic_arn_by_name
+from facefleet.common.names import Names
 from facefleet.dashboards.alarms import AlarmQueues, AlarmThresholds, build_alarms
 from facefleet.dashboards.dashboard import build_dashboard, put_dashboard_input
 
@@ -33,11 +33,9 @@ def _tags(names: Names) -> dict[str, str]:
 
 def find_topic_arn(names: Names, aws: AwsTarget) -> str:
     """The ARN of the alerts topic the infra stack created (`Names.alerts_topic`)."""
-    sns = aws.client("sns")
-    for page in sns.get_paginator("list_topics").paginate():
-        for topic in page["Topics"]:
-            if topic["TopicArn"].rsplit(":", 1)[-1] == names.alerts_topic:
-                return str(topic["TopicArn"])
+    topic_arn = topic_arn_by_name(aws, names.alerts_topic)
+    if topic_arn is not None:
+        return topic_arn
     raise DashboardsError(
         f"SNS topic {names.alerts_topic!r} not found in {aws.region}: deploy the infra stack first"
     )

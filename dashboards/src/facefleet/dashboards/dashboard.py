@@ -11,8 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
+from facefleet.common.names import Names
 from facefleet.dashboards.alarms import AlarmThresholds
 from facefleet.dashboards.widgets import (
     CUTOVER,

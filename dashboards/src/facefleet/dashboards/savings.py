@@ -24,9 +24,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.instances import INSTANCES
 from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.common.names import Names
 from facefleet.control import pricing
 from facefleet.control.pricing import SpotPrice
 from facefleet.dashboards.widgets import DETECTION, SAVINGS, emitter_dimensions

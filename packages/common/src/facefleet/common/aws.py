@@ -150,3 +150,13 @@ class AwsTarget:
 def queue_name(queue_url: str) -> str:
     """The queue name at the end of an SQS queue URL."""
     return queue_url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def topic_arn_by_name(aws: AwsTarget, topic_name: str) -> str | None:
+    """The ARN of the SNS topic named `topic_name` in this target's account and region (the
+    name is the ARN's last field), or None. Needs sns:ListTopics."""
+    for page in aws.client("sns").get_paginator("list_topics").paginate():
+        for topic in page.get("Topics", []):
+            if topic["TopicArn"].rsplit(":", 1)[-1] == topic_name:
+                return topic["TopicArn"]
+    return None

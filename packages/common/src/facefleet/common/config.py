@@ -1,8 +1,4 @@
-"""One source of configuration: resource names for every layer, and the per-process settings.
-
-`Names` is the single place that names queues, job definitions, compute environments and their
-sizes: infra renders them, flows submit to them, dashboards chart them and workers read them, so a
-job definition the dispatcher submits to can never be one the stack does not create.
+"""The per-process settings, on pydantic-settings; resource names are `facefleet.common.names`.
 
 `Settings` is built once per process from the environment (the existing service's variable names
 are a contract) and validated at start-up: a missing or malformed value names the variable.
@@ -11,281 +7,18 @@ are a contract) and validated at start-up: a missing or malformed value names th
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from facefleet.common.aws import DEFAULT_REGION, AwsTarget
-from facefleet.common.instances import (
-    JOB_GPUS,
-    JOB_MEMORY_MIB,
-    JOB_VCPUS,
-    PRIMARY_INSTANCE_TYPES,
-    SECONDARY_INSTANCE_TYPES,
-)
-
-T = TypeVar("T")
+from facefleet.common.names import NAMES
 
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the environment variable."""
-
-
-@dataclass(frozen=True)
-class ComputeEnvironmentSpec:
-    name: str
-    allocation_strategy: str
-    max_vcpus: int
-    instance_types: tuple[str, ...] = PRIMARY_INSTANCE_TYPES
-    min_vcpus: int = 0
-    bid_percentage: int = 100
-
-
-@dataclass(frozen=True)
-class JobQueueSpec:
-    name: str
-    priority: int
-    compute_environment: str
-
-
-@dataclass(frozen=True)
-class JobDefinitionSpec:
-    name: str
-    service_type: str
-    command: tuple[str, ...]
-    # Sized from the instance facts table (facefleet.common.instances): below what ECS registers.
-    vcpus: int = JOB_VCPUS
-    memory_mib: int = JOB_MEMORY_MIB
-    gpus: int = JOB_GPUS
-    timeout_s: int = 6 * 3600
-    attempts: int = 5
-
-
-# Exit code a worker uses when it stopped early (SIGTERM / Spot notice) with work released back to
-# the queue: the job definitions' retry strategy retries on it, and on "Host EC2*" status reasons.
-RETRYABLE_EXIT_CODE = 75
-
-# The worker image's layout: the code's working directory and the model packs' root (one folder
-# per pack, MODEL_DIR = MODEL_ROOT/MODEL_PACK). The local Batch executor mounts the local packs
-# at the same root, as a volume would be.
-CONTAINER_WORKDIR = "/opt/facefleet"
-MODEL_ROOT = f"{CONTAINER_WORKDIR}/models"
-
-
-@dataclass(frozen=True)
-class Names:
-    """Names and sizes of every AWS resource FaceFleet owns; `prefix` lets two stacks coexist."""
-
-    prefix: str = "face-recognition"
-    grouping_prefix: str = "face-grouping"
-    ecr_repository: str = "face-recognition"
-    stack_name: str = "facefleet"
-    metrics_namespace: str = "FaceFleet"
-    instance_type: str = "g4dn.xlarge"
-    instance_vcpus: int = 4
-    # vCPU caps of the two compute environments; the dispatch policy never submits past them.
-    primary_max_vcpus: int = 16
-    secondary_max_vcpus: int = 256
-
-    @property
-    def primary_environment(self) -> ComputeEnvironmentSpec:
-        return ComputeEnvironmentSpec(
-            f"{self.prefix}-primary", "SPOT_CAPACITY_OPTIMIZED", self.primary_max_vcpus
-        )
-
-    @property
-    def secondary_environment(self) -> ComputeEnvironmentSpec:
-        # Diversified across every GPU type the jobs fit (AWS Spot guidance: many pools).
-        return ComputeEnvironmentSpec(
-            f"{self.prefix}-secondary",
-            "SPOT_PRICE_CAPACITY_OPTIMIZED",
-            self.secondary_max_vcpus,
-            instance_types=SECONDARY_INSTANCE_TYPES,
-        )
-
-    @property
-    def primary_queue(self) -> JobQueueSpec:
-        return JobQueueSpec(f"{self.prefix}-primary-queue", 100, self.primary_environment.name)
-
-    @property
-    def secondary_queue(self) -> JobQueueSpec:
-        return JobQueueSpec(f"{self.prefix}-secondary-queue", 50, self.secondary_environment.name)
-
-    @property
-    def detection_job(self) -> JobDefinitionSpec:
-        return JobDefinitionSpec(
-            f"{self.prefix}-job", "detection", ("python3", "run_detection_service.py")
-        )
-
-    @property
-    def grouping_job(self) -> JobDefinitionSpec:
-        return JobDefinitionSpec(
-            f"{self.grouping_prefix}-job",
-            "grouping",
-            ("python3", "run_grouping_service.py"),
-        )
-
-    @property
-    def compute_environments(self) -> tuple[ComputeEnvironmentSpec, ...]:
-        return (self.primary_environment, self.secondary_environment)
-
-    @property
-    def job_queues(self) -> tuple[JobQueueSpec, ...]:
-        return (self.primary_queue, self.secondary_queue)
-
-    @property
-    def job_definitions(self) -> tuple[JobDefinitionSpec, ...]:
-        return (self.detection_job, self.grouping_job)
-
-    # Queues created by the stack (production may reference existing ones by URL instead).
-    @property
-    def indexing_queue(self) -> str:
-        return f"{self.prefix}-indexing"
-
-    @property
-    def group_face_queue(self) -> str:
-        return f"{self.prefix}-group-face"
-
-    def dead_letter_queue(self, queue_name: str) -> str:
-        return f"{queue_name}-dlq"
-
-    @property
-    def model_bucket(self) -> str:
-        return f"{self.prefix}-models"
-
-    @property
-    def log_group(self) -> str:
-        return f"/aws/batch/{self.prefix}"
-
-    @property
-    def alerts_topic(self) -> str:
-        return f"{self.prefix}-alerts"
-
-    @property
-    def dashboard(self) -> str:
-        return f"{self.prefix}-pipeline"
-
-    # EventBridge rules whose AWS/Events TriggeredRules metric (dimension RuleName) the alarms use.
-    @property
-    def job_failed_rule(self) -> str:
-        return f"{self.prefix}-batch-job-failed"
-
-    @property
-    def spot_interruption_rule(self) -> str:
-        return f"{self.prefix}-spot-interruption"
-
-    @property
-    def cutover_parameter_prefix(self) -> str:
-        return f"/facefleet/{self.prefix}/cutover"
-
-    # Secrets Manager secrets holding the MongoDB URIs; job definitions inject them as env vars.
-    @property
-    def gallery_mongo_secret(self) -> str:
-        return f"facefleet/{self.prefix}/gallery-images-mongo-uri"
-
-    @property
-    def huemn_mongo_secret(self) -> str:
-        return f"facefleet/{self.prefix}/huemn-mongo-uri"
-
-    # The fallback dispatcher: a Lambda running the dispatch policy on an EventBridge schedule.
-    @property
-    def dispatch_function(self) -> str:
-        return f"{self.prefix}-dispatch"
-
-    @property
-    def dispatch_schedule_rule(self) -> str:
-        return f"{self.prefix}-dispatch-schedule"
-
-    # The ECS service's own queue during the cutover: the router forwards the users not (yet)
-    # on Batch here, and the ECS service's QUEUE_URL moves here at the cutover's start.
-    @property
-    def ecs_indexing_queue(self) -> str:
-        return f"{self.prefix}-ecs-indexing"
-
-    # The queue producers write to (in production the existing service's indexing queue, by
-    # URL); the router consumes it. A stack without one creates this name.
-    @property
-    def ingress_queue(self) -> str:
-        return f"{self.prefix}-ingress"
-
-    @property
-    def router_function(self) -> str:
-        return f"{self.prefix}-router"
-
-    # The flows' runtime: their image (Prefect, prefect-aws, the flows; no ML stack), the ECS
-    # cluster the Prefect worker and the flow runs use, their log group, the work pool.
-    @property
-    def flows_repository(self) -> str:
-        return f"{self.ecr_repository}-flows"
-
-    @property
-    def flows_cluster(self) -> str:
-        return f"{self.prefix}-flows"
-
-    @property
-    def flows_log_group(self) -> str:
-        return f"/ecs/{self.prefix}-flows"
-
-    @property
-    def work_pool(self) -> str:
-        return f"{self.prefix}-ecs"
-
-    # Dispatch state (last submission time for the cool-down), shared by the flow and the Lambda.
-    @property
-    def dispatch_parameter_prefix(self) -> str:
-        return f"/facefleet/{self.prefix}/dispatch"
-
-    # One dispatch tick at a time (flow or Lambda): a DynamoDB lease (facefleet.control.lease).
-    @property
-    def dispatch_lease_table(self) -> str:
-        return f"{self.prefix}-dispatch-lease"
-
-
-NAMES = Names()
-
-
-def _text(value: str) -> str:
-    return value
-
-
-def _int(value: str) -> int:
-    return int(value.strip())
-
-
-def _float(value: str) -> float:
-    return float(value.strip())
-
-
-def _bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"expected a boolean, got {value!r}")
-
-
-def _env(
-    name: str,
-    parse: Callable[[str], T],
-    default: T | None = None,
-    *,
-    check: Callable[[T], bool] | None = None,
-    rule: str = "",
-) -> Any:
-    """Describe one setting: its environment variable, parser, default and an optional check."""
-    return field(
-        default=default,
-        metadata={"env": name, "parse": parse, "check": check, "rule": rule},
-    )
-
-
-def _positive(value: float) -> bool:
-    return value > 0
-
-
-def _unit(value: float) -> bool:
-    return 0.0 <= value <= 1.0
 
 
 SERVICE_TYPES = ("detection", "grouping")
@@ -301,129 +34,139 @@ BIPA_MAX_DAYS = 3 * 365
 MESSAGE_LIFETIME_DAYS = 56
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Per-process settings. Build with `Settings.from_env()`; never read os.environ elsewhere."""
+def _env(name: str, default: Any = None, rule: str = "", **constraints: Any) -> Any:
+    """One setting: its environment variable (the alias), default, and the rule its constraints
+    state, which the start-up error quotes."""
+    return Field(default, validation_alias=name, description=rule, **constraints)
 
-    aws_region: str = _env("AWS_DEFAULT_REGION", _text, DEFAULT_REGION)
+
+# pydantic's parse-error types, worded as the start-up error says them.
+_EXPECTED = {
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_parsing": "expected a number",
+    "bool_parsing": "expected a boolean",
+}
+
+
+class Settings(BaseSettings):
+    """Per-process settings, one model for every process kind (workers, router, dispatcher, CLI):
+    they share most variables and `load_service_settings` checks what each service needs.
+
+    Build with `Settings.from_env(environ)` at an entry point and pass it in; `Settings(...)` with
+    field names gives the defaults plus the values named (job definitions render them), never
+    the process environment."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, populate_by_name=True, protected_namespaces=(), case_sensitive=True
+    )
+
+    aws_region: str = _env("AWS_DEFAULT_REGION", DEFAULT_REGION)
     service_type: str = _env(
         "SERVICE_TYPE",
-        _text,
         "detection",
-        check=lambda v: v in SERVICE_TYPES,
-        rule=f"one of {', '.join(SERVICE_TYPES)}",
+        f"one of {', '.join(SERVICE_TYPES)}",
+        pattern=f"^({'|'.join(SERVICE_TYPES)})$",
     )
-    bucket_name: str | None = _env("BUCKET_NAME", _text)
-    queue_url: str | None = _env("QUEUE_URL", _text)
-    group_face_queue_url: str | None = _env("GROUP_FACE_QUEUE_URL", _text)
-    gallery_images_mongo_uri: str | None = _env("GALLERY_IMAGES_MONGO_URI", _text)
-    huemn_mongo_uri: str | None = _env("HUEMN_MONGO_URI", _text)
-    face_group_bucket_name: str | None = _env("FACE_GROUP_BUCKET_NAME", _text)
-    log_group: str | None = _env("LOG_GROUP", _text)
+    bucket_name: str | None = _env("BUCKET_NAME")
+    queue_url: str | None = _env("QUEUE_URL")
+    group_face_queue_url: str | None = _env("GROUP_FACE_QUEUE_URL")
+    gallery_images_mongo_uri: str | None = _env("GALLERY_IMAGES_MONGO_URI")
+    huemn_mongo_uri: str | None = _env("HUEMN_MONGO_URI")
+    face_group_bucket_name: str | None = _env("FACE_GROUP_BUCKET_NAME")
+    log_group: str | None = _env("LOG_GROUP")
     message_visibility_timeout: int = _env(
-        "MESSAGE_VISIBILITY_TIMEOUT",
-        _int,
-        1800,
-        check=lambda v: 0 < v <= 43200,
-        rule="between 1 and 43200 seconds",
+        "MESSAGE_VISIBILITY_TIMEOUT", 1800, "between 1 and 43200 seconds", gt=0, le=43200
     )
-    batch_size: int = _env(
-        "BATCH_SIZE", _int, 5, check=lambda v: 1 <= v <= 10, rule="between 1 and 10 (SQS limit)"
-    )
-    max_face_workers: int = _env(
-        "MAX_FACE_WORKERS", _int, 4, check=lambda v: v >= 1, rule="at least 1"
-    )
+    batch_size: int = _env("BATCH_SIZE", 5, "between 1 and 10 (SQS limit)", ge=1, le=10)
+    max_face_workers: int = _env("MAX_FACE_WORKERS", 4, "at least 1", ge=1)
     # New in FaceFleet.
-    aws_endpoint_url: str | None = _env("AWS_ENDPOINT_URL", _text)
-    model_dir: str | None = _env("MODEL_DIR", _text)
-    model_bucket: str | None = _env("MODEL_BUCKET", _text)
-    model_pack: str = _env("MODEL_PACK", _text, "buffalo_l")
-    detection_threshold: float = _env(
-        "DETECTION_THRESHOLD", _float, 0.5, check=_unit, rule="between 0 and 1"
-    )
+    aws_endpoint_url: str | None = _env("AWS_ENDPOINT_URL")
+    model_dir: str | None = _env("MODEL_DIR")
+    model_bucket: str | None = _env("MODEL_BUCKET")
+    model_pack: str = _env("MODEL_PACK", "buffalo_l")
+    detection_threshold: float = _env("DETECTION_THRESHOLD", 0.5, "between 0 and 1", ge=0.0, le=1.0)
     detection_size: int = _env(
-        "DETECTION_SIZE",
-        _int,
-        640,
-        check=lambda v: v >= 160 and v % 32 == 0,
-        rule="a multiple of 32, at least 160",
+        "DETECTION_SIZE", 640, "a multiple of 32, at least 160", ge=160, multiple_of=32
     )
     rec_batch_size: int = _env(
         "REC_BATCH_SIZE",
-        _int,
         0,
-        check=lambda v: v >= 0,
-        rule="0 (the execution provider's measured default) or a positive batch size",
+        "0 (the execution provider's measured default) or a positive batch size",
+        ge=0,
     )
-    max_image_pixels: int = _env(
-        "MAX_IMAGE_PIXELS", _int, 50_000_000, check=_positive, rule="positive"
-    )
-    max_image_bytes: int = _env(
-        "MAX_IMAGE_BYTES", _int, 50 * 1024 * 1024, check=_positive, rule="positive"
-    )
-    idle_exit_seconds: float = _env(
-        "IDLE_EXIT_SECONDS", _float, 60.0, check=lambda v: v >= 0, rule="not negative"
-    )
-    poll_wait_seconds: int = _env(
-        "POLL_WAIT_SECONDS", _int, 20, check=lambda v: 0 <= v <= 20, rule="between 0 and 20"
-    )
-    shutdown_deadline_seconds: float = _env(
-        "SHUTDOWN_DEADLINE_SECONDS", _float, 90.0, check=_positive, rule="positive"
-    )
-    # The Spot two-minute notice, read from instance metadata (facefleet.worker.spot).
+    max_image_pixels: int = _env("MAX_IMAGE_PIXELS", 50_000_000, "positive", gt=0)
+    max_image_bytes: int = _env("MAX_IMAGE_BYTES", 50 * 1024 * 1024, "positive", gt=0)
+    idle_exit_seconds: float = _env("IDLE_EXIT_SECONDS", 60.0, "not negative", ge=0)
+    poll_wait_seconds: int = _env("POLL_WAIT_SECONDS", 20, "between 0 and 20", ge=0, le=20)
+    shutdown_deadline_seconds: float = _env("SHUTDOWN_DEADLINE_SECONDS", 90.0, "positive", gt=0)
+    # The Spot two-minute notice, read from instance metadata (facefleet.worker.runtime.spot).
     spot_notice_poll_seconds: float = _env(
         "SPOT_NOTICE_POLL_SECONDS",
-        _float,
         5.0,
-        check=lambda v: 0 <= v <= 30,
-        rule="0 (off) to 30 seconds (the notice comes 120 s ahead)",
+        "0 (off) to 30 seconds (the notice comes 120 s ahead)",
+        ge=0,
+        le=30,
     )
-    instance_metadata_endpoint: str = _env(
-        "INSTANCE_METADATA_ENDPOINT", _text, "http://169.254.169.254"
-    )
+    instance_metadata_endpoint: str = _env("INSTANCE_METADATA_ENDPOINT", "http://169.254.169.254")
     grouping_distance: float = _env(
         "GROUPING_DISTANCE",
-        _float,
         0.0,
-        check=lambda v: 0 <= v <= 2,
-        rule="a cosine distance between 0 and 2 (0 = the algorithm's default)",
+        "a cosine distance between 0 and 2 (0 = the algorithm's default)",
+        ge=0,
+        le=2,
     )
     # Privacy: consent and retention (facefleet.worker.privacy.consent / .retention).
-    face_recognition_consent: str = _env(
-        "FACE_RECOGNITION_CONSENT",
-        lambda v: v.strip().lower(),
-        "opt_out",
-        check=lambda v: v in CONSENT_MODES,
-        rule=f"one of {', '.join(CONSENT_MODES)}",
+    face_recognition_consent: Literal["opt_out", "opt_in"] = _env(
+        "FACE_RECOGNITION_CONSENT", "opt_out", f"one of {', '.join(CONSENT_MODES)}"
     )
     retention_inactive_days: int = _env(
         "RETENTION_INACTIVE_DAYS",
-        _int,
         730,
-        check=lambda v: 1 <= v <= BIPA_MAX_DAYS,
-        rule=f"between 1 and {BIPA_MAX_DAYS} days (BIPA: at most 3 years after the last "
-        "interaction)",
+        f"between 1 and {BIPA_MAX_DAYS} days (BIPA: at most 3 years after the last interaction)",
+        ge=1,
+        le=BIPA_MAX_DAYS,
     )
     tombstone_retention_days: int = _env(
         "TOMBSTONE_RETENTION_DAYS",
-        _int,
         90,
-        check=lambda v: MESSAGE_LIFETIME_DAYS < v <= BIPA_MAX_DAYS,
-        rule=f"more than {MESSAGE_LIFETIME_DAYS} days (the longest a message can live) and at "
+        f"more than {MESSAGE_LIFETIME_DAYS} days (the longest a message can live) and at "
         f"most {BIPA_MAX_DAYS}",
+        gt=MESSAGE_LIFETIME_DAYS,
+        le=BIPA_MAX_DAYS,
     )
     retention_run_hours: float = _env(
         "RETENTION_RUN_HOURS",
-        _float,
         24.0,
-        check=lambda v: 0 <= v <= 24 * 30,
-        rule="0 (no purge when a grouping worker starts) to 720 hours",
+        "0 (no purge when a grouping worker starts) to 720 hours",
+        ge=0,
+        le=24 * 30,
     )
-    metrics_namespace: str = _env("METRICS_NAMESPACE", _text, NAMES.metrics_namespace)
-    metrics_to_cloudwatch: bool = _env("METRICS_TO_CLOUDWATCH", _bool, False)
-    batch_job_array_index: int | None = _env("AWS_BATCH_JOB_ARRAY_INDEX", _int)
-    batch_job_attempt: int | None = _env("AWS_BATCH_JOB_ATTEMPT", _int)
-    batch_job_id: str | None = _env("AWS_BATCH_JOB_ID", _text)
+    metrics_namespace: str = _env("METRICS_NAMESPACE", NAMES.metrics_namespace)
+    metrics_to_cloudwatch: bool = _env("METRICS_TO_CLOUDWATCH", False)
+    # The flow runtime's alerts topic (its role may publish to it, not list topics).
+    alerts_topic_arn: str | None = _env("ALERTS_TOPIC_ARN")
+    batch_job_array_index: int | None = _env("AWS_BATCH_JOB_ARRAY_INDEX")
+    batch_job_attempt: int | None = _env("AWS_BATCH_JOB_ATTEMPT")
+    batch_job_id: str | None = _env("AWS_BATCH_JOB_ID")
+
+    @field_validator("face_recognition_consent", mode="before")
+    @classmethod
+    def _lowered(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what the caller passes: `from_env` passes the environment mapping it was given,
+        # so a test's mapping is the whole environment and `Settings()` is the defaults.
+        return (init_settings,)
 
     @property
     def aws(self) -> AwsTarget:
@@ -432,28 +175,19 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read every setting; raise one ConfigError listing each bad variable by name."""
+        """Read every setting; raise one ConfigError listing each bad variable by name.
+        An unset or empty variable takes the default. `environ=None` reads the process
+        environment: entry points only."""
         source = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        problems: list[str] = []
-        for f in fields(cls):
-            meta = f.metadata
-            raw = source.get(meta["env"])
-            if raw is None or raw == "":
-                values[f.name] = f.default
-                continue
-            try:
-                value = meta["parse"](raw)
-            except ValueError as error:
-                problems.append(f"{meta['env']}={raw!r}: {error}")
-                continue
-            if meta["check"] is not None and not meta["check"](value):
-                problems.append(f"{meta['env']}={raw!r}: must be {meta['rule']}")
-                continue
-            values[f.name] = value
-        if problems:
-            raise ConfigError("invalid settings: " + "; ".join(problems))
-        return cls(**values)
+        known: dict[str, Any] = {
+            alias: source[alias] for alias in ENV_NAMES.values() if source.get(alias)
+        }
+        try:
+            return cls(**known)
+        except ValidationError as error:
+            raise ConfigError(
+                "invalid settings: " + "; ".join(_problem(e, known) for e in error.errors())
+            ) from None
 
     def require(self, *attributes: str) -> None:
         """Stop at start-up when a value this process needs is missing, naming the variables."""
@@ -466,15 +200,26 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables (for job definitions and local child processes)."""
         env: dict[str, str] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for name, value in self.model_dump().items():
             if value is None:
                 continue
-            env[f.metadata["env"]] = str(value).lower() if isinstance(value, bool) else str(value)
+            env[ENV_NAMES[name]] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
 
 
-ENV_NAMES: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Settings)}
+ENV_NAMES: dict[str, str] = {
+    name: str(info.validation_alias) for name, info in Settings.model_fields.items()
+}
+
+
+def _problem(error: Any, known: Mapping[str, str]) -> str:
+    alias = str(error["loc"][0])
+    rule = Settings.model_fields[_FIELD_OF[alias]].description or ""
+    reason = _EXPECTED.get(error["type"]) or (f"must be {rule}" if rule else error["msg"])
+    return f"{alias}={known.get(alias)!r}: {reason}"
+
+
+_FIELD_OF = {alias: name for name, alias in ENV_NAMES.items()}
 
 REQUIRED_BY_SERVICE: dict[str, tuple[str, ...]] = {
     "detection": (

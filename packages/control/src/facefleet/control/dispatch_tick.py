@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.control import observe
 from facefleet.control.lease import DispatchLease
 from facefleet.control.policy import (

@@ -26,20 +26,12 @@ from dataclasses import fields
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names, Settings
+from facefleet.common.names import Names
 from facefleet.control import dispatch_tick
 from facefleet.control.policy import PolicyParams
 
 log = logging.getLogger(__name__)
 log.setLevel(logging.INFO)
-
-
-def names_from_env(environ: Mapping[str, str]) -> Names:
-    defaults = Names()
-    return Names(
-        prefix=environ.get("FACEFLEET_PREFIX", defaults.prefix),
-        grouping_prefix=environ.get("FACEFLEET_GROUPING_PREFIX", defaults.grouping_prefix),
-    )
 
 
 def params_from_env(environ: Mapping[str, str]) -> PolicyParams:
@@ -55,17 +47,18 @@ def handler(event: Mapping[str, Any] | None, context: Any) -> dict[str, Any]:
     """One dispatch tick. `event` may carry `names` (Names fields) and `policy` overrides."""
     event = event or {}
     environ = os.environ
-    names = Names(**event["names"]) if event.get("names") else names_from_env(environ)
+    names = Names.from_params(event["names"]) if event.get("names") else Names.from_env(environ)
     params = PolicyParams(**event["policy"]) if event.get("policy") else params_from_env(environ)
     aws = AwsTarget.from_env(environ)
-    settings = Settings.from_env(environ)
     done = dispatch_tick.tick(
         names,
         params,
         aws,
         aws.client("batch"),
-        queue_url=settings.queue_url,
-        group_face_queue_url=settings.group_face_queue_url,
+        # The Lambda runtime has boto3 only (no pydantic): the two URLs the template sets are
+        # read here, as the service's own variables.
+        queue_url=environ.get("QUEUE_URL") or None,
+        group_face_queue_url=environ.get("GROUP_FACE_QUEUE_URL") or None,
         now_s=float(event["now_s"]) if "now_s" in event else None,
     )
     result = done.as_dict()

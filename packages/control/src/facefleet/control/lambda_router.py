@@ -18,17 +18,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.metrics import MetricsEmitter
+from facefleet.common.names import Names
 from facefleet.control.router import METRICS_SERVICE, Router, lambda_attributes
 
 
 def router_from_env(environ: Mapping[str, str]) -> Router:
-    defaults = Names()
-    names = Names(
-        prefix=environ.get("FACEFLEET_PREFIX", defaults.prefix),
-        grouping_prefix=environ.get("FACEFLEET_GROUPING_PREFIX", defaults.grouping_prefix),
-    )
+    names = Names.from_env(environ)
     # EMF on stdout: CloudWatch Logs turns it into the routed-per-side metrics, no API call.
     metrics = MetricsEmitter(
         environ.get("METRICS_NAMESPACE", names.metrics_namespace), {"Service": METRICS_SERVICE}

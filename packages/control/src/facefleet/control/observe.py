@@ -20,14 +20,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
+from facefleet.control import parameters
 from facefleet.control.policy import (
     ACTIVE_STATES,
     DETECTION,
@@ -223,12 +224,9 @@ def state_parameter(names: Names) -> str:
 
 
 def load_state(names: Names, aws: AwsTarget) -> DispatchState:
-    ssm = aws.client("ssm")
-    try:
-        raw = ssm.get_parameter(Name=state_parameter(names))["Parameter"]["Value"]
-    except ssm.exceptions.ParameterNotFound:
+    data = parameters.read_json(aws, state_parameter(names))
+    if data is None:
         return DispatchState()
-    data: Mapping[str, Any] = json.loads(raw)
     return DispatchState(
         last_submission_s=data.get("last_submission_s"),
         backlog_since_s=data.get("backlog_since_s"),
@@ -236,12 +234,7 @@ def load_state(names: Names, aws: AwsTarget) -> DispatchState:
 
 
 def save_state(names: Names, state: DispatchState, aws: AwsTarget) -> None:
-    aws.client("ssm").put_parameter(
-        Name=state_parameter(names),
-        Value=json.dumps(asdict(state)),
-        Type="String",
-        Overwrite=True,
-    )
+    parameters.write_json(aws, state_parameter(names), asdict(state))
 
 
 def observe(

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from facefleet.common.config import NAMES, Names
 from facefleet.common.instances import (
     DEFAULT_MIX,
     INSTANCES,
@@ -38,6 +37,7 @@ from facefleet.common.instances import (
     images_per_s,
     parse_mix,
 )
+from facefleet.common.names import NAMES, Names
 
 if TYPE_CHECKING:
     from mypy_boto3_batch.literals import JobStatusType

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.messages import MalformedMessage, parse_indexing_message
 from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.common.names import Names
+from facefleet.control import parameters
 
 WEIGHT = "weight"
 STAGE = "stage"
@@ -92,20 +93,13 @@ def split(body: str | bytes) -> list[tuple[str | bytes, str | None]]:
 
 def read_weight(names: Names, aws: AwsTarget) -> int:
     """The Batch share in percent; 0 (all ECS) when the cutover has not started."""
-    ssm = aws.client("ssm")
-    try:
-        value = ssm.get_parameter(Name=parameter(names, WEIGHT))["Parameter"]["Value"]
-    except ssm.exceptions.ParameterNotFound:
-        return 0
-    return int(value)
+    value = parameters.read(aws, parameter(names, WEIGHT))
+    return 0 if value is None else int(value)
 
 
 def write_weight(names: Names, weight: int, stage: int, aws: AwsTarget) -> None:
-    ssm = aws.client("ssm")
     for leaf, value in ((WEIGHT, weight), (STAGE, stage)):
-        ssm.put_parameter(
-            Name=parameter(names, leaf), Value=str(value), Type="String", Overwrite=True
-        )
+        parameters.write(aws, parameter(names, leaf), str(value))
 
 
 @dataclass(frozen=True)

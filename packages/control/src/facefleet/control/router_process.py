@@ -24,19 +24,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.metrics import MetricsEmitter
+from facefleet.common.names import Names
 from facefleet.control.router import METRICS_SERVICE, Router
 
 log = logging.getLogger("facefleet.router")
-
-
-def _names(environ: Mapping[str, str]) -> Names:
-    defaults = Names()
-    return Names(
-        prefix=environ.get("FACEFLEET_PREFIX", defaults.prefix),
-        grouping_prefix=environ.get("FACEFLEET_GROUPING_PREFIX", defaults.grouping_prefix),
-    )
 
 
 def _wait_for_queues(
@@ -74,7 +66,7 @@ def _wait_for_queues(
 
 def run(environ: Mapping[str, str], stop: threading.Event, poll_s: int = 1) -> int:
     """Forward ingress messages until `stop`; the number forwarded."""
-    names = _names(environ)
+    names = Names.from_env(environ)
     aws = AwsTarget.from_env(environ)
     found = _wait_for_queues(names, aws, environ, stop)
     if found is None:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facefleet.common.config import MODEL_ROOT, RETRYABLE_EXIT_CODE
+from facefleet.common.names import MODEL_ROOT, RETRYABLE_EXIT_CODE
 from facefleet.control.policy import ActiveJob
 from facefleet.embedded.servers import LOCAL_MODELS_ENV
 

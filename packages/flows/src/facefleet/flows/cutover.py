@@ -14,7 +14,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.config import Settings
+from facefleet.common.names import Names
 from facefleet.control import observe
 from facefleet.control.cutover import ecs_move, effects, machine
 from facefleet.control.cutover import health as health_reads
@@ -24,7 +25,7 @@ def _setup(
     names: Mapping[str, Any] | None, region: str | None, endpoint_url: str | None
 ) -> tuple[Names, AwsTarget]:
     """Flow parameters to `Names` and the AWS target (unset parts from the environment)."""
-    return Names(**dict(names or {})), AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
+    return Names.from_params(names), AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
 
 
 @flow(name="cutover", log_prints=True)
@@ -40,6 +41,7 @@ def cutover(
     """One scheduled cutover step: read health, evaluate, apply to SSM, emit the weight."""
     logger = get_run_logger()
     the_names, aws = _setup(names, region, endpoint_url)
+    settings = Settings.from_env()  # ALERTS_TOPIC_ARN, METRICS_*: a flow run is an entry point
     the_gates = machine.gates_from(gates)
     now = time.time()
     state = effects.load_state(the_names, aws)
@@ -71,11 +73,11 @@ def cutover(
         effects.save_state(the_names, new_state, aws)
     moved = 0
     if decision.action == "rollback":
-        moved = effects.rollback_effects(the_names, new_state, aws)
+        moved = effects.rollback_effects(the_names, new_state, aws, settings)
     released = False
     if decision.action == "complete":
         released = effects.release_ecs(ecs_cluster, ecs_service, aws)
-    effects.emit_weight(the_names, new_state.weight, aws)
+    effects.emit_weight(the_names, new_state.weight, aws, settings)
     logger.info(
         "cutover %s: %d %% -> %d %% (%s); health %s",
         decision.action,
@@ -104,10 +106,11 @@ def rollback_flow(
 ) -> dict[str, Any]:
     """Send all traffic back to ECS now, return waiting Batch messages to the ECS queue, alert."""
     the_names, aws = _setup(names, region, endpoint_url)
+    settings = Settings.from_env()  # ALERTS_TOPIC_ARN, METRICS_*: a flow run is an entry point
     state = machine.rollback(reason, time.time())
     effects.save_state(the_names, state, aws)
-    moved = effects.rollback_effects(the_names, state, aws)
-    effects.emit_weight(the_names, 0, aws)
+    moved = effects.rollback_effects(the_names, state, aws, settings)
+    effects.emit_weight(the_names, 0, aws, settings)
     get_run_logger().info("cutover rolled back (%s); %d message(s) returned", reason, moved)
     return {"weight": 0, "status": state.status, "returned_to_ecs": moved}
 

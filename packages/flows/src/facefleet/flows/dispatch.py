@@ -19,8 +19,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names, Settings
+from facefleet.common.config import Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.common.names import Names
 from facefleet.control import dispatch_tick, observe
 from facefleet.control.policy import Decision, DispatchInputs, PolicyParams, Submission
 
@@ -33,7 +34,7 @@ METRICS_SERVICE = "dispatch"  # the Service dimension the dashboards chart dispa
 
 def names_from(values: Mapping[str, Any] | None) -> Names:
     """`Names` from flow parameters (a deployment passes plain JSON)."""
-    return Names(**dict(values or {}))
+    return Names.from_params(values)
 
 
 def local_executor(state_dir: str | None) -> LocalExecutor:

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.flows.deployments import (
     CUTOVER_INTERVAL_MIN,
     DISPATCH_INTERVAL_S,

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.dashboards.apply import apply_dashboards
 from facefleet.infra import deploy
 from facefleet.infra.stack_config import StackConfig
@@ -96,7 +96,7 @@ def provision(
     `local`: the embedded stack (default VPC, buckets created); otherwise `config` carries the
     production `StackConfig` fields (vpc_id, subnet_ids, existing queues, ...)."""
     logger = get_run_logger()
-    the_names = Names(**dict(names or {}))
+    the_names = Names.from_params(names)
     aws = AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
     stack_config = render(the_names, aws, local, config)
     validate(stack_config)

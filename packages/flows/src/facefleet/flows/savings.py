@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.dashboards.savings import run_savings_job
 
 SAVINGS_CRON = "5 * * * *"  # after the hour's last metrics have landed
@@ -25,7 +25,7 @@ def spot_savings(
     hour: str | None = None,
 ) -> dict[str, Any]:
     """One hour's saving (`hour`: ISO start; default the previous full hour), published."""
-    the_names = Names(**dict(names or {}))
+    the_names = Names.from_params(names)
     aws = AwsTarget.from_env(region=region, endpoint_url=endpoint_url)
     start = datetime.fromisoformat(hour) if hour else None
     saving = run_savings_job(the_names, aws, start)

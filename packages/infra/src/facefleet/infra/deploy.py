@@ -28,11 +28,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 from botocore.parsers import ResponseParserError
 
 from facefleet.common.aws import AwsTarget
@@ -153,24 +153,55 @@ def change_set_pending(status: str) -> bool:
     raise DeployError(f"unknown change set status {status!r}")
 
 
-def _wait(
-    describe: Callable[[], Mapping[str, Any] | None],
-    status_key: str,
-    what: str,
-    timeout_s: float,
-    poll_s: float = 2.0,
-    pending: Callable[[str], bool] = stack_pending,
-    sleep: Callable[[float], None] = time.sleep,
+def _waiter_config(timeout_s: float, poll_s: float) -> dict[str, int]:
+    return {"Delay": max(1, round(poll_s)), "MaxAttempts": max(1, int(timeout_s // poll_s) + 1)}
+
+
+def _wait_change_set(
+    cloudformation: Any, change_set_id: str, what: str, timeout_s: float
 ) -> Mapping[str, Any] | None:
-    """Describe until the status is no longer `pending` (None: the resource is gone)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        current = describe()
-        if current is None or not pending(current[status_key]):
-            return current
-        if time.monotonic() > deadline:
-            raise DeployError(f"{what} still {current[status_key]} after {timeout_s:.0f} s")
-        sleep(poll_s)
+    """botocore's `change_set_create_complete` waiter. Its failure state, FAILED, is also how an
+    empty change set ends ("didn't contain changes", some seconds after CREATE_PENDING), so a
+    FAILED change set is returned for the caller to read the reason; None: it completed."""
+    try:
+        cloudformation.get_waiter("change_set_create_complete").wait(
+            ChangeSetName=change_set_id, WaiterConfig=_waiter_config(timeout_s, 1.0)
+        )
+    except WaiterError as error:
+        last = error.last_response or {}
+        if last.get("Status") == "FAILED":
+            return last
+        status = last.get("Status") or last.get("Error", {}).get("Message", "")
+        raise DeployError(f"{what} did not complete ({status}): {error}") from error
+    return None
+
+
+# botocore's stack waiters per change set type; each ends at the stack's stable status.
+STACK_WAITERS = {"CREATE": "stack_create_complete", "UPDATE": "stack_update_complete"}
+WAITER_SUCCESS = {"CREATE": "CREATE_COMPLETE", "UPDATE": "UPDATE_COMPLETE"}
+
+
+def _wait_stack(
+    cloudformation: Any, stack_name: str, waiter: str, timeout_s: float
+) -> tuple[str, str | None]:
+    """(the status the stack ended in, its id when known) after botocore's `waiter`; "DELETED"
+    when the stack is gone. Success returns no response: its status is the waiter's."""
+    try:
+        cloudformation.get_waiter(waiter).wait(
+            StackName=stack_name, WaiterConfig=_waiter_config(timeout_s, 5.0)
+        )
+    except WaiterError as error:
+        last: dict[str, Any] = dict(error.last_response or {})
+        stacks: list[Any] = last.get("Stacks") or []
+        if not stacks:
+            return "DELETED", None
+        status = str(stacks[0]["StackStatus"])
+        if stack_pending(status):
+            raise DeployError(
+                f"stack {stack_name} still {status} after {timeout_s:.0f} s"
+            ) from error
+        return status, str(stacks[0]["StackId"])
+    return "", None
 
 
 def _account_id(aws: AwsTarget) -> str:
@@ -232,14 +263,9 @@ def _parameters(config: StackConfig, existing: dict[str, Any] | None) -> list[Pa
     return parameters
 
 
-def _describe_changes(cloudformation: Any, change_set_id: str) -> tuple[Change, ...]:
+def _describe_changes(pages: Sequence[Mapping[str, Any]]) -> tuple[Change, ...]:
     changes: list[Change] = []
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"ChangeSetName": change_set_id}
-        if token:
-            kwargs["NextToken"] = token
-        response = cloudformation.describe_change_set(**kwargs)
+    for response in pages:
         for item in response.get("Changes", []):
             change = item.get("ResourceChange", {})
             changes.append(
@@ -250,9 +276,7 @@ def _describe_changes(cloudformation: Any, change_set_id: str) -> tuple[Change, 
                     replacement=change.get("Replacement", "") or "",
                 )
             )
-        token = response.get("NextToken")
-        if not token:
-            return tuple(sorted(changes, key=lambda c: (c.action, c.logical_id)))
+    return tuple(sorted(changes, key=lambda c: (c.action, c.logical_id)))
 
 
 def plan(
@@ -260,7 +284,6 @@ def plan(
     aws: AwsTarget,
     *,
     timeout_s: float = 300.0,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> Plan:
     """Render, cfn-lint and create a change set for `config`'s stack; log its summary."""
     config.validate(deploying=True)
@@ -297,24 +320,20 @@ def plan(
         Description=f"facefleet infra plan ({config.names.prefix})",
     )
     change_set_id = response["Id"]
-    described = _wait(
-        lambda: cloudformation.describe_change_set(ChangeSetName=change_set_id),
-        "Status",
-        f"change set {name}",
-        timeout_s,
-        poll_s=1.0,
-        pending=change_set_pending,
-        sleep=sleep,
-    )
-    assert described is not None
-    if described["Status"] == "FAILED":
-        reason = described.get("StatusReason", "")
+    failed = _wait_change_set(cloudformation, change_set_id, f"change set {name}", timeout_s)
+    if failed is not None:
+        reason = failed.get("StatusReason", "")
         cloudformation.delete_change_set(ChangeSetName=change_set_id)
         if any(marker in reason for marker in NO_CHANGES):
             result = Plan(stack_name, change_set_type, None, (), warnings, body)
             log.info(result.summary())
             return result
         raise DeployError(f"change set for {stack_name} failed: {reason}")
+    # Its pages (botocore's paginator) say whether it can run, and list the changes.
+    pages = list(
+        cloudformation.get_paginator("describe_change_set").paginate(ChangeSetName=change_set_id)
+    )
+    described = pages[0]
     if described.get("ExecutionStatus", "AVAILABLE") != "AVAILABLE":
         raise DeployError(
             f"change set for {stack_name} is {described['Status']} but cannot be executed "
@@ -324,7 +343,7 @@ def plan(
         stack_name,
         change_set_type,
         change_set_id,
-        _describe_changes(cloudformation, change_set_id),
+        _describe_changes(pages),
         warnings,
         body,
     )
@@ -373,19 +392,21 @@ def ensure_batch_service_linked_role(aws: AwsTarget) -> bool:
 
 
 def _failure_events(cloudformation: Any, stack_id: str, since: float) -> list[str]:
+    """The failed resources' reasons since `since` (events come newest first, paged)."""
+    reasons: list[str] = []
+    pages = cloudformation.get_paginator("describe_stack_events").paginate(StackName=stack_id)
     try:
-        events = cloudformation.describe_stack_events(StackName=stack_id)["StackEvents"]
+        for page in pages:
+            for event in page["StackEvents"]:
+                if event["Timestamp"].timestamp() < since - 5:
+                    return reasons
+                if event["ResourceStatus"].endswith("_FAILED"):
+                    reasons.append(
+                        f"{event['LogicalResourceId']} ({event['ResourceType']}): "
+                        f"{event.get('ResourceStatusReason', '')}"
+                    )
     except ClientError:
-        return []
-    reasons = []
-    for event in events:
-        if event["Timestamp"].timestamp() < since - 5:
-            continue
-        if event["ResourceStatus"].endswith("_FAILED"):
-            reasons.append(
-                f"{event['LogicalResourceId']} ({event['ResourceType']}): "
-                f"{event.get('ResourceStatusReason', '')}"
-            )
+        pass
     return reasons
 
 
@@ -395,7 +416,6 @@ def apply(
     *,
     plan: Plan | None = None,
     timeout_s: float = 3600.0,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, str]:
     """Execute `plan` (or a fresh one), wait for the stack, return its outputs."""
     current = plan if plan is not None else globals()["plan"](config, aws)
@@ -417,17 +437,15 @@ def apply(
         # botocore cannot parse as XML); AWS reports it through the stack status below.
         _roll_back_failed_create(cloudformation, current, timeout_s)
         raise DeployError(f"deploying {current.stack_name} failed: {error}") from error
-    stack = _wait(
-        lambda: _stack(cloudformation, current.stack_name),
-        "StackStatus",
-        f"stack {current.stack_name}",
+    status, stack_id = _wait_stack(
+        cloudformation,
+        current.stack_name,
+        STACK_WAITERS[current.change_set_type],
         timeout_s,
-        poll_s=5.0,
-        sleep=sleep,
     )
-    status = stack["StackStatus"] if stack else "DELETED"
+    status = status or WAITER_SUCCESS[current.change_set_type]
     if status not in STABLE_OK:
-        reasons = _failure_events(cloudformation, stack["StackId"], started) if stack else []
+        reasons = _failure_events(cloudformation, stack_id, started) if stack_id else []
         _roll_back_failed_create(cloudformation, current, timeout_s)
         raise DeployError(
             f"deploying {current.stack_name} ended {status}"
@@ -513,15 +531,10 @@ def _roll_back_failed_create(cloudformation: Any, current: Plan, timeout_s: floa
 
 def _delete(cloudformation: Any, stack_name: str, timeout_s: float) -> None:
     cloudformation.delete_stack(StackName=stack_name)
-    stack = _wait(
-        lambda: _stack(cloudformation, stack_name),
-        "StackStatus",
-        f"deleting stack {stack_name}",
-        timeout_s,
-        poll_s=5.0,
-    )
-    if stack is not None and stack["StackStatus"] not in ("DELETE_COMPLETE",):
-        raise DeployError(f"deleting {stack_name} ended {stack['StackStatus']}")
+    # Success: DELETE_COMPLETE, or the stack no longer described (ValidationError).
+    status, _ = _wait_stack(cloudformation, stack_name, "stack_delete_complete", timeout_s)
+    if status not in ("", "DELETED", "DELETE_COMPLETE"):
+        raise DeployError(f"deleting {stack_name} ended {status}")
 
 
 def outputs(config: StackConfig, aws: AwsTarget) -> dict[str, str]:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import ENV_NAMES, NAMES, Names
+from facefleet.common.config import ENV_NAMES
+from facefleet.common.names import NAMES, Names
 
 QUEUE_ARN = re.compile(
     r"^arn:(?P<partition>[\w-]+):sqs:(?P<region>[\w-]+):(?P<account>\d{12}):(?P<name>[\w.-]+)$"
@@ -263,11 +264,8 @@ def local_stack_config(
     the default VPC's subnets (creating a VPC and subnet when the region has none).
 
     Gallery and face-group buckets default to `{prefix}-gallery` and `{prefix}-face-groups`
-    (created here when missing, as production's pre-exist). A stack with its own prefix gets an
-    ECR repository named after the prefix, so several local stacks coexist on one server."""
-    if names.prefix != NAMES.prefix and names.ecr_repository == NAMES.ecr_repository:
-        # Repository names are account-wide: a second local stack gets its own.
-        names = replace(names, ecr_repository=names.prefix)
+    (created here when missing, as production's pre-exist). Several local stacks coexist on one
+    server when their names come from `Names.for_prefix` (each its own ECR repository)."""
     ec2 = aws.client("ec2")
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     vpc_id = vpcs[0]["VpcId"] if vpcs else ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]

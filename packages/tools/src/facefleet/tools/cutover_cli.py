@@ -24,7 +24,7 @@ import json
 import os
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 
 
 def stage_uploads(names: Names, entered_at_s: float) -> list[tuple[str, str]]:

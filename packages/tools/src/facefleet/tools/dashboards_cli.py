@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names, Settings
+from facefleet.common.config import Settings
+from facefleet.common.names import Names
 
 DEFAULT_PNG = Path(".facefleet/dashboard.png")
 DEFAULT_EXPORT = Path(".facefleet/cloudwatch")
@@ -73,7 +74,7 @@ def _queues(names: Names, aws: AwsTarget, settings: Settings) -> Any:
 
 
 def _names(args: argparse.Namespace) -> Names:
-    return dataclasses.replace(Names(), prefix=args.prefix, metrics_namespace=args.namespace)
+    return dataclasses.replace(Names.for_prefix(args.prefix), metrics_namespace=args.namespace)
 
 
 def run(args: argparse.Namespace) -> int:

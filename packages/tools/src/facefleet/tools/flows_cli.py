@@ -14,17 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 
 
 def _names(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.prefix is None:
         return None
-    defaults = Names()
-    grouping = args.grouping_prefix or (
-        defaults.grouping_prefix if args.prefix == defaults.prefix else f"{args.prefix}-grouping"
-    )
-    return {"prefix": args.prefix, "grouping_prefix": grouping}
+    names = Names.for_prefix(args.prefix, args.grouping_prefix)
+    return {"prefix": names.prefix, "grouping_prefix": names.grouping_prefix}
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -168,7 +165,7 @@ def deploy_flows(args: argparse.Namespace) -> int:
     else:
         from facefleet.common.aws import AwsTarget
 
-        names = Names(**(_names(args) or {}))
+        names = Names.from_params(_names(args))
         stacks = (
             AwsTarget.from_env(region=args.region)
             .client("cloudformation")
@@ -213,7 +210,7 @@ def run_cutover(args: argparse.Namespace) -> int:
     if args.action in ("status", "move-ecs-queue"):
         from facefleet.tools import cutover_cli
 
-        the_names = Names(**(names or {}))
+        the_names = Names.from_params(names)
         if args.action == "status":
             return cutover_cli.status(args, the_names)
         return cutover_cli.move(args, the_names)

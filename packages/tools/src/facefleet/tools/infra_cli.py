@@ -26,7 +26,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import NAMES, Names
+from facefleet.common.names import NAMES, Names
 from facefleet.infra import deploy, template
 from facefleet.infra.stack_config import StackConfig, StackConfigError, worker_environment
 
@@ -40,14 +40,7 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def _names(args: argparse.Namespace) -> Names:
-    names = NAMES
-    if args.prefix:
-        names = replace(
-            names,
-            prefix=args.prefix,
-            grouping_prefix=f"{args.prefix}-grouping",
-            ecr_repository=args.prefix,
-        )
+    names = Names.for_prefix(args.prefix)
     if args.stack_name:
         names = replace(names, stack_name=args.stack_name)
     return names

@@ -30,7 +30,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.control import observe, router
 from facefleet.control.cutover.ecs_task_role import (
     error_code,

@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
+from facefleet.common.names import Names
 from facefleet.control import router
 
 GRANT_POLICY = "facefleet-ecs-queue"  # the inline policy the move puts on the ECS task role

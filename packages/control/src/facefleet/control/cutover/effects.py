@@ -4,20 +4,21 @@ the ECS service to its own queue is `ecs_move`."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names, Settings
+from facefleet.common.aws import AwsTarget, topic_arn_by_name
 from facefleet.common.metrics import Metric, MetricsEmitter
-from facefleet.control import observe, router
+from facefleet.common.names import Names
+from facefleet.control import observe, parameters, router
 from facefleet.control.cutover.machine import CutoverState
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
+
+    # Passed in by the flow (its entry point); the control core installs without pydantic.
+    from facefleet.common.config import Settings
 
 METRICS_SERVICE = "cutover"
 
@@ -29,21 +30,18 @@ def state_parameter(names: Names) -> str:
 
 
 def load_state(names: Names, aws: AwsTarget) -> CutoverState:
-    ssm = aws.client("ssm")
-    try:
-        raw = ssm.get_parameter(Name=state_parameter(names))["Parameter"]["Value"]
-    except ssm.exceptions.ParameterNotFound:
+    """The cutover's record, with the weight from the one parameter the router reads (the
+    record does not repeat it: a weight stored twice can disagree)."""
+    data = parameters.read_json(aws, state_parameter(names))
+    if data is None:
         return CutoverState()
-    return CutoverState(**json.loads(raw))
+    data.pop("weight", None)  # written by versions that stored it twice
+    return CutoverState(**data, weight=router.read_weight(names, aws))
 
 
 def save_state(names: Names, state: CutoverState, aws: AwsTarget) -> None:
-    aws.client("ssm").put_parameter(
-        Name=state_parameter(names),
-        Value=json.dumps(asdict(state)),
-        Type="String",
-        Overwrite=True,
-    )
+    record = {k: v for k, v in asdict(state).items() if k != "weight"}
+    parameters.write_json(aws, state_parameter(names), record)
     router.write_weight(names, state.weight, state.stage, aws)
 
 
@@ -93,21 +91,15 @@ def return_to_ecs(names: Names, aws: AwsTarget, *, idle_polls: int = 2) -> int:
     return moved
 
 
-def alert(names: Names, subject: str, message: str, aws: AwsTarget) -> bool:
+def alert(names: Names, subject: str, message: str, aws: AwsTarget, settings: Settings) -> bool:
     """Publish to the stack's alerts topic; False (logged) when the topic does not exist."""
-    sns = aws.client("sns")
     # The flow runtime is given the topic's ARN (its role may publish, not list topics).
-    if os.environ.get("ALERTS_TOPIC_ARN"):
-        sns.publish(TopicArn=os.environ["ALERTS_TOPIC_ARN"], Subject=subject[:99], Message=message)
-        return True
-    suffix = f":{names.alerts_topic}"
-    for page in sns.get_paginator("list_topics").paginate():
-        for topic in page.get("Topics", []):
-            if topic["TopicArn"].endswith(suffix):
-                sns.publish(TopicArn=topic["TopicArn"], Subject=subject[:99], Message=message)
-                return True
-    log.warning("alerts topic %s not found; alert not sent: %s", names.alerts_topic, subject)
-    return False
+    topic_arn = settings.alerts_topic_arn or topic_arn_by_name(aws, names.alerts_topic)
+    if topic_arn is None:
+        log.warning("alerts topic %s not found; alert not sent: %s", names.alerts_topic, subject)
+        return False
+    aws.client("sns").publish(TopicArn=topic_arn, Subject=subject[:99], Message=message)
+    return True
 
 
 def release_ecs(cluster: str | None, service: str | None, aws: AwsTarget) -> bool:
@@ -118,8 +110,7 @@ def release_ecs(cluster: str | None, service: str | None, aws: AwsTarget) -> boo
     return True
 
 
-def emit_weight(names: Names, weight: int, aws: AwsTarget) -> None:
-    settings = Settings.from_env()
+def emit_weight(names: Names, weight: int, aws: AwsTarget, settings: Settings) -> None:
     MetricsEmitter(
         settings.metrics_namespace,
         {"Service": METRICS_SERVICE},
@@ -127,12 +118,13 @@ def emit_weight(names: Names, weight: int, aws: AwsTarget) -> None:
     ).emit({Metric.CUTOVER_WEIGHT: weight}, prefix=names.prefix)
 
 
-def rollback_effects(names: Names, state: CutoverState, aws: AwsTarget) -> int:
+def rollback_effects(names: Names, state: CutoverState, aws: AwsTarget, settings: Settings) -> int:
     moved = return_to_ecs(names, aws)
     alert(
         names,
         f"FaceFleet cutover rolled back to 0 % ({names.prefix})",
         f"{state.reason}\n{moved} waiting message(s) returned to the ECS queue.",
         aws,
+        settings,
     )
     return moved

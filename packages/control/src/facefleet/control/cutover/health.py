@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
-from facefleet.control import observe, router
+from facefleet.common.names import Names
+from facefleet.control import observe, parameters, router
 from facefleet.control.cutover.machine import CutoverState, Health
 
 
@@ -126,8 +126,5 @@ def baseline_parameter(names: Names) -> str:
 
 def read_baseline(names: Names, aws: AwsTarget) -> float | None:
     """The ECS service's measured p95 per image (ms), which an operator records in SSM."""
-    ssm = aws.client("ssm")
-    try:
-        return float(ssm.get_parameter(Name=baseline_parameter(names))["Parameter"]["Value"])
-    except ssm.exceptions.ParameterNotFound:
-        return None
+    value = parameters.read(aws, baseline_parameter(names))
+    return None if value is None else float(value)

@@ -90,27 +90,59 @@ def _next(weight: int) -> int:
     return STAGES[min(STAGES.index(weight) + 1, len(STAGES) - 1)]
 
 
+@dataclass(frozen=True)
+class GateStatus:
+    """One gate: the measured value against its hold and rollback limits."""
+
+    name: str
+    value: float | None
+    hold_above: float
+    rollback_above: float
+    unit: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "no data"
+        if self.value > self.rollback_above:
+            return "ROLLBACK"
+        if self.value > self.hold_above:
+            return "hold"
+        return "ok"
+
+    def finding(self, limit: float) -> str:
+        return f"{self.name} {self.value:g}{self.unit} above {limit:g}{self.unit}"
+
+
+def gates_of(health: Health, gates: Gates) -> tuple[GateStatus, ...]:
+    """Every gate with its reading: the machine's decisions and the status report both read it."""
+    ratio = None
+    if health.p95_ms is not None and health.baseline_p95_ms:
+        ratio = round(health.p95_ms / health.baseline_p95_ms, 3)
+    return (
+        GateStatus("job failure rate", health.failure_rate, *gates.failure_rate),
+        GateStatus("p95 per image / ECS baseline", ratio, *gates.p95_ratio, "x"),
+        GateStatus("new dead letters", float(health.dead_letters), *gates.dead_letters),
+        GateStatus("oldest message age", health.oldest_age_s, *gates.oldest_age_s, " s"),
+        GateStatus(
+            "Spot interruptions", float(health.spot_interruptions), *gates.spot_interruptions
+        ),
+    )
+
+
 def gate_findings(health: Health, gates: Gates) -> tuple[list[str], list[str]]:
     """(hold reasons, rollback reasons) for the measured health."""
     hold: list[str] = []
     rollback: list[str] = []
-
-    def check(name: str, value: float | None, limits: tuple[float, float], unit: str = "") -> None:
-        if value is None:
-            return
-        if value > limits[1]:
-            rollback.append(f"{name} {value:g}{unit} above {limits[1]:g}{unit}")
-        elif value > limits[0]:
-            hold.append(f"{name} {value:g}{unit} above {limits[0]:g}{unit}")
-
-    check("job failure rate", health.failure_rate, gates.failure_rate)
-    ratio = None
-    if health.p95_ms is not None and health.baseline_p95_ms:
-        ratio = round(health.p95_ms / health.baseline_p95_ms, 3)
-    check("p95 per image / ECS baseline", ratio, gates.p95_ratio, "x")
-    check("new dead letters", health.dead_letters, gates.dead_letters)
-    check("oldest message age", health.oldest_age_s, gates.oldest_age_s, " s")
-    check("Spot interruptions", health.spot_interruptions, gates.spot_interruptions)
+    for gate in gates_of(health, gates):
+        if gate.verdict == "ROLLBACK":
+            rollback.append(
+                f"{gate.name} {gate.value:g}{gate.unit} above {gate.rollback_above:g}{gate.unit}"
+            )
+        elif gate.verdict == "hold":
+            hold.append(
+                f"{gate.name} {gate.value:g}{gate.unit} above {gate.hold_above:g}{gate.unit}"
+            )
     return hold, rollback
 
 

@@ -11,32 +11,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.metrics import Metric
+from facefleet.common.names import Names
 from facefleet.control.cutover import ecs_move, effects
 from facefleet.control.cutover import health as health_reads
 from facefleet.control.cutover.ecs_move import MoveCheck
-from facefleet.control.cutover.machine import STAGES, CutoverState, Gates, Health, gate_findings
+from facefleet.control.cutover.machine import (
+    STAGES,
+    CutoverState,
+    Gates,
+    GateStatus,
+    Health,
+    gate_findings,
+    gates_of,
+)
 from facefleet.control.router import BATCH, ECS, METRICS_SERVICE, users_by_side
-
-
-@dataclass(frozen=True)
-class GateStatus:
-    name: str
-    value: float | None
-    hold_above: float
-    rollback_above: float
-    unit: str = ""
-
-    @property
-    def verdict(self) -> str:
-        if self.value is None:
-            return "no data"
-        if self.value > self.rollback_above:
-            return "ROLLBACK"
-        if self.value > self.hold_above:
-            return "hold"
-        return "ok"
 
 
 @dataclass(frozen=True)
@@ -55,21 +44,6 @@ class CutoverStatus:
     ecs_queue: str | None = None  # what the ECS service reads (None: not checked)
     ecs_queue_moved: bool | None = None  # every part of the move verified (`ecs_move.check`)
     ecs_move: MoveCheck | None = None
-
-
-def gates_of(health: Health, gates: Gates) -> tuple[GateStatus, ...]:
-    ratio = None
-    if health.p95_ms is not None and health.baseline_p95_ms:
-        ratio = round(health.p95_ms / health.baseline_p95_ms, 3)
-    return (
-        GateStatus("job failure rate", health.failure_rate, *gates.failure_rate),
-        GateStatus("p95 per image / ECS baseline", ratio, *gates.p95_ratio, "x"),
-        GateStatus("new dead letters", float(health.dead_letters), *gates.dead_letters),
-        GateStatus("oldest message age", health.oldest_age_s, *gates.oldest_age_s, " s"),
-        GateStatus(
-            "Spot interruptions", float(health.spot_interruptions), *gates.spot_interruptions
-        ),
-    )
 
 
 def describe(

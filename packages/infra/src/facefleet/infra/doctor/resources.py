@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 
 from botocore.exceptions import ClientError
 
-from facefleet.common.aws import AwsTarget
+from facefleet.common.aws import AwsTarget, topic_arn_by_name
 from facefleet.common.config import Settings
 from facefleet.infra.doctor.check import Check, _error
 from facefleet.infra.stack_config import MONGO_URI_ENV, StackConfig
@@ -55,15 +55,7 @@ def secrets(config: StackConfig, aws: AwsTarget, environ: Mapping[str, str]) -> 
 def alerts_subscription(config: StackConfig, aws: AwsTarget) -> Check:
     name = "alerts subscription"
     sns = aws.client("sns")
-    topic_arn = next(
-        (
-            t["TopicArn"]
-            for page in sns.get_paginator("list_topics").paginate()
-            for t in page.get("Topics", [])
-            if t["TopicArn"].rsplit(":", 1)[-1] == config.names.alerts_topic
-        ),
-        None,
-    )
+    topic_arn = topic_arn_by_name(aws, config.names.alerts_topic)
     if topic_arn is None:
         if not config.alert_email:
             return Check(name, False, "no alerts topic yet and no --alert-email: pass one")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from facefleet.common.config import RETRYABLE_EXIT_CODE
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.infra.stack_config import StackConfig
 from facefleet.infra.template.base import Json, arn, get_att, policy_document, ref, tag_list
 

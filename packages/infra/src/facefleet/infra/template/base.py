@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from facefleet.common.config import CONTAINER_WORKDIR as CONTAINER_WORKDIR  # the image's layout
-from facefleet.common.config import MODEL_ROOT as MODEL_ROOT
+from facefleet.common.names import CONTAINER_WORKDIR as CONTAINER_WORKDIR
+from facefleet.common.names import MODEL_ROOT as MODEL_ROOT
 from facefleet.infra.stack_config import StackConfig
 
 Json = dict[str, Any]

@@ -28,15 +28,15 @@ import hashlib
 import json
 from typing import Any
 
-from facefleet.common.config import (
+from facefleet.common.config import Settings
+from facefleet.common.instances import ECS_RESERVED_MEMORY_MIB
+from facefleet.common.names import (
     RETRYABLE_EXIT_CODE,
     ComputeEnvironmentSpec,
     JobDefinitionSpec,
     JobQueueSpec,
     Names,
-    Settings,
 )
-from facefleet.common.instances import ECS_RESERVED_MEMORY_MIB
 from facefleet.infra.stack_config import StackConfig
 from facefleet.infra.template.alerts import SPOT_HOST_REASON
 from facefleet.infra.template.base import (

@@ -10,8 +10,8 @@ from typing import Any
 from pymongo.database import Database
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.documents import ImageStatus
+from facefleet.common.names import Names
 from facefleet.control.observe import QueueUrls, queue_depth
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import Names
 from facefleet.common.documents import ImageStatus
+from facefleet.common.names import Names
 from facefleet.common.repository import (
     GALLERY_DEFAULT_DB,
     HUEMN_DEFAULT_DB,

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from facefleet.common.config import NAMES, Settings
+from facefleet.common.config import Settings
 from facefleet.common.instances import DEFAULT_MIX, parse_mix
+from facefleet.common.names import NAMES
 from facefleet.control.policy import PolicyParams
 from facefleet.control.pricing import (
     NETWORKS,

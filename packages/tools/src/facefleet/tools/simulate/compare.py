@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facefleet.common.config import NAMES, Names
+from facefleet.common.names import NAMES, Names
 from facefleet.control.policy import PolicyParams
 from facefleet.control.pricing import (
     BATCH,

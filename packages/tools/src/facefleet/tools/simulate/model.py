@@ -11,7 +11,7 @@ from collections import deque
 
 import numpy as np
 
-from facefleet.common.config import NAMES, Names
+from facefleet.common.names import NAMES, Names
 from facefleet.control import policy as dispatch
 from facefleet.control.policy import (
     DETECTION,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from facefleet.common.config import NAMES, Names
+from facefleet.common.names import NAMES, Names
 from facefleet.control.policy import PolicyParams
 from facefleet.control.pricing import DEFAULT_PRICES, PriceTable
 from facefleet.tools.simulate.compare import Metrics, batch_metrics, duration

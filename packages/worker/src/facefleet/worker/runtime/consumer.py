@@ -82,8 +82,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from facefleet.common.aws import AwsTarget
-from facefleet.common.config import RETRYABLE_EXIT_CODE, Settings
+from facefleet.common.config import Settings
 from facefleet.common.metrics import Metric, MetricsEmitter
+from facefleet.common.names import RETRYABLE_EXIT_CODE
 from facefleet.worker.runtime.outcome import Outcome, classify
 
 if TYPE_CHECKING:
