@@ -9,7 +9,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from facefleet.infra import deploy, doctor
+from facefleet.infra import account, deploy, doctor
 from facefleet.infra.doctor.queues import ROUTER_ACTIONS, queue_policy_admits
 from facefleet.infra.doctor.roles import CONSUME_ACTIONS
 from facefleet.infra.stack_config import StackConfig, local_stack_config
@@ -72,7 +72,7 @@ def test_doctor_on_the_local_stack_names_each_fix(env, capsys, monkeypatch) -> N
     broken = _by_name(doctor.run(config, env.aws, environ={}, emit=lambda line: None))
     assert not broken[notification.name].ok
     assert "s3:ObjectRemoved:*" in broken[notification.name].detail
-    deploy.configure_gallery_notifications(config, env.aws, outputs)
+    account.configure_gallery_notifications(config, env.aws, outputs)
 
     # Fix what the doctor named, as a person would.
     s3.put_object(

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from facefleet.common.names import RETRYABLE_EXIT_CODE
-from facefleet.infra import deploy, lambda_package, template
+from facefleet.infra import lambda_package, template
+from facefleet.infra.account import ensure_batch_service_linked_role
 from facefleet.infra.stack_config import StackConfig
 from facefleet.infra.template.batch import compute_environment_name
 from tests.contract.conftest import PRODUCTION, PRODUCTION_REGION
@@ -308,14 +309,14 @@ def test_deploy_creates_the_batch_service_linked_role_once(env) -> None:
     """IAM user guide, "Using service-linked roles": an account that never ran Batch has no
     AWSServiceRoleForBatch; AWS creates it only for an environment that names no role, and the
     stack names it, so deploy creates it first (and leaves an existing one alone)."""
-    deploy.ensure_batch_service_linked_role(env.aws)
+    ensure_batch_service_linked_role(env.aws)
     iam = env.aws.client("iam")
     role = iam.get_role(RoleName="AWSServiceRoleForBatch")["Role"]
     account = env.aws.client("sts").get_caller_identity()["Account"]
     assert role["Arn"] == (
         f"arn:aws:iam::{account}:role/aws-service-role/batch.amazonaws.com/AWSServiceRoleForBatch"
     )
-    assert deploy.ensure_batch_service_linked_role(env.aws) is False
+    assert ensure_batch_service_linked_role(env.aws) is False
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

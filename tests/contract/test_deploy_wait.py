@@ -18,7 +18,7 @@ import pytest
 from botocore.stub import Stubber
 
 from facefleet.common.aws import AwsTarget
-from facefleet.infra import deploy
+from facefleet.infra import deploy, stack_waits
 from facefleet.infra.stack_config import StackConfig
 
 STACK = "facefleet"
@@ -214,6 +214,6 @@ def test_the_wait_states_are_botocores_waiter_states() -> None:
     }
     assert ends == {"CREATE_COMPLETE", "FAILED"}
     for status in ends:
-        assert not deploy.change_set_pending(status)
+        assert not stack_waits.change_set_pending(status)
     for status in ("CREATE_PENDING", "CREATE_IN_PROGRESS"):
-        assert deploy.change_set_pending(status)
+        assert stack_waits.change_set_pending(status)

@@ -32,12 +32,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError, WaiterError
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from facefleet.common.aws import AwsTarget
 from facefleet.infra import lambda_package, template
+from facefleet.infra.account import (
+    configure_gallery_notifications,
+    ensure_batch_service_linked_role,
+)
 from facefleet.infra.stack_config import StackConfig, StackConfigError
+from facefleet.infra.stack_waits import (
+    STACK_WAITERS,
+    WAITER_SUCCESS,
+    DeployError,
+    describe_stack,
+    wait_change_set,
+    wait_stack,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation.client import CloudFormationClient
@@ -51,10 +63,6 @@ MAX_TEMPLATE_BODY = 51_200
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 GONE_STATES = {"REVIEW_IN_PROGRESS", "ROLLBACK_COMPLETE", "ROLLBACK_FAILED"}
 STABLE_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE"}
-
-
-class DeployError(RuntimeError):
-    """A template failed validation or a stack operation failed; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -118,90 +126,6 @@ def render_checked(config: StackConfig, region: str) -> tuple[str, tuple[str, ..
     if len(body) > MAX_TEMPLATE_BODY:
         raise DeployError(f"template is {len(body)} bytes, over CloudFormation's inline limit")
     return body, tuple(warnings)
-
-
-def _stack(cloudformation: Any, stack_name: str) -> dict[str, Any] | None:
-    try:
-        stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
-    except ClientError as error:
-        if "does not exist" in str(error):
-            return None
-        raise
-    return stacks[0] if stacks else None
-
-
-# Change set statuses (DescribeChangeSet `Status`): a new one starts CREATE_PENDING, then
-# CREATE_IN_PROGRESS, and ends CREATE_COMPLETE or FAILED; an empty one ends FAILED with a
-# "didn't contain changes" reason, some seconds after it was created.
-CHANGE_SET_PENDING = frozenset(
-    {"CREATE_PENDING", "CREATE_IN_PROGRESS", "DELETE_PENDING", "DELETE_IN_PROGRESS"}
-)
-CHANGE_SET_DONE = frozenset({"CREATE_COMPLETE", "FAILED", "DELETE_COMPLETE", "DELETE_FAILED"})
-
-
-def stack_pending(status: str) -> bool:
-    """Every transitional stack status ends in _IN_PROGRESS (UPDATE_COMPLETE_CLEANUP_IN_PROGRESS,
-    REVIEW_IN_PROGRESS until an executed change set starts, ...)."""
-    return status.endswith("_IN_PROGRESS")
-
-
-def change_set_pending(status: str) -> bool:
-    if status in CHANGE_SET_PENDING:
-        return True
-    if status in CHANGE_SET_DONE:
-        return False
-    raise DeployError(f"unknown change set status {status!r}")
-
-
-def _waiter_config(timeout_s: float, poll_s: float) -> dict[str, int]:
-    return {"Delay": max(1, round(poll_s)), "MaxAttempts": max(1, int(timeout_s // poll_s) + 1)}
-
-
-def _wait_change_set(
-    cloudformation: Any, change_set_id: str, what: str, timeout_s: float
-) -> Mapping[str, Any] | None:
-    """botocore's `change_set_create_complete` waiter. Its failure state, FAILED, is also how an
-    empty change set ends ("didn't contain changes", some seconds after CREATE_PENDING), so a
-    FAILED change set is returned for the caller to read the reason; None: it completed."""
-    try:
-        cloudformation.get_waiter("change_set_create_complete").wait(
-            ChangeSetName=change_set_id, WaiterConfig=_waiter_config(timeout_s, 1.0)
-        )
-    except WaiterError as error:
-        last = error.last_response or {}
-        if last.get("Status") == "FAILED":
-            return last
-        status = last.get("Status") or last.get("Error", {}).get("Message", "")
-        raise DeployError(f"{what} did not complete ({status}): {error}") from error
-    return None
-
-
-# botocore's stack waiters per change set type; each ends at the stack's stable status.
-STACK_WAITERS = {"CREATE": "stack_create_complete", "UPDATE": "stack_update_complete"}
-WAITER_SUCCESS = {"CREATE": "CREATE_COMPLETE", "UPDATE": "UPDATE_COMPLETE"}
-
-
-def _wait_stack(
-    cloudformation: Any, stack_name: str, waiter: str, timeout_s: float
-) -> tuple[str, str | None]:
-    """(the status the stack ended in, its id when known) after botocore's `waiter`; "DELETED"
-    when the stack is gone. Success returns no response: its status is the waiter's."""
-    try:
-        cloudformation.get_waiter(waiter).wait(
-            StackName=stack_name, WaiterConfig=_waiter_config(timeout_s, 5.0)
-        )
-    except WaiterError as error:
-        last: dict[str, Any] = dict(error.last_response or {})
-        stacks: list[Any] = last.get("Stacks") or []
-        if not stacks:
-            return "DELETED", None
-        status = str(stacks[0]["StackStatus"])
-        if stack_pending(status):
-            raise DeployError(
-                f"stack {stack_name} still {status} after {timeout_s:.0f} s"
-            ) from error
-        return status, str(stacks[0]["StackId"])
-    return "", None
 
 
 def _account_id(aws: AwsTarget) -> str:
@@ -294,7 +218,7 @@ def plan(
         upload_dispatcher(config, aws, lambda_package.build_router())
     cloudformation = aws.client("cloudformation")
     stack_name = config.names.stack_name
-    existing = _stack(cloudformation, stack_name)
+    existing = describe_stack(cloudformation, stack_name)
     if (
         existing
         and existing["StackStatus"].endswith("_IN_PROGRESS")
@@ -320,7 +244,7 @@ def plan(
         Description=f"facefleet infra plan ({config.names.prefix})",
     )
     change_set_id = response["Id"]
-    failed = _wait_change_set(cloudformation, change_set_id, f"change set {name}", timeout_s)
+    failed = wait_change_set(cloudformation, change_set_id, f"change set {name}", timeout_s)
     if failed is not None:
         reason = failed.get("StatusReason", "")
         cloudformation.delete_change_set(ChangeSetName=change_set_id)
@@ -349,46 +273,6 @@ def plan(
     )
     log.info(result.summary())
     return result
-
-
-def ensure_batch_service_linked_role(aws: AwsTarget) -> bool:
-    """Create AWS Batch's service-linked role when the account has none (True: created).
-
-    The compute environments name it (template/batch.py); AWS creates it on its own only when a
-    compute environment names no role at all. Needs iam:GetRole and iam:CreateServiceLinkedRole
-    (for batch.amazonaws.com) the first time in an account."""
-    from facefleet.infra.template.batch import BATCH_SERVICE, BATCH_SERVICE_LINKED_ROLE
-
-    iam = aws.client("iam")
-    try:
-        iam.get_role(RoleName=BATCH_SERVICE_LINKED_ROLE)
-        return False
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") != "NoSuchEntity":
-            raise
-    log.info(
-        "creating the AWS Batch service-linked role", extra={"role": BATCH_SERVICE_LINKED_ROLE}
-    )
-    created = iam.create_service_linked_role(AWSServiceName=BATCH_SERVICE)["Role"]
-    if created["RoleName"] != BATCH_SERVICE_LINKED_ROLE:
-        # moto (5.x) spells it AWSServiceRoleForbatch; AWS returns the documented name.
-        iam.create_role(
-            RoleName=BATCH_SERVICE_LINKED_ROLE,
-            Path=f"/aws-service-role/{BATCH_SERVICE}/",
-            AssumeRolePolicyDocument=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": BATCH_SERVICE},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
-        )
-    return True
 
 
 def _failure_events(cloudformation: Any, stack_id: str, since: float) -> list[str]:
@@ -437,7 +321,7 @@ def apply(
         # botocore cannot parse as XML); AWS reports it through the stack status below.
         _roll_back_failed_create(cloudformation, current, timeout_s)
         raise DeployError(f"deploying {current.stack_name} failed: {error}") from error
-    status, stack_id = _wait_stack(
+    status, stack_id = wait_stack(
         cloudformation,
         current.stack_name,
         STACK_WAITERS[current.change_set_type],
@@ -457,40 +341,12 @@ def apply(
     return found
 
 
-def configure_gallery_notifications(
-    config: StackConfig, aws: AwsTarget, stack_outputs: Mapping[str, str]
-) -> None:
-    """Point the gallery bucket's configured events (`gallery_notification_events`) at the
-    Batch indexing queue.
-
-    The gallery bucket is production's, referenced by name, so CloudFormation cannot carry its
-    notifications; deploy merges FaceFleet's entry into the bucket's configuration (other
-    entries kept) after every apply, on AWS and on the local stack alike. Needs
-    s3:GetBucketNotification and s3:PutBucketNotification on the bucket."""
-    from facefleet.infra.template.queues import gallery_notifications
-
-    if not config.gallery_notification_events:
-        return  # the gallery bucket's events are managed elsewhere
-    queue_arn = stack_outputs.get("IndexingQueueArn")
-    if not queue_arn:
-        raise DeployError("stack outputs lack IndexingQueueArn: cannot route gallery events")
-    s3: Any = aws.client("s3")  # the configuration is built as plain JSON
-    bucket = config.gallery_bucket
-    existing = s3.get_bucket_notification_configuration(Bucket=bucket)
-    wanted = gallery_notifications(queue_arn, config.gallery_notification_events, existing)
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=wanted)
-    log.info(
-        "gallery bucket notifications set",
-        extra={"bucket": bucket, "events": list(config.gallery_notification_events)},
-    )
-
-
 def _refresh_outputs(cloudformation: Any, current: Plan) -> None:
     """moto never recomputes a stack's outputs after a change set runs (AWS always does): when
     declared outputs are missing, re-submit the same template as a plain update, which moto
     treats as no resource change but which rebuilds the outputs. Never triggers on AWS."""
     declared = set(json.loads(current.template_body).get("Outputs", {}))
-    stack = _stack(cloudformation, current.stack_name)
+    stack = describe_stack(cloudformation, current.stack_name)
     if stack is None or declared <= {o["OutputKey"] for o in stack.get("Outputs") or []}:
         return
     # moto refuses an update whose body is byte-identical to the stack's ("No updates are to be
@@ -524,7 +380,7 @@ def _single_attempt_client(aws: AwsTarget) -> CloudFormationClient:
 def _roll_back_failed_create(cloudformation: Any, current: Plan, timeout_s: float) -> None:
     if current.change_set_type != "CREATE":
         return  # CloudFormation rolls a failed update back itself.
-    stack = _stack(cloudformation, current.stack_name)
+    stack = describe_stack(cloudformation, current.stack_name)
     if stack is not None and not stack["StackStatus"].startswith("DELETE"):
         _delete(cloudformation, current.stack_name, timeout_s)
 
@@ -532,7 +388,7 @@ def _roll_back_failed_create(cloudformation: Any, current: Plan, timeout_s: floa
 def _delete(cloudformation: Any, stack_name: str, timeout_s: float) -> None:
     cloudformation.delete_stack(StackName=stack_name)
     # Success: DELETE_COMPLETE, or the stack no longer described (ValidationError).
-    status, _ = _wait_stack(cloudformation, stack_name, "stack_delete_complete", timeout_s)
+    status, _ = wait_stack(cloudformation, stack_name, "stack_delete_complete", timeout_s)
     if status not in ("", "DELETED", "DELETE_COMPLETE"):
         raise DeployError(f"deleting {stack_name} ended {status}")
 
@@ -540,7 +396,7 @@ def _delete(cloudformation: Any, stack_name: str, timeout_s: float) -> None:
 def outputs(config: StackConfig, aws: AwsTarget) -> dict[str, str]:
     """The deployed stack's outputs (OutputKey -> OutputValue)."""
     cloudformation = aws.client("cloudformation")
-    stack = _stack(cloudformation, config.names.stack_name)
+    stack = describe_stack(cloudformation, config.names.stack_name)
     if stack is None:
         raise DeployError(f"stack {config.names.stack_name} does not exist")
     return {o["OutputKey"]: str(o["OutputValue"]) for o in stack.get("Outputs", [])}
@@ -555,7 +411,7 @@ def destroy(
     """Delete the stack and wait; False when there was none."""
     cloudformation = aws.client("cloudformation")
     stack_name = config.names.stack_name
-    if _stack(cloudformation, stack_name) is None:
+    if describe_stack(cloudformation, stack_name) is None:
         return False
     log.info("deleting stack", extra={"stack": stack_name})
     _delete(cloudformation, stack_name, timeout_s)

@@ -152,7 +152,7 @@ class StackConfig:
     # replaced (production data); local stacks drop them.
     retain_data: bool = True
     tags: Mapping[str, str] = field(default_factory=lambda: {"project": "facefleet"})
-    # S3 events of the gallery bucket sent to the Batch indexing queue (`deploy.configure_
+    # S3 events of the gallery bucket sent to the Batch indexing queue (`account.configure_
     # gallery_notifications`: the bucket is not the stack's, so deploy sets them on it; () leaves
     # its notifications alone). Deletions only, by default: the existing service's notification
     # already sends creates to the ingress queue the router reads, and S3 refuses two
