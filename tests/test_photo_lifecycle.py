@@ -7,13 +7,11 @@ Each test failed on 95a0ee5 (the commit before the fixes)."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
 
 import pytest
 
@@ -31,25 +29,13 @@ from facefleet.worker.runtime.consumer import Consumer, ConsumerConfig, Received
 from facefleet.worker.runtime.outcome import Outcome
 from tests.grouping_service_helpers import Gallery, Identities, Setup, make_setup, store_for
 from tests.sqs_helpers import counts
+from tests.test_detection_privacy import event as s3_event
 from tests.test_detection_service import USER, Stack
 
 
 @pytest.fixture(scope="module")
 def analyzer(models_dir: Path) -> FaceAnalyzer:
     return FaceAnalyzer.from_pack(models_dir)
-
-
-def s3_event(stack: Stack, image_id: str, name: str, sequencer: str) -> str:
-    """An S3 notification as S3 sends it (moto sends no sequencer: the test supplies it)."""
-    record = {
-        "eventName": name,
-        "eventTime": "2026-01-01T00:00:00.000Z",
-        "s3": {
-            "bucket": {"name": stack.bucket},
-            "object": {"key": quote_plus(image_key(USER, image_id)), "sequencer": sequencer},
-        },
-    }
-    return json.dumps({"Records": [record]})
 
 
 def created(stack: Stack, image_id: str, sequencer: str) -> str:
